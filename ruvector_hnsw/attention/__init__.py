@@ -1,0 +1,1 @@
+"""ruvector_hnsw.attention"""
