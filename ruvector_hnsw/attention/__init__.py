@@ -1,1 +1,30 @@
-"""ruvector_hnsw.attention"""
+"""Attention mechanisms over HNSW neighbourhoods: batched, numba-fast, with analytic gradients.
+
+``MECHANISMS`` maps a name to a class; every class follows the protocol of
+:class:`~ruvector_hnsw.attention.base.AttentionMechanism` (see :mod:`ruvector_hnsw.attention.base`
+for shapes, the gather-by-ids form, the fully-masked-row convention and the float64 test path)::
+
+    from ruvector_hnsw.attention import MECHANISMS, Context
+    att = MECHANISMS["scaled_dot"](128, temperature=1.0)
+    out = att.forward(query, keys, values, mask=mask, context=Context(dist=dist, layer=layer))
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from ruvector_hnsw.attention.base import AttentionBatch, AttentionMechanism, Context
+
+# (registry name, module in this package, class name) - one line per mechanism
+_SPECS: tuple[tuple[str, str, str], ...] = (
+)
+
+
+def _load(module: str, cls: str) -> type[AttentionMechanism]:
+    klass: type[AttentionMechanism] = getattr(importlib.import_module(f"{__name__}.{module}"), cls)
+    return klass
+
+
+MECHANISMS: dict[str, type[AttentionMechanism]] = {name: _load(mod, cls) for name, mod, cls in _SPECS}
+
+__all__ = ["MECHANISMS", "AttentionBatch", "AttentionMechanism", "Context"]

@@ -1,0 +1,596 @@
+"""The attention protocol: :class:`Context`, :class:`AttentionMechanism` and shared input validation.
+
+Every mechanism in :data:`ruvector_hnsw.attention.MECHANISMS` follows one calling convention::
+
+    att = MECHANISMS[name](dim, **config)     # dtype=np.float32 (default) or np.float64, seed=...
+    out = att.forward(query, keys, values, mask=None, context=None, ids=None)
+    w = att.weights(query, keys, mask=None, context=None, ids=None)
+    att.params                                # dict name -> ndarray, updated in place by optimizers
+    grads = att.backward(grad_out)            # after forward: params + "query", "keys", "values"
+
+Shapes
+------
+Batched: ``query (B, d)``, ``keys (B, n, d)``, ``values (B, n, dv)``, ``mask (B, n)`` bool
+(``True`` = attend), output ``(B, d_out)``, weights ``(B, n)`` (multi-head: ``(B, h, n)``).
+Unbatched: ``query (d,)``, ``keys (n, d)``, ``values (n, dv)``, ``mask (n,)``; the output and
+the gradients then drop the batch axis too.
+
+Gather form (the hot path of re-ranking)
+----------------------------------------
+When ``ids`` (``(B, n)`` integer, ``-1`` = padding) is given, ``keys`` and ``values`` are
+database *tables* ``(N, d)`` / ``(N, dv)`` and item ``j`` of row ``b`` is
+``keys[ids[b, j]]``. A slot with ``ids < 0`` is masked (in addition to ``mask``). The
+gradients ``grads["keys"]`` / ``grads["values"]`` are then with respect to the tables
+(``(N, d)`` / ``(N, dv)``, scatter-added over every slot that used a row). When the same
+array is passed as keys and values, the two gradients are returned separately; add them.
+Mechanisms with a fused kernel (``fused_gather = True``) gather inside the kernel and never
+build a ``(B, n, d)`` copy; the others get a dense copy from this base class transparently.
+
+Fully masked rows
+-----------------
+A row whose mask is all ``False`` (or whose ids are all ``-1``) has **all-zero weights** and
+its attention read-out is the **zero vector**. A mechanism whose output adds terms that do not
+depend on the attended items (a bias, a residual) adds them to that zero read-out and says so
+in its docstring; the mechanisms without such terms therefore output exactly zero. The
+gradients flowing through a fully masked row into keys/values are zero. Never NaN.
+
+Precision
+---------
+Inputs are converted to the mechanism's ``dtype`` (``np.float32`` by default, so float64
+input is converted to float32; pass ``dtype=np.float64`` to the constructor for the
+finite-difference test path, then everything - params, kernels, outputs - is float64).
+Integer and bool inputs are converted; complex, object and string arrays raise
+:class:`~ruvector_hnsw.errors.InvalidDTypeError`; NaN/inf raise
+:class:`~ruvector_hnsw.errors.NonFiniteError`. A rejected call leaves the mechanism unchanged
+(the backward cache of the previous forward survives).
+
+Writing a mechanism
+-------------------
+Subclass :class:`AttentionMechanism`, set ``name``, and implement ``_forward(batch)`` returning
+``(out (B, d_out), cache)``, ``_weights(batch)`` and, when trainable or differentiable,
+``_backward(grad_out, cache)`` returning a dict with an entry per param and ``"query"``,
+``"keys"``, ``"values"`` in the *batched dense* layout (``(B, d)``, ``(B, n, d)``,
+``(B, n, dv)``); the base class scatters them into table gradients in the gather form and drops
+the batch axis for unbatched calls. A mechanism that sets ``fused_gather = True`` receives the
+tables and ``batch.ids`` directly and must return table gradients itself. Override
+``required_context()`` to name the :class:`Context` fields it needs, ``output_dim(dv)`` when the
+output width is not ``dv``, and ``get_config()`` to list its constructor arguments.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ruvector_hnsw.errors import (
+    ConfigError,
+    DimensionMismatchError,
+    EmptyInputError,
+    InvalidDTypeError,
+    InvalidInputError,
+    MissingContextError,
+    NonFiniteError,
+    NotFittedError,
+    ShapeMismatchError,
+)
+
+__all__ = [
+    "AttentionBatch",
+    "AttentionMechanism",
+    "Context",
+    "as_float_array",
+    "check_ids",
+    "check_mask",
+    "check_positive_float",
+    "check_positive_int",
+    "resolve_dtype",
+]
+
+_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+# ----------------------------------------------------------------------------------------------
+# validation helpers (shared by every mechanism)
+# ----------------------------------------------------------------------------------------------
+def resolve_dtype(dtype: Any) -> np.dtype:
+    """Return ``np.float32`` or ``np.float64`` as a dtype; anything else raises ConfigError."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError as exc:
+        raise ConfigError(f"dtype must be float32 or float64, got {dtype!r}") from exc
+    if dt not in _FLOAT_DTYPES:
+        raise ConfigError(f"dtype must be float32 or float64, got {dt}")
+    return dt
+
+
+def check_positive_int(value: Any, name: str, *, minimum: int = 1, maximum: int | None = None) -> int:
+    """Validate an integer config value in ``[minimum, maximum]`` and return it as ``int``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ConfigError(f"{name} must be an integer, got {value!r}")
+    v = int(value)
+    if v < minimum or (maximum is not None and v > maximum):
+        hi = "" if maximum is None else f" and <= {maximum}"
+        raise ConfigError(f"{name} must be >= {minimum}{hi}, got {v}")
+    return v
+
+
+def check_positive_float(value: Any, name: str, *, allow_zero: bool = False) -> float:
+    """Validate a finite float config value ``> 0`` (or ``>= 0``) and return it as ``float``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ConfigError(f"{name} must be a number, got {value!r}")
+    v = float(value)
+    if not np.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
+        raise ConfigError(f"{name} must be a finite number {'>=' if allow_zero else '>'} 0, got {v}")
+    return v
+
+
+def as_float_array(x: Any, name: str, dtype: np.dtype, ndims: tuple[int, ...]) -> np.ndarray:
+    """Convert ``x`` to a C-contiguous ``dtype`` array with one of ``ndims`` dimensions.
+
+    Raises
+    ------
+    InvalidDTypeError
+        Complex, object, string or otherwise non-numeric input.
+    ShapeMismatchError
+        Wrong number of dimensions.
+    NonFiniteError
+        NaN or infinity present.
+    """
+    if x is None:
+        raise InvalidInputError(f"{name} is required, got None")
+    arr = np.asarray(x)
+    if arr.dtype.kind not in "biuf":
+        raise InvalidDTypeError(f"{name} must be a real numeric array, got dtype {arr.dtype}")
+    if arr.ndim not in ndims:
+        want = " or ".join(f"{k}-D" for k in ndims)
+        raise ShapeMismatchError(f"{name} must be {want}, got shape {arr.shape}")
+    out = np.ascontiguousarray(arr, dtype=dtype)
+    if out.dtype.kind == "f" and out.size and not np.isfinite(out).all():
+        raise NonFiniteError(f"{name} contains NaN or infinity")
+    return out
+
+
+def check_mask(mask: Any, shape: tuple[int, ...], name: str = "mask") -> np.ndarray:
+    """Return ``mask`` as a C-contiguous bool array of exactly ``shape``.
+
+    Bool arrays are taken as is; integer arrays must hold only 0/1. Anything else raises.
+    """
+    arr = np.asarray(mask)
+    if arr.dtype.kind == "b":
+        pass
+    elif arr.dtype.kind in "iu":
+        if arr.size and not np.isin(arr, (0, 1)).all():
+            raise InvalidInputError(f"{name} must be boolean (or 0/1 integers)")
+        arr = arr.astype(bool)
+    else:
+        raise InvalidDTypeError(f"{name} must be a boolean array, got dtype {arr.dtype}")
+    if arr.shape != shape:
+        raise ShapeMismatchError(f"{name} must have shape {shape}, got {arr.shape}")
+    return np.ascontiguousarray(arr)
+
+
+def check_ids(ids: Any, shape_hint: tuple[int, ...] | None, n_rows: int) -> np.ndarray:
+    """Validate gather ids: integer, values in ``[-1, n_rows)``; return C-contiguous int64."""
+    arr = np.asarray(ids)
+    if arr.dtype.kind not in "iu":
+        raise InvalidDTypeError(f"ids must be an integer array, got dtype {arr.dtype}")
+    if shape_hint is not None and arr.shape != shape_hint:
+        raise ShapeMismatchError(f"ids must have shape {shape_hint}, got {arr.shape}")
+    if arr.size:
+        lo, hi = int(arr.min()), int(arr.max())
+        if lo < -1 or hi >= n_rows:
+            raise InvalidInputError(
+                f"ids must lie in [-1, {n_rows}) (table rows; -1 = padding), got range [{lo}, {hi}]"
+            )
+    return np.ascontiguousarray(arr, dtype=np.int64)
+
+
+# ----------------------------------------------------------------------------------------------
+# context
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class Context:
+    """Per-item side information of a neighbourhood batch (all fields optional).
+
+    Attributes
+    ----------
+    dist : ndarray (B, n) float32, optional
+        Distance of each item to the neighbourhood's centre (index metric).
+    layer : ndarray (B, n) int8, optional
+        HNSW layer an item was linked on (0 = local, >= 1 = global).
+    edge_features : ndarray (B, n, f) float32, optional
+        Per-edge feature vectors (distance, layer one-hot, degree, ...).
+    hops : ndarray (B, n) int, optional
+        Hop count from the centre.
+    degree : ndarray (B, n), optional
+        Degree of each item in the graph.
+    node_ids : ndarray (B, n) int64, optional
+        Labels of the items (``-1`` = padding); informational, not the gather ids.
+    extra : dict
+        Mechanism-specific extras (documented by the mechanism that reads them).
+
+    Unbatched calls may pass ``(n,)`` / ``(n, f)`` fields; they are lifted to a batch of one.
+    """
+
+    dist: np.ndarray | None = None
+    layer: np.ndarray | None = None
+    edge_features: np.ndarray | None = None
+    hops: np.ndarray | None = None
+    degree: np.ndarray | None = None
+    node_ids: np.ndarray | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    # per-item (B, n) fields and how to convert them: "float" -> mechanism dtype, "int" -> int64
+    _ITEM_FIELDS: ClassVar[dict[str, str]] = {
+        "dist": "float",
+        "layer": "int",
+        "hops": "int",
+        "degree": "float",
+        "node_ids": "int",
+    }
+
+    def validated(self, B: int, n: int, dtype: np.dtype, unbatched: bool) -> Context:
+        """Return a copy with every present field checked against ``(B, n)`` and converted.
+
+        Float fields become ``dtype``, integer fields ``int64`` (``layer`` stays ``int8``).
+        """
+        updates: dict[str, Any] = {}
+        for fname, kind in self._ITEM_FIELDS.items():
+            val = getattr(self, fname)
+            if val is None:
+                continue
+            arr = np.asarray(val)
+            if unbatched and arr.ndim == 1:
+                arr = arr[None, :]
+            if arr.shape != (B, n):
+                raise ShapeMismatchError(f"context.{fname} must have shape {(B, n)}, got {arr.shape}")
+            if kind == "float":
+                arr = as_float_array(arr, f"context.{fname}", dtype, (2,))
+            else:
+                if arr.dtype.kind not in "iu":
+                    if arr.dtype.kind == "f" and np.isfinite(arr).all() and (arr == np.round(arr)).all():
+                        pass
+                    else:
+                        raise InvalidDTypeError(
+                            f"context.{fname} must be an integer array, got dtype {arr.dtype}"
+                        )
+                arr = np.ascontiguousarray(arr, dtype=np.int8 if fname == "layer" else np.int64)
+            updates[fname] = arr
+        if self.edge_features is not None:
+            ef = np.asarray(self.edge_features)
+            if unbatched and ef.ndim == 2:
+                ef = ef[None]
+            if ef.ndim != 3 or ef.shape[:2] != (B, n):
+                raise ShapeMismatchError(
+                    f"context.edge_features must have shape {(B, n)} + (f,), got {ef.shape}"
+                )
+            updates["edge_features"] = as_float_array(ef, "context.edge_features", dtype, (3,))
+        return replace(self, **updates)
+
+    def present(self) -> list[str]:
+        """Names of the fields that are set (``extra`` excluded)."""
+        return [f.name for f in fields(self) if f.name != "extra" and getattr(self, f.name) is not None]
+
+
+# ----------------------------------------------------------------------------------------------
+# the validated batch handed to mechanisms
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class AttentionBatch:
+    """Validated, batched inputs handed to a mechanism's ``_forward`` / ``_weights``.
+
+    Attributes
+    ----------
+    query : (B, d)
+    keys : (B, n, d), or the ``(N, d)`` table when ``ids`` is set (fused-gather mechanisms only)
+    values : (B, n, dv) or ``(N, dv)`` table, or None for ``weights()``
+    mask : (B, n) bool, already combined with ``ids >= 0``
+    context : validated :class:`Context` or None
+    ids : (B, n) int64 or None (only for fused-gather mechanisms; otherwise already gathered)
+    """
+
+    query: np.ndarray
+    keys: np.ndarray
+    values: np.ndarray | None
+    mask: np.ndarray
+    context: Context | None
+    ids: np.ndarray | None
+    unbatched: bool
+
+    @property
+    def B(self) -> int:
+        return int(self.query.shape[0])
+
+    @property
+    def n(self) -> int:
+        return int(self.mask.shape[1])
+
+    def require(self, name: str, mechanism: str) -> Any:
+        """Return context field ``name`` or raise MissingContextError naming it."""
+        if self.context is None or getattr(self.context, name) is None:
+            raise MissingContextError(f"{mechanism} needs context.{name}, which was not given")
+        return getattr(self.context, name)
+
+
+@dataclass
+class _LastCall:
+    cache: Any
+    out_shape: tuple[int, ...]
+    unbatched: bool
+    scatter_ids: np.ndarray | None  # set when the base class gathered (non-fused gather form)
+    key_rows: int
+    value_rows: int
+
+
+# ----------------------------------------------------------------------------------------------
+# the protocol
+# ----------------------------------------------------------------------------------------------
+class AttentionMechanism(ABC):
+    """Base class of every attention mechanism (see the module docstring for the contract).
+
+    Parameters
+    ----------
+    dim : int
+        Query/key dimensionality ``d``.
+    dtype : np.float32 or np.float64
+        Compute precision; inputs are converted to it. float64 is the finite-difference test path.
+    seed : int or None
+        Seed of the parameter initialisation (and random features); same seed -> same mechanism.
+    """
+
+    #: registry name
+    name: ClassVar[str] = "base"
+    #: True when the mechanism gathers table rows by ``ids`` inside its own kernels
+    fused_gather: ClassVar[bool] = False
+
+    def __init__(self, dim: int, *, dtype: Any = np.float32, seed: int | None = None) -> None:
+        self.dim = check_positive_int(dim, "dim")
+        self.dtype = resolve_dtype(dtype)
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
+            raise ConfigError(f"seed must be an int or None, got {seed!r}")
+        self.seed = None if seed is None else int(seed)
+        self._params: dict[str, np.ndarray] = {}
+        self._last: _LastCall | None = None
+
+    # -- overridable description ---------------------------------------------------------------
+    def required_context(self) -> tuple[str, ...]:
+        """Names of the :class:`Context` fields this mechanism needs (``()`` = none)."""
+        return ()
+
+    def output_dim(self, value_dim: int) -> int:
+        """Width of the output for values of width ``value_dim``."""
+        return value_dim
+
+    def check_value_dim(self, value_dim: int) -> None:  # noqa: B027 - optional hook
+        """Raise DimensionMismatchError when values of width ``value_dim`` are not accepted."""
+
+    def get_config(self) -> dict[str, Any]:
+        """Constructor arguments that rebuild this mechanism (params excluded)."""
+        return {"dim": self.dim, "dtype": self.dtype.name, "seed": self.seed}
+
+    def __repr__(self) -> str:
+        cfg = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{type(self).__name__}({cfg})"
+
+    # -- params ----------------------------------------------------------------------------------
+    @property
+    def params(self) -> dict[str, np.ndarray]:
+        """Trainable arrays by name (empty dict if none). Optimizers update them in place."""
+        return self._params
+
+    def set_params(self, values: dict[str, np.ndarray]) -> None:
+        """Copy ``values`` into the params in place (shapes must match; unknown names raise)."""
+        for k, v in values.items():
+            if k not in self._params:
+                raise InvalidInputError(f"{self.name} has no parameter {k!r} (has {sorted(self._params)})")
+            arr = as_float_array(v, f"params[{k!r}]", self.dtype, (np.ndim(v),))
+            if arr.shape != self._params[k].shape:
+                raise ShapeMismatchError(
+                    f"params[{k!r}] must have shape {self._params[k].shape}, got {arr.shape}"
+                )
+        for k, v in values.items():
+            self._params[k][...] = v
+
+    def _rng(self, stream: int = 0) -> np.random.Generator:
+        """A generator derived from ``seed`` (independent streams by ``stream``)."""
+        if self.seed is None:
+            return np.random.default_rng()
+        return np.random.default_rng([self.seed, stream])
+
+    # -- public calls ---------------------------------------------------------------------------
+    def forward(
+        self,
+        query: Any,
+        keys: Any,
+        values: Any,
+        mask: Any = None,
+        context: Context | None = None,
+        ids: Any = None,
+    ) -> np.ndarray:
+        """Attend ``query`` over ``keys``/``values``; cache what :meth:`backward` needs.
+
+        Returns
+        -------
+        ndarray
+            ``(B, d_out)`` (``(d_out,)`` for unbatched input) in the mechanism's dtype.
+        """
+        batch, scatter_ids, key_rows, value_rows = self._prepare(query, keys, values, mask, context, ids)
+        out, cache = self._forward(batch)
+        self._last = _LastCall(
+            cache=cache,
+            out_shape=out.shape,
+            unbatched=batch.unbatched,
+            scatter_ids=scatter_ids,
+            key_rows=key_rows,
+            value_rows=value_rows,
+        )
+        return out[0] if batch.unbatched else out
+
+    def weights(
+        self,
+        query: Any,
+        keys: Any,
+        mask: Any = None,
+        context: Context | None = None,
+        ids: Any = None,
+    ) -> np.ndarray:
+        """Attention weights ``(B, n)`` (per-head mechanisms: ``(B, h, n)``); rows sum to 1 over the mask.
+
+        Fully masked rows are all zero. Does not touch the backward cache.
+        """
+        batch, _, _, _ = self._prepare(query, keys, None, mask, context, ids)
+        w = self._weights(batch)
+        return w[0] if batch.unbatched else w
+
+    def backward(self, grad_out: Any) -> dict[str, np.ndarray]:
+        """Gradients of ``sum(grad_out * out)`` for the last :meth:`forward` call.
+
+        Returns
+        -------
+        dict
+            One entry per param (same shape as the param) plus ``"query"``, ``"keys"`` and
+            ``"values"`` shaped like the inputs of the last forward (tables in the gather form).
+        """
+        if self._last is None:
+            raise NotFittedError(f"{self.name}.backward called before forward")
+        last = self._last
+        want = last.out_shape[1:] if last.unbatched else last.out_shape
+        g = as_float_array(grad_out, "grad_out", self.dtype, (len(want),))
+        if g.shape != want:
+            raise ShapeMismatchError(f"grad_out must have the forward output shape {want}, got {g.shape}")
+        if last.unbatched:
+            g = g[None]
+        grads = self._backward(np.ascontiguousarray(g), last.cache)
+        if last.scatter_ids is not None:
+            from ruvector_hnsw.attention._gather_kernels import scatter_add_rows
+
+            grads["keys"] = scatter_add_rows(
+                np.ascontiguousarray(grads["keys"]), last.scatter_ids, last.key_rows
+            )
+            grads["values"] = scatter_add_rows(
+                np.ascontiguousarray(grads["values"]), last.scatter_ids, last.value_rows
+            )
+        if last.unbatched:
+            grads["query"] = grads["query"][0]
+            if last.scatter_ids is None and grads["keys"].ndim == 3:
+                grads["keys"] = grads["keys"][0]
+                grads["values"] = grads["values"][0]
+        return grads
+
+    # -- hooks ----------------------------------------------------------------------------------
+    @abstractmethod
+    def _forward(self, batch: AttentionBatch) -> tuple[np.ndarray, Any]:
+        """Return ``(out (B, d_out), cache)``."""
+
+    @abstractmethod
+    def _weights(self, batch: AttentionBatch) -> np.ndarray:
+        """Return the weights ``(B, n)`` or ``(B, h, n)``."""
+
+    def _backward(self, grad_out: np.ndarray, cache: Any) -> dict[str, np.ndarray]:
+        """Return the gradients (see the module docstring)."""
+        raise NotImplementedError(f"{self.name} has no backward pass")
+
+    # -- validation -----------------------------------------------------------------------------
+    def _prepare(
+        self,
+        query: Any,
+        keys: Any,
+        values: Any,
+        mask: Any,
+        context: Context | None,
+        ids: Any,
+    ) -> tuple[AttentionBatch, np.ndarray | None, int, int]:
+        dt = self.dtype
+        q = as_float_array(query, "query", dt, (1, 2))
+        unbatched = q.ndim == 1
+        if unbatched:
+            q = q[None]
+        B, d = q.shape
+        if d != self.dim:
+            raise DimensionMismatchError(
+                f"{self.name}: query has dimension {d}, mechanism expects {self.dim}"
+            )
+        if B == 0:
+            raise EmptyInputError("query batch is empty (B = 0)")
+
+        scatter_ids: np.ndarray | None = None
+        key_rows = value_rows = 0
+        if ids is None:
+            k = as_float_array(keys, "keys", dt, (2,) if unbatched else (3,))
+            if unbatched:
+                k = k[None]
+            if k.shape[0] != B:
+                raise ShapeMismatchError(f"keys has batch size {k.shape[0]}, query has {B}")
+            n = k.shape[1]
+            if k.shape[2] != d:
+                raise DimensionMismatchError(f"keys have dimension {k.shape[2]}, query has {d}")
+            v = None
+            if values is not None:
+                v = as_float_array(values, "values", dt, (2,) if unbatched else (3,))
+                if unbatched:
+                    v = v[None]
+                if v.shape[:2] != (B, n):
+                    raise ShapeMismatchError(
+                        f"values must have shape {(B, n)} + (dv,) to match keys, got {v.shape}"
+                    )
+            m = np.ones((B, n), dtype=bool)
+            if mask is not None:
+                m = check_mask(mask, (n,) if unbatched else (B, n))
+                if unbatched:
+                    m = m[None]
+            batch_ids = None
+        else:
+            k = as_float_array(keys, "keys (table)", dt, (2,))
+            if k.shape[1] != d:
+                raise DimensionMismatchError(f"key table has dimension {k.shape[1]}, query has {d}")
+            key_rows = k.shape[0]
+            v = None
+            if values is not None:
+                v = as_float_array(values, "values (table)", dt, (2,))
+                value_rows = v.shape[0]
+                if value_rows != key_rows:
+                    raise ShapeMismatchError(
+                        f"value table has {value_rows} rows, key table has {key_rows}; ids index both"
+                    )
+            idarr = np.asarray(ids)
+            if unbatched and idarr.ndim == 1:
+                idarr = idarr[None]
+            if idarr.ndim != 2 or idarr.shape[0] != B:
+                raise ShapeMismatchError(f"ids must have shape ({B}, n), got {np.asarray(ids).shape}")
+            batch_ids = check_ids(idarr, None, key_rows)
+            n = batch_ids.shape[1]
+            m = batch_ids >= 0
+            if mask is not None:
+                mm = check_mask(mask, (n,) if unbatched else (B, n))
+                m = m & (mm[None] if unbatched else mm)
+            m = np.ascontiguousarray(m)
+            if not self.fused_gather:
+                from ruvector_hnsw.attention._gather_kernels import gather_rows
+
+                scatter_ids = batch_ids
+                k = gather_rows(k, batch_ids)
+                if v is not None:
+                    v = gather_rows(v, batch_ids)
+                batch_ids = None
+        if n == 0:
+            raise EmptyInputError("keys hold no items (n = 0)")
+        if v is not None:
+            if v.shape[-1] == 0:
+                raise EmptyInputError("values have width 0")
+            self.check_value_dim(int(v.shape[-1]))
+
+        ctx = None
+        if context is not None:
+            if not isinstance(context, Context):
+                raise InvalidInputError(f"context must be a Context, got {type(context).__name__}")
+            ctx = context.validated(B, n, dt, unbatched)
+        for fname in self.required_context():
+            if ctx is None or getattr(ctx, fname) is None:
+                raise MissingContextError(f"{self.name} needs context.{fname}, which was not given")
+        batch = AttentionBatch(
+            query=q, keys=k, values=v, mask=m, context=ctx, ids=batch_ids, unbatched=unbatched
+        )
+        return batch, scatter_ids, key_rows, value_rows
