@@ -1,0 +1,258 @@
+"""Poincare-ball operations (numpy, any float dtype) and a fused numba forward kernel.
+
+Conventions: the ball of curvature ``c < 0`` is ``{x : kappa * |x|^2 < 1}`` with ``kappa = -c``.
+Every function takes ``kappa = -c > 0``. Points are the last axis of an array.
+The numba kernel gathers keys/values by ids (``-1`` = masked) and computes in float64.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+_SMALL = 1e-7
+
+
+def ball_radius(kappa: float, eps: float) -> float:
+    """Largest norm kept after :func:`project`: ``(1 - eps) / sqrt(kappa)``."""
+    return (1.0 - eps) / math.sqrt(kappa)
+
+
+def project(x: np.ndarray, kappa: float, eps: float) -> np.ndarray:
+    """Pull points with ``|x| > (1 - eps)/sqrt(kappa)`` radially back inside the ball."""
+    r = ball_radius(kappa, eps)
+    n = np.linalg.norm(x, axis=-1, keepdims=True)
+    scale = np.where(n > r, r / np.maximum(n, 1e-300), 1.0)
+    return x * scale
+
+
+def project_backward(x: np.ndarray, g: np.ndarray, kappa: float, eps: float) -> np.ndarray:
+    """Vector-Jacobian product of :func:`project` at ``x`` with cotangent ``g``."""
+    r = ball_radius(kappa, eps)
+    n = np.linalg.norm(x, axis=-1, keepdims=True)
+    out = np.empty_like(g)
+    inside = (n <= r)[..., 0]
+    out[inside] = g[inside]
+    if (~inside).any():
+        xo = x[~inside]
+        no = n[~inside]
+        go = g[~inside]
+        xh = xo / no
+        out[~inside] = (r / no) * (go - xh * np.sum(xh * go, axis=-1, keepdims=True))
+    return out
+
+
+def mobius_add(x: np.ndarray, y: np.ndarray, kappa: float) -> np.ndarray:
+    """Mobius addition ``x (+) y`` on the ball of curvature ``-kappa``."""
+    xy = np.sum(x * y, axis=-1, keepdims=True)
+    x2 = np.sum(x * x, axis=-1, keepdims=True)
+    y2 = np.sum(y * y, axis=-1, keepdims=True)
+    num = (1.0 + 2.0 * kappa * xy + kappa * y2) * x + (1.0 - kappa * x2) * y
+    den = 1.0 + 2.0 * kappa * xy + kappa * kappa * x2 * y2
+    return num / den
+
+
+def expmap0(u: np.ndarray, kappa: float) -> np.ndarray:
+    """Exponential map at the origin: ``tanh(sqrt(k)|u|) u / (sqrt(k)|u|)``."""
+    a = math.sqrt(kappa)
+    n = np.linalg.norm(u, axis=-1, keepdims=True)
+    an = a * n
+    g = np.where(an > _SMALL, np.tanh(an) / np.maximum(an, _SMALL), 1.0 - an * an / 3.0)
+    return u * g
+
+
+def expmap0_backward(u: np.ndarray, g_out: np.ndarray, kappa: float) -> np.ndarray:
+    """VJP of :func:`expmap0` (its Jacobian is symmetric)."""
+    a = math.sqrt(kappa)
+    n = np.linalg.norm(u, axis=-1, keepdims=True)
+    an = a * n
+    big = an > 1e-4
+    safe_an = np.maximum(an, 1e-4)
+    g = np.where(big, np.tanh(safe_an) / safe_an, 1.0 - an * an / 3.0)
+    # g'(r)/r with r = |u|:  (a r sech^2(a r) - tanh(a r)) / (a r^3)
+    sech2 = 1.0 / np.cosh(np.minimum(safe_an, 350.0)) ** 2
+    safe_n = np.maximum(n, 1e-300)
+    gp_over_r = np.where(
+        big, (safe_an * sech2 - np.tanh(safe_an)) / (a * safe_n**3 + 1e-300), -2.0 * kappa / 3.0
+    )
+    return g * g_out + gp_over_r * np.sum(u * g_out, axis=-1, keepdims=True) * u
+
+
+def logmap0(y: np.ndarray, kappa: float) -> np.ndarray:
+    """Logarithmic map at the origin: ``artanh(sqrt(k)|y|) y / (sqrt(k)|y|)``; ``y`` strictly inside."""
+    a = math.sqrt(kappa)
+    n = np.linalg.norm(y, axis=-1, keepdims=True)
+    an = a * n
+    h = np.where(an > _SMALL, np.arctanh(np.minimum(an, 1.0 - 1e-16)) / np.maximum(an, _SMALL), 1.0 + an * an / 3.0)
+    return y * h
+
+
+def logmap0_backward(y: np.ndarray, g_out: np.ndarray, kappa: float) -> np.ndarray:
+    """VJP of :func:`logmap0` (symmetric Jacobian)."""
+    a = math.sqrt(kappa)
+    n = np.linalg.norm(y, axis=-1, keepdims=True)
+    an = a * n
+    big = an > 1e-4
+    safe_an = np.clip(an, 1e-4, 1.0 - 1e-16)
+    safe_n = np.maximum(n, 1e-300)
+    h = np.where(big, np.arctanh(safe_an) / safe_an, 1.0 + an * an / 3.0)
+    # h'(m)/m = (a m / (1 - a^2 m^2) - artanh(a m)) / (a m^3)
+    hp_over_m = np.where(
+        big,
+        (safe_an / (1.0 - safe_an * safe_an) - np.arctanh(safe_an)) / (a * safe_n**3 + 1e-300),
+        2.0 * kappa / 3.0,
+    )
+    return h * g_out + hp_over_m * np.sum(y * g_out, axis=-1, keepdims=True) * y
+
+
+def poincare_distance(x: np.ndarray, y: np.ndarray, kappa: float) -> np.ndarray:
+    """Geodesic distance ``arcosh(1 + 2k|x-y|^2 / ((1-k|x|^2)(1-k|y|^2))) / sqrt(k)`` (broadcasting)."""
+    diff = np.sum((x - y) ** 2, axis=-1)
+    ax = 1.0 - kappa * np.sum(x * x, axis=-1)
+    ay = 1.0 - kappa * np.sum(y * y, axis=-1)
+    z = 2.0 * kappa * diff / (ax * ay)
+    return np.log1p(z + np.sqrt(z * (z + 2.0))) / math.sqrt(kappa)
+
+
+@njit(cache=True, nogil=True, fastmath={"reassoc", "nsz"})
+def hyperbolic_forward_kernel(
+    q: np.ndarray,
+    ktab: np.ndarray,
+    vtab: np.ndarray,
+    ids: np.ndarray,
+    kappa: float,
+    eps: float,
+    inv_tau: float,
+    expmap_inputs: bool,
+    tangent_output: bool,
+) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover - jit
+    """Fused gather + Poincare attention for a batch; float64 accumulation.
+
+    ``ids[b, j] < 0`` marks a masked slot. A fully masked row returns weights 0 and output 0
+    (the origin, which is inside the ball). Returns ``(out (B, dv), weights (B, n))``.
+    """
+    B, d = q.shape
+    n = ids.shape[1]
+    dv = vtab.shape[1]
+    a = math.sqrt(kappa)
+    rmax = (1.0 - eps) / a
+    out = np.zeros((B, dv), dtype=q.dtype)
+    wts = np.zeros((B, n), dtype=q.dtype)
+    qp = np.empty(d)
+    kp = np.empty(d)
+    s = np.empty(n)
+    u = np.empty(dv)
+    t = np.empty(dv)
+    for b in range(B):
+        # query -> ball point
+        nq = 0.0
+        for i in range(d):
+            qp[i] = q[b, i]
+            nq += qp[i] * qp[i]
+        nq = math.sqrt(nq)
+        if expmap_inputs:
+            an = a * nq
+            g = math.tanh(an) / an if an > 1e-7 else 1.0 - an * an / 3.0
+            nq2 = 0.0
+            for i in range(d):
+                qp[i] *= g
+                nq2 += qp[i] * qp[i]
+            nq = math.sqrt(nq2)
+        if nq > rmax:
+            sc = rmax / nq
+            for i in range(d):
+                qp[i] *= sc
+            nq = rmax
+        aq = 1.0 - kappa * nq * nq
+        smax = -np.inf
+        for j in range(n):
+            r = ids[b, j]
+            if r < 0:
+                s[j] = -np.inf
+                continue
+            nk = 0.0
+            for i in range(d):
+                kp[i] = ktab[r, i]
+                nk += kp[i] * kp[i]
+            nk = math.sqrt(nk)
+            if expmap_inputs:
+                an = a * nk
+                g = math.tanh(an) / an if an > 1e-7 else 1.0 - an * an / 3.0
+                nk2 = 0.0
+                for i in range(d):
+                    kp[i] *= g
+                    nk2 += kp[i] * kp[i]
+                nk = math.sqrt(nk2)
+            if nk > rmax:
+                sc = rmax / nk
+                for i in range(d):
+                    kp[i] *= sc
+                nk = rmax
+            ak = 1.0 - kappa * nk * nk
+            diff = 0.0
+            for i in range(d):
+                dd = qp[i] - kp[i]
+                diff += dd * dd
+            z = 2.0 * kappa * diff / (aq * ak)
+            dist = math.log1p(z + math.sqrt(z * (z + 2.0))) / a
+            s[j] = -dist * inv_tau
+            if s[j] > smax:
+                smax = s[j]
+        if smax == -np.inf:
+            continue
+        tot = 0.0
+        for j in range(n):
+            if ids[b, j] >= 0:
+                s[j] = math.exp(s[j] - smax)
+                tot += s[j]
+            else:
+                s[j] = 0.0
+        for i in range(dv):
+            u[i] = 0.0
+        for j in range(n):
+            r = ids[b, j]
+            if r < 0:
+                continue
+            w = s[j] / tot
+            wts[b, j] = w
+            nv = 0.0
+            for i in range(dv):
+                t[i] = vtab[r, i]
+                nv += t[i] * t[i]
+            nv = math.sqrt(nv)
+            if expmap_inputs:
+                an = a * nv
+                g = math.tanh(an) / an if an > 1e-7 else 1.0 - an * an / 3.0
+                nv2 = 0.0
+                for i in range(dv):
+                    t[i] *= g
+                    nv2 += t[i] * t[i]
+                nv = math.sqrt(nv2)
+            if nv > rmax:
+                sc = rmax / nv
+                for i in range(dv):
+                    t[i] *= sc
+                nv = rmax
+            am = a * nv
+            h = math.atanh(min(am, 1.0 - 1e-16)) / am if am > 1e-7 else 1.0 + am * am / 3.0
+            for i in range(dv):
+                u[i] += w * h * t[i]
+        if tangent_output:
+            for i in range(dv):
+                out[b, i] = u[i]
+            continue
+        nu = 0.0
+        for i in range(dv):
+            nu += u[i] * u[i]
+        nu = math.sqrt(nu)
+        an = a * nu
+        g = math.tanh(an) / an if an > 1e-7 else 1.0 - an * an / 3.0
+        ny = g * nu
+        sc = g
+        if ny > rmax:
+            sc = g * rmax / ny
+        for i in range(dv):
+            out[b, i] = u[i] * sc
+    return out, wts

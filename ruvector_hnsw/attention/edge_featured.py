@@ -1,0 +1,233 @@
+"""GATv2-style attention with edge features (``edge_featured``).
+
+Score of item ``j`` for query ``q``::
+
+    z_j = q W_q + k_j W_k + f_j W_e + b          (hidden width h)
+    e_j = a . LeakyReLU(z_j)                      (negative slope ``negative_slope``)
+    w   = softmax(e) over the mask
+    out = (sum_j w_j v_j) W_v                     (or sum_j w_j v_j with ``project_values=False``)
+
+Edge features ``f_j``
+---------------------
+* ``edge_dim=None`` (default): derived from the context, ``f_j = [dist_j, log1p(degree_j),
+  onehot(layer_j)]`` of width ``2 + num_layers``. ``context.dist`` and ``context.layer`` are
+  required; ``context.degree`` is optional (a zero column when absent); layers above
+  ``num_layers - 1`` share the last one-hot slot. ``dist`` is used as given (index metric).
+* ``edge_dim=f``: ``context.edge_features`` of shape ``(B, n, f)`` is required and used as is.
+
+Fully masked rows: weights 0, output 0 (no bias on the output). Edge features are context,
+not inputs: no gradient is returned for them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ruvector_hnsw.attention._edge_kernels import edge_forward_kernel
+from ruvector_hnsw.attention._gather_kernels import gather_rows, scatter_add_rows
+from ruvector_hnsw.attention._partb_common import dense_ids, masked_softmax, softmax_backward
+from ruvector_hnsw.attention.base import (
+    AttentionBatch,
+    AttentionMechanism,
+    check_positive_float,
+    check_positive_int,
+)
+from ruvector_hnsw.errors import ConfigError, DimensionMismatchError, MissingContextError
+
+__all__ = ["EdgeFeaturedAttention"]
+
+
+class EdgeFeaturedAttention(AttentionMechanism):
+    """GATv2 attention whose scores see edge features (distance, HNSW layer, degree, ...).
+
+    Parameters
+    ----------
+    dim : int
+        Query/key dimensionality ``d``.
+    hidden : int, optional
+        Width ``h`` of the score MLP (default ``dim``).
+    edge_dim : int, optional
+        Width of ``context.edge_features``; ``None`` derives features from dist/layer/degree
+        (see the module docstring).
+    num_layers : int
+        One-hot width of the layer feature in derived mode (default 4).
+    project_values : bool
+        Learn ``W_v`` (``value_dim x out_dim``); ``False`` returns ``sum_j w_j v_j``.
+    value_dim, out_dim : int, optional
+        Value width (default ``dim``) and output width (default ``value_dim``) with
+        ``project_values``. ``W_v`` starts as the identity when they are equal.
+    negative_slope : float
+        LeakyReLU slope (default 0.2).
+    dtype, seed
+        See :class:`~ruvector_hnsw.attention.base.AttentionMechanism`.
+
+    Params: ``W_q (d, h)``, ``W_k (d, h)``, ``W_e (f, h)``, ``b (h,)``, ``a (h,)`` and ``W_v``.
+    """
+
+    name = "edge_featured"
+    fused_gather = True
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        hidden: int | None = None,
+        edge_dim: int | None = None,
+        num_layers: int = 4,
+        project_values: bool = True,
+        value_dim: int | None = None,
+        out_dim: int | None = None,
+        negative_slope: float = 0.2,
+        dtype: Any = np.float32,
+        seed: int | None = None,
+    ) -> None:
+        super().__init__(dim, dtype=dtype, seed=seed)
+        self.hidden = check_positive_int(self.dim if hidden is None else hidden, "hidden")
+        self.num_layers = check_positive_int(num_layers, "num_layers")
+        self.edge_dim = None if edge_dim is None else check_positive_int(edge_dim, "edge_dim")
+        self.feature_dim = (2 + self.num_layers) if self.edge_dim is None else self.edge_dim
+        if not isinstance(project_values, (bool, np.bool_)):
+            raise ConfigError(f"project_values must be a bool, got {project_values!r}")
+        self.project_values = bool(project_values)
+        self.value_dim = check_positive_int(self.dim if value_dim is None else value_dim, "value_dim")
+        self.out_dim = check_positive_int(self.value_dim if out_dim is None else out_dim, "out_dim")
+        self.negative_slope = check_positive_float(negative_slope, "negative_slope", allow_zero=True)
+        if self.negative_slope >= 1.0:
+            raise ConfigError(f"negative_slope must be < 1, got {self.negative_slope}")
+        rng = self._rng()
+        d, h, f, dt = self.dim, self.hidden, self.feature_dim, self.dtype
+        self._params = {
+            "W_q": (rng.standard_normal((d, h)) / np.sqrt(d)).astype(dt),
+            "W_k": (rng.standard_normal((d, h)) / np.sqrt(d)).astype(dt),
+            "W_e": (rng.standard_normal((f, h)) / np.sqrt(f)).astype(dt),
+            "b": np.zeros(h, dtype=dt),
+            "a": (rng.standard_normal(h) / np.sqrt(h)).astype(dt),
+        }
+        if self.project_values:
+            if self.value_dim == self.out_dim:
+                wv = np.eye(self.value_dim)
+            else:
+                wv = rng.standard_normal((self.value_dim, self.out_dim)) / np.sqrt(self.value_dim)
+            self._params["W_v"] = np.ascontiguousarray(wv, dtype=dt)
+
+    # -- description ---------------------------------------------------------------------------
+    def required_context(self) -> tuple[str, ...]:
+        return ("dist", "layer") if self.edge_dim is None else ("edge_features",)
+
+    def output_dim(self, value_dim: int) -> int:
+        return self.out_dim if self.project_values else value_dim
+
+    def check_value_dim(self, value_dim: int) -> None:
+        if self.project_values and value_dim != self.value_dim:
+            raise DimensionMismatchError(
+                f"{self.name}: values have width {value_dim}, W_v expects value_dim={self.value_dim}"
+            )
+
+    def get_config(self) -> dict[str, Any]:
+        cfg = super().get_config()
+        cfg.update(
+            hidden=self.hidden,
+            edge_dim=self.edge_dim,
+            num_layers=self.num_layers,
+            project_values=self.project_values,
+            value_dim=self.value_dim,
+            out_dim=self.out_dim,
+            negative_slope=self.negative_slope,
+        )
+        return cfg
+
+    # -- features ------------------------------------------------------------------------------
+    def edge_features(self, batch: AttentionBatch) -> np.ndarray:
+        """The ``(B, n, f)`` features the scores see for ``batch`` (given or derived)."""
+        ctx = batch.context
+        B, n = batch.B, batch.n
+        if self.edge_dim is not None:
+            ef = batch.require("edge_features", self.name)
+            if ef.shape[2] != self.edge_dim:
+                raise DimensionMismatchError(
+                    f"{self.name}: context.edge_features has width {ef.shape[2]}, edge_dim={self.edge_dim}"
+                )
+            return np.ascontiguousarray(ef)
+        if ctx is None or ctx.dist is None or ctx.layer is None:
+            raise MissingContextError(
+                f"{self.name} needs context.dist and context.layer (or edge_dim= and context.edge_features)"
+            )
+        feats = np.zeros((B, n, self.feature_dim), dtype=self.dtype)
+        feats[:, :, 0] = ctx.dist
+        if ctx.degree is not None:
+            feats[:, :, 1] = np.log1p(np.maximum(ctx.degree, 0.0))
+        lay = np.clip(ctx.layer.astype(np.int64), 0, self.num_layers - 1)
+        np.put_along_axis(feats[:, :, 2:], lay[:, :, None], 1.0, axis=2)
+        return feats
+
+    # -- compute -------------------------------------------------------------------------------
+    def _tables(self, batch: AttentionBatch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Key table, value table (or None-free keys) and ids for the fused kernel."""
+        if batch.ids is not None:
+            ids = np.ascontiguousarray(np.where(batch.mask, batch.ids, -1))
+            return batch.keys, batch.values if batch.values is not None else batch.keys, ids
+        B, n, d = batch.keys.shape
+        kt = batch.keys.reshape(B * n, d)
+        vt = kt if batch.values is None else batch.values.reshape(B * n, batch.values.shape[2])
+        return kt, vt, dense_ids(batch.mask)
+
+    def _run(self, batch: AttentionBatch, feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        kt, vt, ids = self._tables(batch)
+        p = self._params
+        return edge_forward_kernel(
+            batch.query, kt, vt, ids, feats, p["W_q"], p["W_k"], p["W_e"], p["b"], p["a"],
+            float(self.negative_slope),
+        )
+
+    def _weights(self, batch: AttentionBatch) -> np.ndarray:
+        feats = self.edge_features(batch)
+        w, _ = self._run(batch, feats)
+        return w
+
+    def _forward(self, batch: AttentionBatch) -> tuple[np.ndarray, Any]:
+        feats = self.edge_features(batch)
+        w, agg = self._run(batch, feats)
+        out = agg @ self._params["W_v"] if self.project_values else agg
+        return np.ascontiguousarray(out, dtype=self.dtype), (batch, feats, w, agg)
+
+    def _backward(self, grad_out: np.ndarray, cache: Any) -> dict[str, np.ndarray]:
+        batch, feats, w, agg = cache
+        p = self._params
+        q = batch.query
+        if batch.ids is not None:
+            ids = np.ascontiguousarray(np.where(batch.mask, batch.ids, -1))
+            K = gather_rows(batch.keys, ids)
+            V = gather_rows(batch.values, ids)
+        else:
+            K, V = batch.keys, batch.values
+        grads: dict[str, np.ndarray] = {}
+        if self.project_values:
+            grads["W_v"] = agg.T @ grad_out
+            dagg = grad_out @ p["W_v"].T
+        else:
+            dagg = grad_out
+        dV = w[:, :, None] * dagg[:, None, :]
+        dw = np.einsum("bnv,bv->bn", V, dagg)
+        ds = softmax_backward(w, dw) * batch.mask
+        z = (q @ p["W_q"])[:, None, :] + K @ p["W_k"] + feats @ p["W_e"] + p["b"]
+        slope = self.negative_slope
+        g = np.where(z > 0, z, slope * z)
+        grads["a"] = np.einsum("bn,bnh->h", ds, g)
+        dz = ds[:, :, None] * p["a"] * np.where(z > 0, 1.0, slope)
+        dz_sum = dz.sum(axis=1)
+        grads["W_q"] = q.T @ dz_sum
+        grads["W_k"] = np.einsum("bnd,bnh->dh", K, dz)
+        grads["W_e"] = np.einsum("bnf,bnh->fh", feats, dz)
+        grads["b"] = dz_sum.sum(axis=0)
+        grads["query"] = dz_sum @ p["W_q"].T
+        dK = dz @ p["W_k"].T
+        if batch.ids is not None:
+            grads["keys"] = scatter_add_rows(np.ascontiguousarray(dK), ids, batch.keys.shape[0])
+            grads["values"] = scatter_add_rows(np.ascontiguousarray(dV), ids, batch.values.shape[0])
+        else:
+            grads["keys"] = dK
+            grads["values"] = dV
+        dt = self.dtype
+        return {k: np.ascontiguousarray(v, dtype=dt) for k, v in grads.items()}

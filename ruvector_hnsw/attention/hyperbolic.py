@@ -1,0 +1,199 @@
+"""Attention on the Poincare ball (``hyperbolic``).
+
+With curvature ``c < 0`` (``kappa = -c``) the ball is ``{x : |x| < 1/sqrt(kappa)}``.
+
+1. Inputs to ball points: ``input_map="project"`` (default) treats query/keys/values as ball
+   points and pulls any point with ``|x| > (1 - eps)/sqrt(kappa)`` (at or outside the boundary)
+   radially back to that radius; ``input_map="expmap"`` treats them as tangent vectors at the
+   origin and maps them with ``exp_0`` (then the same projection, since ``tanh`` saturates).
+2. Scores ``s_j = -d_c(q, k_j) / tau`` with the geodesic distance
+   ``d_c(x, y) = (2/sqrt(kappa)) artanh(sqrt(kappa) |(-x) (+)_c y|)`` (computed by the equivalent
+   ``arcosh`` form) and a learned temperature ``tau = exp(log_temperature)``.
+3. Aggregation in the tangent space at the origin: ``u = sum_j w_j log_0(v_j)``.
+4. ``output="ball"`` (default): ``out = project(exp_0(u))`` - strictly inside the ball for any
+   finite input. ``output="tangent"``: ``out = u`` (a Euclidean vector, used by ``moe``).
+
+Fully masked rows: weights 0, ``u = 0``, output the origin (zero vector).
+The Mobius helpers live in :mod:`ruvector_hnsw.attention._hyperbolic_kernels`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from ruvector_hnsw.attention._gather_kernels import gather_rows, scatter_add_rows
+from ruvector_hnsw.attention._hyperbolic_kernels import (
+    expmap0,
+    expmap0_backward,
+    hyperbolic_forward_kernel,
+    logmap0,
+    logmap0_backward,
+    project,
+    project_backward,
+)
+from ruvector_hnsw.attention._partb_common import dense_ids, softmax_backward
+from ruvector_hnsw.attention.base import AttentionBatch, AttentionMechanism, check_positive_float
+from ruvector_hnsw.errors import ConfigError
+
+__all__ = ["HyperbolicAttention"]
+
+
+class HyperbolicAttention(AttentionMechanism):
+    """Poincare-ball attention: negative geodesic distance scores, tangent-space aggregation.
+
+    Parameters
+    ----------
+    dim : int
+        Query/key dimensionality ``d``.
+    curvature : float
+        Curvature ``c < 0`` of the ball (default ``-1.0``).
+    eps : float
+        Relative margin kept from the boundary, ``0 < eps < 0.5`` (default ``1e-5``).
+    temperature : float
+        Initial temperature ``tau > 0`` (learned as ``log_temperature``).
+    input_map : {"project", "expmap"}
+        How inputs become ball points (see the module docstring).
+    output : {"ball", "tangent"}
+        Return the ball point ``exp_0(u)`` or the tangent vector ``u``.
+    dtype, seed
+        See :class:`~ruvector_hnsw.attention.base.AttentionMechanism`.
+
+    Params: ``log_temperature (1,)``.
+    """
+
+    name = "hyperbolic"
+    fused_gather = True
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        curvature: float = -1.0,
+        eps: float = 1e-5,
+        temperature: float = 1.0,
+        input_map: str = "project",
+        output: str = "ball",
+        dtype: Any = np.float32,
+        seed: int | None = None,
+    ) -> None:
+        super().__init__(dim, dtype=dtype, seed=seed)
+        if isinstance(curvature, bool) or not isinstance(curvature, (int, float, np.integer, np.floating)):
+            raise ConfigError(f"curvature must be a number < 0, got {curvature!r}")
+        if not (np.isfinite(curvature) and curvature < 0):
+            raise ConfigError(f"curvature must be a finite number < 0, got {curvature}")
+        self.curvature = float(curvature)
+        self.kappa = -self.curvature
+        self.eps = check_positive_float(eps, "eps")
+        if self.eps >= 0.5:
+            raise ConfigError(f"eps must be < 0.5, got {self.eps}")
+        tau = check_positive_float(temperature, "temperature")
+        if input_map not in ("project", "expmap"):
+            raise ConfigError(f"input_map must be 'project' or 'expmap', got {input_map!r}")
+        if output not in ("ball", "tangent"):
+            raise ConfigError(f"output must be 'ball' or 'tangent', got {output!r}")
+        self.input_map = input_map
+        self.output = output
+        self._params = {"log_temperature": np.array([math.log(tau)], dtype=self.dtype)}
+
+    @property
+    def radius(self) -> float:
+        """Largest output norm, ``(1 - eps) / sqrt(-curvature)``."""
+        return (1.0 - self.eps) / math.sqrt(self.kappa)
+
+    def get_config(self) -> dict[str, Any]:
+        cfg = super().get_config()
+        cfg.update(curvature=self.curvature, eps=self.eps, input_map=self.input_map, output=self.output)
+        return cfg
+
+    # -- compute -------------------------------------------------------------------------------
+    def _run(self, batch: AttentionBatch) -> tuple[np.ndarray, np.ndarray]:
+        if batch.ids is not None:
+            ids = np.ascontiguousarray(np.where(batch.mask, batch.ids, -1))
+            kt = batch.keys
+            vt = batch.values if batch.values is not None else batch.keys
+        else:
+            B, n, d = batch.keys.shape
+            kt = batch.keys.reshape(B * n, d)
+            vt = kt if batch.values is None else batch.values.reshape(B * n, batch.values.shape[2])
+            ids = dense_ids(batch.mask)
+        inv_tau = math.exp(-float(self._params["log_temperature"][0]))
+        return hyperbolic_forward_kernel(
+            batch.query, kt, vt, ids, self.kappa, self.eps, inv_tau,
+            self.input_map == "expmap", self.output == "tangent",
+        )
+
+    def _weights(self, batch: AttentionBatch) -> np.ndarray:
+        return self._run(batch)[1]
+
+    def _forward(self, batch: AttentionBatch) -> tuple[np.ndarray, Any]:
+        out, w = self._run(batch)
+        return out, (batch, w)
+
+    def _to_ball(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        xe = expmap0(x, self.kappa) if self.input_map == "expmap" else x
+        return xe, project(xe, self.kappa, self.eps)
+
+    def _from_ball_grad(self, x: np.ndarray, xe: np.ndarray, g: np.ndarray) -> np.ndarray:
+        g = project_backward(xe, g, self.kappa, self.eps)
+        if self.input_map == "expmap":
+            g = expmap0_backward(x, g, self.kappa)
+        return g
+
+    def _backward(self, grad_out: np.ndarray, cache: Any) -> dict[str, np.ndarray]:
+        batch, w = cache
+        f8 = np.float64
+        kap = self.kappa
+        mask = batch.mask
+        if batch.ids is not None:
+            ids = np.ascontiguousarray(np.where(mask, batch.ids, -1))
+            K = gather_rows(batch.keys, ids).astype(f8)
+            V = gather_rows(batch.values, ids).astype(f8)
+        else:
+            K, V = batch.keys.astype(f8), batch.values.astype(f8)
+        q = batch.query.astype(f8)
+        w = w.astype(f8)
+        go = grad_out.astype(f8)
+        log_tau = float(self._params["log_temperature"][0])
+        tau = math.exp(log_tau)
+        qe, qp = self._to_ball(q)
+        ke, kp = self._to_ball(K)
+        ve, vp = self._to_ball(V)
+        t = logmap0(vp, kap)
+        u = np.einsum("bn,bnv->bv", w, t)
+        if self.output == "ball":
+            y = expmap0(u, kap)
+            du = expmap0_backward(u, project_backward(y, go, kap, self.eps), kap)
+        else:
+            du = go
+        dw = np.einsum("bv,bnv->bn", du, t)
+        dt = w[:, :, None] * du[:, None, :]
+        dV = self._from_ball_grad(V, ve, logmap0_backward(vp, dt, kap))
+        ds = softmax_backward(w, dw) * mask
+        # distances, recomputed in float64
+        aq = 1.0 - kap * np.sum(qp * qp, axis=-1)  # (B,)
+        ak = 1.0 - kap * np.sum(kp * kp, axis=-1)  # (B, n)
+        diff = qp[:, None, :] - kp  # (B, n, d)
+        delta = np.sum(diff * diff, axis=-1)
+        den = aq[:, None] * ak
+        z = 2.0 * kap * delta / den
+        dist = np.log1p(z + np.sqrt(z * (z + 2.0))) / math.sqrt(kap)
+        s = -dist / tau
+        grads: dict[str, np.ndarray] = {"log_temperature": np.array([-np.sum(ds * s)])}
+        ddist = -ds / tau
+        root = np.sqrt(z * (z + 2.0))
+        dz = np.where(root > 1e-12, ddist / (math.sqrt(kap) * np.maximum(root, 1e-12)), 0.0) * mask
+        c1 = dz * 2.0 * kap / den  # coefficient of d(delta)
+        dqp = np.einsum("bn,bnd->bd", 2.0 * c1, diff) + (np.sum(dz * z, axis=1) / aq * 2.0 * kap)[:, None] * qp
+        dkp = -2.0 * c1[:, :, None] * diff + (dz * z / ak * 2.0 * kap)[:, :, None] * kp
+        grads["query"] = self._from_ball_grad(q, qe, dqp)
+        dK = self._from_ball_grad(K, ke, dkp)
+        if batch.ids is not None:
+            dK = scatter_add_rows(np.ascontiguousarray(dK), ids, batch.keys.shape[0])
+            dV = scatter_add_rows(np.ascontiguousarray(dV), ids, batch.values.shape[0])
+        grads["keys"] = dK
+        grads["values"] = dV
+        dtp = self.dtype
+        return {k: np.ascontiguousarray(v, dtype=dtp) for k, v in grads.items()}
