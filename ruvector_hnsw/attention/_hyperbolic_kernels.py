@@ -85,7 +85,8 @@ def logmap0(y: np.ndarray, kappa: float) -> np.ndarray:
     a = math.sqrt(kappa)
     n = np.linalg.norm(y, axis=-1, keepdims=True)
     an = a * n
-    h = np.where(an > _SMALL, np.arctanh(np.minimum(an, 1.0 - 1e-16)) / np.maximum(an, _SMALL), 1.0 + an * an / 3.0)
+    big = np.arctanh(np.minimum(an, 1.0 - 1e-16)) / np.maximum(an, _SMALL)
+    h = np.where(an > _SMALL, big, 1.0 + an * an / 3.0)
     return y * h
 
 

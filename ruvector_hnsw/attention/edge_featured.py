@@ -27,7 +27,7 @@ import numpy as np
 
 from ruvector_hnsw.attention._edge_kernels import edge_forward_kernel
 from ruvector_hnsw.attention._gather_kernels import gather_rows, scatter_add_rows
-from ruvector_hnsw.attention._partb_common import dense_ids, masked_softmax, softmax_backward
+from ruvector_hnsw.attention._partb_common import dense_ids, softmax_backward
 from ruvector_hnsw.attention.base import (
     AttentionBatch,
     AttentionMechanism,

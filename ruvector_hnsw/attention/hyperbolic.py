@@ -186,7 +186,8 @@ class HyperbolicAttention(AttentionMechanism):
         root = np.sqrt(z * (z + 2.0))
         dz = np.where(root > 1e-12, ddist / (math.sqrt(kap) * np.maximum(root, 1e-12)), 0.0) * mask
         c1 = dz * 2.0 * kap / den  # coefficient of d(delta)
-        dqp = np.einsum("bn,bnd->bd", 2.0 * c1, diff) + (np.sum(dz * z, axis=1) / aq * 2.0 * kap)[:, None] * qp
+        dqp = np.einsum("bn,bnd->bd", 2.0 * c1, diff)
+        dqp += (np.sum(dz * z, axis=1) / aq * 2.0 * kap)[:, None] * qp
         dkp = -2.0 * c1[:, :, None] * diff + (dz * z / ak * 2.0 * kap)[:, :, None] * kp
         grads["query"] = self._from_ball_grad(q, qe, dqp)
         dK = self._from_ball_grad(K, ke, dkp)
