@@ -341,7 +341,9 @@ class _Similarity:
         return q @ c.T if shared else np.einsum("bd,bcd->bc", q, c)
 
     @staticmethod
-    def _dot_backward(q: np.ndarray, c: np.ndarray, g: np.ndarray, shared: bool) -> tuple[np.ndarray, np.ndarray]:
+    def _dot_backward(
+        q: np.ndarray, c: np.ndarray, g: np.ndarray, shared: bool
+    ) -> tuple[np.ndarray, np.ndarray]:
         if shared:
             return g @ c, g.T @ q
         return np.einsum("bc,bcd->bd", g, c), g[:, :, None] * q[:, None, :]

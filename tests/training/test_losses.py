@@ -172,7 +172,8 @@ def test_triplet_hardest_value_and_fd(kind):
             sim = sign * s[i]
             rows.append(max(0.5 - sim[p].min() + sim[n].max(), 0.0))
     assert loss == pytest.approx(np.mean(rows))
-    fd = fd_grad(lambda x: triplet(x, pos, margin=0.5, kind=kind, mining="hardest", candidate_mask=valid)[0], s)
+    kw = dict(margin=0.5, kind=kind, mining="hardest", candidate_mask=valid)
+    fd = fd_grad(lambda x: triplet(x, pos, **kw)[0], s)
     np.testing.assert_allclose(g, fd, atol=1e-6)
 
 
@@ -236,7 +237,8 @@ def test_columns_and_ids_to_mask():
     np.testing.assert_array_equal(m, [[True, False, True, False], [False] * 4])
     cand = np.array([[5, 7, -1, 9], [1, 2, 3, 4]])
     pos = np.array([[9, 5, -1], [4, 8, 7]])
-    np.testing.assert_array_equal(ids_to_mask(cand, pos), [[True, False, False, True], [False, False, False, True]])
+    expected = [[True, False, False, True], [False, False, False, True]]
+    np.testing.assert_array_equal(ids_to_mask(cand, pos), expected)
     with pytest.raises(InvalidInputError, match="columns"):
         columns_to_mask(np.array([[4]]), 4)
 
