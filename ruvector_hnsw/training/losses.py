@@ -110,8 +110,9 @@ def _positive_mask(positives: Any, shape: tuple[int, int]) -> np.ndarray:
     )
 
 
-def _reduce_rows(row_loss: np.ndarray, active: np.ndarray, row_grad: np.ndarray, reduction: str,
-                 out_dtype: np.dtype) -> tuple[float, np.ndarray]:
+def _reduce_rows(
+    row_loss: np.ndarray, active: np.ndarray, row_grad: np.ndarray, reduction: str, out_dtype: np.dtype
+) -> tuple[float, np.ndarray]:
     n_active = int(active.sum())
     if n_active == 0:
         return 0.0, np.zeros(row_grad.shape, dtype=out_dtype)
@@ -182,8 +183,11 @@ def info_nce(
     if form not in ("supcon", "logsumexp"):
         raise ConfigError(f"form: expected 'supcon' or 'logsumexp', got {form!r}")
     pos = _positive_mask(positives, s.shape)
-    valid = np.ones(s.shape, bool) if candidate_mask is None else as_bool_matrix(
-        candidate_mask, "candidate_mask", s.shape)
+    valid = (
+        np.ones(s.shape, bool)
+        if candidate_mask is None
+        else as_bool_matrix(candidate_mask, "candidate_mask", s.shape)
+    )
     pos = pos & valid
     n_pos = pos.sum(axis=1)
     active = n_pos > 0
@@ -274,8 +278,11 @@ def triplet(
         raise ConfigError(f"kind: expected 'scores' or 'distances', got {kind!r}")
     if mining not in ("all", "hardest"):
         raise ConfigError(f"mining: expected 'all' or 'hardest', got {mining!r}")
-    valid = np.ones(v.shape, bool) if candidate_mask is None else as_bool_matrix(
-        candidate_mask, "candidate_mask", v.shape)
+    valid = (
+        np.ones(v.shape, bool)
+        if candidate_mask is None
+        else as_bool_matrix(candidate_mask, "candidate_mask", v.shape)
+    )
     pos = _positive_mask(positives, v.shape) & valid
     neg = (~pos & valid) if negatives is None else (_positive_mask(negatives, v.shape) & valid & ~pos)
     sign = 1.0 if kind == "scores" else -1.0
@@ -303,8 +310,17 @@ def triplet(
     row_loss = np.zeros(v.shape[0], np.float64)
     row_count = np.zeros(v.shape[0], np.int64)
     row_grad = np.zeros(v.shape, np.float64)
-    _kernels.triplet_all_pairs(v64, np.ascontiguousarray(pos), np.ascontiguousarray(neg), m, sign, bool(soft),
-                               row_loss, row_count, row_grad)
+    _kernels.triplet_all_pairs(
+        v64,
+        np.ascontiguousarray(pos),
+        np.ascontiguousarray(neg),
+        m,
+        sign,
+        bool(soft),
+        row_loss,
+        row_count,
+        row_grad,
+    )
     return _reduce_rows(row_loss, row_count > 0, row_grad, reduction, v.dtype)
 
 
@@ -552,12 +568,17 @@ def local_contrastive(
     gathered = z[np.where(valid, cols, 0)]  # (B, P+m, d)
     sim: _Similarity = CosineSimilarity() if similarity == "cosine" else DotSimilarity()
     scores = sim.forward(z[anchors], gathered)
-    loss, g_scores = info_nce(scores, pos_mask, temperature=temperature, candidate_mask=valid, form=form,
-                              reduction=reduction)
+    loss, g_scores = info_nce(
+        scores, pos_mask, temperature=temperature, candidate_mask=valid, form=form, reduction=reduction
+    )
     grads = sim.backward(g_scores)
     dz = np.zeros(z.shape, dtype=np.float64)
-    _kernels.scatter_add_rows(dz, anchors[:, None].copy(), np.ascontiguousarray(grads["query"][:, None, :],
-                                                                                   dtype=np.float64))
-    _kernels.scatter_add_rows(dz, np.ascontiguousarray(np.where(valid, cols, -1)),
-                              np.ascontiguousarray(grads["candidates"], dtype=np.float64))
+    _kernels.scatter_add_rows(
+        dz, anchors[:, None].copy(), np.ascontiguousarray(grads["query"][:, None, :], dtype=np.float64)
+    )
+    _kernels.scatter_add_rows(
+        dz,
+        np.ascontiguousarray(np.where(valid, cols, -1)),
+        np.ascontiguousarray(grads["candidates"], dtype=np.float64),
+    )
     return loss, dz.astype(z.dtype, copy=False)

@@ -203,10 +203,12 @@ def test_similarity_backward_fd(cls, shared):
         ref = qn @ cn.T if shared else np.einsum("bd,bcd->bc", qn, cn)
     np.testing.assert_allclose(s, ref, atol=1e-12)
     grads = sim.backward(w)
-    np.testing.assert_allclose(grads["query"], fd_grad(lambda x: float(np.sum(cls().forward(x, c) * w)), q),
-                               atol=1e-6)
-    np.testing.assert_allclose(grads["candidates"],
-                               fd_grad(lambda x: float(np.sum(cls().forward(q, x) * w)), c), atol=1e-6)
+    np.testing.assert_allclose(
+        grads["query"], fd_grad(lambda x: float(np.sum(cls().forward(x, c) * w)), q), atol=1e-6
+    )
+    np.testing.assert_allclose(
+        grads["candidates"], fd_grad(lambda x: float(np.sum(cls().forward(q, x) * w)), c), atol=1e-6
+    )
 
 
 def test_similarity_through_info_nce_chain_rule():
@@ -266,7 +268,7 @@ def test_local_contrastive_fd_and_reference(similarity):
     # reference: per anchor, supcon over neighbours + negatives
     rows = []
     for r, i in enumerate(nodes):
-        nb = [j for j in indices[indptr[i]:indptr[i + 1]] if j >= 0 and j != i]
+        nb = [j for j in indices[indptr[i] : indptr[i + 1]] if j >= 0 and j != i]
         cols = nb + [j for j in neg[r] if j >= 0]
         if similarity == "cosine":
             zn = z / np.linalg.norm(z, axis=1, keepdims=True)
@@ -292,7 +294,7 @@ def test_sample_non_neighbors_excludes_self_and_neighbours_and_varies():
         assert (s >= 0).all()
         for i in range(n):
             assert i not in s[i]
-            assert not set(s[i]) & set(indices[indptr[i]:indptr[i + 1]])
+            assert not set(s[i]) & set(indices[indptr[i] : indptr[i + 1]])
             assert len(set(s[i])) == 5
     again = sample_non_neighbors(indptr, indices, nodes, 5, _rng(3))
     np.testing.assert_array_equal(again, a)
