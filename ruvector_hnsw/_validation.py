@@ -79,7 +79,7 @@ def as_matrix(
         raise DimensionMismatchError(f"{name}: expected dimension {dim}, got {arr.shape[1]}")
     if arr.shape[0] == 0 and not allow_empty:
         raise EmptyInputError(f"{name}: no rows given")
-    out = np.ascontiguousarray(arr, dtype=dtype)
+    out: np.ndarray = np.ascontiguousarray(arr, dtype=dtype)
     if out.size and not np.isfinite(out).all():
         bad = int(np.flatnonzero(~np.isfinite(out).all(axis=1))[0])
         raise NonFiniteError(f"{name}: row {bad} holds NaN or infinity")

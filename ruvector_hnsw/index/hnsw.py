@@ -265,7 +265,7 @@ class HNSWIndex:
         queries: Any,
         k: int = 10,
         ef: int | None = None,
-        filter: FilterLike = None,  # noqa: A002 - public name from the contract
+        filter: FilterLike = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """k nearest neighbours of each query.
 
@@ -304,7 +304,7 @@ class HNSWIndex:
             self._search_into(q, k, threads, predicate, out_ids, out_dist)
         return out_ids, out_dist
 
-    def _make_filter(self, filter: FilterLike) -> Callable[[int], bool] | None:  # noqa: A002
+    def _make_filter(self, filter: FilterLike) -> Callable[[int], bool] | None:
         if filter is None:
             return None
         if callable(filter):

@@ -120,12 +120,11 @@ class LatentIndex:
 
     def _make_index(self, first_batch: np.ndarray) -> Any:
         if self._kind == "flat":
-            base = faiss.IndexFlat(self._dim, self._faiss_metric)
-            return faiss.IndexIDMap2(base)
+            return faiss.IndexIDMap2(faiss.IndexFlat(self._dim, self._faiss_metric))
         if self._kind == "hnsw":
-            base = faiss.IndexHNSWFlat(self._dim, self._M, self._faiss_metric)
-            base.hnsw.efSearch = self._ef_search
-            return faiss.IndexIDMap2(base)
+            graph = faiss.IndexHNSWFlat(self._dim, self._M, self._faiss_metric)
+            graph.hnsw.efSearch = self._ef_search
+            return faiss.IndexIDMap2(graph)
         n = first_batch.shape[0]
         nlist = self._nlist or int(max(1, min(4 * np.sqrt(n), n // 39)))
         nlist = max(1, min(nlist, n))
