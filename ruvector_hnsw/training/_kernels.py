@@ -65,14 +65,16 @@ def triplet_all_pairs(values, pos, neg, margin, sign, soft, row_loss, row_count,
 
 
 @njit(cache=True)
-def laplacian_csr(z, indptr, indices, weights, has_weights, grad):  # pragma: no cover
-    """R = sum over stored edges (i, j) of w_ij ||z_i - z_j||^2; adds dR/dz into ``grad``.
+def laplacian_csr(z, rows, indptr, indices, weights, has_weights, grad):  # pragma: no cover
+    """R = sum over stored edges (i, j), i in ``rows``, of w_ij ||z_i - z_j||^2; adds dR/dz into ``grad``.
 
-    Negative indices (padding) and self loops contribute nothing.
+    Negative indices (padding) and self loops contribute nothing. Returns (R, edges counted).
     """
-    n, d = z.shape
+    d = z.shape[1]
     total = 0.0
-    for i in range(n):
+    count = 0
+    for r in range(rows.shape[0]):
+        i = rows[r]
         for e in range(indptr[i], indptr[i + 1]):
             j = indices[e]
             if j < 0 or j == i:
@@ -86,7 +88,8 @@ def laplacian_csr(z, indptr, indices, weights, has_weights, grad):  # pragma: no
                 grad[i, k] += g
                 grad[j, k] -= g
             total += w * acc
-    return total
+            count += 1
+    return total, count
 
 
 @njit(cache=True)

@@ -28,9 +28,7 @@ __all__ = [
 ]
 
 
-def as_float(
-    x: Any, name: str, *, ndim: int | tuple[int, ...] | None = None, allow_empty: bool = True
-) -> np.ndarray:
+def as_float(x: Any, name: str, *, ndim: int | tuple[int, ...] | None = None, allow_empty: bool = True) -> np.ndarray:
     """Return ``x`` as a finite float32/float64 array (float64 kept, other dtypes -> float64).
 
     float32 and float64 inputs keep their dtype (the float64 path is what the
@@ -116,9 +114,7 @@ def check_csr(indptr: Any, indices: Any, n_nodes: int) -> tuple[np.ndarray, np.n
     if ip.ndim != 1 or ix.ndim != 1:
         raise ShapeMismatchError(f"indptr/indices: must be 1-D, got shapes {ip.shape} and {ix.shape}")
     if ip.shape[0] != n_nodes + 1:
-        raise ShapeMismatchError(
-            f"indptr: expected {n_nodes + 1} entries for {n_nodes} nodes, got {ip.shape[0]}"
-        )
+        raise ShapeMismatchError(f"indptr: expected {n_nodes + 1} entries for {n_nodes} nodes, got {ip.shape[0]}")
     if ip[0] != 0 or ip[-1] != ix.shape[0] or np.any(np.diff(ip) < 0):
         raise InvalidInputError("indptr: must start at 0, be non-decreasing and end at len(indices)")
     if ix.size and (ix.min() < -1 or ix.max() >= n_nodes):

@@ -184,9 +184,7 @@ def info_nce(
         raise ConfigError(f"form: expected 'supcon' or 'logsumexp', got {form!r}")
     pos = _positive_mask(positives, s.shape)
     valid = (
-        np.ones(s.shape, bool)
-        if candidate_mask is None
-        else as_bool_matrix(candidate_mask, "candidate_mask", s.shape)
+        np.ones(s.shape, bool) if candidate_mask is None else as_bool_matrix(candidate_mask, "candidate_mask", s.shape)
     )
     pos = pos & valid
     n_pos = pos.sum(axis=1)
@@ -279,9 +277,7 @@ def triplet(
     if mining not in ("all", "hardest"):
         raise ConfigError(f"mining: expected 'all' or 'hardest', got {mining!r}")
     valid = (
-        np.ones(v.shape, bool)
-        if candidate_mask is None
-        else as_bool_matrix(candidate_mask, "candidate_mask", v.shape)
+        np.ones(v.shape, bool) if candidate_mask is None else as_bool_matrix(candidate_mask, "candidate_mask", v.shape)
     )
     pos = _positive_mask(positives, v.shape) & valid
     neg = (~pos & valid) if negatives is None else (_positive_mask(negatives, v.shape) & valid & ~pos)
@@ -357,9 +353,7 @@ class _Similarity:
         return q @ c.T if shared else np.einsum("bd,bcd->bc", q, c)
 
     @staticmethod
-    def _dot_backward(
-        q: np.ndarray, c: np.ndarray, g: np.ndarray, shared: bool
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def _dot_backward(q: np.ndarray, c: np.ndarray, g: np.ndarray, shared: bool) -> tuple[np.ndarray, np.ndarray]:
         if shared:
             return g @ c, g.T @ q
         return np.einsum("bc,bcd->bd", g, c), g[:, :, None] * q[:, None, :]

@@ -307,9 +307,7 @@ class SemiHardNegativeMiner(Miner):
         if positive_scores is not None:
             ref = as_float(positive_scores, "positive_scores", ndim=1).astype(np.float64)
             if ref.shape[0] != cand.shape[0]:
-                raise ShapeMismatchError(
-                    f"positive_scores: expected {cand.shape[0]} entries, got {ref.shape[0]}"
-                )
+                raise ShapeMismatchError(f"positive_scores: expected {cand.shape[0]} entries, got {ref.shape[0]}")
         else:
             pos = label_positive_mask(cand, labels, query_labels)
             ref = np.min(np.where(pos, s64, np.inf), axis=1)
@@ -386,11 +384,7 @@ class RandomNegativeMiner(Miner):
         ql = np.asarray(query_labels)
         if ql.shape != (b,):
             raise ShapeMismatchError(f"query_labels: expected shape ({b},), got {ql.shape}")
-        ex = (
-            np.full(b, -1, np.int64)
-            if exclude_ids is None
-            else as_id_array(exclude_ids, "exclude_ids", ndim=1)
-        )
+        ex = np.full(b, -1, np.int64) if exclude_ids is None else as_id_array(exclude_ids, "exclude_ids", ndim=1)
         if ex.shape[0] != b:
             raise ShapeMismatchError(f"exclude_ids: expected {b} entries, got {ex.shape[0]}")
         if isinstance(labels, Mapping):

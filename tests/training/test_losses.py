@@ -203,9 +203,7 @@ def test_similarity_backward_fd(cls, shared):
         ref = qn @ cn.T if shared else np.einsum("bd,bcd->bc", qn, cn)
     np.testing.assert_allclose(s, ref, atol=1e-12)
     grads = sim.backward(w)
-    np.testing.assert_allclose(
-        grads["query"], fd_grad(lambda x: float(np.sum(cls().forward(x, c) * w)), q), atol=1e-6
-    )
+    np.testing.assert_allclose(grads["query"], fd_grad(lambda x: float(np.sum(cls().forward(x, c) * w)), q), atol=1e-6)
     np.testing.assert_allclose(
         grads["candidates"], fd_grad(lambda x: float(np.sum(cls().forward(q, x) * w)), c), atol=1e-6
     )

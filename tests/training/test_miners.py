@@ -96,9 +96,7 @@ def test_semi_hard_window_and_fallbacks():
     out = m(cand, labels=LABELS, query_labels=ql, scores=s)
     # reference = hardest positive 0.5; window (0.3, 0.5): ids 3 (.45), 4 (.35)
     np.testing.assert_array_equal(out.ids[0], [3, 4, -1])
-    hard = SemiHardNegativeMiner(3, margin=0.2, fallback="hard")(
-        cand, labels=LABELS, query_labels=ql, scores=s
-    )
+    hard = SemiHardNegativeMiner(3, margin=0.2, fallback="hard")(cand, labels=LABELS, query_labels=ql, scores=s)
     np.testing.assert_array_equal(hard.ids[0], [3, 4, 2])
     ref = SemiHardNegativeMiner(3, margin=0.2, fallback="none")(
         cand, labels=LABELS, query_labels=ql, scores=s, positive_scores=np.array([0.95])
