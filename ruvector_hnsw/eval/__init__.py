@@ -1,1 +1,97 @@
-"""ruvector_hnsw.eval"""
+"""Retrieval evaluation: metrics, runs, built-in baseline methods, reports.
+
+Quick use::
+
+    from ruvector_hnsw import datasets, eval as ev
+    ds = datasets.load("clusters")
+    methods = ev.build_methods("exact,hnsw,alpha_qe,dba", ds, ef=128, seed=0)
+    rows = ev.evaluate(ds, methods, k=10)
+    ev.print_table(rows)
+    ev.write_json("out.json", ds, rows)
+    ev.plot_quality_vs_qps(rows, "out.png", title=ds.name)
+
+Two different "recall"s are reported, under distinct names:
+
+- ``recall_at_10`` -- **ANN recall@10** (ann-benchmarks): fraction of the 10 true nearest
+  neighbours returned (ties within 1e-3 count).  Judges the *index*.
+- ``hit_rate_at_10`` -- metric-learning "Recall@10": 1 if any of the top 10 shares the
+  query's label.  Judges the *embedding/ranking*.
+"""
+
+from __future__ import annotations
+
+from ruvector_hnsw.eval.methods import (
+    METHODS,
+    BuildContext,
+    SearchMethod,
+    build_hnsw_index,
+    build_methods,
+    expand_vectors,
+    make_alpha_qe,
+    make_dba,
+    make_exact,
+    make_hnsw,
+    parse_method_spec,
+    register_method,
+)
+from ruvector_hnsw.eval.metrics import (
+    ann_recall_at_k,
+    hit_rate_at_k,
+    labelled_metrics,
+    map_at_r,
+    metric_distances,
+    ml_recall_at_k,
+    mrr,
+    ndcg_at_k,
+    precision_at_k,
+    r_precision,
+    relevance,
+)
+from ruvector_hnsw.eval.report import (
+    format_table,
+    plot_quality_vs_qps,
+    print_table,
+    read_json,
+    to_jsonable,
+    write_json,
+)
+from ruvector_hnsw.eval.run import RESULT_KEYS, dataset_info, evaluate
+from ruvector_hnsw.eval.timing import available_threads, measure_latency, measure_qps
+
+__all__ = [
+    "METHODS",
+    "RESULT_KEYS",
+    "BuildContext",
+    "SearchMethod",
+    "ann_recall_at_k",
+    "available_threads",
+    "build_hnsw_index",
+    "build_methods",
+    "dataset_info",
+    "evaluate",
+    "expand_vectors",
+    "format_table",
+    "hit_rate_at_k",
+    "labelled_metrics",
+    "make_alpha_qe",
+    "make_dba",
+    "make_exact",
+    "make_hnsw",
+    "map_at_r",
+    "measure_latency",
+    "measure_qps",
+    "metric_distances",
+    "ml_recall_at_k",
+    "mrr",
+    "ndcg_at_k",
+    "parse_method_spec",
+    "plot_quality_vs_qps",
+    "precision_at_k",
+    "print_table",
+    "r_precision",
+    "read_json",
+    "register_method",
+    "relevance",
+    "to_jsonable",
+    "write_json",
+]

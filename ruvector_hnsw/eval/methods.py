@@ -191,6 +191,7 @@ def make_exact(dataset: Any, *, num_threads: int | None = None, name: str = "exa
     metric = _metric_of(dataset)
     base = _as_f32(dataset.base, "base vectors")
     dim = base.shape[1]
+    index: Any
     if metric == "l2":
         index = faiss.IndexFlatL2(dim)
         index.add(base)
@@ -258,10 +259,12 @@ def build_hnsw_index(
 
 def _index_threads(index: Any) -> int:
     nt = getattr(index, "num_threads", None)
-    return _threads(nt if isinstance(nt, (int, np.integer)) else None)
+    return _threads(int(nt) if isinstance(nt, (int, np.integer)) else None)
 
 
-def make_hnsw(index_or_dataset: Any, ef: int | None = 128, *, name: str = "hnsw", **build: Any) -> SearchMethod:
+def make_hnsw(
+    index_or_dataset: Any, ef: int | None = 128, *, name: str = "hnsw", **build: Any
+) -> SearchMethod:
     """HNSW search at a fixed ``ef``.
 
     Parameters
@@ -277,9 +280,12 @@ def make_hnsw(index_or_dataset: Any, ef: int | None = 128, *, name: str = "hnsw"
     -------
     SearchMethod
     """
-    index = build_hnsw_index(index_or_dataset, **build) if hasattr(index_or_dataset, "base") else index_or_dataset
-    if build and not hasattr(index_or_dataset, "base"):
+    if hasattr(index_or_dataset, "base"):
+        index = build_hnsw_index(index_or_dataset, **build)
+    elif build:
         raise ConfigError(f"build options {sorted(build)} only apply when a dataset is given")
+    else:
+        index = index_or_dataset
     ef_used = int(ef) if ef is not None else int(index.ef)
 
     def search(queries: Any, k: int) -> SearchResult:
@@ -380,7 +386,9 @@ def _check_n_alpha(n: int, alpha: float) -> tuple[int, float]:
     return int(n), a
 
 
-def _qe_search(index: Any, lookup: _VectorLookup, metric: str, n: int, alpha: float, ef: int | None) -> Callable:
+def _qe_search(
+    index: Any, lookup: _VectorLookup, metric: str, n: int, alpha: float, ef: int | None
+) -> Callable[[Any, int], SearchResult]:
     dim = int(index.dim)
 
     def search(queries: Any, k: int) -> SearchResult:
@@ -761,7 +769,9 @@ def build_methods(
     parsed = [(spec, *parse_method_spec(spec)) for spec in specs]
     unknown = [name for _, name, _ in parsed if name not in METHODS]
     if unknown:
-        raise ConfigError(f"unknown method(s) {', '.join(map(repr, unknown))}; known: {', '.join(sorted(METHODS))}")
+        raise ConfigError(
+            f"unknown method(s) {', '.join(map(repr, unknown))}; known: {', '.join(sorted(METHODS))}"
+        )
     ctx = BuildContext(
         dataset, index, ef=ef, k=k, seed=seed, num_threads=num_threads, M=M, ef_construction=ef_construction
     )

@@ -98,7 +98,8 @@ def _ids_2d(ids: Any, name: str = "ids") -> npt.NDArray[np.int64]:
     if arr.ndim != 2:
         raise ShapeMismatchError(f"{name} must be a 2-D array (n_queries, n_results), got shape {arr.shape}")
     if arr.size and not np.issubdtype(arr.dtype, np.integer):
-        if np.issubdtype(arr.dtype, np.floating) and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)):
+        integral = np.issubdtype(arr.dtype, np.floating) and np.all(np.isfinite(arr))
+        if integral and np.all(arr == np.round(arr)):
             arr = arr.astype(np.int64)
         else:
             raise InvalidDTypeError(f"{name} must hold integer ids, got dtype {arr.dtype}")
@@ -130,7 +131,8 @@ def _check_k(k: int, name: str = "k") -> int:
     return int(k)
 
 
-def _reduce(values: FloatArray, valid: npt.NDArray[np.bool_], per_query: bool) -> float | FloatArray:
+def _reduce(values: Any, valid: npt.NDArray[np.bool_], per_query: bool) -> float | FloatArray:
+    values = np.asarray(values, dtype=np.float64)
     out = np.where(valid, values, np.nan)
     if per_query:
         return out
