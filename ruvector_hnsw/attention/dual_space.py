@@ -28,6 +28,9 @@ cross query projects ``o_g`` with ``P``). A fully masked graph row has ``o_g = 0
 and cross read-outs do not depend on the graph mask, so such a row still gets
 ``g_1 o_l + g_2 o_c`` (non-zero, never NaN). A query that is itself a database row usually
 finds itself among its latent neighbours.
+
+``weights()`` returns the graph-attention weights ``(B, n)`` over the given items (the latent
+neighbours are not among them; see ``last_latent_ids`` / ``last_gate`` after a forward).
 """
 
 from __future__ import annotations
@@ -205,7 +208,8 @@ class DualSpaceAttention(AttentionMechanism):
         P = self._params["P"]
         if self.refresh == "auto" and (self._indexed_P is None or not np.array_equal(P, self._indexed_P)):
             self.refresh_index()
-        zq = np.ascontiguousarray(q @ P, dtype=np.float32)
+        # search in the latent space the index was built in (the current P in "auto" mode)
+        zq = np.ascontiguousarray(q @ self._indexed_P, dtype=np.float32)
         ids, _ = self._index.search(zq, self.k_latent)
         return np.ascontiguousarray(ids, dtype=np.int64)
 
@@ -247,7 +251,9 @@ class DualSpaceAttention(AttentionMechanism):
         assert V is not None
         lids = self._search(q)
         lmask = lids >= 0
-        X = self._database[np.maximum(lids, 0)] * lmask[:, :, None]  # (B, m, d)  type: ignore[index]
+        db = self._database
+        assert db is not None  # _search raised otherwise
+        X = db[np.maximum(lids, 0)] * lmask[:, :, None]  # (B, m, d)
         P = self._params["P"]
         Z = X @ P
         wg = masked_softmax(np.einsum("bd,bnd->bn", q, K) / math.sqrt(self.dim), mask)

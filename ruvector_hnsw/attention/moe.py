@@ -186,9 +186,9 @@ class MoEAttention(AttentionMechanism):
         masks = []
         for e in self.experts:
             if e == "local":
-                masks.append(batch.mask & (batch.context.layer == 0))  # type: ignore[union-attr]
+                masks.append(batch.mask & (batch.require("layer", self.name) == 0))
             elif e == "global":
-                masks.append(batch.mask & (batch.context.layer >= 1))  # type: ignore[union-attr]
+                masks.append(batch.mask & (batch.require("layer", self.name) >= 1))
             else:
                 masks.append(batch.mask)
         return masks
