@@ -17,6 +17,10 @@ from ruvector_hnsw.attention.base import AttentionBatch, AttentionMechanism, Con
 
 # (registry name, module in this package, class name) - one line per mechanism
 _SPECS: tuple[tuple[str, str, str], ...] = (
+    ("edge_featured", "edge_featured", "EdgeFeaturedAttention"),
+    ("hyperbolic", "hyperbolic", "HyperbolicAttention"),
+    ("moe", "moe", "MoEAttention"),
+    ("dual_space", "dual_space", "DualSpaceAttention"),
 )
 
 
