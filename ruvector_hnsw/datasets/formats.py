@@ -390,4 +390,4 @@ def write_npz(path: PathLike, **arrays: Any) -> None:
     """Write named arrays (e.g. ``base=..., queries=..., metric="cosine"``) to a ``.npz`` atomically."""
     p = Path(path)
     clean = {k: np.asarray(v) for k, v in arrays.items() if v is not None}
-    _atomic_write_bytes(p, lambda fh: np.savez(fh, **clean))
+    _atomic_write_bytes(p, lambda fh: np.savez(fh, **clean))  # type: ignore[arg-type]
