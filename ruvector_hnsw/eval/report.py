@@ -230,6 +230,21 @@ _QUALITY_LABELS = {
 }
 
 
+def _qps_label(v: float, _pos: Any = None) -> str:
+    if v >= 1e6:
+        return f"{v / 1e6:g}M"
+    if v >= 1e3:
+        return f"{v / 1e3:g}k"
+    return f"{v:g}"
+
+
+def _lead(v: float) -> int:
+    """Leading digit of a positive number (2 for 2000, 5 for 0.05)."""
+    if v <= 0 or not math.isfinite(v):
+        return 0
+    return int(round(v / 10 ** math.floor(math.log10(v)), 6))
+
+
 def plot_quality_vs_qps(
     results: Sequence[Mapping[str, Any]],
     path: str | os.PathLike[str],
@@ -272,6 +287,7 @@ def plot_quality_vs_qps(
 
         matplotlib.use("Agg", force=True)
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import FuncFormatter
     except ImportError as exc:
         raise MissingDependencyError(
             "plotting needs matplotlib: pip install 'ruvector-hnsw[plot]'"
@@ -286,37 +302,47 @@ def plot_quality_vs_qps(
     markers = ["o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p"]
     cmap = plt.get_cmap("tab10")
     fig, axes = plt.subplots(1, len(panels), figsize=(5.6 * len(panels), 4.4), squeeze=False)
-    for ax, key in zip(axes[0], panels, strict=True):
-        for i, r in enumerate(results):
-            q_raw, y_raw = r.get("qps"), r.get(key)
-            if not (ok(q_raw) and ok(y_raw)):
-                continue
-            q, y = float(q_raw), float(y_raw)  # type: ignore[arg-type]
-            if q <= 0:
-                continue
-            ax.scatter(
-                [q], [y], marker=markers[i % len(markers)], s=70, color=cmap(i % 10),
-                label=str(r.get("method")), zorder=3, edgecolors="black", linewidths=0.5,
-            )
-            ax.annotate(
-                str(r.get("method")), (q, y), textcoords="offset points", xytext=(6, 5),
-                fontsize=8,
-            )
-        ax.set_xscale("log")
-        ax.set_xlabel("queries per second (log scale)")
-        ax.set_ylabel(_QUALITY_LABELS.get(key, key))
-        ax.set_title(f"{_QUALITY_LABELS.get(key, key)} vs QPS")
-        ax.grid(True, which="both", alpha=0.3)
-        lo, hi = ax.get_ylim()
-        ax.set_ylim(max(0.0, lo - 0.05), min(1.02, hi + 0.05) if hi <= 1.0 else hi * 1.05)
-        ax.legend(fontsize=8, loc="best")
-    threads = sorted({int(r["threads"]) for r in results if r.get("threads") is not None})
-    sub = f" ({', '.join(str(t) for t in threads)} thread(s))" if threads else ""
-    fig.suptitle((title or "quality vs throughput") + sub)
-    fig.tight_layout()
-    out = Path(path)
-    if out.parent and not out.parent.exists():
-        out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=dpi)
-    plt.close(fig)
+    try:
+        for ax, key in zip(axes[0], panels, strict=True):
+            for i, r in enumerate(results):
+                q_raw, y_raw = r.get("qps"), r.get(key)
+                if not (ok(q_raw) and ok(y_raw)):
+                    continue
+                q, y = float(q_raw), float(y_raw)  # type: ignore[arg-type]
+                if q <= 0:
+                    continue
+                ax.scatter(
+                    [q], [y], marker=markers[i % len(markers)], s=70, color=cmap(i % 10),
+                    label=str(r.get("method")), zorder=3, edgecolors="black", linewidths=0.5,
+                )
+                ax.annotate(  # alternate above/below so labels of close markers do not collide
+                    str(r.get("method")), (q, y), textcoords="offset points", xytext=(6, 5 if i % 2 == 0 else -12),
+                    fontsize=8,
+                )
+            xs = [float(r["qps"]) for r in results if ok(r.get("qps")) and ok(r.get(key)) and r["qps"] > 0]
+            ys = [float(r[key]) for r in results if ok(r.get("qps")) and ok(r.get(key)) and r["qps"] > 0]
+            ax.set_xscale("log")
+            # room for the labels right of the markers; plain numbers on the log axis
+            ax.set_xlim(min(xs) / 1.4, max(xs) * 1.8)
+            ax.xaxis.set_major_formatter(FuncFormatter(_qps_label))
+            ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _pos: _qps_label(v) if _lead(v) in (2, 5) else ""))
+            ax.tick_params(axis="x", which="minor", labelsize=7)
+            lo, hi = min(ys), max(ys)
+            pad = max(0.02, 0.1 * (hi - lo))
+            ax.set_ylim(max(0.0, lo - pad) if lo >= 0 else lo - pad, min(1.02, hi + pad) if hi <= 1.0 else hi + pad)
+            ax.set_xlabel("queries per second (log scale)")
+            ax.set_ylabel(_QUALITY_LABELS.get(key, key))
+            ax.set_title(f"{_QUALITY_LABELS.get(key, key)} vs QPS")
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize=8, loc="best")
+        threads = sorted({int(r["threads"]) for r in results if r.get("threads") is not None})
+        sub = f" ({', '.join(str(t) for t in threads)} thread(s))" if threads else ""
+        fig.suptitle((title or "quality vs throughput") + sub)
+        fig.tight_layout()
+        out = Path(path)
+        if out.parent and not out.parent.exists():
+            out.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out, dpi=dpi)
+    finally:
+        plt.close(fig)
     return out

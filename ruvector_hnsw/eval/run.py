@@ -112,8 +112,10 @@ def dataset_info(dataset: Any) -> dict[str, Any]:
         "ground_truth_k": int(np.asarray(nb).shape[1]) if nb is not None else None,
     }
     describe = getattr(dataset, "describe", None)
-    extras: list[Any] = [describe()] if callable(describe) else []
-    extras += [getattr(dataset, attr, None) for attr in ("info", "params")]
+    if callable(describe):
+        extras: list[Any] = [describe()]
+    else:
+        extras = [getattr(dataset, attr, None) for attr in ("info", "params")]
     for extra in extras:
         if isinstance(extra, Mapping):
             for key, val in extra.items():
