@@ -10,6 +10,8 @@
   dict, ``clip_grad_norm``.
 - :mod:`~ruvector_hnsw.training.schedules`: ``WarmupCosineSchedule``, ``StepSchedule``,
   ``ConstantSchedule``, ``Curriculum``.
+- :mod:`~ruvector_hnsw.training.objectives`: ``CandidateContrastive``, the composed
+  "scores of HNSW candidates -> positives by label -> mined negatives -> loss" step.
 - :mod:`~ruvector_hnsw.training.regularizers`: ``laplacian_smoothness`` over CSR graph edges.
 - :mod:`~ruvector_hnsw.training.trainer`: ``Trainer`` (epochs, batches, validation, early
   stopping, best/last checkpoints, resume), ``retrieval_validator``.
@@ -38,6 +40,7 @@ from ruvector_hnsw.training.miners import (
     label_positive_mask,
     lookup_labels,
 )
+from ruvector_hnsw.training.objectives import CandidateContrastive
 from ruvector_hnsw.training.optim import SGD, Adam, AdamW, Optimizer, clip_grad_norm, global_grad_norm, make_optimizer
 from ruvector_hnsw.training.regularizers import LaplacianRegularizer, laplacian_smoothness
 from ruvector_hnsw.training.schedules import (
@@ -62,6 +65,7 @@ __all__ = [
     "Adam",
     "AdamW",
     "Batch",
+    "CandidateContrastive",
     "ConstantSchedule",
     "CosineSimilarity",
     "Curriculum",

@@ -194,7 +194,7 @@ def info_nce(
     neg_inf = np.where(valid, a, -np.inf)
     row_max = np.max(neg_inf, axis=1, keepdims=True, initial=-np.inf)
     row_max = np.where(np.isfinite(row_max), row_max, 0.0)
-    ex = np.where(valid, np.exp(a - row_max), 0.0)
+    ex = np.exp(np.where(valid, a - row_max, -np.inf))
     denom = ex.sum(axis=1, keepdims=True)
     safe_denom = np.where(denom > 0, denom, 1.0)
     lse = np.log(safe_denom) + row_max  # (B,1)
@@ -208,7 +208,7 @@ def info_nce(
     else:
         pos_max = np.max(np.where(pos, a, -np.inf), axis=1, keepdims=True, initial=-np.inf)
         pos_max = np.where(np.isfinite(pos_max), pos_max, 0.0)
-        pex = np.where(pos, np.exp(a - pos_max), 0.0)
+        pex = np.exp(np.where(pos, a - pos_max, -np.inf))
         psum = pex.sum(axis=1, keepdims=True)
         safe_psum = np.where(psum > 0, psum, 1.0)
         row_loss = (lse - np.log(safe_psum) - pos_max)[:, 0]

@@ -14,6 +14,9 @@ num_negatives=None) -> MinedNegatives``
   training queries are database items); ``-1`` = none.
 - A candidate whose label equals the query label is a *positive* (a false negative if
   mined), never returned as a negative; padded ids are never returned.
+- Instead of labels, ``positive_mask`` (B, C) bool may mark the positives directly (e.g.
+  from explicit positive id lists via :func:`~ruvector_hnsw.training.losses.ids_to_mask`);
+  the random miner's ``pool="database"`` needs labels.
 
 The result holds the negative ids (B, n) (``-1`` padded), their column in
 ``candidate_ids`` (or ``-1`` for ids drawn from outside the candidate list), and a
@@ -35,7 +38,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ruvector_hnsw.errors import ConfigError, InvalidInputError, ShapeMismatchError, UnknownIdError
-from ruvector_hnsw.training._validate import as_float, as_id_array
+from ruvector_hnsw.training._validate import as_bool_matrix, as_float, as_id_array
 
 __all__ = [
     "HardNegativeMiner",
@@ -144,9 +147,18 @@ def label_positive_mask(candidate_ids: Any, labels: Any, query_labels: Any) -> n
     return present & (lab == ql[:, None])
 
 
-def _eligible(cand: np.ndarray, labels: Any, query_labels: Any, exclude_ids: Any) -> np.ndarray:
+def _positives(cand: np.ndarray, labels: Any, query_labels: Any, positive_mask: Any) -> np.ndarray:
+    """(B, C) bool positives: from ``positive_mask`` if given, else by label."""
+    if positive_mask is not None:
+        return as_bool_matrix(positive_mask, "positive_mask", cand.shape) & (cand >= 0)
+    if labels is None or query_labels is None:
+        raise InvalidInputError("labels/query_labels: give both (or positive_mask) to filter false negatives")
+    return label_positive_mask(cand, labels, query_labels)
+
+
+def _eligible(cand: np.ndarray, positives: np.ndarray, exclude_ids: Any) -> np.ndarray:
     """(B, C) bool: candidates that may serve as negatives."""
-    ok = (cand >= 0) & ~label_positive_mask(cand, labels, query_labels)
+    ok = (cand >= 0) & ~positives
     if exclude_ids is not None:
         ex = as_id_array(exclude_ids, "exclude_ids", ndim=1)
         if ex.shape[0] != cand.shape[0]:
@@ -199,8 +211,9 @@ class Miner:
         self,
         candidate_ids: Any,
         *,
-        labels: Any,
-        query_labels: Any,
+        labels: Any = None,
+        query_labels: Any = None,
+        positive_mask: Any = None,
         scores: Any = None,
         exclude_ids: Any = None,
         num_negatives: int | None = None,
@@ -238,15 +251,16 @@ class HardNegativeMiner(Miner):
         self,
         candidate_ids: Any,
         *,
-        labels: Any,
-        query_labels: Any,
+        labels: Any = None,
+        query_labels: Any = None,
+        positive_mask: Any = None,
         scores: Any = None,
         exclude_ids: Any = None,
         num_negatives: int | None = None,
     ) -> MinedNegatives:
         """Mine hard negatives (see class docstring)."""
         cand, s, n = self._prepare(candidate_ids, scores, num_negatives)
-        ok = _eligible(cand, labels, query_labels, exclude_ids)
+        ok = _eligible(cand, _positives(cand, labels, query_labels, positive_mask), exclude_ids)
         key = s.astype(np.float64) if s is not None else -np.arange(cand.shape[1], dtype=np.float64)[None, :]
         key = np.broadcast_to(key, cand.shape)
         if self.skip_top:
@@ -291,8 +305,9 @@ class SemiHardNegativeMiner(Miner):
         self,
         candidate_ids: Any,
         *,
-        labels: Any,
-        query_labels: Any,
+        labels: Any = None,
+        query_labels: Any = None,
+        positive_mask: Any = None,
         scores: Any = None,
         exclude_ids: Any = None,
         num_negatives: int | None = None,
@@ -303,13 +318,13 @@ class SemiHardNegativeMiner(Miner):
         if s is None:
             raise InvalidInputError("scores: the semi-hard miner needs the candidates' scores")
         s64 = s.astype(np.float64)
-        ok = _eligible(cand, labels, query_labels, exclude_ids)
+        pos = _positives(cand, labels, query_labels, positive_mask)
+        ok = _eligible(cand, pos, exclude_ids)
         if positive_scores is not None:
             ref = as_float(positive_scores, "positive_scores", ndim=1).astype(np.float64)
             if ref.shape[0] != cand.shape[0]:
                 raise ShapeMismatchError(f"positive_scores: expected {cand.shape[0]} entries, got {ref.shape[0]}")
         else:
-            pos = label_positive_mask(cand, labels, query_labels)
             ref = np.min(np.where(pos, s64, np.inf), axis=1)
             ref = np.where(np.isfinite(ref), ref, np.nan)
         with np.errstate(invalid="ignore"):
@@ -364,8 +379,9 @@ class RandomNegativeMiner(Miner):
         self,
         candidate_ids: Any,
         *,
-        labels: Any,
-        query_labels: Any,
+        labels: Any = None,
+        query_labels: Any = None,
+        positive_mask: Any = None,
         scores: Any = None,
         exclude_ids: Any = None,
         num_negatives: int | None = None,
@@ -373,8 +389,10 @@ class RandomNegativeMiner(Miner):
         """Mine random negatives (see class docstring)."""
         cand, _, n = self._prepare(candidate_ids, scores, num_negatives)
         if self.pool == "candidates":
-            ok = _eligible(cand, labels, query_labels, exclude_ids)
+            ok = _eligible(cand, _positives(cand, labels, query_labels, positive_mask), exclude_ids)
             return _take_top(cand, self.rng.random(cand.shape), ok, n)
+        if labels is None or query_labels is None:
+            raise InvalidInputError('labels/query_labels: pool="database" needs labels to filter false negatives')
         return self._from_database(cand, labels, query_labels, exclude_ids, n)
 
     def _from_database(

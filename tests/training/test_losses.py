@@ -2,6 +2,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
 
 from ruvector_hnsw.errors import (
     ConfigError,
@@ -313,3 +316,37 @@ def test_local_contrastive_requires_rng_and_checks_csr():
         local_contrastive(z, indptr[:-1], indices, rng=_rng())
     with pytest.raises(InvalidInputError, match="indices"):
         local_contrastive(z, indptr, indices + 10, rng=_rng())
+
+
+# ---------------------------------------------------------------- properties
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    s=arrays(np.float64, (3, 5), elements=st.floats(-1e6, 1e6)),
+    pos=arrays(np.bool_, (3, 5)),
+    shift=st.floats(-100, 100),
+    tau=st.floats(1e-3, 10),
+    form=st.sampled_from(["supcon", "logsumexp"]),
+)
+def test_info_nce_properties(s, pos, shift, tau, form):
+    loss, g = info_nce(s, pos, temperature=tau, form=form)
+    assert np.isfinite(loss) and np.all(np.isfinite(g)) and loss >= -1e-9
+    # a per-row shift of the scores leaves the softmax (and the gradient) unchanged
+    np.testing.assert_allclose(g.sum(axis=1), 0.0, atol=1e-9 / min(tau, 1.0))
+    if np.abs(s).max() < 1e3:
+        loss2, _ = info_nce(s + shift, pos, temperature=tau, form=form)
+        assert loss2 == pytest.approx(loss, rel=1e-6, abs=1e-6)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    s=arrays(np.float64, (3, 6), elements=st.floats(-1e3, 1e3)),
+    pos=arrays(np.bool_, (3, 6)),
+    soft=st.booleans(),
+    mining=st.sampled_from(["all", "hardest"]),
+)
+def test_triplet_properties(s, pos, soft, mining):
+    loss, g = triplet(s, pos, margin=0.1, soft=soft, mining=mining)
+    assert np.isfinite(loss) and loss >= 0 and np.all(np.isfinite(g))
+    np.testing.assert_allclose(g.sum(axis=1), 0.0, atol=1e-12)  # pairs push and pull equally
