@@ -6,8 +6,6 @@ the images ship with scikit-learn.
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
 from ruvector_hnsw.datasets.base import METRICS, Dataset
@@ -31,9 +29,10 @@ def shift_images(images: np.ndarray, dy: int, dx: int) -> np.ndarray:
 
 def _expand(images: np.ndarray, labels: np.ndarray, src: np.ndarray, augment: bool) -> tuple[np.ndarray, ...]:
     shifts = SHIFTS if augment else SHIFTS[:1]
-    xs = [shift_images(images, dy, dx).reshape(len(images), -1) for dy, dx in shifts]
+    n_px = int(np.prod(images.shape[1:]))
+    xs = [shift_images(images, dy, dx).reshape(len(images), n_px) for dy, dx in shifts]
     n_s = len(shifts)
-    x = np.stack(xs, axis=1).reshape(len(images) * n_s, -1)
+    x = np.stack(xs, axis=1).reshape(len(images) * n_s, n_px)
     return x, np.repeat(labels, n_s), np.repeat(src, n_s), np.tile(np.arange(n_s), len(images))
 
 
@@ -116,13 +115,11 @@ def load_digits_dataset(
     xb, yb, sb, shb = _expand(images[b_src], labels[b_src], b_src, augment)
     xq, yq, sq, _ = _expand(images[q_src], labels[q_src], q_src, augment and augment_queries)
     xt, yt, st, _ = _expand(images[t_src], labels[t_src], t_src, augment and augment_queries)
-    stats: dict[str, Any] = {}
     if standardize:
         mu = xb.mean(axis=0)
         sd = xb.std(axis=0)
         sd = np.where(sd < 1e-6, 1.0, sd)
         xb, xq, xt = ((a - mu) / sd for a in (xb, xq, xt))
-        stats = {"standardized_constant_pixels": int((xb.std(axis=0) < 1e-6).sum())}
     params = {
         "n_queries": n_queries,
         "n_train_queries": n_train_queries,
@@ -131,7 +128,6 @@ def load_digits_dataset(
         "standardize": standardize,
         "seed": seed,
         "gt_k": gt_k,
-        **stats,
     }
     ds = Dataset(
         name="digits",
