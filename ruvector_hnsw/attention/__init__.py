@@ -17,6 +17,12 @@ from ruvector_hnsw.attention.base import AttentionBatch, AttentionMechanism, Con
 
 # (registry name, module in this package, class name) - one line per mechanism
 _SPECS: tuple[tuple[str, str, str], ...] = (
+    ("scaled_dot", "scaled_dot", "ScaledDotAttention"),
+    ("multi_head", "multi_head", "MultiHeadAttention"),
+    ("flash", "flash", "FlashAttention"),
+    ("linear", "linear", "LinearAttention"),
+    ("rope", "rope", "RoPEAttention"),
+    ("local_global", "local_global", "LocalGlobalAttention"),
     ("edge_featured", "edge_featured", "EdgeFeaturedAttention"),
     ("hyperbolic", "hyperbolic", "HyperbolicAttention"),
     ("moe", "moe", "MoEAttention"),

@@ -127,8 +127,12 @@ def check_positive_float(value: Any, name: str, *, allow_zero: bool = False) -> 
     return v
 
 
-def as_float_array(x: Any, name: str, dtype: np.dtype, ndims: tuple[int, ...]) -> np.ndarray:
+def as_float_array(
+    x: Any, name: str, dtype: np.dtype, ndims: tuple[int, ...], *, check_finite: bool = True
+) -> np.ndarray:
     """Convert ``x`` to a C-contiguous ``dtype`` array with one of ``ndims`` dimensions.
+
+    ``check_finite=False`` skips the NaN/inf scan (the caller then checks what it reads).
 
     Raises
     ------
@@ -148,7 +152,7 @@ def as_float_array(x: Any, name: str, dtype: np.dtype, ndims: tuple[int, ...]) -
         want = " or ".join(f"{k}-D" for k in ndims)
         raise ShapeMismatchError(f"{name} must be {want}, got shape {arr.shape}")
     out = np.ascontiguousarray(arr, dtype=dtype)
-    if out.dtype.kind == "f" and out.size and not np.isfinite(out).all():
+    if check_finite and out.size and not np.isfinite(out).all():
         raise NonFiniteError(f"{name} contains NaN or infinity")
     return out
 
@@ -308,6 +312,27 @@ class AttentionBatch:
     def n(self) -> int:
         return int(self.mask.shape[1])
 
+    def table_form(self) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+        """Keys/values as row tables plus ids: ``(T (N, d), Vt (N, dv) | None, ids (B, n))``.
+
+        In the gather form these are the caller's tables and ids; in the dense form the
+        ``(B*n, d)`` reshape of the keys (no copy) with ``ids[b, j] = b*n + j``. Kernels that read
+        rows through ids thus serve both forms with one compiled signature.
+        """
+        if self.ids is not None:
+            return self.keys, self.values, self.ids
+        B, n = self.mask.shape
+        T = self.keys.reshape(B * n, self.keys.shape[2])
+        Vt = None if self.values is None else self.values.reshape(B * n, self.values.shape[2])
+        return T, Vt, np.arange(B * n, dtype=np.int64).reshape(B, n)
+
+    def table_grad_to_input(self, grad_table: np.ndarray) -> np.ndarray:
+        """Map a table gradient from :meth:`table_form` back to the input layout."""
+        if self.ids is not None:
+            return grad_table
+        B, n = self.mask.shape
+        return grad_table.reshape(B, n, grad_table.shape[1])
+
     def require(self, name: str, mechanism: str) -> Any:
         """Return context field ``name`` or raise MissingContextError naming it."""
         if self.context is None or getattr(self.context, name) is None:
@@ -345,6 +370,10 @@ class AttentionMechanism(ABC):
     name: ClassVar[str] = "base"
     #: True when the mechanism gathers table rows by ``ids`` inside its own kernels
     fused_gather: ClassVar[bool] = False
+    #: True (fused-gather mechanisms only) when the kernels detect NaN/inf in the table rows they
+    #: read and the mechanism raises NonFiniteError itself (see :meth:`_raise_nonfinite_rows`);
+    #: the base class then skips scanning the whole tables on every call
+    checks_table_rows: ClassVar[bool] = False
 
     def __init__(self, dim: int, *, dtype: Any = np.float32, seed: int | None = None) -> None:
         self.dim = check_positive_int(dim, "dim")
@@ -480,6 +509,10 @@ class AttentionMechanism(ABC):
                 grads["values"] = grads["values"][0]
         return grads
 
+    def _raise_nonfinite_rows(self) -> None:
+        """Raise the NonFiniteError of a kernel that met NaN/inf in the rows it read."""
+        raise NonFiniteError(f"{self.name}: keys/values rows referenced by ids contain NaN or infinity")
+
     # -- hooks ----------------------------------------------------------------------------------
     @abstractmethod
     def _forward(self, batch: AttentionBatch) -> tuple[np.ndarray, Any]:
@@ -543,13 +576,14 @@ class AttentionMechanism(ABC):
                     m = m[None]
             batch_ids = None
         else:
-            k = as_float_array(keys, "keys (table)", dt, (2,))
+            skip_scan = self.fused_gather and self.checks_table_rows
+            k = as_float_array(keys, "keys (table)", dt, (2,), check_finite=not skip_scan)
             if k.shape[1] != d:
                 raise DimensionMismatchError(f"key table has dimension {k.shape[1]}, query has {d}")
             key_rows = k.shape[0]
             v = None
             if values is not None:
-                v = as_float_array(values, "values (table)", dt, (2,))
+                v = as_float_array(values, "values (table)", dt, (2,), check_finite=not skip_scan)
                 value_rows = v.shape[0]
                 if value_rows != key_rows:
                     raise ShapeMismatchError(

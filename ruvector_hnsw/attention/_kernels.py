@@ -1,0 +1,668 @@
+"""Shared numba kernels of the softmax-attention mechanisms (plain functions, no state).
+
+Every kernel reads keys/values as rows of a *table* through ``ids`` (``(B, n)`` int64): the
+gather-by-ids form passes the database table and the caller's ids; the dense form passes the
+``(B*n, d)`` reshape of ``(B, n, d)`` keys with ``ids[b, j] = b*n + j``. So one compiled kernel
+serves both and no ``(B, n, d)`` copy is ever made.
+
+Forward kernels compute each row in the storage dtype first and, if a score or read-out
+overflows, recompute that row with float64 accumulation, so float32 inputs of any finite
+magnitude give finite results at float32 speed; softmax subtracts the row maximum (online:
+running max and sum, the read-out rescaled when the max grows, each row read once). Backward
+kernels accumulate in float64. A row (or head/group) with no
+attended item gets all-zero weights and a zero read-out (the package-wide convention, see
+``base.py``). ``fastmath`` is limited to re-association/contraction (inputs are validated
+finite before any kernel runs), which lets LLVM vectorise the dot products.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+_FM = {"reassoc", "contract", "nsz"}
+
+
+@njit(cache=True, nogil=True, fastmath=_FM, inline="always")
+def _dot64(a: np.ndarray, b: np.ndarray) -> float:  # pragma: no cover - jit
+    s = 0.0
+    for k in range(a.shape[0]):
+        s += float(a[k]) * float(b[k])
+    return s
+
+
+@njit(cache=True, nogil=True, fastmath=_FM, inline="always")
+def _dot_as(a, b, ct):  # pragma: no cover - jit
+    """``a.b`` accumulated in the scalar type ``ct`` (float32 fast path or float64)."""
+    s = ct(0.0)
+    for k in range(a.shape[0]):
+        s += ct(a[k]) * ct(b[k])
+    return s
+
+
+# ----------------------------------------------------------------------------------------------
+# multi-query attention: H query vectors per row, all attending over the same items
+# (scaled_dot: H = 1; multi_head: H heads with queries mapped back into key space)
+# ----------------------------------------------------------------------------------------------
+@njit(cache=True, nogil=True, fastmath=_FM, inline="always")
+def _mq_row(Q, T, Vt, ids, vids, mask, scale, b, s, acc, mx, tot):  # pragma: no cover
+    """One row of online-softmax attention, accumulating in ``acc.dtype``.
+
+    Leaves scores in ``s``, running max/sum in ``mx``/``tot`` and the unnormalised read-out in
+    ``acc``; returns the number of attended items, or -1 on a non-finite score/read-out.
+    """
+    H = Q.shape[1]
+    n = ids.shape[1]
+    dv = Vt.shape[1]
+    ct = acc.dtype.type
+    for h in range(H):
+        mx[h] = -np.inf
+        tot[h] = 0.0
+    acc[:, :] = 0.0
+    cnt = 0
+    for j in range(n):
+        if mask[b, j]:
+            cnt += 1
+            kr = T[ids[b, j]]
+            vr = Vt[vids[b, j]]
+            for h in range(H):
+                v = scale * float(_dot_as(Q[b, h], kr, ct))
+                if not np.isfinite(v):
+                    return -1
+                s[h, j] = v
+                if v > mx[h]:
+                    if tot[h] > 0.0:
+                        f = np.exp(mx[h] - v)
+                        tot[h] *= f
+                        fc = ct(f)
+                        for k in range(dv):
+                            acc[h, k] *= fc
+                    mx[h] = v
+                p = np.exp(v - mx[h])
+                tot[h] += p
+                pc = ct(p)
+                for k in range(dv):
+                    acc[h, k] += pc * ct(vr[k])
+    for h in range(H):
+        for k in range(dv):
+            if not np.isfinite(acc[h, k]):
+                return -1
+    return cnt
+
+
+@njit(cache=True, nogil=True, fastmath=_FM, inline="always")
+def _mq_write(b, n, mask, s, acc, mx, tot, R, W):  # pragma: no cover
+    dt = R.dtype.type
+    for h in range(acc.shape[0]):
+        inv = 1.0 / tot[h]
+        for k in range(acc.shape[1]):
+            R[b, h, k] = dt(acc[h, k] * inv)
+        m = mx[h]
+        for j in range(n):
+            if mask[b, j]:
+                W[b, h, j] = dt(np.exp(s[h, j] - m) * inv)
+
+
+@njit(cache=True, nogil=True, fastmath=_FM)
+def mq_forward(Q, T, Vt, ids, vids, mask, scale):  # pragma: no cover
+    """Softmax attention of ``Q (B, H, d)`` over key rows ``T[ids]`` with values ``Vt[vids]``.
+
+    One pass over the items, so each key/value row is read once. Returns ``R (B, H, dv)``
+    (read-outs), ``W (B, H, n)`` (weights, zero where masked) and ``ok`` - False when a row
+    stays non-finite even with float64 accumulation (a referenced table row holds NaN/inf; the
+    gather form validates the rows it reads here instead of scanning the whole table).
+    """
+    B, H, _ = Q.shape
+    n = ids.shape[1]
+    dv = Vt.shape[1]
+    R = np.zeros((B, H, dv), dtype=Q.dtype)
+    W = np.zeros((B, H, n), dtype=Q.dtype)
+    s = np.empty((H, n), dtype=np.float64)
+    acc = np.empty((H, dv), dtype=Q.dtype)
+    acc64 = np.empty((H, dv), dtype=np.float64)
+    mx = np.empty(H, dtype=np.float64)
+    tot = np.empty(H, dtype=np.float64)
+    ok = True
+    for b in range(B):
+        c = _mq_row(Q, T, Vt, ids, vids, mask, scale, b, s, acc, mx, tot)
+        if c > 0:
+            _mq_write(b, n, mask, s, acc, mx, tot, R, W)
+        elif c < 0:
+            c = _mq_row(Q, T, Vt, ids, vids, mask, scale, b, s, acc64, mx, tot)
+            if c < 0:
+                ok = False
+            elif c > 0:
+                _mq_write(b, n, mask, s, acc64, mx, tot, R, W)
+    return R, W, ok
+
+
+@njit(cache=True, nogil=True, fastmath=_FM)
+def mq_weights(Q, T, ids, mask, scale):  # pragma: no cover
+    """The weights ``(B, H, n)`` of :func:`mq_forward` without the read-out; plus ``ok``."""
+    B, H, _ = Q.shape
+    n = ids.shape[1]
+    dt = Q.dtype.type
+    W = np.zeros((B, H, n), dtype=Q.dtype)
+    s = np.empty((H, n), dtype=np.float64)
+    mx = np.empty(H, dtype=np.float64)
+    ok = True
+    for b in range(B):
+        cnt = 0
+        bad = False
+        for h in range(H):
+            mx[h] = -np.inf
+        for j in range(n):
+            if mask[b, j]:
+                cnt += 1
+                kr = T[ids[b, j]]
+                for h in range(H):
+                    v = scale * float(_dot_as(Q[b, h], kr, dt))
+                    if not np.isfinite(v):
+                        v = scale * _dot64(Q[b, h], kr)
+                        if not np.isfinite(v):
+                            bad = True
+                            v = 0.0
+                    s[h, j] = v
+                    if v > mx[h]:
+                        mx[h] = v
+        if bad:
+            ok = False
+            continue
+        if cnt == 0:
+            continue
+        for h in range(H):
+            tot = 0.0
+            for j in range(n):
+                if mask[b, j]:
+                    e = np.exp(s[h, j] - mx[h])
+                    s[h, j] = e
+                    tot += e
+            inv = 1.0 / tot
+            for j in range(n):
+                if mask[b, j]:
+                    W[b, h, j] = dt(s[h, j] * inv)
+    return W, ok
+
+
+@njit(cache=True, nogil=True, fastmath=_FM)
+def mq_backward(Q, T, Vt, ids, vids, mask, W, dR, scale, n_rows, v_rows):  # pragma: no cover
+    """Gradients of :func:`mq_forward` given ``dR (B, H, dv)``.
+
+    Returns ``dQ (B, H, d)``, ``dT (n_rows, d)`` (scatter-added over ``ids``) and
+    ``dV (v_rows, dv)`` (over ``vids``).
+    """
+    B, H, d = Q.shape
+    n = ids.shape[1]
+    dv = Vt.shape[1]
+    dQ = np.zeros((B, H, d), dtype=Q.dtype)
+    dT = np.zeros((n_rows, d), dtype=Q.dtype)
+    dV = np.zeros((v_rows, dv), dtype=Q.dtype)
+    dw = np.empty((H, n), dtype=np.float64)
+    c = np.empty(H, dtype=np.float64)
+    acc = np.empty((H, d), dtype=np.float64)
+    for b in range(B):
+        for h in range(H):
+            c[h] = 0.0
+        for j in range(n):
+            if mask[b, j]:
+                vr = Vt[vids[b, j]]
+                for h in range(H):
+                    g = _dot64(dR[b, h], vr)
+                    dw[h, j] = g
+                    c[h] += float(W[b, h, j]) * g
+        acc[:, :] = 0.0
+        for j in range(n):
+            if mask[b, j]:
+                r = ids[b, j]
+                rv = vids[b, j]
+                kr = T[r]
+                for h in range(H):
+                    w = float(W[b, h, j])
+                    ds = scale * w * (dw[h, j] - c[h])
+                    for k in range(d):
+                        acc[h, k] += ds * kr[k]
+                    for k in range(d):
+                        dT[r, k] += ds * Q[b, h, k]
+                    for k in range(dv):
+                        dV[rv, k] += w * dR[b, h, k]
+        for h in range(H):
+            for k in range(d):
+                dQ[b, h, k] = acc[h, k]
+    return dQ, dT, dV
+
+
+# ----------------------------------------------------------------------------------------------
+# grouped attention: every item belongs to one group g (or none, -1); group g attends only its
+# own items with its own query vector. Cost O(n d) per row whatever the number of groups.
+# ----------------------------------------------------------------------------------------------
+@njit(cache=True, nogil=True, fastmath=_FM, inline="always")
+def _grouped_row(Q, T, Vt, ids, group, scale, b, s, acc, mx, tot):  # pragma: no cover
+    G = Q.shape[1]
+    n = ids.shape[1]
+    dv = Vt.shape[1]
+    ct = acc.dtype.type
+    for g in range(G):
+        mx[g] = -np.inf
+        tot[g] = 0.0
+    acc[:, :] = 0.0
+    for j in range(n):
+        g = group[b, j]
+        if g >= 0:
+            r = ids[b, j]
+            v = scale * float(_dot_as(Q[b, g], T[r], ct))
+            if not np.isfinite(v):
+                return False
+            s[j] = v
+            if v > mx[g]:
+                if tot[g] > 0.0:
+                    f = np.exp(mx[g] - v)
+                    tot[g] *= f
+                    fc = ct(f)
+                    for k in range(dv):
+                        acc[g, k] *= fc
+                mx[g] = v
+            p = np.exp(v - mx[g])
+            tot[g] += p
+            pc = ct(p)
+            vr = Vt[r]
+            for k in range(dv):
+                acc[g, k] += pc * ct(vr[k])
+    for g in range(G):
+        for k in range(dv):
+            if not np.isfinite(acc[g, k]):
+                return False
+    return True
+
+
+@njit(cache=True, nogil=True, fastmath=_FM, inline="always")
+def _grouped_write(b, group, s, acc, mx, tot, R, W, count):  # pragma: no cover
+    dt = R.dtype.type
+    for j in range(group.shape[1]):
+        g = group[b, j]
+        if g >= 0:
+            count[b, g] += 1
+            W[b, j] = dt(np.exp(s[j] - mx[g]) / tot[g])
+    for g in range(acc.shape[0]):
+        if tot[g] > 0.0:
+            inv = 1.0 / tot[g]
+            for k in range(acc.shape[1]):
+                R[b, g, k] = dt(acc[g, k] * inv)
+
+
+@njit(cache=True, nogil=True, fastmath=_FM)
+def grouped_forward(Q, T, Vt, ids, group, scale):  # pragma: no cover
+    """Per-group softmax attention; ``group (B, n)`` int8 in ``[-1, G)``, ``Q (B, G, d)``.
+
+    Returns ``R (B, G, dv)`` (zero for an empty group), ``W (B, n)`` (weight of each item within
+    its own group; zero for group -1), ``count (B, G)`` (items per group) and ``ok``.
+    """
+    B, G, _ = Q.shape
+    n = ids.shape[1]
+    dv = Vt.shape[1]
+    R = np.zeros((B, G, dv), dtype=Q.dtype)
+    W = np.zeros((B, n), dtype=Q.dtype)
+    count = np.zeros((B, G), dtype=np.int64)
+    s = np.empty(n, dtype=np.float64)
+    mx = np.empty(G, dtype=np.float64)
+    tot = np.empty(G, dtype=np.float64)
+    acc = np.empty((G, dv), dtype=Q.dtype)
+    acc64 = np.empty((G, dv), dtype=np.float64)
+    ok = True
+    for b in range(B):
+        if _grouped_row(Q, T, Vt, ids, group, scale, b, s, acc, mx, tot):
+            _grouped_write(b, group, s, acc, mx, tot, R, W, count)
+        elif _grouped_row(Q, T, Vt, ids, group, scale, b, s, acc64, mx, tot):
+            _grouped_write(b, group, s, acc64, mx, tot, R, W, count)
+        else:
+            ok = False
+    return R, W, count, ok
+
+
+@njit(cache=True, nogil=True, fastmath=_FM)
+def grouped_backward(Q, T, Vt, ids, group, W, dR, scale, n_rows, need_table_grads):  # pragma: no cover
+    """Gradients of :func:`grouped_forward` given ``dR (B, G, dv)``: ``dQ``, ``dT``, ``dV``."""
+    B, G, d = Q.shape
+    n = ids.shape[1]
+    dv = Vt.shape[1]
+    dQ = np.zeros((B, G, d), dtype=Q.dtype)
+    rows = n_rows if need_table_grads else 0
+    dT = np.zeros((rows, d), dtype=Q.dtype)
+    dV = np.zeros((rows, dv), dtype=Q.dtype)
+    dw = np.empty(n, dtype=np.float64)
+    c = np.empty(G, dtype=np.float64)
+    acc = np.empty((G, d), dtype=np.float64)
+    for b in range(B):
+        c[:] = 0.0
+        for j in range(n):
+            g = group[b, j]
+            if g >= 0:
+                x = _dot64(dR[b, g], Vt[ids[b, j]])
+                dw[j] = x
+                c[g] += float(W[b, j]) * x
+        acc[:, :] = 0.0
+        for j in range(n):
+            g = group[b, j]
+            if g >= 0:
+                r = ids[b, j]
+                kr = T[r]
+                w = float(W[b, j])
+                ds = scale * w * (dw[j] - c[g])
+                for k in range(d):
+                    acc[g, k] += ds * kr[k]
+                if need_table_grads:
+                    for k in range(d):
+                        dT[r, k] += ds * Q[b, g, k]
+                    for k in range(dv):
+                        dV[r, k] += w * dR[b, g, k]
+        for g in range(G):
+            for k in range(d):
+                dQ[b, g, k] = acc[g, k]
+    return dQ, dT, dV
+
+
+# ----------------------------------------------------------------------------------------------
+# flash: single pass, tiled online softmax (running max and sum, rescaled once per tile)
+# ----------------------------------------------------------------------------------------------
+@njit(cache=True, nogil=True, fastmath=_FM, inline="always")
+def _flash_row(Q, T, Vt, ids, mask, scale, block, b, s, acc):  # pragma: no cover
+    """One row; returns ``(max, sum)`` (``sum = -1`` on a non-finite score or read-out)."""
+    n = ids.shape[1]
+    dv = Vt.shape[1]
+    ct = acc.dtype.type
+    m = -np.inf
+    l_sum = 0.0
+    acc[:] = 0.0
+    for j0 in range(0, n, block):
+        j1 = min(j0 + block, n)
+        bm = -np.inf
+        for j in range(j0, j1):
+            if mask[b, j]:
+                v = scale * float(_dot_as(Q[b], T[ids[b, j]], ct))
+                if not np.isfinite(v):
+                    return m, -1.0
+                s[j - j0] = v
+                if v > bm:
+                    bm = v
+        if bm == -np.inf:
+            continue
+        if bm > m:
+            if l_sum > 0.0:
+                f = np.exp(m - bm)
+                l_sum *= f
+                fc = ct(f)
+                for k in range(dv):
+                    acc[k] *= fc
+            m = bm
+        for j in range(j0, j1):
+            if mask[b, j]:
+                p = np.exp(s[j - j0] - m)
+                l_sum += p
+                pc = ct(p)
+                vr = Vt[ids[b, j]]
+                for k in range(dv):
+                    acc[k] += pc * ct(vr[k])
+    for k in range(dv):
+        if not np.isfinite(acc[k]):
+            return m, -1.0
+    return m, l_sum
+
+
+@njit(cache=True, nogil=True, fastmath=_FM)
+def flash_forward(Q, T, Vt, ids, mask, scale, block):  # pragma: no cover
+    """Online-softmax attention of ``Q (B, d)`` over ``T[ids]``; keys visited in tiles of ``block``.
+
+    Returns ``out (B, dv)``, ``lse (B,)`` (log-sum-exp of the scaled scores; ``-inf`` for a
+    fully masked row, whose output is zero) and ``ok`` (False on NaN/inf in a referenced row).
+    Only O(block + dv) scratch per row; no weights are stored.
+    """
+    B = Q.shape[0]
+    dv = Vt.shape[1]
+    dt = Q.dtype.type
+    out = np.zeros((B, dv), dtype=Q.dtype)
+    lse = np.full(B, -np.inf, dtype=np.float64)
+    s = np.empty(block, dtype=np.float64)
+    acc = np.empty(dv, dtype=Q.dtype)
+    acc64 = np.empty(dv, dtype=np.float64)
+    ok = True
+    for b in range(B):
+        m, l_sum = _flash_row(Q, T, Vt, ids, mask, scale, block, b, s, acc)
+        if l_sum > 0.0:
+            inv = 1.0 / l_sum
+            for k in range(dv):
+                out[b, k] = dt(acc[k] * inv)
+        elif l_sum < 0.0:
+            m, l_sum = _flash_row(Q, T, Vt, ids, mask, scale, block, b, s, acc64)
+            if l_sum < 0.0:
+                ok = False
+                continue
+            if l_sum > 0.0:
+                inv = 1.0 / l_sum
+                for k in range(dv):
+                    out[b, k] = dt(acc64[k] * inv)
+        if l_sum > 0.0:
+            lse[b] = m + np.log(l_sum)
+    return out, lse, ok
+
+
+@njit(cache=True, nogil=True, fastmath=_FM)
+def weights_from_lse(Q, T, ids, mask, scale, lse):  # pragma: no cover
+    """Recompute softmax weights ``(B, 1, n)`` from the stored log-sum-exp (flash backward)."""
+    B = Q.shape[0]
+    n = ids.shape[1]
+    dt = Q.dtype.type
+    W = np.zeros((B, 1, n), dtype=Q.dtype)
+    for b in range(B):
+        if lse[b] == -np.inf:
+            continue
+        for j in range(n):
+            if mask[b, j]:
+                W[b, 0, j] = dt(np.exp(scale * _dot64(Q[b], T[ids[b, j]]) - lse[b]))
+    return W
+
+
+# ----------------------------------------------------------------------------------------------
+# linear (Performer FAVOR+) in the log domain
+# ----------------------------------------------------------------------------------------------
+@njit(cache=True, nogil=True, fastmath=_FM, inline="always")
+def _favor_logits(X, T, ids, mask, Wf, c, b, a, e):  # pragma: no cover
+    """Fill ``a_i = w_i.x`` and ``e_ij = a_i + w_i.y_j - |y_j|^2/2`` (``y = c k``); return max."""
+    n = ids.shape[1]
+    m = Wf.shape[0]
+    for i in range(m):
+        a[i] = _dot64(Wf[i], X[b])
+    mx = -np.inf
+    for j in range(n):
+        if mask[b, j]:
+            kr = T[ids[b, j]]
+            half = 0.5 * c * c * _dot64(kr, kr)
+            for i in range(m):
+                v = a[i] + c * _dot64(Wf[i], kr) - half
+                e[i, j] = v
+                if v > mx:
+                    mx = v
+    return mx
+
+
+@njit(cache=True, nogil=True, fastmath=_FM)
+def favor_forward(X, T, Vt, ids, mask, Wf, c, need_weights):  # pragma: no cover
+    """Positive-random-feature attention, evaluated stably in the log domain.
+
+    With ``x`` the scaled query, ``y_j = c k_j`` the scaled keys, ``a_i = w_i.x`` and
+    ``e_ij = a_i + w_i.y_j - |y_j|^2 / 2``, the FAVOR+ estimate
+    ``sum_j [sum_i exp(e_ij)] v_j / sum_ij exp(e_ij)`` is a softmax over feature x item pairs;
+    subtracting the pair maximum makes it finite for any finite input (the ``exp(-|x|^2/2)``
+    and ``1/m`` factors of the feature maps cancel). ``Wf (m, d)`` are the random features.
+
+    Returns ``out (B, dv)``, ``Wt (B, n)`` (item weights; zero-size unless ``need_weights``)
+    and ``ok`` (False when a logit is not finite).
+    """
+    B = X.shape[0]
+    n = ids.shape[1]
+    m = Wf.shape[0]
+    dv = Vt.shape[1]
+    dt = X.dtype.type
+    out = np.zeros((B, dv), dtype=X.dtype)
+    Wt = np.zeros((B if need_weights else 0, n), dtype=X.dtype)
+    a = np.empty(m, dtype=np.float64)
+    e = np.empty((m, n), dtype=np.float64)
+    wj = np.empty(n, dtype=np.float64)
+    acc = np.empty(dv, dtype=np.float64)
+    ok = True
+    for b in range(B):
+        mx = _favor_logits(X, T, ids, mask, Wf, c, b, a, e)
+        if mx == -np.inf:
+            continue
+        if not np.isfinite(mx):
+            ok = False
+            continue
+        tot = 0.0
+        for j in range(n):
+            wj[j] = 0.0
+            if mask[b, j]:
+                sj = 0.0
+                for i in range(m):
+                    sj += np.exp(e[i, j] - mx)
+                wj[j] = sj
+                tot += sj
+        acc[:] = 0.0
+        for j in range(n):
+            if mask[b, j]:
+                w = wj[j] / tot
+                if need_weights:
+                    Wt[b, j] = dt(w)
+                vr = Vt[ids[b, j]]
+                for k in range(dv):
+                    acc[k] += w * vr[k]
+        for k in range(dv):
+            if not np.isfinite(acc[k]):
+                ok = False
+            out[b, k] = dt(acc[k])
+    return out, Wt, ok
+
+
+@njit(cache=True, nogil=True, fastmath=_FM)
+def favor_backward(X, T, Vt, ids, mask, Wf, c, G, n_rows):  # pragma: no cover
+    """Gradients of :func:`favor_forward` (recomputed, nothing cached) given ``G (B, dv)``.
+
+    Returns ``dX (B, d)`` (w.r.t. the scaled query), ``dK (n_rows, d)`` (w.r.t. the raw key
+    rows, scatter-added) and ``dV (n_rows, dv)``.
+    """
+    B, d = X.shape
+    n = ids.shape[1]
+    m = Wf.shape[0]
+    dv = Vt.shape[1]
+    dX = np.zeros((B, d), dtype=X.dtype)
+    dK = np.zeros((n_rows, d), dtype=X.dtype)
+    dV = np.zeros((n_rows, dv), dtype=X.dtype)
+    a = np.empty(m, dtype=np.float64)
+    e = np.empty((m, n), dtype=np.float64)
+    wj = np.empty(n, dtype=np.float64)
+    t = np.empty(n, dtype=np.float64)
+    da = np.empty(m, dtype=np.float64)
+    gx = np.empty(d, dtype=np.float64)
+    gy = np.empty(d, dtype=np.float64)
+    for b in range(B):
+        mx = _favor_logits(X, T, ids, mask, Wf, c, b, a, e)
+        if not np.isfinite(mx):
+            continue
+        tot = 0.0
+        for j in range(n):
+            if mask[b, j]:
+                sj = 0.0
+                for i in range(m):
+                    p = np.exp(e[i, j] - mx)
+                    e[i, j] = p
+                    sj += p
+                wj[j] = sj
+                tot += sj
+        inv = 1.0 / tot
+        tbar = 0.0
+        for j in range(n):
+            if mask[b, j]:
+                r = ids[b, j]
+                tj = _dot64(G[b], Vt[r])
+                t[j] = tj
+                w = wj[j] * inv
+                tbar += w * tj
+                for k in range(dv):
+                    dV[r, k] += w * G[b, k]
+        da[:] = 0.0
+        for j in range(n):
+            if mask[b, j]:
+                r = ids[b, j]
+                kr = T[r]
+                csum = 0.0
+                gy[:] = 0.0
+                for i in range(m):
+                    x = e[i, j] * inv * (t[j] - tbar)  # d loss / d e_ij
+                    da[i] += x
+                    csum += x
+                    for k in range(d):
+                        gy[k] += x * Wf[i, k]
+                for k in range(d):
+                    dK[r, k] += c * gy[k] - csum * c * c * kr[k]
+        gx[:] = 0.0
+        for i in range(m):
+            x = da[i]
+            for k in range(d):
+                gx[k] += x * Wf[i, k]
+        for k in range(d):
+            dX[b, k] = gx[k]
+    return dX, dK, dV
+
+
+# ----------------------------------------------------------------------------------------------
+# rotary position embedding of gathered key rows
+# ----------------------------------------------------------------------------------------------
+@njit(cache=True, nogil=True)
+def rope_rotate(T, ids, mask, pos, theta):  # pragma: no cover
+    """Rotated keys ``(B, n, d)``: pair ``(2i, 2i+1)`` of ``T[ids[b, j]]`` turned by ``pos[b, j]*theta[i]``.
+
+    Angles are evaluated in float64; an odd last coordinate is left as is; masked slots are zero.
+    With ``pos = 0`` the rotation is the identity bit for bit (cos 0 = 1, sin 0 = 0).
+    """
+    B, n = ids.shape
+    d = T.shape[1]
+    half = theta.shape[0]
+    dt = T.dtype.type
+    out = np.zeros((B, n, d), dtype=T.dtype)
+    for b in range(B):
+        for j in range(n):
+            if mask[b, j]:
+                kr = T[ids[b, j]]
+                p = pos[b, j]
+                for i in range(half):
+                    ang = p * theta[i]
+                    cs = np.cos(ang)
+                    sn = np.sin(ang)
+                    x0 = float(kr[2 * i])
+                    x1 = float(kr[2 * i + 1])
+                    out[b, j, 2 * i] = dt(x0 * cs - x1 * sn)
+                    out[b, j, 2 * i + 1] = dt(x0 * sn + x1 * cs)
+                for k in range(2 * half, d):
+                    out[b, j, k] = kr[k]
+    return out
+
+
+@njit(cache=True, nogil=True)
+def rope_unrotate_scatter(dKr, ids, mask, pos, theta, n_rows):  # pragma: no cover
+    """Gradient w.r.t. the key rows: rotate ``dKr (B, n, d)`` back and scatter-add into ``(n_rows, d)``."""
+    B, n, d = dKr.shape
+    half = theta.shape[0]
+    out = np.zeros((n_rows, d), dtype=dKr.dtype)
+    for b in range(B):
+        for j in range(n):
+            if mask[b, j]:
+                r = ids[b, j]
+                p = pos[b, j]
+                for i in range(half):
+                    ang = p * theta[i]
+                    cs = np.cos(ang)
+                    sn = np.sin(ang)
+                    g0 = float(dKr[b, j, 2 * i])
+                    g1 = float(dKr[b, j, 2 * i + 1])
+                    out[r, 2 * i] += g0 * cs + g1 * sn
+                    out[r, 2 * i + 1] += -g0 * sn + g1 * cs
+                for k in range(2 * half, d):
+                    out[r, k] += dKr[b, j, k]
+    return out
