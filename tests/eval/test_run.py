@@ -62,10 +62,10 @@ def test_evaluate_exact_vs_bad_method_on_labelled_set():
     assert b["map_at_r"] < 0.45 and b["recall_at_10"] < 0.3
     assert e["threads"] == 1 and b["threads"] == 3
     assert e["params"] == {"index": "faiss.IndexFlat"}
-    # protocol: warm-up (2 queries) and quality call at search_k, warm-up + QPS call at k,
+    # protocol: warm-up (2 queries) and quality call at search_k, warm-up + 3 QPS calls at k,
     # then 7 single-query latency calls at k
-    assert bad.calls[:4] == [(2, 30), (20, 30), (2, 10), (20, 10)]
-    assert bad.calls[4:] == [(1, 10)] * 7
+    assert bad.calls[:6] == [(2, 30), (20, 30), (2, 10), (20, 10), (20, 10), (20, 10)]
+    assert bad.calls[6:] == [(1, 10)] * 7
 
 
 def test_evaluate_metrics_agree_with_metric_functions():
@@ -159,3 +159,14 @@ def test_dataset_info_summary():
     info = dataset_info(ds)
     assert info == {"name": "toy", "metric": "l2", "n_base": 30, "n_queries": 4, "dim": 8, "labelled": True,
                     "n_classes": 3, "ground_truth_k": 20}
+
+
+def test_evaluate_accepts_a_sequence_of_named_methods():
+    ds = make_clustered(n_classes=2, per_class=10, n_queries=3, with_gt=False)
+    m = make_exact(ds, name="flat")
+    rows = evaluate(ds, [m], latency_queries=0, qps_repeats=1)
+    assert rows[0]["method"] == "flat"
+    with pytest.raises(ConfigError, match="name"):
+        evaluate(ds, [lambda q, k: None])
+    with pytest.raises(ConfigError, match="unique"):
+        evaluate(ds, [m, m])
