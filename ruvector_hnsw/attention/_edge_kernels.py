@@ -23,10 +23,13 @@ def edge_forward_kernel(
     bias: np.ndarray,
     att: np.ndarray,
     slope: float,
-) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover - jit
-    """Weights ``(B, n)`` and read-out ``sum_j w_j v_j`` ``(B, dv)`` of GATv2 attention.
+) -> tuple[np.ndarray, np.ndarray, bool]:  # pragma: no cover - jit
+    """Weights ``(B, n)``, read-out ``sum_j w_j v_j`` ``(B, dv)`` of GATv2 attention, and ``ok``.
 
     ``score_j = att . LeakyReLU(q W_q + k_j W_k + f_j W_e + bias)``, softmax over ``ids >= 0``.
+    ``w_q, w_k, w_e, bias, att`` are float64 (scores are accumulated in float64).
+    ``ok`` is False when a key/value row read through ``ids`` holds NaN or infinity (the
+    caller raises; the tables are not scanned as a whole).
     """
     B, d = q.shape
     n = ids.shape[1]
@@ -38,26 +41,39 @@ def edge_forward_kernel(
     zq = np.empty(h)
     z = np.empty(h)
     s = np.empty(n)
+    kb = np.empty((n, d))  # one row's gathered keys (float64), reused: never a (B, n, d) copy
+    pos = np.empty(n, dtype=np.int64)
+    chk = 0.0
     for b in range(B):
         for c in range(h):
             zq[c] = bias[c]
         for i in range(d):
-            qi = q[b, i]
+            qi = float(q[b, i])
             for c in range(h):
                 zq[c] += qi * w_q[i, c]
-        smax = -np.inf
+        cnt = 0
         for j in range(n):
             r = ids[b, j]
             if r < 0:
                 continue
-            for c in range(h):
-                z[c] = zq[c]
             for i in range(d):
-                ki = ktab[r, i]
-                for c in range(h):
-                    z[c] += ki * w_k[i, c]
+                x = float(ktab[r, i])
+                chk += x * 0.0
+                kb[cnt, i] = x
+            pos[j] = cnt
+            cnt += 1
+        if cnt == 0:
+            continue
+        zk = np.dot(kb[:cnt], w_k)  # (cnt, h) through BLAS
+        smax = -np.inf
+        for j in range(n):
+            if ids[b, j] < 0:
+                continue
+            row = pos[j]
+            for c in range(h):
+                z[c] = zq[c] + zk[row, c]
             for e in range(f):
-                fe = feats[b, j, e]
+                fe = float(feats[b, j, e])
                 for c in range(h):
                     z[c] += fe * w_e[e, c]
             acc = 0.0
@@ -69,8 +85,6 @@ def edge_forward_kernel(
             s[j] = acc
             if acc > smax:
                 smax = acc
-        if smax == -np.inf:
-            continue
         tot = 0.0
         for j in range(n):
             if ids[b, j] >= 0:
@@ -83,5 +97,7 @@ def edge_forward_kernel(
             w = s[j] / tot
             wts[b, j] = w
             for i in range(dv):
-                agg[b, i] += w * vtab[r, i]
-    return wts, agg
+                vi = vtab[r, i]
+                chk += vi * 0.0
+                agg[b, i] += w * vi
+    return wts, agg, chk == 0.0

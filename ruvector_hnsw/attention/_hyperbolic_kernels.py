@@ -128,11 +128,12 @@ def hyperbolic_forward_kernel(
     inv_tau: float,
     expmap_inputs: bool,
     tangent_output: bool,
-) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover - jit
+) -> tuple[np.ndarray, np.ndarray, bool]:  # pragma: no cover - jit
     """Fused gather + Poincare attention for a batch; float64 accumulation.
 
     ``ids[b, j] < 0`` marks a masked slot. A fully masked row returns weights 0 and output 0
-    (the origin, which is inside the ball). Returns ``(out (B, dv), weights (B, n))``.
+    (the origin, which is inside the ball). Returns ``(out (B, dv), weights (B, n), ok)``;
+    ``ok`` is False when a key/value row read through ``ids`` holds NaN or infinity.
     """
     B, d = q.shape
     n = ids.shape[1]
@@ -146,6 +147,7 @@ def hyperbolic_forward_kernel(
     s = np.empty(n)
     u = np.empty(dv)
     t = np.empty(dv)
+    chk = 0.0
     for b in range(B):
         # query -> ball point
         nq = 0.0
@@ -176,6 +178,7 @@ def hyperbolic_forward_kernel(
             nk = 0.0
             for i in range(d):
                 kp[i] = ktab[r, i]
+                chk += kp[i] * 0.0
                 nk += kp[i] * kp[i]
             nk = math.sqrt(nk)
             if expmap_inputs:
@@ -221,6 +224,7 @@ def hyperbolic_forward_kernel(
             nv = 0.0
             for i in range(dv):
                 t[i] = vtab[r, i]
+                chk += t[i] * 0.0
                 nv += t[i] * t[i]
             nv = math.sqrt(nv)
             if expmap_inputs:
@@ -256,4 +260,4 @@ def hyperbolic_forward_kernel(
             sc = g * rmax / ny
         for i in range(dv):
             out[b, i] = u[i] * sc
-    return out, wts
+    return out, wts, chk == 0.0

@@ -34,7 +34,7 @@ from ruvector_hnsw.attention.base import (
     check_positive_float,
     check_positive_int,
 )
-from ruvector_hnsw.errors import ConfigError, DimensionMismatchError, MissingContextError
+from ruvector_hnsw.errors import ConfigError, DimensionMismatchError, MissingContextError, NonFiniteError
 
 __all__ = ["EdgeFeaturedAttention"]
 
@@ -68,6 +68,8 @@ class EdgeFeaturedAttention(AttentionMechanism):
 
     name = "edge_featured"
     fused_gather = True
+    #: the kernel flags NaN/inf in the table rows it reads (tables are not scanned whole)
+    checks_table_rows = True
 
     def __init__(
         self,
@@ -176,10 +178,14 @@ class EdgeFeaturedAttention(AttentionMechanism):
     def _run(self, batch: AttentionBatch, feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         kt, vt, ids = self._tables(batch)
         p = self._params
-        return edge_forward_kernel(
-            batch.query, kt, vt, ids, feats, p["W_q"], p["W_k"], p["W_e"], p["b"], p["a"],
-            float(self.negative_slope),
+        f8 = np.float64
+        w, agg, ok = edge_forward_kernel(
+            batch.query, kt, vt, ids, feats, p["W_q"].astype(f8), p["W_k"].astype(f8), p["W_e"].astype(f8),
+            p["b"].astype(f8), p["a"].astype(f8), float(self.negative_slope),
         )
+        if not ok:
+            raise NonFiniteError(f"{self.name}: keys/values rows referenced by ids contain NaN or infinity")
+        return w, agg
 
     def _weights(self, batch: AttentionBatch) -> np.ndarray:
         feats = self.edge_features(batch)

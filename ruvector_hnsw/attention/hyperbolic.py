@@ -36,7 +36,7 @@ from ruvector_hnsw.attention._hyperbolic_kernels import (
 )
 from ruvector_hnsw.attention._partb_common import dense_ids, softmax_backward
 from ruvector_hnsw.attention.base import AttentionBatch, AttentionMechanism, check_positive_float
-from ruvector_hnsw.errors import ConfigError
+from ruvector_hnsw.errors import ConfigError, NonFiniteError
 
 __all__ = ["HyperbolicAttention"]
 
@@ -66,6 +66,8 @@ class HyperbolicAttention(AttentionMechanism):
 
     name = "hyperbolic"
     fused_gather = True
+    #: the kernel flags NaN/inf in the table rows it reads (tables are not scanned whole)
+    checks_table_rows = True
 
     def __init__(
         self,
@@ -120,10 +122,13 @@ class HyperbolicAttention(AttentionMechanism):
             vt = kt if batch.values is None else batch.values.reshape(B * n, batch.values.shape[2])
             ids = dense_ids(batch.mask)
         inv_tau = math.exp(-float(self._params["log_temperature"][0]))
-        return hyperbolic_forward_kernel(
+        out, w, ok = hyperbolic_forward_kernel(
             batch.query, kt, vt, ids, self.kappa, self.eps, inv_tau,
             self.input_map == "expmap", self.output == "tangent",
         )
+        if not ok:
+            raise NonFiniteError(f"{self.name}: keys/values rows referenced by ids contain NaN or infinity")
+        return out, w
 
     def _weights(self, batch: AttentionBatch) -> np.ndarray:
         return self._run(batch)[1]

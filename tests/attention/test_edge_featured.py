@@ -256,3 +256,19 @@ def test_finite_outputs_any_scale(log_scale, seed, masked_rows):
     np.testing.assert_allclose(w[masked_rows:].sum(axis=1), 1.0, rtol=1e-5)
     g = att.backward(np.ones_like(out))
     assert all(np.isfinite(v).all() for v in g.values())
+
+
+def test_nonfinite_rows_referenced_by_ids_raise():
+    from ruvector_hnsw.errors import NonFiniteError
+
+    rng = np.random.default_rng(0)
+    table = rng.standard_normal((10, D)).astype(np.float32)
+    table[9, 2] = np.nan  # never referenced: no full-table scan, no error
+    ids = np.array([[0, 1, 2], [3, 4, -1]])
+    ctx = Context(dist=np.ones((2, 3)), layer=np.zeros((2, 3), dtype=np.int8))
+    att = EdgeFeaturedAttention(D, seed=0)
+    q = rng.standard_normal((2, D))
+    assert np.isfinite(att.forward(q, table, table, None, ctx, ids=ids)).all()
+    ids[1, 2] = 9
+    with pytest.raises(NonFiniteError, match="NaN"):
+        att.forward(q, table, table, None, ctx, ids=ids)

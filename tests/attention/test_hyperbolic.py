@@ -239,3 +239,18 @@ def test_finite_inside_any_scale(log_scale, seed, c, input_map):
     assert np.all(out[~mask.any(axis=1)] == 0)
     g = att.backward(np.ones_like(out))
     assert all(np.isfinite(v).all() for v in g.values())
+
+
+def test_nonfinite_rows_referenced_by_ids_raise():
+    from ruvector_hnsw.errors import NonFiniteError
+
+    rng = np.random.default_rng(0)
+    table = rng.standard_normal((10, D)).astype(np.float32) * 0.2
+    table[9, 1] = np.inf
+    ids = np.array([[0, 1, 2], [3, 4, -1]])
+    att = HyperbolicAttention(D)
+    q = rng.standard_normal((2, D)) * 0.2
+    assert np.isfinite(att.forward(q, table, table, ids=ids)).all()
+    ids[0, 0] = 9
+    with pytest.raises(NonFiniteError, match="NaN"):
+        att.forward(q, table, table, ids=ids)
