@@ -65,30 +65,30 @@ def triplet_all_pairs(values, pos, neg, margin, sign, soft, row_loss, row_count,
 
 
 @njit(cache=True)
-def laplacian_csr(z, rows, indptr, indices, weights, has_weights, grad):  # pragma: no cover
-    """R = sum over stored edges (i, j), i in ``rows``, of w_ij ||z_i - z_j||^2; adds dR/dz into ``grad``.
+def laplacian_edges(z, src, dst, weights, has_weights, grad):  # pragma: no cover
+    """R = sum_e w_e ||z[src_e] - z[dst_e]||^2 over the edges; adds dR/dz into ``grad``.
 
-    Negative indices (padding) and self loops contribute nothing. Returns (R, edges counted).
+    Edges with ``dst < 0`` (padding) or ``dst == src`` (self loops) contribute nothing.
+    Returns (R, number of edges counted).
     """
     d = z.shape[1]
     total = 0.0
     count = 0
-    for r in range(rows.shape[0]):
-        i = rows[r]
-        for e in range(indptr[i], indptr[i + 1]):
-            j = indices[e]
-            if j < 0 or j == i:
-                continue
-            w = weights[e] if has_weights else 1.0
-            acc = 0.0
-            for k in range(d):
-                diff = z[i, k] - z[j, k]
-                acc += diff * diff
-                g = 2.0 * w * diff
-                grad[i, k] += g
-                grad[j, k] -= g
-            total += w * acc
-            count += 1
+    for e in range(src.shape[0]):
+        i = src[e]
+        j = dst[e]
+        if j < 0 or j == i:
+            continue
+        w = weights[e] if has_weights else 1.0
+        acc = 0.0
+        for k in range(d):
+            diff = np.float64(z[i, k]) - np.float64(z[j, k])
+            acc += diff * diff
+            g = 2.0 * w * diff
+            grad[i, k] += g
+            grad[j, k] -= g
+        total += w * acc
+        count += 1
     return total, count
 
 

@@ -22,8 +22,10 @@ from ruvector_hnsw.errors import (
 __all__ = [
     "as_bool_matrix",
     "as_float",
+    "as_float_table",
     "as_id_array",
     "check_csr",
+    "check_finite_rows",
     "check_positive",
 ]
 
@@ -120,3 +122,27 @@ def check_csr(indptr: Any, indices: Any, n_nodes: int) -> tuple[np.ndarray, np.n
     if ix.size and (ix.min() < -1 or ix.max() >= n_nodes):
         raise InvalidInputError(f"indices: node ids must lie in [0, {n_nodes}) (or -1 for padding)")
     return ip, ix
+
+
+def as_float_table(x: Any, name: str) -> np.ndarray:
+    """A 2-D float32/float64 table (other real dtypes -> float64) *without* the finiteness scan.
+
+    For large tables of which a call touches only some rows: check the gathered rows with
+    :func:`check_finite_rows` instead of scanning the whole table.
+    """
+    arr = np.asarray(x)
+    if arr.dtype.kind in "biu":
+        arr = arr.astype(np.float64)
+    elif arr.dtype.kind != "f":
+        raise InvalidDTypeError(f"{name}: expected a real numeric array, got dtype {arr.dtype}")
+    elif arr.dtype not in (np.float32, np.float64):
+        arr = arr.astype(np.float64)
+    if arr.ndim != 2:
+        raise ShapeMismatchError(f"{name}: expected 2 dimensions, got shape {arr.shape}")
+    return arr
+
+
+def check_finite_rows(rows: np.ndarray, name: str) -> None:
+    """Raise :class:`NonFiniteError` naming ``name`` if the gathered rows hold NaN/inf."""
+    if not np.all(np.isfinite(rows)):
+        raise NonFiniteError(f"{name}: contains NaN or infinity (in the rows this call uses)")

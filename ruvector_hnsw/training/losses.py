@@ -23,17 +23,27 @@ are computed in float64 internally and the gradient is returned as float32.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 
 from ruvector_hnsw.errors import ConfigError, InvalidInputError, ShapeMismatchError
 from ruvector_hnsw.training import _kernels
-from ruvector_hnsw.training._validate import as_bool_matrix, as_float, as_id_array, check_csr, check_positive
+from ruvector_hnsw.training._validate import (
+    as_bool_matrix,
+    as_float,
+    as_float_table,
+    as_id_array,
+    check_csr,
+    check_finite_rows,
+    check_positive,
+)
 
 __all__ = [
     "CosineSimilarity",
     "DotSimilarity",
+    "RowGrad",
     "columns_to_mask",
     "ids_to_mask",
     "info_nce",
@@ -422,6 +432,36 @@ class CosineSimilarity(_Similarity):
 # ----------------------------------------------------------------------------- graph-local contrastive
 
 
+@dataclass(frozen=True)
+class RowGrad:
+    """A gradient that is zero outside a few rows of an (N, d) table.
+
+    Attributes
+    ----------
+    rows : numpy.ndarray of int64, shape (m,)
+        Sorted, unique row ids.
+    values : numpy.ndarray, shape (m, d)
+        Gradient of those rows.
+    num_rows : int
+        ``N``.
+    """
+
+    rows: np.ndarray
+    values: np.ndarray
+    num_rows: int
+
+    def to_dense(self) -> np.ndarray:
+        """The (N, d) array."""
+        out = np.zeros((self.num_rows, self.values.shape[1]), dtype=self.values.dtype)
+        out[self.rows] = self.values
+        return out
+
+
+def _row_grad_result(rows: np.ndarray, values: np.ndarray, n: int, sparse: bool) -> np.ndarray | RowGrad:
+    g = RowGrad(rows=rows.astype(np.int64, copy=False), values=values, num_rows=n)
+    return g if sparse else g.to_dense()
+
+
 def sample_non_neighbors(
     indptr: Any,
     indices: Any,
@@ -490,7 +530,8 @@ def local_contrastive(
     similarity: Literal["cosine", "dot"] = "cosine",
     form: Literal["supcon", "logsumexp"] = "supcon",
     reduction: Literal["mean", "sum"] = "mean",
-) -> tuple[float, np.ndarray]:
+    sparse_grad: bool = False,
+) -> tuple[float, np.ndarray | RowGrad]:
     """Graph-local contrastive loss: a node's graph neighbours are its positives.
 
     For every anchor ``i`` in ``nodes``, the columns are its CSR neighbours ``N(i)``
@@ -516,14 +557,22 @@ def local_contrastive(
     similarity : {"cosine", "dot"}
     form, reduction
         As in :func:`info_nce`; rows (anchors) without neighbours are ignored.
+    sparse_grad : bool
+        Return the gradient as a :class:`RowGrad` over the touched rows (anchors, their
+        neighbours, their negatives) instead of a dense (N, d) array.
 
     Returns
     -------
     loss : float
-    grad : numpy.ndarray, shape (N, d)
-        ``dloss/dembeddings``.
+    grad : numpy.ndarray, shape (N, d), or RowGrad
+        ``dloss/dembeddings`` (in the dtype of ``embeddings``).
+
+    Notes
+    -----
+    Only the touched rows of ``embeddings`` are read (and checked for NaN/inf), so a
+    mini-batch over a large table costs O(batch), not O(N), apart from the dense result.
     """
-    z = as_float(embeddings, "embeddings", ndim=2)
+    z = as_float_table(embeddings, "embeddings")
     n = z.shape[0]
     ip, ix = check_csr(indptr, indices, n)
     if similarity not in ("cosine", "dot"):
@@ -557,22 +606,26 @@ def local_contrastive(
     valid = cols >= 0
     pos_mask = np.zeros(cols.shape, dtype=bool)
     pos_mask[:, :width] = valid[:, :width]
-    if cols.shape[1] == 0:
-        return 0.0, np.zeros_like(z)
-    gathered = z[np.where(valid, cols, 0)]  # (B, P+m, d)
+    # work on the touched rows only (a mini-batch of a large table)
+    touched = np.unique(np.concatenate([anchors, cols[valid]]))
+    z_sub = np.asarray(z[touched])
+    check_finite_rows(z_sub, "embeddings")
+    if cols.shape[1] == 0 or touched.size == 0:
+        return 0.0, _row_grad_result(touched, np.zeros((touched.size, z.shape[1]), z.dtype), n, sparse_grad)
+    a_loc = np.searchsorted(touched, anchors)
+    c_loc = np.where(valid, np.searchsorted(touched, np.where(valid, cols, touched[0])), -1)
+    gathered = z_sub[np.maximum(c_loc, 0)]  # (B, P+m, d)
     sim: _Similarity = CosineSimilarity() if similarity == "cosine" else DotSimilarity()
-    scores = sim.forward(z[anchors], gathered)
+    scores = sim.forward(z_sub[a_loc], gathered)
     loss, g_scores = info_nce(
         scores, pos_mask, temperature=temperature, candidate_mask=valid, form=form, reduction=reduction
     )
     grads = sim.backward(g_scores)
-    dz = np.zeros(z.shape, dtype=np.float64)
+    dz = np.zeros(z_sub.shape, dtype=np.float64)
     _kernels.scatter_add_rows(
-        dz, anchors[:, None].copy(), np.ascontiguousarray(grads["query"][:, None, :], dtype=np.float64)
+        dz, a_loc[:, None].copy(), np.ascontiguousarray(grads["query"][:, None, :], dtype=np.float64)
     )
     _kernels.scatter_add_rows(
-        dz,
-        np.ascontiguousarray(np.where(valid, cols, -1)),
-        np.ascontiguousarray(grads["candidates"], dtype=np.float64),
+        dz, np.ascontiguousarray(c_loc), np.ascontiguousarray(grads["candidates"], dtype=np.float64)
     )
-    return loss, dz.astype(z.dtype, copy=False)
+    return loss, _row_grad_result(touched, dz.astype(z.dtype, copy=False), n, sparse_grad)

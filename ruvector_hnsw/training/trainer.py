@@ -221,6 +221,9 @@ class Trainer:
         Minimal improvement that resets the patience counter.
     validate_initial : bool
         Validate before training; the initial parameters then compete for "best".
+    validate_every : int
+        Validate every this many epochs (and after the last one); ``patience`` counts
+        validations, not epochs. Skipped epochs log ``None``.
     restore_best : bool
         At the end, write the best parameters back into ``model.params`` (in place).
     checkpoint_dir : str or PathLike, optional
@@ -251,6 +254,7 @@ class Trainer:
         patience: int | None = None,
         min_delta: float = 0.0,
         validate_initial: bool = True,
+        validate_every: int = 1,
         restore_best: bool = True,
         checkpoint_dir: str | os.PathLike[str] | None = None,
         seed: int = 0,
@@ -295,6 +299,9 @@ class Trainer:
             raise ConfigError(f"min_delta: must be finite and >= 0, got {min_delta!r}")
         self.min_delta = float(min_delta)
         self.validate_initial = bool(validate_initial)
+        if isinstance(validate_every, bool) or int(validate_every) != validate_every or validate_every < 1:
+            raise ConfigError(f"validate_every: expected an int >= 1, got {validate_every!r}")
+        self.validate_every = int(validate_every)
         self.restore_best = bool(restore_best)
         self.checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
         if isinstance(seed, bool) or int(seed) != seed or seed < 0:
@@ -572,7 +579,8 @@ class Trainer:
         hook = getattr(self.model, "on_epoch_end", None)
         if callable(hook):
             hook(state)
-        value, metrics, val_time = self._run_validation()
+        due = (epoch + 1) % self.validate_every == 0 or epoch + 1 == self.epochs
+        value, metrics, val_time = self._run_validation() if due else (None, {}, 0.0)
         self.epoch += 1
 
         h = self.history
@@ -597,7 +605,7 @@ class Trainer:
                 self.bad_epochs += 1
                 if self.patience is not None and self.bad_epochs >= self.patience:
                     h.stopped_early = True
-        else:  # no validation: the latest parameters are the best we know
+        elif self.validate is None:  # no validation at all: the latest parameters are the best we know
             self.best_epoch = epoch
             self.best_params = self._snapshot_params()
             improved = True

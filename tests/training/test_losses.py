@@ -350,3 +350,24 @@ def test_triplet_properties(s, pos, soft, mining):
     loss, g = triplet(s, pos, margin=0.1, soft=soft, mining=mining)
     assert np.isfinite(loss) and loss >= 0 and np.all(np.isfinite(g))
     np.testing.assert_allclose(g.sum(axis=1), 0.0, atol=1e-12)  # pairs push and pull equally
+
+
+def test_local_contrastive_sparse_grad_and_float32():
+    rng = _rng(9)
+    z = rng.normal(size=(12, 4))
+    indptr, indices = _ring_csr(12, 3)
+    nodes = np.array([2, 5])
+    neg = sample_non_neighbors(indptr, indices, nodes, 2, _rng(4))
+    loss, dense = local_contrastive(z, indptr, indices, nodes=nodes, negatives=neg)
+    loss2, sp = local_contrastive(z, indptr, indices, nodes=nodes, negatives=neg, sparse_grad=True)
+    assert loss2 == loss
+    expected_rows = np.unique(np.concatenate([nodes, [3, 4, 5, 6, 7, 8], neg.ravel()]))
+    np.testing.assert_array_equal(sp.rows, expected_rows)
+    np.testing.assert_array_equal(sp.to_dense(), dense)
+    assert not dense[np.setdiff1d(np.arange(12), expected_rows)].any()
+    l32, g32 = local_contrastive(z.astype(np.float32), indptr, indices, nodes=nodes, negatives=neg)
+    assert g32.dtype == np.float32 and l32 == pytest.approx(loss, rel=1e-5)
+    z[0] = np.nan if 0 not in expected_rows else z[0]
+    z[expected_rows[0]] = np.nan
+    with pytest.raises(NonFiniteError, match="embeddings"):
+        local_contrastive(z, indptr, indices, nodes=nodes, negatives=neg)

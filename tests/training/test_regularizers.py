@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ruvector_hnsw.errors import InvalidInputError, ShapeMismatchError
+from ruvector_hnsw.errors import InvalidInputError, NonFiniteError, ShapeMismatchError
 from ruvector_hnsw.training.regularizers import LaplacianRegularizer, laplacian_smoothness
 
 from ._helpers import fd_grad
@@ -83,3 +83,23 @@ def test_laplacian_errors():
         laplacian_smoothness(np.zeros((4, 2)), indptr, indices)
     with pytest.raises(ShapeMismatchError, match="embeddings"):
         LaplacianRegularizer(indptr, indices)(np.zeros((4, 2)))
+
+
+def test_sparse_grad_matches_dense_and_only_touched_rows_are_read():
+    rng = np.random.default_rng(3)
+    z = rng.normal(size=(5, 2))
+    indptr, indices = _graph()
+    nodes = np.array([4, 1])  # edges 4->0 and 1->0 (1->-1 is padding): touches rows 0, 1, 4
+    val, dense = laplacian_smoothness(z, indptr, indices, nodes=nodes)
+    val2, sparse = laplacian_smoothness(z, indptr, indices, nodes=nodes, sparse_grad=True)
+    assert val2 == val
+    np.testing.assert_array_equal(sparse.rows, [0, 1, 4])
+    np.testing.assert_array_equal(sparse.to_dense(), dense)
+    z_bad = z.copy()
+    z_bad[3] = np.nan  # untouched row: not read
+    assert laplacian_smoothness(z_bad, indptr, indices, nodes=nodes)[0] == pytest.approx(val)
+    z_bad[0] = np.inf
+    with pytest.raises(NonFiniteError, match="embeddings"):
+        laplacian_smoothness(z_bad, indptr, indices, nodes=nodes)
+    with pytest.raises(NonFiniteError, match="embeddings"):
+        laplacian_smoothness(z_bad, indptr, indices)

@@ -328,3 +328,18 @@ def test_retrieval_validator_matches_reference(toy):
     w = model.params["W"]
     assert out["map_at_r"] == pytest.approx(ref_map_at_r(xq @ w, yq, xdb @ w, ydb))
     assert set(out) == {"map_at_r", "map_at_100", "p_at_1"}
+
+
+def test_validate_every(toy):
+    data, _ = toy
+    calls = []
+
+    def validate(model):
+        calls.append(1)
+        return float(len(calls))
+
+    model = LinearModel()
+    h = Trainer(model, Adam(model.params), epochs=5, batch_size=120, validate=validate, validate_every=2).fit(data)
+    # initial + after epochs 1, 3 and the last one (4)
+    assert len(calls) == 4
+    assert h.val_metric == [None, 2.0, None, 3.0, 4.0] and h.best_epoch == 4
