@@ -24,6 +24,7 @@ from ruvector_hnsw.training.checkpoint import load_checkpoint, save_checkpoint
 from ruvector_hnsw.training.losses import (
     CosineSimilarity,
     DotSimilarity,
+    RowGrad,
     columns_to_mask,
     ids_to_mask,
     info_nce,
@@ -78,6 +79,7 @@ __all__ = [
     "Miner",
     "Optimizer",
     "RandomNegativeMiner",
+    "RowGrad",
     "Schedule",
     "SemiHardNegativeMiner",
     "StepSchedule",

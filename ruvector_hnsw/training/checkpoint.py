@@ -1,8 +1,8 @@
 """Atomic, versioned, validated checkpoints: a ``.npz`` of arrays plus a ``.json`` manifest.
 
-A checkpoint stores a *state tree*: nested dicts / lists of JSON scalars (``None``,
-bool, int, float incl. ``inf``/``nan``, str) and numpy arrays. Arrays go to
-``<stem>.npz`` (no pickles) under their tree path; the tree itself, with each array
+A checkpoint stores a *state tree*: nested dicts (str keys) / lists of JSON scalars
+(``None``, bool, int, float incl. ``inf``/``nan``, str) and numpy arrays of bool,
+integer or float dtype. Arrays go to ``<stem>.npz`` (no pickles) as ``a0, a1, ...``; the tree itself, with each array
 replaced by ``{"__ndarray__": key}``, goes to ``<stem>.json`` together with the format
 name, version, ``kind`` and the SHA-256 of the npz and each array's shape and dtype.
 
@@ -35,6 +35,7 @@ __all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "checkpoint_paths", "load_
 CHECKPOINT_FORMAT = "ruvector_hnsw.training.checkpoint"
 CHECKPOINT_VERSION = 1
 _ARRAY_TAG = "__ndarray__"
+_FLOAT_TAG = "__float__"
 
 
 def checkpoint_paths(path: str | os.PathLike[str]) -> tuple[Path, Path]:
@@ -49,14 +50,14 @@ def _flatten(obj: Any, path: str, arrays: dict[str, np.ndarray]) -> Any:
     if isinstance(obj, np.ndarray):
         if obj.dtype.kind not in "biuf":
             raise InvalidInputError(f"checkpoint: array at {path or '/'} has unsupported dtype {obj.dtype}")
-        key = path or "root"
+        key = f"a{len(arrays)}"  # npz member names stay simple whatever the tree keys are
         arrays[key] = np.ascontiguousarray(obj)
         return {_ARRAY_TAG: key}
     if isinstance(obj, Mapping):
         out = {}
         for k, v in obj.items():
-            if not isinstance(k, str) or "/" in k or k == _ARRAY_TAG:
-                raise InvalidInputError(f"checkpoint: key {k!r} at {path or '/'} must be a str without '/'")
+            if not isinstance(k, str) or k in (_ARRAY_TAG, _FLOAT_TAG):
+                raise InvalidInputError(f"checkpoint: key {k!r} at {path or '/'} must be a str (not a reserved tag)")
             out[k] = _flatten(v, f"{path}/{k}" if path else k, arrays)
         return out
     if isinstance(obj, (list, tuple)):
@@ -104,7 +105,7 @@ def _atomic_write(target: Path, data: bytes) -> None:
 def _json_safe(obj: Any) -> Any:
     """Replace non-finite floats by tagged strings so the json stays standard."""
     if isinstance(obj, float) and not math.isfinite(obj):
-        return {"__float__": repr(obj)}
+        return {_FLOAT_TAG: repr(obj)}
     if isinstance(obj, dict):
         return {k: _json_safe(v) for k, v in obj.items()}
     if isinstance(obj, list):
@@ -114,8 +115,8 @@ def _json_safe(obj: Any) -> Any:
 
 def _json_restore(obj: Any) -> Any:
     if isinstance(obj, dict):
-        if set(obj) == {"__float__"}:
-            return float(obj["__float__"])
+        if set(obj) == {_FLOAT_TAG}:
+            return float(obj[_FLOAT_TAG])
         return {k: _json_restore(v) for k, v in obj.items()}
     if isinstance(obj, list):
         return [_json_restore(v) for v in obj]

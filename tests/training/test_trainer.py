@@ -289,7 +289,7 @@ def test_nonfinite_loss_and_bad_config(toy):
 def test_checkpoint_roundtrip_and_corruption(tmp_path):
     state = {
         "a": np.arange(6, dtype=np.float32).reshape(2, 3),
-        "nested": {"b": [1, 2.5, None, "s", np.int64(7)], "inf": float("-inf")},
+        "nested": {"b": [1, 2.5, None, "s", np.int64(7)], "inf": float("-inf"), "mech/W_q": np.eye(2)},
         "rng": np.random.default_rng(0).bit_generator.state,
     }
     npz, js = save_checkpoint(tmp_path / "ck", state, kind="test")
@@ -297,6 +297,7 @@ def test_checkpoint_roundtrip_and_corruption(tmp_path):
     np.testing.assert_array_equal(back["a"], state["a"])
     assert back["a"].dtype == np.float32
     assert back["nested"]["b"] == [1, 2.5, None, "s", 7] and back["nested"]["inf"] == float("-inf")
+    np.testing.assert_array_equal(back["nested"]["mech/W_q"], np.eye(2))
     g = np.random.default_rng()
     g.bit_generator.state = back["rng"]
     assert g.random() == np.random.default_rng(0).random()
