@@ -91,6 +91,9 @@ class DualSpaceAttention(AttentionMechanism):
     """
 
     name = "dual_space"
+    #: the graph branch runs the fused-gather ``scaled_dot`` kernels (no (B, n, d) copy)
+    fused_gather = True
+    checks_table_rows = True
     BRANCHES = ("graph", "latent", "cross")
 
     def __init__(
@@ -135,6 +138,9 @@ class DualSpaceAttention(AttentionMechanism):
             "W_f": np.zeros((d, 3), dtype=dt),
             "b_f": np.zeros(3, dtype=dt),
         }
+        from ruvector_hnsw.attention.scaled_dot import ScaledDotAttention
+
+        self._graph = ScaledDotAttention(self.dim, dtype=self.dtype)
         self._database: np.ndarray | None = None
         self._index: Any = None
         self._indexed_P: np.ndarray | None = None
@@ -243,12 +249,11 @@ class DualSpaceAttention(AttentionMechanism):
             raise NotFittedError(
                 f"{self.name} needs the database table: pass database= to the constructor or call set_database()"
             )
-        s = np.einsum("bd,bnd->bn", batch.query, batch.keys) / math.sqrt(self.dim)
-        return masked_softmax(s, batch.mask)
+        return self._graph._weights(batch)
 
     def _forward(self, batch: AttentionBatch) -> tuple[np.ndarray, Any]:
-        q, K, V, mask = batch.query, batch.keys, batch.values, batch.mask
-        assert V is not None
+        q = batch.query
+        assert batch.values is not None
         lids = self._search(q)
         lmask = lids >= 0
         db = self._database
@@ -256,8 +261,7 @@ class DualSpaceAttention(AttentionMechanism):
         X = db[np.maximum(lids, 0)] * lmask[:, :, None]  # (B, m, d)
         P = self._params["P"]
         Z = X @ P
-        wg = masked_softmax(np.einsum("bd,bnd->bn", q, K) / math.sqrt(self.dim), mask)
-        og = np.einsum("bn,bnv->bv", wg, V)
+        og, gcache = self._graph._forward(batch)  # fused gather + softmax(q.k / sqrt(d)) v
         zq = q @ P
         wl = masked_softmax(self._latent_scores(zq, Z), lmask)
         ol = np.einsum("bm,bmd->bd", wl, X)
@@ -268,11 +272,11 @@ class DualSpaceAttention(AttentionMechanism):
         out = gate[:, 0:1] * og + gate[:, 1:2] * ol + gate[:, 2:3] * oc
         self.last_latent_ids = lids
         self.last_gate = gate
-        cache = (q, K, V, mask, X, Z, lmask, wg, og, zq, wl, ol, zc, wc, oc, gate)
+        cache = (q, gcache, X, Z, lmask, og, zq, wl, ol, zc, wc, oc, gate)
         return np.ascontiguousarray(out, dtype=self.dtype), cache
 
     def _backward(self, grad_out: np.ndarray, cache: Any) -> dict[str, np.ndarray]:
-        q, K, V, mask, X, Z, lmask, wg, og, zq, wl, ol, zc, wc, oc, gate = cache
+        q, gcache, X, Z, lmask, og, zq, wl, ol, zc, wc, oc, gate = cache
         p = self._params
         P = p["P"]
         sl = math.sqrt(self.latent_dim)
@@ -308,12 +312,8 @@ class DualSpaceAttention(AttentionMechanism):
         dq = dq + dzq @ P.T
         dP += np.einsum("bmd,bml->dl", X, dZ)
         grads["P"] = dP
-        # graph attention
-        dV = wg[:, :, None] * dog[:, None, :]
-        dwg = np.einsum("bv,bnv->bn", dog, V)
-        dsg = softmax_backward(wg, dwg) * mask / math.sqrt(self.dim)
-        dq = dq + np.einsum("bn,bnd->bd", dsg, K)
-        dK = dsg[:, :, None] * q[:, None, :]
-        grads.update(query=dq, keys=dK, values=dV)
+        # graph attention (table gradients in the gather form, dense otherwise)
+        gg = self._graph._backward(np.ascontiguousarray(dog, dtype=self.dtype), gcache)
+        grads.update(query=dq + gg["query"], keys=gg["keys"], values=gg["values"])
         dt = self.dtype
         return {k: np.ascontiguousarray(v, dtype=dt) for k, v in grads.items()}
