@@ -1,0 +1,788 @@
+"""``ruvector-hnsw``: build, query and inspect HNSW indexes; evaluate retrieval; run the demo.
+
+Every subcommand is a small function over the library; :func:`main` turns user errors
+(missing or corrupt files, wrong dimensions, bad options: any
+:class:`~ruvector_hnsw.errors.RuvectorError` or :class:`OSError`) into one ``error: ...`` line
+on stderr and exit status 2, never a traceback (``--verbose`` shows it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+
+from ruvector_hnsw.errors import ConfigError, DimensionMismatchError, FileFormatError, RuvectorError
+
+__all__ = ["build_parser", "main"]
+
+EXIT_OK = 0
+EXIT_INTERNAL = 1
+EXIT_USER = 2
+
+_SPACES = ("l2", "ip", "cosine")
+_DEFAULT_METHODS = "exact,hnsw,alpha_qe,dba"
+
+_EPILOG = """\
+examples:
+  ruvector-hnsw demo                                   # the built-in scenario end to end (< 2 min)
+  ruvector-hnsw eval --dataset clusters --methods exact,hnsw,alpha_qe,dba --json out.json --plot out.png
+  ruvector-hnsw eval --dataset data/sift_base.fvecs --methods exact,hnsw:ef=32,hnsw:ef=128
+  ruvector-hnsw build data/sift_base.fvecs -o sift.rvh --space l2 --M 16 --ef-construction 200
+  ruvector-hnsw query sift.rvh data/sift_query.fvecs -k 10 --ef 64 -o result.npz
+  ruvector-hnsw info sift.rvh
+  ruvector-hnsw bench --quick
+
+vector files: .fvecs/.bvecs (TEXMEX), .npy, .npz (arrays 'base', 'queries', ...), .hdf5
+(ann-benchmarks 'train'/'test'), or a built-in dataset name (clusters, hierarchical,
+manifolds, digits; 'clusters:tiny' picks a size).
+"""
+
+
+# ============================================================================ helpers
+class _Console:
+    """Where human-readable output goes (stdout), plus the progress-bar switch."""
+
+    def __init__(self, progress: bool, out: TextIO | None = None) -> None:
+        self.progress = progress
+        self.out = out if out is not None else sys.stdout
+
+    def print(self, *args: Any) -> None:
+        print(*args, file=self.out, flush=True)
+
+
+def _progress_enabled(args: argparse.Namespace) -> bool:
+    if args.progress == "always":
+        return True
+    if args.progress == "never":
+        return False
+    return bool(getattr(sys.stderr, "isatty", lambda: False)())
+
+
+def _tqdm(total: int, desc: str, enabled: bool) -> Any:
+    if not enabled:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
+
+
+def _is_dataset_name(spec: str) -> bool:
+    from ruvector_hnsw.datasets import available
+
+    return not os.path.exists(spec) and spec.partition(":")[0] in available()
+
+
+def _read_vectors(spec: str, role: str) -> tuple[np.ndarray, str | None]:
+    """Read an (n, d) float32 matrix and the metric the source declares (None if it does not).
+
+    ``role`` is "base" or "queries": which array of a dataset or ``.npz``/``.hdf5`` file.
+    """
+    from ruvector_hnsw.datasets import formats, load
+
+    if _is_dataset_name(spec):
+        ds = load(spec, gt_k=0)
+        return (ds.base if role == "base" else ds.queries), ds.metric
+    metric: str | None = None
+    path = Path(spec)
+    if not path.exists():
+        raise FileNotFoundError(2, "No such file or directory", str(path))
+    suffix = path.suffix.lower()
+    arr: Any
+    if suffix in (".fvecs", ".bvecs", ".ivecs"):
+        arr = formats.read_vecs(path)
+    elif suffix == ".npy":
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except (ValueError, EOFError) as exc:
+            raise FileFormatError(f"{path}: not a readable .npy file ({exc})") from exc
+    elif suffix == ".npz":
+        fields = formats.read_npz(path)
+        if role == "queries" and fields.get("queries") is None:
+            raise FileFormatError(f"{path}: .npz has no 'queries' array")
+        arr = fields[role]
+        metric = fields.get("metric")
+    elif suffix in (".hdf5", ".h5"):
+        raw = formats.read_ann_hdf5(path)
+        arr, metric = raw[role], raw["metric"]
+    else:
+        raise FileFormatError(
+            f"{path}: unsupported vector file type {suffix or '(none)'!r} (use .fvecs, .bvecs, .npy, .npz, .hdf5)"
+        )
+    arr = np.asarray(arr)
+    if arr.ndim == 1:
+        arr = arr[None, :]
+    if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise FileFormatError(f"{path}: expected a non-empty 2-D (n, d) array, got shape {arr.shape}")
+    if arr.dtype.kind not in "fiub":
+        raise FileFormatError(f"{path}: vectors have non-numeric dtype {arr.dtype}")
+    return np.ascontiguousarray(arr, dtype=np.float32), metric
+
+
+def _build_index(
+    vectors: np.ndarray,
+    *,
+    space: str,
+    M: int,
+    ef_construction: int,
+    seed: int,
+    num_threads: int,
+    ef: int | None,
+    progress: bool,
+    chunk: int = 10_000,
+) -> Any:
+    from ruvector_hnsw.index import HNSWIndex
+
+    index = HNSWIndex(
+        vectors.shape[1],
+        space=space,
+        M=M,
+        ef_construction=ef_construction,
+        seed=seed,
+        num_threads=num_threads,
+        max_elements=max(1, vectors.shape[0]),
+    )
+    bar = _tqdm(vectors.shape[0], "build", progress and vectors.shape[0] > chunk)
+    try:
+        for start in range(0, vectors.shape[0], chunk):
+            stop = min(vectors.shape[0], start + chunk)
+            index.add(vectors[start:stop], ids=np.arange(start, stop, dtype=np.int64))
+            if bar is not None:
+                bar.update(stop - start)
+    finally:
+        if bar is not None:
+            bar.close()
+    if ef is not None:
+        index.ef = ef
+    return index
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"  # pragma: no cover
+
+
+def _graph_report(stats: dict[str, Any]) -> list[str]:
+    """Human-readable lines for ``HNSWGraph.stats()``."""
+    lines = [
+        f"graph: {stats['nodes']} nodes ({stats['deleted']} deleted), {stats['edges']} directed links, "
+        f"space={stats['space']}, dim={stats['dim']}, M={stats['M']}, max_level={stats['max_level']}, "
+        f"entry point={stats['entry_point']}",
+        "  level  nodes(at exactly)  nodes(on layer)   links   mean deg  max deg",
+    ]
+    hist = list(stats.get("levels_histogram", []))
+    layers = {row["layer"]: row for row in stats.get("layers", [])}
+    for lvl in range(max(len(hist), len(layers))):
+        row = layers.get(lvl, {"nodes": 0, "edges": 0, "mean_degree": 0.0, "max_degree": 0})
+        exact = hist[lvl] if lvl < len(hist) else 0
+        lines.append(
+            f"  {lvl:>5}  {exact:>17}  {row['nodes']:>15}  {row['edges']:>6}  {row['mean_degree']:>9.2f}"
+            f"  {row['max_degree']:>7}"
+        )
+    lines.append(f"  graph memory (vectors + CSR links + labels/levels): {_fmt_bytes(stats['memory_bytes'])}")
+    return lines
+
+
+def _export_graph(graph: Any, path: Path) -> None:
+    """Write the graph snapshot to ``.npz``: labels, levels, entry point, per-layer CSR + distances."""
+    arrays: dict[str, Any] = {
+        "labels": graph.labels,
+        "levels": graph.levels,
+        "entry_point": np.array(graph.entry_point, dtype=np.int64),
+        "max_level": np.array(graph.max_level, dtype=np.int64),
+    }
+    for layer in range(graph.num_layers):
+        indptr, indices = graph.layer(layer)
+        arrays[f"layer{layer}_indptr"] = indptr
+        arrays[f"layer{layer}_indices"] = indices
+        arrays[f"layer{layer}_distances"] = graph.edge_distances(layer)
+    from ruvector_hnsw.datasets.formats import write_npz
+
+    write_npz(path, **arrays)
+
+
+def _dataset_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    kw: dict[str, Any] = {}
+    named = _is_dataset_name(args.dataset)
+    if named:
+        kw["seed"] = args.seed
+        if args.size is not None and ":" not in args.dataset:
+            kw["size"] = args.size
+    elif args.size is not None:
+        raise ConfigError("--size applies to built-in datasets only, not to files")
+    if args.n_queries is not None:
+        kw["n_queries"] = args.n_queries
+    if args.metric is not None:
+        kw["metric"] = args.metric
+    return kw
+
+
+def _method_names(spec: str) -> str:
+    from ruvector_hnsw import eval as ev
+
+    if spec.strip().lower() == "all":
+        return ",".join(ev.METHODS)
+    return spec
+
+
+def _run_eval(
+    ds: Any,
+    methods_spec: str,
+    args: argparse.Namespace,
+    con: _Console,
+    index: Any | None = None,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    from ruvector_hnsw import eval as ev
+
+    settings: dict[str, Any] = {
+        "k": args.k,
+        "ef": args.ef,
+        "seed": args.seed,
+        "M": args.M,
+        "ef_construction": args.ef_construction,
+        "threads": args.threads,
+        "methods": methods_spec,
+    }
+    names = _method_names(methods_spec)
+    parsed = [ev.parse_method_spec(spec)[0] for spec in names.split(",") if spec.strip()]
+    unknown = [name for name in parsed if name not in ev.METHODS]
+    if not parsed or unknown:  # fail before the (slow) index build
+        raise ConfigError(
+            f"unknown method(s) {', '.join(map(repr, unknown))}; known: {', '.join(sorted(ev.METHODS))}"
+            if unknown else "no methods given"
+        )
+    needs_index = any(name != "exact" for name in parsed)
+    if index is None and needs_index:
+        t0 = time.perf_counter()
+        index = _build_index(
+            ds.base,
+            space=ds.metric,
+            M=args.M,
+            ef_construction=args.ef_construction,
+            seed=args.seed,
+            num_threads=args.threads,
+            ef=args.ef,
+            progress=con.progress,
+        )
+        settings["index_build_s"] = round(time.perf_counter() - t0, 3)
+        con.print(f"built HNSW index over {ds.n_base} vectors in {settings['index_build_s']:.2f} s "
+                  f"(M={args.M}, ef_construction={args.ef_construction}, seed={args.seed})")
+    t0 = time.perf_counter()
+    methods = ev.build_methods(
+        names,
+        ds,
+        index=index,
+        ef=args.ef,
+        k=args.k,
+        seed=args.seed,
+        num_threads=args.threads,
+        M=args.M,
+        ef_construction=args.ef_construction,
+    )
+    settings["methods_build_s"] = round(time.perf_counter() - t0, 3)
+    rows = ev.evaluate(
+        ds,
+        methods,
+        k=args.k,
+        max_results=args.max_results,
+        latency_queries=args.latency_queries,
+        seed=args.seed,
+        progress=con.progress,
+    )
+    settings["threads_available"] = ev.available_threads()
+    return rows, settings
+
+
+def _write_outputs(
+    ds: Any,
+    rows: list[dict[str, Any]],
+    settings: dict[str, Any],
+    json_path: str | None,
+    plot_path: str | None,
+    con: _Console,
+) -> None:
+    from ruvector_hnsw import eval as ev
+
+    if json_path:
+        ev.write_json(json_path, ds, rows, settings=settings)
+        con.print(f"wrote {json_path}")
+    if plot_path:
+        ev.plot_quality_vs_qps(rows, plot_path, title=f"{ds.name}: k={settings['k']}, ef={settings['ef']}")
+        con.print(f"wrote {plot_path}")
+
+
+def _dataset_line(ds: Any) -> str:
+    info = ds.describe() if hasattr(ds, "describe") else {}
+    parts = [f"dataset {ds.name}: {ds.n_base} base x {ds.dim} dims, {ds.n_queries} queries, metric {ds.metric}"]
+    if info.get("labelled"):
+        parts.append(f"{info['n_classes']} classes (mean R {info['mean_relevant']:.0f})")
+    if info.get("gt_k"):
+        parts.append(f"ground truth k={info['gt_k']}")
+    return ", ".join(parts)
+
+
+# ============================================================================ commands
+def cmd_build(args: argparse.Namespace, con: _Console) -> int:
+    vectors, declared = _read_vectors(args.vectors, "base")
+    if args.max_rows is not None:
+        vectors = vectors[: args.max_rows]
+    space = args.space or declared or "l2"
+    t0 = time.perf_counter()
+    index = _build_index(
+        vectors,
+        space=space,
+        M=args.M,
+        ef_construction=args.ef_construction,
+        seed=args.seed,
+        num_threads=args.threads,
+        ef=args.ef,
+        progress=con.progress,
+    )
+    build_s = time.perf_counter() - t0
+    out = Path(args.output)
+    index.save(out)
+    con.print(
+        f"built index: {len(index)} vectors x {index.dim} dims, space={space}, M={args.M}, "
+        f"ef_construction={args.ef_construction}, seed={args.seed} in {build_s:.2f} s -> {out} "
+        f"({_fmt_bytes(out.stat().st_size)})"
+    )
+    return EXIT_OK
+
+
+def cmd_query(args: argparse.Namespace, con: _Console) -> int:
+    from ruvector_hnsw.index import HNSWIndex
+
+    index = HNSWIndex.load(args.index, num_threads=args.threads)
+    queries, _ = _read_vectors(args.queries, "queries")
+    if queries.shape[1] != index.dim:
+        raise DimensionMismatchError(
+            f"{args.queries}: queries have dimension {queries.shape[1]}, the index {args.index} has {index.dim}"
+        )
+    t0 = time.perf_counter()
+    ids, dists = index.search(queries, k=args.k, ef=args.ef)
+    elapsed = time.perf_counter() - t0
+    if args.output:
+        out = Path(args.output)
+        if out.suffix.lower() == ".npz":
+            from ruvector_hnsw.datasets.formats import write_npz
+
+            write_npz(out, ids=ids, distances=dists)
+            written = [out]
+        elif out.suffix.lower() == ".npy":
+            dist_path = out.with_name(out.stem + "_distances.npy")
+            np.save(out, ids)
+            np.save(dist_path, dists)
+            written = [out, dist_path]
+        else:
+            raise ConfigError(f"--output must end in .npz (ids + distances) or .npy (ids; distances beside), got {out}")
+        print(
+            f"searched {len(queries)} queries (k={args.k}, ef={args.ef or index.ef}) in {elapsed * 1e3:.1f} ms; "
+            f"wrote {', '.join(map(str, written))}",
+            file=sys.stderr,
+        )
+        return EXIT_OK
+    if args.format == "json":
+        con.print(json.dumps({"ids": ids.tolist(), "distances": [[float(v) for v in row] for row in dists]}))
+    else:
+        for i in range(ids.shape[0]):
+            con.print(
+                f"{i}\t" + " ".join(str(int(v)) for v in ids[i]) + "\t" + " ".join(f"{float(v):.6g}" for v in dists[i])
+            )
+    return EXIT_OK
+
+
+def cmd_info(args: argparse.Namespace, con: _Console) -> int:
+    from ruvector_hnsw.index import HNSWIndex
+
+    path = Path(args.index)
+    index = HNSWIndex.load(path, num_threads=args.threads)
+    stats = index.graph().stats()
+    file_bytes = path.stat().st_size
+    summary = {
+        "file": str(path),
+        "file_bytes": file_bytes,
+        "count": len(index),
+        "dim": index.dim,
+        "space": index.space,
+        "M": index.M,
+        "ef_construction": index.ef_construction,
+        "ef": index.ef,
+        "seed": index.seed,
+        "graph": stats,
+    }
+    if args.json:
+        con.print(json.dumps(summary, indent=2))
+        return EXIT_OK
+    con.print(
+        f"index {path}: {len(index)} vectors x {index.dim} dims, space={index.space}, M={index.M}, "
+        f"ef_construction={index.ef_construction}, ef={index.ef}, seed={index.seed}, "
+        f"file {_fmt_bytes(file_bytes)}"
+    )
+    for line in _graph_report(stats):
+        con.print(line)
+    return EXIT_OK
+
+
+def cmd_eval(args: argparse.Namespace, con: _Console) -> int:
+    from ruvector_hnsw import eval as ev
+    from ruvector_hnsw.datasets import load
+
+    t0 = time.perf_counter()
+    ds = load(args.dataset, **_dataset_kwargs(args))
+    con.print(_dataset_line(ds) + f"  [{time.perf_counter() - t0:.1f} s]")
+    rows, settings = _run_eval(ds, args.methods, args, con)
+    threads = ev.available_threads() if args.threads < 1 else args.threads
+    con.print(
+        f"k={args.k}, ef={args.ef}, seed={args.seed}, threads={threads}"
+        " (QPS: batch of all queries at k; latency: single queries; JIT warm-up excluded)"
+    )
+    con.print(ev.format_table(rows))
+    _write_outputs(ds, rows, settings, args.json, args.plot, con)
+    return EXIT_OK
+
+
+def _find_benchmarks(directory: str | None) -> Path:
+    if directory:
+        d = Path(directory)
+    else:
+        d = Path(__file__).resolve().parent.parent / "benchmarks"
+        if not d.is_dir():
+            d = Path.cwd() / "benchmarks"
+    if not d.is_dir():
+        raise FileNotFoundError(2, "No such benchmarks directory (use --dir)", str(d))
+    return d
+
+
+def cmd_bench(args: argparse.Namespace, con: _Console) -> int:
+    bdir = _find_benchmarks(args.dir)
+    scripts = sorted(bdir.glob("bench_*.py"))
+    if args.only:
+        wanted = {w.strip() for w in args.only.split(",") if w.strip()}
+        scripts = [s for s in scripts if s.stem in wanted or s.stem.removeprefix("bench_") in wanted]
+        missing = wanted - {s.stem for s in scripts} - {s.stem.removeprefix("bench_") for s in scripts}
+        if missing:
+            raise ConfigError(f"no benchmark script named {sorted(missing)} in {bdir}")
+    if not scripts:
+        raise ConfigError(f"no bench_*.py scripts in {bdir}")
+    out_dir = Path(args.out_dir) if args.out_dir else None
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    summary: list[tuple[str, int, float, dict[str, Any] | None]] = []
+    for script in scripts:
+        cmd = [sys.executable, str(script)]
+        text = script.read_text(encoding="utf-8", errors="replace")
+        if args.quick and "--quick" in text:
+            cmd.append("--quick")
+        json_path: Path | None = None
+        if out_dir is not None and "--json" in text:
+            json_path = out_dir / f"{script.stem}.json"
+            cmd += ["--json", str(json_path)]
+        con.print(f"== {script.name} {' '.join(cmd[2:])}".rstrip())
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=False)
+        elapsed = time.perf_counter() - t0
+        con.print(proc.stdout.rstrip())
+        figures = None
+        if json_path is not None and json_path.exists():
+            try:
+                figures = json.loads(json_path.read_text())
+            except ValueError:
+                figures = None
+        summary.append((script.name, proc.returncode, elapsed, figures))
+    con.print("")
+    con.print("benchmark summary (ratios are measured against a reference in the same run):")
+    failed = 0
+    for name, rc, elapsed, figures in summary:
+        status = "ok" if rc == 0 else f"FAILED (exit {rc})"
+        failed += rc != 0
+        ratios = ""
+        if isinstance(figures, dict):
+            ratios = "  " + ", ".join(
+                f"{k}={v:.3g}" for k, v in figures.items()
+                if isinstance(v, (int, float)) and ("ratio" in k or "_vs_" in k)
+            )
+        con.print(f"  {name:<28} {status:<16} {elapsed:7.1f} s{ratios}")
+    if failed:
+        print(f"error: {failed} benchmark script(s) failed", file=sys.stderr)
+        return EXIT_INTERNAL
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace, con: _Console) -> int:
+    from ruvector_hnsw import eval as ev
+    from ruvector_hnsw.datasets import load
+
+    t_all = time.perf_counter()
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    con.print(f"ruvector-hnsw demo -> {out_dir}/")
+
+    t0 = time.perf_counter()
+    ds = load(args.dataset, **_dataset_kwargs(args))
+    con.print(f"[1/5] {_dataset_line(ds)}  [{time.perf_counter() - t0:.1f} s]")
+
+    t0 = time.perf_counter()
+    index = _build_index(
+        ds.base,
+        space=ds.metric,
+        M=args.M,
+        ef_construction=args.ef_construction,
+        seed=args.seed,
+        num_threads=args.threads,
+        ef=args.ef,
+        progress=con.progress,
+    )
+    build_s = time.perf_counter() - t0
+    index_path = out_dir / "index.rvh"
+    index.save(index_path)
+    con.print(
+        f"[2/5] built HNSW index (M={args.M}, ef_construction={args.ef_construction}, seed={args.seed}) "
+        f"in {build_s:.2f} s, saved to {index_path}"
+    )
+
+    t0 = time.perf_counter()
+    graph = index.graph()
+    export_s = time.perf_counter() - t0
+    graph_path = out_dir / "graph.npz"
+    _export_graph(graph, graph_path)
+    con.print(f"[3/5] exported the exact graph in {export_s * 1e3:.0f} ms -> {graph_path}")
+    for line in _graph_report(graph.stats()):
+        con.print("      " + line)
+
+    methods = _method_names(args.methods)
+    con.print(f"[4/5] evaluating {methods} (k={args.k}, ef={args.ef})")
+    rows, settings = _run_eval(ds, methods, args, con, index=index)
+    settings.update({"index_build_s": round(build_s, 3), "graph_export_s": round(export_s, 4)})
+    con.print(ev.format_table(rows))
+
+    json_path = out_dir / "results.json"
+    plot_path = out_dir / "results.png"
+    con.print("[5/5] writing results")
+    try:
+        _write_outputs(ds, rows, settings, str(json_path), str(plot_path), con)
+    except RuvectorError as exc:  # e.g. matplotlib missing: the JSON is written, say why no plot
+        con.print(f"      no plot: {exc}")
+    con.print(f"done in {time.perf_counter() - t_all:.1f} s")
+    return EXIT_OK
+
+
+# ============================================================================ parser
+def _positive_int(text: str) -> int:
+    try:
+        val = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if val < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return val
+
+
+def _add_index_params(p: argparse.ArgumentParser, seed_default: int) -> None:
+    g = p.add_argument_group("HNSW parameters")
+    g.add_argument("--M", type=_positive_int, default=16, help="links per node (2M on layer 0; default 16)")
+    g.add_argument(
+        "--ef-construction", type=_positive_int, default=200, dest="ef_construction",
+        help="candidate list size while building (default 200)",
+    )
+    g.add_argument("--seed", type=int, default=seed_default, help=f"random seed (default {seed_default})")
+
+
+def _add_eval_params(p: argparse.ArgumentParser, dataset_default: str | None, methods_default: str) -> None:
+    g = p.add_argument_group("dataset")
+    if dataset_default is None:
+        g.add_argument(
+            "--dataset", required=True,
+            help="clusters | hierarchical | manifolds | digits (optionally NAME:SIZE) or a file "
+            "(.fvecs/.bvecs/.npy with TEXMEX siblings, .npz, .hdf5)",
+        )
+    else:
+        g.add_argument("--dataset", default=dataset_default, help=f"built-in name or file (default {dataset_default})")
+    g.add_argument("--size", choices=("tiny", "small", "default", "large"), help="size of a built-in dataset")
+    g.add_argument("--n-queries", type=_positive_int, dest="n_queries", help="number of evaluation queries")
+    g.add_argument("--metric", choices=_SPACES, help="override the dataset metric")
+    e = p.add_argument_group("evaluation")
+    e.add_argument(
+        "--methods", default=methods_default,
+        help=f"comma-separated method names, options after colons (e.g. hnsw:ef=32), or 'all' "
+        f"(default {methods_default})",
+    )
+    e.add_argument("--k", "-k", type=_positive_int, default=10, help="cut-off for recall and timing (default 10)")
+    e.add_argument("--ef", type=_positive_int, default=128, help="HNSW search breadth (default 128)")
+    e.add_argument(
+        "--max-results", type=_positive_int, dest="max_results",
+        help="cap the result lists asked for labelled metrics (default: max R)",
+    )
+    e.add_argument(
+        "--latency-queries", type=int, default=200, dest="latency_queries",
+        help="single-query calls for latency percentiles (default 200; 0 skips)",
+    )
+    _add_index_params(p, 0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``ruvector-hnsw`` (exposed for documentation and tests)."""
+    def common_options(top: bool) -> argparse.ArgumentParser:
+        # the subcommands repeat the global options (so they work after the command too) with
+        # SUPPRESS defaults, which keeps a value given before the command
+        c = argparse.ArgumentParser(add_help=False)
+        c.add_argument(
+            "-v", "--verbose", action="store_true", default=False if top else argparse.SUPPRESS,
+            help="show tracebacks of errors",
+        )
+        c.add_argument(
+            "--threads", type=int, default=-1 if top else argparse.SUPPRESS,
+            help="threads for index build/search and FAISS (default -1: all cores)",
+        )
+        c.add_argument(
+            "--progress", choices=("auto", "always", "never"), default="auto" if top else argparse.SUPPRESS,
+            help="progress bars on stderr (default auto: when stderr is a terminal, and tqdm is installed)",
+        )
+        return c
+
+    common = common_options(top=False)
+
+    parser = argparse.ArgumentParser(
+        prog="ruvector-hnsw",
+        description="Attention-aware nearest-neighbour search over an exact HNSW graph: build and query "
+        "indexes, inspect their graph, and measure retrieval quality and speed.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[common_options(top=True)],
+    )
+    from ruvector_hnsw import __version__
+
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def add(name: str, help_: str, epilog: str, fn: Callable[[argparse.Namespace, _Console], int]) -> Any:
+        p = sub.add_parser(
+            name, help=help_, description=help_, epilog=epilog, parents=[common],
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        p.set_defaults(func=fn)
+        return p
+
+    p = add(
+        "build", "build an HNSW index from a vector file and save it",
+        "example:\n  ruvector-hnsw build data/sift_base.fvecs -o sift.rvh --space l2 --M 16\n"
+        "  ruvector-hnsw build clusters:small -o clusters.rvh      # a built-in dataset's base",
+        cmd_build,
+    )
+    p.add_argument("vectors", help="base vectors: .fvecs/.bvecs/.npy/.npz/.hdf5 or a built-in dataset name")
+    p.add_argument("-o", "--output", required=True, help="index file to write")
+    p.add_argument("--space", choices=_SPACES, help="distance (default l2; a built-in dataset's own metric)")
+    p.add_argument("--ef", type=_positive_int, help="default search ef stored with the index")
+    p.add_argument("--max-rows", type=_positive_int, dest="max_rows", help="index only the first N vectors")
+    _add_index_params(p, 100)
+
+    p = add(
+        "query", "search a saved index; write ids/distances to .npz/.npy or print them",
+        "examples:\n  ruvector-hnsw query sift.rvh data/sift_query.fvecs -k 10 -o result.npz\n"
+        "  ruvector-hnsw query sift.rvh q.npy -k 5            # prints: query<TAB>ids<TAB>distances",
+        cmd_query,
+    )
+    p.add_argument("index", help="index file written by 'build'")
+    p.add_argument("queries", help="query vectors (same formats as build; .npz uses 'queries', .hdf5 'test')")
+    p.add_argument("-k", "--k", type=_positive_int, default=10, help="neighbours per query (default 10)")
+    p.add_argument("--ef", type=_positive_int, help="search breadth (default: the index's ef)")
+    p.add_argument("-o", "--output", help="OUT.npz (ids + distances) or OUT.npy (ids; OUT_distances.npy beside)")
+    p.add_argument("--format", choices=("tsv", "json"), default="tsv", help="stdout format without -o")
+
+    p = add(
+        "info", "print index parameters and graph statistics (levels, degrees, memory)",
+        "example:\n  ruvector-hnsw info sift.rvh --json", cmd_info,
+    )
+    p.add_argument("index", help="index file written by 'build'")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    p = add(
+        "eval", "evaluate search methods on a dataset: table, JSON, plot",
+        "examples:\n"
+        "  ruvector-hnsw eval --dataset clusters --methods exact,hnsw,alpha_qe,dba --json o.json --plot o.png\n"
+        "  ruvector-hnsw eval --dataset digits --methods all\n"
+        "  ruvector-hnsw eval --dataset glove-25-angular.hdf5 --methods hnsw:ef=16,hnsw:ef=64,hnsw:ef=256\n\n"
+        "JSON: {\"dataset\": {...}, \"results\": [{\"method\", \"map_at_r\", \"p_at_1\", \"recall_at_10\", \"qps\", "
+        "\"p50_ms\", \"p95_ms\", ...}], \"settings\": {...}}\nrecall_at_10 is ANN recall (ann-benchmarks); "
+        "hit_rate_at_10 is metric-learning Recall@10.",
+        cmd_eval,
+    )
+    _add_eval_params(p, None, _DEFAULT_METHODS)
+    p.add_argument("--json", help="write results to this JSON file")
+    p.add_argument("--plot", help="write a quality-vs-QPS plot (PNG) to this file")
+
+    p = add(
+        "bench", "run the benchmark scripts (benchmarks/bench_*.py) and summarise their ratios",
+        "examples:\n  ruvector-hnsw bench --quick\n  ruvector-hnsw bench --only index --out-dir bench_out",
+        cmd_bench,
+    )
+    p.add_argument("--quick", action="store_true", help="small sizes (smoke run)")
+    p.add_argument("--only", help="comma-separated script names (e.g. index or bench_index)")
+    p.add_argument("--dir", help="benchmarks directory (default: the repository's benchmarks/)")
+    p.add_argument("--out-dir", dest="out_dir", help="collect each script's JSON figures here")
+
+    p = add(
+        "demo", "the built-in scenario end to end: index, graph export, every method, table + JSON + PNG",
+        "example:\n  ruvector-hnsw demo --out-dir demo_out", cmd_demo,
+    )
+    _add_eval_params(p, "clusters", "all")
+    p.add_argument("--out-dir", dest="out_dir", default="demo_out", help="output directory (default ./demo_out)")
+    return parser
+
+
+def _error_text(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.errno is not None and exc.strerror:
+        name = exc.filename if exc.filename is not None else ""
+        return f"{name}: {exc.strerror}" if name else exc.strerror
+    if isinstance(exc, KeyError) and not isinstance(exc, RuvectorError):
+        return f"missing key {exc}"
+    text = str(exc).strip() or type(exc).__name__
+    return " ".join(text.splitlines())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit status (0 ok, 2 user error, 1 internal error)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(list(argv) if argv is not None else None)
+    except SystemExit as exc:  # --help, --version, usage errors (argparse printed the message)
+        return int(exc.code) if isinstance(exc.code, int) else (0 if exc.code is None else EXIT_USER)
+    if getattr(args, "func", None) is None:
+        parser.print_help()
+        return EXIT_USER
+    con = _Console(_progress_enabled(args))
+    try:
+        return int(args.func(args, con) or EXIT_OK)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except (RuvectorError, OSError, MemoryError) as exc:
+        if args.verbose:
+            traceback.print_exc()
+        print(f"error: {_error_text(exc)}", file=sys.stderr)
+        return EXIT_USER
+    except Exception as exc:
+        if args.verbose:
+            traceback.print_exc()
+            hint = ""
+        else:
+            hint = " (run with --verbose for the traceback)"
+        print(f"error: {type(exc).__name__}: {_error_text(exc)}{hint}", file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

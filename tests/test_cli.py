@@ -1,0 +1,224 @@
+"""The ``ruvector-hnsw`` command line, run in-process on tiny data."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+import numpy as np
+import pytest
+
+from ruvector_hnsw.cli import main
+from ruvector_hnsw.datasets import load, write_fvecs
+
+
+def _one_error_line(err: str, *fragments: str) -> None:
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: "), err
+    assert "Traceback" not in err
+    for frag in fragments:
+        assert frag in lines[0], (frag, lines[0])
+
+
+@pytest.fixture
+def vecs(tmp_path):
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal((400, 8)).astype(np.float32)
+    q = rng.standard_normal((15, 8)).astype(np.float32)
+    write_fvecs(tmp_path / "base.fvecs", base)
+    write_fvecs(tmp_path / "q.fvecs", q)
+    return tmp_path, base, q
+
+
+def test_help_reads_well(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for word in ("build", "query", "info", "eval", "bench", "demo", "examples:"):
+        assert word in out
+    assert main(["eval", "--help"]) == 0
+    assert "--methods" in capsys.readouterr().out
+    assert main([]) == 2  # no command: help, non-zero
+
+
+def test_build_query_info_round_trip(vecs, capsys):
+    d, base, q = vecs
+    idx = d / "i.rvh"
+    assert main(["build", str(d / "base.fvecs"), "-o", str(idx), "--seed", "3", "--ef", "200", "--threads", "1"]) == 0
+    assert "400 vectors" in capsys.readouterr().out
+
+    assert main(["query", str(idx), str(d / "q.fvecs"), "-k", "5", "-o", str(d / "r.npz")]) == 0
+    with np.load(d / "r.npz") as z:
+        ids, dists = z["ids"], z["distances"]
+    assert ids.shape == (15, 5) and ids.dtype == np.int64 and dists.dtype == np.float32
+    d2 = ((q[:, None, :].astype(np.float64) - base[None]) ** 2).sum(-1)  # numpy reference, squared L2
+    ref = np.argsort(d2, axis=1)[:, :5]
+    recall = np.mean([len(set(ids[i]) & set(ref[i])) / 5 for i in range(15)])
+    assert recall >= 0.95
+    np.testing.assert_allclose(dists, np.take_along_axis(d2, ids, axis=1), rtol=1e-4, atol=1e-5)
+
+    # stdout (tsv) agrees with the file
+    capsys.readouterr()
+    assert main(["query", str(idx), str(d / "q.fvecs"), "-k", "5"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 15
+    first = lines[0].split("\t")
+    assert first[0] == "0" and [int(t) for t in first[1].split()] == ids[0].tolist()
+    assert main(["query", str(idx), str(d / "q.fvecs"), "-k", "2", "--format", "json"]) == 0
+    js = json.loads(capsys.readouterr().out)
+    assert js["ids"] == ids[:, :2].tolist()
+
+    # .npy output: ids + distances beside
+    assert main(["query", str(idx), str(d / "q.fvecs"), "-k", "5", "-o", str(d / "r.npy")]) == 0
+    np.testing.assert_array_equal(np.load(d / "r.npy"), ids)
+    np.testing.assert_array_equal(np.load(d / "r_distances.npy"), dists)
+
+    capsys.readouterr()
+    assert main(["info", str(idx)]) == 0
+    out = capsys.readouterr().out
+    assert "400 vectors x 8 dims" in out and "mean deg" in out
+    assert main(["info", str(idx), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["count"] == 400 and info["dim"] == 8 and info["ef"] == 200
+    assert sum(info["graph"]["levels_histogram"]) == 400
+    assert info["graph"]["layers"][0]["nodes"] == 400
+
+
+def test_build_from_dataset_name_uses_its_metric(tmp_path, capsys):
+    assert main(["build", "clusters:tiny", "-o", str(tmp_path / "c.rvh"), "--threads", "1"]) == 0
+    assert "space=cosine" in capsys.readouterr().out
+
+
+def _numpy_map_at_r(ds) -> float:
+    sims = ds.queries.astype(np.float64) @ ds.base.astype(np.float64).T  # unit rows: cosine
+    order = np.argsort(-sims, axis=1, kind="stable")
+    aps = []
+    for i in range(ds.n_queries):
+        r = int((ds.base_labels == ds.query_labels[i]).sum())
+        rel = ds.base_labels[order[i, :r]] == ds.query_labels[i]
+        aps.append((np.cumsum(rel) / np.arange(1, r + 1) * rel).sum() / r)
+    return float(np.mean(aps))
+
+
+def test_eval_contract(tmp_path, capsys):
+    out_json, out_png = tmp_path / "o.json", tmp_path / "o.png"
+    rc = main([
+        "eval", "--dataset", "clusters", "--size", "tiny", "--methods", "exact,hnsw,alpha_qe,dba",
+        "--k", "10", "--ef", "64", "--seed", "0", "--json", str(out_json), "--plot", str(out_png),
+        "--latency-queries", "10", "--threads", "1",
+    ])
+    assert rc == 0
+    out = capsys.readouterr().out
+    for name in ("exact", "hnsw", "alpha_qe", "dba"):
+        assert name in out
+    doc = json.loads(out_json.read_text())
+    assert doc["dataset"]["name"] == "clusters" and doc["dataset"]["n_base"] == 1500
+    rows = {r["method"]: r for r in doc["results"]}
+    assert set(rows) == {"exact", "hnsw", "alpha_qe", "dba"}
+    for r in rows.values():
+        for key in ("map_at_r", "p_at_1", "recall_at_10", "qps", "p50_ms", "p95_ms"):
+            assert key in r
+    ref = _numpy_map_at_r(load("clusters", size="tiny", seed=0, gt_k=0))
+    assert rows["exact"]["map_at_r"] == pytest.approx(ref, abs=1e-6)
+    assert rows["exact"]["recall_at_10"] == pytest.approx(1.0)
+    assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_eval_on_file_dataset(tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    write_fvecs(tmp_path / "toy_base.fvecs", rng.standard_normal((300, 6)))
+    write_fvecs(tmp_path / "toy_query.fvecs", rng.standard_normal((12, 6)))
+    rc = main(["eval", "--dataset", str(tmp_path / "toy_base.fvecs"), "--methods", "exact,hnsw:ef=16",
+               "--json", str(tmp_path / "r.json"), "--latency-queries", "0"])
+    assert rc == 0
+    doc = json.loads((tmp_path / "r.json").read_text())
+    rows = {r["method"]: r for r in doc["results"]}
+    assert rows["exact"]["map_at_r"] is None  # unlabelled: labelled metrics are null
+    assert rows["exact"]["recall_at_10"] == pytest.approx(1.0)
+    assert "hnsw:ef=16" in rows
+
+
+def test_demo_tiny(tmp_path, capsys):
+    out_dir = tmp_path / "demo"
+    rc = main(["demo", "--size", "tiny", "--out-dir", str(out_dir), "--latency-queries", "5",
+               "--methods", "exact,hnsw,alpha_qe,dba", "--threads", "1"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "[5/5]" in out and "graph:" in out
+    for name in ("index.rvh", "graph.npz", "results.json", "results.png"):
+        assert (out_dir / name).stat().st_size > 0
+    with np.load(out_dir / "graph.npz") as g:
+        assert g["labels"].shape == (1500,)
+        indptr = g["layer0_indptr"]
+        assert indptr.shape == (1501,) and indptr[-1] == g["layer0_indices"].shape[0]
+        assert g["layer0_distances"].shape == g["layer0_indices"].shape
+
+
+def test_bench_runs_scripts(tmp_path, capsys):
+    bdir = tmp_path / "benchmarks"
+    bdir.mkdir()
+    (bdir / "bench_fake.py").write_text(textwrap.dedent("""
+        import argparse, json
+        ap = argparse.ArgumentParser()
+        ap.add_argument("--quick", action="store_true")
+        ap.add_argument("--json")
+        a = ap.parse_args()
+        print("fake quick" if a.quick else "fake full")
+        if a.json:
+            json.dump({"speed_ratio": 1.25, "n": 3}, open(a.json, "w"))
+    """))
+    rc = main(["bench", "--dir", str(bdir), "--quick", "--out-dir", str(tmp_path / "o")])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "fake quick" in out and "speed_ratio=1.25" in out
+    (bdir / "bench_broken.py").write_text("raise SystemExit(3)\n")
+    assert main(["bench", "--dir", str(bdir), "--only", "broken"]) == 1
+    assert main(["bench", "--dir", str(bdir), "--only", "nothere"]) == 2
+
+
+def test_user_errors_one_line(vecs, tmp_path, capsys):
+    d, _, _ = vecs
+    idx = d / "i.rvh"
+    assert main(["build", str(d / "base.fvecs"), "-o", str(idx), "--threads", "1"]) == 0
+    capsys.readouterr()
+
+    assert main(["build", str(d / "missing.fvecs"), "-o", str(d / "x.rvh")]) == 2
+    _one_error_line(capsys.readouterr().err, "missing.fvecs", "No such file")
+
+    raw = (d / "base.fvecs").read_bytes()
+    (d / "trunc.fvecs").write_bytes(raw[:-5])
+    assert main(["build", str(d / "trunc.fvecs"), "-o", str(d / "x.rvh")]) == 2
+    _one_error_line(capsys.readouterr().err, "trunc.fvecs", "truncated")
+
+    write_fvecs(d / "q5.fvecs", np.ones((3, 5)))
+    assert main(["query", str(idx), str(d / "q5.fvecs")]) == 2
+    _one_error_line(capsys.readouterr().err, "dimension")
+
+    (d / "bad.rvh").write_bytes(idx.read_bytes()[:100])
+    assert main(["info", str(d / "bad.rvh")]) == 2
+    _one_error_line(capsys.readouterr().err, "bad.rvh")
+
+    assert main(["eval", "--dataset", "clusters:tiny", "--methods", "exact,nosuch"]) == 2
+    _one_error_line(capsys.readouterr().err, "nosuch")
+
+    assert main(["eval", "--dataset", "nonsense", "--methods", "exact"]) == 2
+    _one_error_line(capsys.readouterr().err, "nonsense")
+
+    assert main(["query", str(idx), str(d / "q.fvecs"), "-o", str(d / "r.txt")]) == 2
+    _one_error_line(capsys.readouterr().err, ".npz")
+
+    (d / "v.csv").write_text("1,2\n")
+    assert main(["build", str(d / "v.csv"), "-o", str(d / "x.rvh")]) == 2
+    _one_error_line(capsys.readouterr().err, "unsupported")
+
+    # argparse usage errors also exit 2 (argparse prints usage + one error line)
+    assert main(["build", str(d / "base.fvecs"), "-o", str(d / "x.rvh"), "--M", "zero"]) == 2
+
+
+def test_verbose_shows_traceback(vecs, capsys):
+    d, _, _ = vecs
+    assert main(["--verbose", "build", str(d / "missing.fvecs"), "-o", str(d / "x.rvh")]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err and err.strip().splitlines()[-1].startswith("error: ")
+    assert main(["build", str(d / "missing.fvecs"), "-o", str(d / "x.rvh"), "-v"]) == 2
+    assert "Traceback" in capsys.readouterr().err
