@@ -88,8 +88,10 @@ def test_evaluate_metrics_agree_with_metric_functions():
     assert row["map_at_100"] == pytest.approx(M.map_at_r(rel, n, cap=100))
     assert row["p_at_1"] == pytest.approx(M.precision_at_k(rel, n, 1))
     assert row["ndcg_at_10"] == pytest.approx(M.ndcg_at_k(rel, n, 10))
+    # ANN recall from the timed call at k=10
     assert row["recall_at_10"] == pytest.approx(
-        M.ann_recall_at_k(ids, ds.neighbors, queries=ds.queries, base=ds.base, metric="cosine", k=10)
+        M.ann_recall_at_k(noisy_ids[(15, 10)], ds.neighbors, queries=ds.queries, base=ds.base,
+                          metric="cosine", k=10)
     )
     assert 0 < row["map_at_r"] < 1
 
@@ -170,3 +172,22 @@ def test_evaluate_accepts_a_sequence_of_named_methods():
         evaluate(ds, [lambda q, k: None])
     with pytest.raises(ConfigError, match="unique"):
         evaluate(ds, [m, m])
+
+
+def test_ann_recall_is_judged_at_the_timed_operating_point():
+    # a method whose quality degrades for small k (like HNSW with ef = max(ef, k)):
+    # exact for long lists, wrong for k <= 10
+    ds = make_clustered(n_classes=3, per_class=20, n_queries=5, spread=0.05)
+    exact = make_exact(ds)
+
+    def k_dependent(queries, k):
+        ids, d = exact(queries, k)
+        if k <= 10:
+            ids = ids[:, ::-1].copy()  # keeps membership of the top k but not for recall@5
+            ids[:, 0] = (ids[:, 0] + 30) % 60
+        return ids, d
+
+    row = evaluate(ds, {"m": k_dependent}, k=10, latency_queries=0, qps_repeats=1)[0]
+    assert row["search_k"] == 20
+    assert row["recall_at_10"] == pytest.approx(0.9)  # from the k=10 call
+    assert row["p_at_1"] == 1.0  # labelled metrics from the long (exact) list
