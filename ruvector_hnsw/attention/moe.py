@@ -210,6 +210,22 @@ class MoEAttention(AttentionMechanism):
         g = ps / np.where(tot > 0, tot, 1.0)
         return p, sel, g
 
+    @staticmethod
+    def _sub_batch(batch: AttentionBatch, rows: np.ndarray, mask: np.ndarray) -> AttentionBatch:
+        """The rows ``rows`` of ``batch`` with the expert's mask (tables stay tables)."""
+        if rows.size == batch.B:
+            return replace(batch, mask=mask, unbatched=False)
+        gather = batch.ids is not None
+        return AttentionBatch(
+            query=batch.query[rows],
+            keys=batch.keys if gather else batch.keys[rows],
+            values=None if batch.values is None else (batch.values if gather else batch.values[rows]),
+            mask=np.ascontiguousarray(mask[rows]),
+            context=_ctx_rows(batch.context, rows),
+            ids=None if batch.ids is None else batch.ids[rows],
+            unbatched=False,
+        )
+
     def _weights(self, batch: AttentionBatch) -> np.ndarray:
         masks = self._expert_masks(batch)
         _, sel, g = self._route(batch, masks)
@@ -218,10 +234,7 @@ class MoEAttention(AttentionMechanism):
             rows = np.flatnonzero(sel[:, i])
             if rows.size == 0:
                 continue
-            keys = batch.keys if batch.ids is not None else batch.keys[rows]
-            ids = None if batch.ids is None else batch.ids[rows]
-            we = self._experts[e].weights(batch.query[rows], keys, masks[i][rows], _ctx_rows(batch.context, rows),
-                                          ids=ids)
+            we = self._experts[e]._weights(self._sub_batch(batch, rows, masks[i]))
             w[rows] += g[rows, i : i + 1] * we
         return w
 
@@ -233,23 +246,14 @@ class MoEAttention(AttentionMechanism):
         assert batch.values is not None
         dv = batch.values.shape[-1]
         out = np.zeros((B, dv), dtype=self.dtype)
-        ys: list[tuple[np.ndarray, np.ndarray] | None] = []
-        caches: list[Any] = []
+        ys: list[tuple[np.ndarray, np.ndarray, Any] | None] = []
         for i, e in enumerate(self.experts):
             rows = np.flatnonzero(sel[:, i])
             if rows.size == 0:
                 ys.append(None)
-                caches.append(None)
                 continue
-            if batch.ids is not None:
-                keys, values, ids = batch.keys, batch.values, batch.ids[rows]
-            else:
-                keys, values, ids = batch.keys[rows], batch.values[rows], None
-            mech = self._experts[e]
-            y = mech.forward(batch.query[rows], keys, values, masks[i][rows], _ctx_rows(batch.context, rows),
-                             ids=ids)
-            ys.append((rows, y))
-            caches.append(mech._last)  # the expert's backward cache, restored in _backward
+            y, ecache = self._experts[e]._forward(self._sub_batch(batch, rows, masks[i]))
+            ys.append((rows, y, ecache))
             out[rows] += g[rows, i : i + 1] * y
         total = int(sel.sum())
         f = sel.sum(axis=0) / total if total else np.zeros(E)
@@ -257,10 +261,10 @@ class MoEAttention(AttentionMechanism):
         self.aux_loss = float(E * np.sum(f * P))
         self.last_gates = g
         self.last_router_probs = p
-        return out, (batch, p, sel, g, f, ys, caches)
+        return out, (batch, p, sel, g, f, ys)
 
     def _backward(self, grad_out: np.ndarray, cache: Any) -> dict[str, np.ndarray]:
-        batch, p, sel, g, f, ys, caches = cache
+        batch, p, sel, g, f, ys = cache
         B, E = p.shape
         q = batch.query
         dq = np.zeros_like(q, dtype=np.float64)
@@ -274,14 +278,9 @@ class MoEAttention(AttentionMechanism):
                 grads[f"{e}.{k}"] = np.zeros_like(mech.params[k])
             if ys[i] is None:
                 continue
-            rows, y = ys[i]
+            rows, y, ecache = ys[i]
             dg[rows, i] = np.sum(grad_out[rows] * y, axis=1)
-            saved = mech._last
-            mech._last = caches[i]
-            try:
-                ge = mech.backward(g[rows, i : i + 1] * grad_out[rows])
-            finally:
-                mech._last = saved
+            ge = mech._backward(np.ascontiguousarray(g[rows, i : i + 1] * grad_out[rows], dtype=self.dtype), ecache)
             for k in mech.params:
                 grads[f"{e}.{k}"] = ge[k]
             dq[rows] += ge["query"]
