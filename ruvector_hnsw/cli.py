@@ -216,14 +216,14 @@ def _export_graph(graph: Any, path: Path) -> None:
 
 
 def _dataset_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    kw: dict[str, Any] = {}
-    named = _is_dataset_name(args.dataset)
-    if named:
-        kw["seed"] = args.seed
+    kw: dict[str, Any] = {"seed": args.seed}
+    if _is_dataset_name(args.dataset):
         if args.size is not None and ":" not in args.dataset:
             kw["size"] = args.size
-    elif args.size is not None:
-        raise ConfigError("--size applies to built-in datasets only, not to files")
+    else:
+        if args.size is not None:
+            raise ConfigError("--size applies to built-in datasets only, not to files")
+        kw["progress"] = _progress_enabled(args)
     if args.n_queries is not None:
         kw["n_queries"] = args.n_queries
     if args.metric is not None:

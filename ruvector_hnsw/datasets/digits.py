@@ -92,7 +92,7 @@ def load_digits_dataset(
     """
     try:
         from sklearn.datasets import load_digits
-    except ImportError as exc:  # pragma: no cover - only without scikit-learn
+    except ImportError as exc:
         raise MissingDependencyError(
             "the digits dataset needs scikit-learn: pip install 'ruvector-hnsw[digits]'"
         ) from exc

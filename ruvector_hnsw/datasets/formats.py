@@ -230,7 +230,7 @@ def write_vecs(path: PathLike, x: Any) -> None:
 def _h5py() -> Any:
     try:
         import h5py
-    except ImportError as exc:  # pragma: no cover - exercised only without h5py
+    except ImportError as exc:
         raise MissingDependencyError(
             "ann-benchmarks HDF5 files need h5py: pip install 'ruvector-hnsw[hdf5]'"
         ) from exc

@@ -41,6 +41,7 @@ def exact_knn(
     metric: str = "l2",
     *,
     block_size: int | None = None,
+    query_block: int = 4096,
     num_threads: int | None = None,
     progress: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -58,10 +59,12 @@ def exact_knn(
         Metric, in the distance convention of the module docstring.
     block_size : int, optional
         Database rows per FAISS flat search (default: about 256 MB of float32 per block).
+    query_block : int
+        Queries per FAISS call (bounds the merge buffers; sets the progress granularity).
     num_threads : int, optional
         OpenMP threads for FAISS during the call (restored afterwards); default unchanged.
     progress : bool
-        Show a progress bar over the blocks (tqdm, if installed).
+        Show a progress bar over the (base block, query block) steps (tqdm, if installed).
 
     Returns
     -------
@@ -94,8 +97,8 @@ def exact_knn(
     if block_size is None:
         block_size = max(1024, (256 << 20) // (4 * d))
     block_size = int(block_size)
-    if block_size < 1:
-        raise ConfigError(f"block_size must be >= 1, got {block_size}")
+    if block_size < 1 or query_block < 1:
+        raise ConfigError(f"block_size and query_block must be >= 1, got {block_size}, {query_block}")
 
     best_i = np.full((nq, k), -1, dtype=np.int64)
     best_d = np.full((nq, k), np.inf, dtype=np.float32)
@@ -106,28 +109,33 @@ def exact_knn(
         faiss.omp_set_num_threads(int(num_threads))
     try:
         starts = range(0, n, block_size)
-        for start in progress_iter(
-            starts, total=len(starts), desc="ground truth", enabled=progress and len(starts) > 1
-        ):
+        q_starts = range(0, nq, query_block)
+        steps = ((s0, q0) for s0 in starts for q0 in q_starts)
+        total = len(starts) * len(q_starts)
+        index = None
+        for start, q0 in progress_iter(steps, total=total, desc="ground truth", enabled=progress and total > 1):
             stop = min(n, start + block_size)
-            xb = _block(base[start:stop], metric, f"base rows {start}..{stop}")
-            index = faiss.IndexFlatL2(d) if metric == "l2" else faiss.IndexFlatIP(d)
-            index.add(xb)
+            if q0 == 0:
+                xb = _block(base[start:stop], metric, f"base rows {start}..{stop}")
+                index = faiss.IndexFlatL2(d) if metric == "l2" else faiss.IndexFlatIP(d)
+                index.add(xb)
+            assert index is not None
+            q1 = min(nq, q0 + query_block)
             kb = min(k, stop - start)
-            dist, ids = index.search(q, kb)
+            dist, ids = index.search(q[q0:q1], kb)
             if metric != "l2":
                 dist = (1.0 - dist).astype(np.float32)
             ids = np.where(ids >= 0, ids + start, -1)
             dist = np.where(ids >= 0, dist, np.inf).astype(np.float32)
             if start == 0 and kb == k:
-                best_i, best_d = ids.astype(np.int64), dist
+                best_i[q0:q1], best_d[q0:q1] = ids, dist
                 continue
-            cat_i = np.concatenate([best_i, ids], axis=1)
-            cat_d = np.concatenate([best_d, dist], axis=1)
+            cat_i = np.concatenate([best_i[q0:q1], ids], axis=1)
+            cat_d = np.concatenate([best_d[q0:q1], dist], axis=1)
             # stable: on equal distances the earlier (smaller) id wins, as in one flat search
             order = np.argsort(cat_d, axis=1, kind="stable")[:, :k]
-            best_i = np.take_along_axis(cat_i, order, axis=1)
-            best_d = np.take_along_axis(cat_d, order, axis=1)
+            best_i[q0:q1] = np.take_along_axis(cat_i, order, axis=1)
+            best_d[q0:q1] = np.take_along_axis(cat_d, order, axis=1)
     finally:
         if num_threads is not None and num_threads > 0:
             faiss.omp_set_num_threads(old_threads)

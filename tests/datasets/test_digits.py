@@ -53,3 +53,13 @@ def test_no_augmentation_and_errors():
     assert ds.n_base == 1597
     with pytest.raises(ConfigError):
         load("digits", n_queries=1797)
+
+
+def test_without_sklearn_is_missing_dependency(monkeypatch):
+    import sys
+
+    from ruvector_hnsw.errors import MissingDependencyError
+
+    monkeypatch.setitem(sys.modules, "sklearn.datasets", None)
+    with pytest.raises(MissingDependencyError, match="scikit-learn"):
+        load("digits")

@@ -174,3 +174,15 @@ def test_npz_round_trip_and_bad(tmp_path):
     np.savez(tmp_path / "nobase.npz", other=base)
     with pytest.raises(FileFormatError, match="lacks a 'base'"):
         formats.read_npz(tmp_path / "nobase.npz")
+
+
+def test_hdf5_without_h5py_is_missing_dependency(tmp_path, monkeypatch):
+    import sys
+
+    from ruvector_hnsw.errors import MissingDependencyError
+
+    monkeypatch.setitem(sys.modules, "h5py", None)  # makes `import h5py` raise ImportError
+    with pytest.raises(MissingDependencyError, match="h5py"):
+        formats.read_ann_hdf5(tmp_path / "x.hdf5")
+    with pytest.raises(ImportError):  # also an ImportError for callers catching that
+        formats.write_ann_hdf5(tmp_path / "x.hdf5", np.ones((2, 2)), np.ones((1, 2)))

@@ -23,12 +23,12 @@ def _numpy_knn(base: np.ndarray, q: np.ndarray, k: int, metric: str) -> tuple[np
 
 
 @pytest.mark.parametrize("metric", ["l2", "ip", "cosine"])
-@pytest.mark.parametrize("block_size", [None, 7, 64])
-def test_matches_numpy(metric, block_size):
+@pytest.mark.parametrize(("block_size", "query_block"), [(None, 4096), (7, 4), (64, 25)])
+def test_matches_numpy(metric, block_size, query_block):
     rng = np.random.default_rng(3)
     base = rng.standard_normal((300, 12)).astype(np.float32)
     q = rng.standard_normal((25, 12)).astype(np.float32)
-    ids, dist = exact_knn(base, q, 10, metric, block_size=block_size)
+    ids, dist = exact_knn(base, q, 10, metric, block_size=block_size, query_block=query_block)
     ref_ids, ref_d = _numpy_knn(base, q, 10, metric)
     assert ids.dtype == np.int64 and dist.dtype == np.float32 and ids.shape == (25, 10)
     np.testing.assert_allclose(dist, ref_d, rtol=1e-4, atol=1e-4)
