@@ -333,24 +333,40 @@ def triplet(
 # ----------------------------------------------------------------------------- similarities
 
 
-class _Similarity:
-    """Shared plumbing: ``forward(query, candidates)`` -> scores; ``backward(grad_scores)``."""
+_WRT = ("query", "candidates")
 
-    def __init__(self) -> None:
+
+class _Similarity:
+    """Shared plumbing: ``forward(query, candidates)`` -> scores; ``backward(grad_scores)``.
+
+    ``check_finite=False`` skips the NaN/inf scan of the inputs (for hot paths whose
+    inputs were validated upstream, e.g. rows gathered from a checked table).
+    """
+
+    def __init__(self, *, check_finite: bool = True) -> None:
+        self.check_finite = bool(check_finite)
         self._cache: tuple[Any, ...] | None = None
 
     def forward(self, query: Any, candidates: Any) -> np.ndarray:  # pragma: no cover - abstract
         """Scores (B, C) of ``query`` (B, d) against ``candidates`` (C, d) or (B, C, d)."""
         raise NotImplementedError
 
-    def backward(self, grad_scores: Any) -> dict[str, np.ndarray]:  # pragma: no cover - abstract
+    def backward(
+        self, grad_scores: Any, *, wrt: tuple[str, ...] = _WRT
+    ) -> dict[str, np.ndarray]:  # pragma: no cover - abstract
         """``{"query": dL/dquery, "candidates": dL/dcandidates}`` given ``dL/dS``."""
         raise NotImplementedError
 
-    @staticmethod
-    def _check(query: Any, candidates: Any) -> tuple[np.ndarray, np.ndarray, bool]:
-        q = as_float(query, "query", ndim=2)
-        c = as_float(candidates, "candidates", ndim=(2, 3))
+    def _check(self, query: Any, candidates: Any) -> tuple[np.ndarray, np.ndarray, bool]:
+        if self.check_finite:
+            q = as_float(query, "query", ndim=2)
+            c = as_float(candidates, "candidates", ndim=(2, 3))
+        else:
+            q, c = _as_float_unchecked(query, "query"), _as_float_unchecked(candidates, "candidates")
+            if q.ndim != 2 or c.ndim not in (2, 3):
+                raise ShapeMismatchError(
+                    f"query/candidates: expected (B,d) and (C,d)|(B,C,d), got {q.shape}, {c.shape}"
+                )
         shared = c.ndim == 2
         if c.shape[-1] != q.shape[1]:
             raise ShapeMismatchError(f"candidates: dimension {c.shape[-1]} != query dimension {q.shape[1]}")
@@ -363,14 +379,22 @@ class _Similarity:
         return q @ c.T if shared else np.einsum("bd,bcd->bc", q, c)
 
     @staticmethod
-    def _dot_backward(q: np.ndarray, c: np.ndarray, g: np.ndarray, shared: bool) -> tuple[np.ndarray, np.ndarray]:
-        if shared:
-            return g @ c, g.T @ q
-        return np.einsum("bc,bcd->bd", g, c), g[:, :, None] * q[:, None, :]
+    def _dot_backward(
+        q: np.ndarray, c: np.ndarray, g: np.ndarray, shared: bool, wrt: tuple[str, ...]
+    ) -> tuple[np.ndarray | None, np.ndarray | None]:
+        dq = dc = None
+        if "query" in wrt:
+            dq = g @ c if shared else np.einsum("bc,bcd->bd", g, c)
+        if "candidates" in wrt:
+            dc = g.T @ q if shared else g[:, :, None] * q[:, None, :]
+        return dq, dc
 
-    def _grad(self, grad_scores: Any) -> tuple[np.ndarray, tuple[Any, ...]]:
+    def _grad(self, grad_scores: Any, wrt: tuple[str, ...]) -> tuple[np.ndarray, tuple[Any, ...]]:
         if self._cache is None:
             raise InvalidInputError("backward called before forward")
+        unknown = set(wrt) - set(_WRT)
+        if unknown:
+            raise ConfigError(f"wrt: unknown inputs {sorted(unknown)}; expected a subset of {_WRT}")
         cache = self._cache
         g = as_float(grad_scores, "grad_scores", ndim=2)
         if g.shape != cache[0]:
@@ -378,10 +402,21 @@ class _Similarity:
         return g, cache
 
 
+def _as_float_unchecked(x: Any, name: str) -> np.ndarray:
+    arr = np.asarray(x)
+    if arr.dtype.kind != "f":
+        if arr.dtype.kind not in "biu":
+            raise InvalidInputError(f"{name}: expected a real numeric array, got dtype {arr.dtype}")
+        arr = arr.astype(np.float64)
+    return arr
+
+
 class DotSimilarity(_Similarity):
     """Dot-product scores ``S_bc = q_b . c_c`` (shared candidates (C,d)) or ``q_b . c_bc`` ((B,C,d)).
 
-    ``backward(grad_scores)`` returns ``{"query": (B,d), "candidates": same shape as candidates}``.
+    ``backward(grad_scores, wrt=("query", "candidates"))`` returns ``{"query": (B,d),
+    "candidates": same shape as candidates}`` restricted to ``wrt`` (skipping the
+    (B,C,d) candidate gradient saves time when only the query side is trained).
     """
 
     def forward(self, query: Any, candidates: Any) -> np.ndarray:
@@ -391,11 +426,11 @@ class DotSimilarity(_Similarity):
         self._cache = (s.shape, q, c, shared)
         return s
 
-    def backward(self, grad_scores: Any) -> dict[str, np.ndarray]:
-        """Gradients of the inputs given ``dL/dS`` (B, C)."""
-        g, (_, q, c, shared) = self._grad(grad_scores)
-        dq, dc = self._dot_backward(q, c, g.astype(q.dtype, copy=False), shared)
-        return {"query": dq, "candidates": dc}
+    def backward(self, grad_scores: Any, *, wrt: tuple[str, ...] = _WRT) -> dict[str, np.ndarray]:
+        """Gradients of the inputs named in ``wrt`` given ``dL/dS`` (B, C)."""
+        g, (_, q, c, shared) = self._grad(grad_scores, wrt)
+        dq, dc = self._dot_backward(q, c, g.astype(q.dtype, copy=False), shared, wrt)
+        return {k: v for k, v in (("query", dq), ("candidates", dc)) if v is not None}
 
 
 class CosineSimilarity(_Similarity):
@@ -405,8 +440,8 @@ class CosineSimilarity(_Similarity):
     everything (its gradient is the clamped-norm gradient, finite).
     """
 
-    def __init__(self, eps: float = 1e-8) -> None:
-        super().__init__()
+    def __init__(self, eps: float = 1e-8, *, check_finite: bool = True) -> None:
+        super().__init__(check_finite=check_finite)
         self.eps = check_positive(eps, "eps")
 
     def forward(self, query: Any, candidates: Any) -> np.ndarray:
@@ -419,14 +454,17 @@ class CosineSimilarity(_Similarity):
         self._cache = (s.shape, qh, ch, qn, cn, shared)
         return s
 
-    def backward(self, grad_scores: Any) -> dict[str, np.ndarray]:
-        """Gradients of the inputs given ``dL/dS`` (B, C)."""
-        g, (_, qh, ch, qn, cn, shared) = self._grad(grad_scores)
-        dqh, dch = self._dot_backward(qh, ch, g.astype(qh.dtype, copy=False), shared)
-        # d(x/|x|) applied to upstream u: (u - xh (xh.u)) / |x|  (zero projection when |x| < eps is clamped)
-        dq = (dqh - qh * np.sum(dqh * qh, axis=-1, keepdims=True)) / qn
-        dc = (dch - ch * np.sum(dch * ch, axis=-1, keepdims=True)) / cn
-        return {"query": dq, "candidates": dc}
+    def backward(self, grad_scores: Any, *, wrt: tuple[str, ...] = _WRT) -> dict[str, np.ndarray]:
+        """Gradients of the inputs named in ``wrt`` given ``dL/dS`` (B, C)."""
+        g, (_, qh, ch, qn, cn, shared) = self._grad(grad_scores, wrt)
+        dqh, dch = self._dot_backward(qh, ch, g.astype(qh.dtype, copy=False), shared, wrt)
+        out: dict[str, np.ndarray] = {}
+        # d(x/|x|) applied to upstream u: (u - xh (xh.u)) / |x|
+        if dqh is not None:
+            out["query"] = (dqh - qh * np.sum(dqh * qh, axis=-1, keepdims=True)) / qn
+        if dch is not None:
+            out["candidates"] = (dch - ch * np.sum(dch * ch, axis=-1, keepdims=True)) / cn
+        return out
 
 
 # ----------------------------------------------------------------------------- graph-local contrastive

@@ -371,3 +371,22 @@ def test_local_contrastive_sparse_grad_and_float32():
     z[expected_rows[0]] = np.nan
     with pytest.raises(NonFiniteError, match="embeddings"):
         local_contrastive(z, indptr, indices, nodes=nodes, negatives=neg)
+
+
+def test_similarity_wrt_subset_and_unchecked_mode():
+    rng = _rng(11)
+    q, c = rng.normal(size=(2, 3)), rng.normal(size=(2, 4, 3))
+    w = rng.normal(size=(2, 4))
+    for cls in (DotSimilarity, CosineSimilarity):
+        full = cls()
+        full.forward(q, c)
+        both = full.backward(w)
+        only_q = full.backward(w, wrt=("query",))
+        assert set(only_q) == {"query"}
+        np.testing.assert_array_equal(only_q["query"], both["query"])
+        fast = cls(check_finite=False)
+        np.testing.assert_array_equal(fast.forward(q, c), full.forward(q, c))
+        with pytest.raises(ConfigError, match="wrt"):
+            full.backward(w, wrt=("keys",))
+    with pytest.raises(NonFiniteError, match="query"):
+        DotSimilarity().forward(np.full((1, 3), np.nan), c[0])
