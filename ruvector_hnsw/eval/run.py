@@ -23,7 +23,8 @@
    ``threads`` attribute; for a plain callable, the CPUs available to the process).
 
 All labelled metrics (mAP@R, P@1, nDCG@10, ...) are computed on the long list of the
-quality call.  ANN recall (``recall_at_k``, and ``recall_at_10`` when ``k >= 10``) is computed
+quality call (so a cheaper ``ef`` of HNSW does not show there: the long call searches with
+``ef >= search_k``; compare ``ef`` settings by ANN recall).  ANN recall (``recall_at_k``, and ``recall_at_10`` when ``k >= 10``) is computed
 on the results of the first timed call at ``k`` -- the operating point whose QPS is reported
 (for HNSW a call with ``k = R`` searches with ``ef >= R`` and would flatter recall).
 
@@ -169,7 +170,9 @@ def _ground_truth(ds: Any, k: int, compute: bool) -> npt.NDArray[np.int64] | Non
     nb = getattr(ds, "neighbors", None)
     if nb is not None:
         arr = np.asarray(nb)
-        return arr.astype(np.int64, copy=False) if arr.ndim == 2 and arr.shape[1] >= k else None
+        if arr.ndim != 2:
+            raise ShapeMismatchError(f"neighbors must be 2-D (n_queries, k), got shape {arr.shape}")
+        return arr.astype(np.int64, copy=False)
     if not compute:
         return None
     from ruvector_hnsw.eval.methods import make_exact
@@ -305,7 +308,7 @@ def evaluate(
             # ANN recall is judged at the timed operating point (k results), not on the long
             # list: for HNSW a k=R call searches with ef >= R and would flatter recall
             src = ids_k if kk <= k else ids
-            if gt is not None and src.shape[1] > 0:
+            if gt is not None and gt.shape[1] >= kk and src.shape[1] > 0:
                 row[f"recall_at_{kk}"] = float(
                     M.ann_recall_at_k(src, gt, queries=queries, base=base, metric=metric, k=kk)
                 )

@@ -191,3 +191,10 @@ def test_ann_recall_is_judged_at_the_timed_operating_point():
     assert row["search_k"] == 20
     assert row["recall_at_10"] == pytest.approx(0.9)  # from the k=10 call
     assert row["p_at_1"] == 1.0  # labelled metrics from the long (exact) list
+
+
+def test_recall_at_k_with_short_ground_truth():
+    ds = make_clustered(n_classes=2, per_class=10, n_queries=4)
+    ds.neighbors = ds.neighbors[:, :5]
+    row = evaluate(ds, {"exact": make_exact(ds)}, k=5, latency_queries=0, qps_repeats=1)[0]
+    assert row["recall_at_5"] == 1.0 and row["recall_at_10"] is None
