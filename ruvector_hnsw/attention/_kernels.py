@@ -27,7 +27,7 @@ _FM = {"reassoc", "contract", "nsz"}
 def _dot64(a: np.ndarray, b: np.ndarray) -> float:  # pragma: no cover - jit
     s = 0.0
     for k in range(a.shape[0]):
-        s += float(a[k]) * float(b[k])
+        s += np.float64(a[k]) * np.float64(b[k])
     return s
 
 
@@ -66,7 +66,7 @@ def _mq_row(Q, T, Vt, ids, vids, mask, scale, b, s, acc, mx, tot):  # pragma: no
             kr = T[ids[b, j]]
             vr = Vt[vids[b, j]]
             for h in range(H):
-                v = scale * float(_dot_as(Q[b, h], kr, ct))
+                v = scale * np.float64(_dot_as(Q[b, h], kr, ct))
                 if not np.isfinite(v):
                     return -1
                 s[h, j] = v
@@ -156,7 +156,7 @@ def mq_weights(Q, T, ids, mask, scale):  # pragma: no cover
                 cnt += 1
                 kr = T[ids[b, j]]
                 for h in range(H):
-                    v = scale * float(_dot_as(Q[b, h], kr, dt))
+                    v = scale * np.float64(_dot_as(Q[b, h], kr, dt))
                     if not np.isfinite(v):
                         v = scale * _dot64(Q[b, h], kr)
                         if not np.isfinite(v):
@@ -209,7 +209,7 @@ def mq_backward(Q, T, Vt, ids, vids, mask, W, dR, scale, n_rows, v_rows):  # pra
                 for h in range(H):
                     g = _dot64(dR[b, h], vr)
                     dw[h, j] = g
-                    c[h] += float(W[b, h, j]) * g
+                    c[h] += np.float64(W[b, h, j]) * g
         acc[:, :] = 0.0
         for j in range(n):
             if mask[b, j]:
@@ -217,7 +217,7 @@ def mq_backward(Q, T, Vt, ids, vids, mask, W, dR, scale, n_rows, v_rows):  # pra
                 rv = vids[b, j]
                 kr = T[r]
                 for h in range(H):
-                    w = float(W[b, h, j])
+                    w = np.float64(W[b, h, j])
                     ds = scale * w * (dw[h, j] - c[h])
                     for k in range(d):
                         acc[h, k] += ds * kr[k]
@@ -249,7 +249,7 @@ def _grouped_row(Q, T, Vt, ids, group, scale, b, s, acc, mx, tot):  # pragma: no
         g = group[b, j]
         if g >= 0:
             r = ids[b, j]
-            v = scale * float(_dot_as(Q[b, g], T[r], ct))
+            v = scale * np.float64(_dot_as(Q[b, g], T[r], ct))
             if not np.isfinite(v):
                 return False
             s[j] = v
@@ -338,14 +338,14 @@ def grouped_backward(Q, T, Vt, ids, group, W, dR, scale, n_rows, need_table_grad
             if g >= 0:
                 x = _dot64(dR[b, g], Vt[ids[b, j]])
                 dw[j] = x
-                c[g] += float(W[b, j]) * x
+                c[g] += np.float64(W[b, j]) * x
         acc[:, :] = 0.0
         for j in range(n):
             g = group[b, j]
             if g >= 0:
                 r = ids[b, j]
                 kr = T[r]
-                w = float(W[b, j])
+                w = np.float64(W[b, j])
                 ds = scale * w * (dw[j] - c[g])
                 for k in range(d):
                     acc[g, k] += ds * kr[k]
@@ -377,7 +377,7 @@ def _flash_row(Q, T, Vt, ids, mask, scale, block, b, s, acc):  # pragma: no cove
         bm = -np.inf
         for j in range(j0, j1):
             if mask[b, j]:
-                v = scale * float(_dot_as(Q[b], T[ids[b, j]], ct))
+                v = scale * np.float64(_dot_as(Q[b], T[ids[b, j]], ct))
                 if not np.isfinite(v):
                     return m, -1.0
                 s[j - j0] = v
@@ -635,8 +635,8 @@ def rope_rotate(T, ids, mask, pos, theta):  # pragma: no cover
                     ang = p * theta[i]
                     cs = np.cos(ang)
                     sn = np.sin(ang)
-                    x0 = float(kr[2 * i])
-                    x1 = float(kr[2 * i + 1])
+                    x0 = np.float64(kr[2 * i])
+                    x1 = np.float64(kr[2 * i + 1])
                     out[b, j, 2 * i] = dt(x0 * cs - x1 * sn)
                     out[b, j, 2 * i + 1] = dt(x0 * sn + x1 * cs)
                 for k in range(2 * half, d):
@@ -659,8 +659,8 @@ def rope_unrotate_scatter(dKr, ids, mask, pos, theta, n_rows):  # pragma: no cov
                     ang = p * theta[i]
                     cs = np.cos(ang)
                     sn = np.sin(ang)
-                    g0 = float(dKr[b, j, 2 * i])
-                    g1 = float(dKr[b, j, 2 * i + 1])
+                    g0 = np.float64(dKr[b, j, 2 * i])
+                    g1 = np.float64(dKr[b, j, 2 * i + 1])
                     out[r, 2 * i] += g0 * cs + g1 * sn
                     out[r, 2 * i + 1] += -g0 * sn + g1 * cs
                 for k in range(2 * half, d):

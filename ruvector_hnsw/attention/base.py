@@ -151,9 +151,10 @@ def as_float_array(
     if arr.ndim not in ndims:
         want = " or ".join(f"{k}-D" for k in ndims)
         raise ShapeMismatchError(f"{name} must be {want}, got shape {arr.shape}")
-    out = np.ascontiguousarray(arr, dtype=dtype)
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = np.ascontiguousarray(arr, dtype=dtype)
     if check_finite and out.size and not np.isfinite(out).all():
-        raise NonFiniteError(f"{name} contains NaN or infinity")
+        raise NonFiniteError(f"{name} contains NaN or infinity (after conversion to {np.dtype(dtype).name})")
     return out
 
 

@@ -161,7 +161,8 @@ class FlashAttention(AttentionMechanism):
             for k0 in range(0, N, bk):
                 k1 = min(k0 + bk, N)
                 Sb = S[:nq, : k1 - k0]
-                np.matmul(Qb, K[k0:k1].T, out=Sb)
+                with np.errstate(over="ignore", invalid="ignore"):
+                    np.matmul(Qb, K[k0:k1].T, out=Sb)
                 Sw: np.ndarray = Sb
                 if not np.isfinite(Sb).all():  # float32 overflow: redo this tile in float64
                     Sw = (Q[q0:q1].astype(np.float64) * scale) @ K[k0:k1].T.astype(np.float64)
@@ -171,7 +172,8 @@ class FlashAttention(AttentionMechanism):
                 new_m = np.maximum(m, bm)
                 live = new_m > -np.inf
                 f = np.zeros(nq)
-                np.exp(m - new_m, out=f, where=live)
+                np.subtract(m, new_m, out=f, where=live)
+                np.exp(f, out=f, where=live)
                 Sw -= np.where(live, new_m, 0.0)[:, None].astype(Sw.dtype)
                 np.exp(Sw, out=Sw)
                 ls *= f
