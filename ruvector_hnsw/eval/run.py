@@ -24,9 +24,10 @@
 
 All labelled metrics (mAP@R, P@1, nDCG@10, ...) are computed on the long list of the
 quality call (so a cheaper ``ef`` of HNSW does not show there: the long call searches with
-``ef >= search_k``; compare ``ef`` settings by ANN recall).  ANN recall (``recall_at_k``, and ``recall_at_10`` when ``k >= 10``) is computed
-on the results of the first timed call at ``k`` -- the operating point whose QPS is reported
-(for HNSW a call with ``k = R`` searches with ``ef >= R`` and would flatter recall).
+``ef >= search_k``; compare ``ef`` settings by ANN recall).  ANN recall (``recall_at_k``,
+and ``recall_at_10`` when ``k >= 10``) is computed on the results of the first timed call
+at ``k`` -- the operating point whose QPS is reported (for HNSW a call with ``k = R``
+searches with ``ef >= R`` and would flatter recall).
 
 Labelled metrics are ``None`` on datasets without labels; ``recall_at_10`` (ANN recall,
 ann-benchmarks' tie rule) is ``None`` where the dataset has no ground-truth ``neighbors``
