@@ -28,6 +28,7 @@ import numpy as np
 from ruvector_hnsw.attention._edge_kernels import edge_forward_kernel
 from ruvector_hnsw.attention._gather_kernels import gather_rows, scatter_add_rows
 from ruvector_hnsw.attention._partb_common import dense_ids, softmax_backward
+from ruvector_hnsw.attention._threads import run_row_chunks
 from ruvector_hnsw.attention.base import (
     AttentionBatch,
     AttentionMechanism,
@@ -179,10 +180,21 @@ class EdgeFeaturedAttention(AttentionMechanism):
         kt, vt, ids = self._tables(batch)
         p = self._params
         f8 = np.float64
-        w, agg, ok = edge_forward_kernel(
-            batch.query, kt, vt, ids, feats, p["W_q"].astype(f8), p["W_k"].astype(f8), p["W_e"].astype(f8),
-            p["b"].astype(f8), p["a"].astype(f8), float(self.negative_slope),
+        wq, wk, we = p["W_q"].astype(f8), p["W_k"].astype(f8), p["W_e"].astype(f8)
+        bias, att, slope = p["b"].astype(f8), p["a"].astype(f8), float(self.negative_slope)
+        q = batch.query
+        B, n = ids.shape
+        work = float(B) * n * (self.dim * self.hidden + vt.shape[1])
+        parts = run_row_chunks(
+            lambda lo, hi: edge_forward_kernel(
+                q[lo:hi], kt, vt, ids[lo:hi], feats[lo:hi], wq, wk, we, bias, att, slope
+            ),
+            B,
+            work,
         )
+        w = np.concatenate([r[0] for r in parts]) if len(parts) > 1 else parts[0][0]
+        agg = np.concatenate([r[1] for r in parts]) if len(parts) > 1 else parts[0][1]
+        ok = all(r[2] for r in parts)
         if not ok:
             raise NonFiniteError(f"{self.name}: keys/values rows referenced by ids contain NaN or infinity")
         return w, agg

@@ -35,6 +35,7 @@ from ruvector_hnsw.attention._hyperbolic_kernels import (
     project_backward,
 )
 from ruvector_hnsw.attention._partb_common import dense_ids, softmax_backward
+from ruvector_hnsw.attention._threads import run_row_chunks
 from ruvector_hnsw.attention.base import AttentionBatch, AttentionMechanism, check_positive_float
 from ruvector_hnsw.errors import ConfigError, NonFiniteError
 
@@ -122,10 +123,17 @@ class HyperbolicAttention(AttentionMechanism):
             vt = kt if batch.values is None else batch.values.reshape(B * n, batch.values.shape[2])
             ids = dense_ids(batch.mask)
         inv_tau = math.exp(-float(self._params["log_temperature"][0]))
-        out, w, ok = hyperbolic_forward_kernel(
-            batch.query, kt, vt, ids, self.kappa, self.eps, inv_tau,
-            self.input_map == "expmap", self.output == "tangent",
+        q, kap, eps = batch.query, self.kappa, self.eps
+        expm, tang = self.input_map == "expmap", self.output == "tangent"
+        B, n = ids.shape
+        parts = run_row_chunks(
+            lambda lo, hi: hyperbolic_forward_kernel(q[lo:hi], kt, vt, ids[lo:hi], kap, eps, inv_tau, expm, tang),
+            B,
+            float(B) * n * (q.shape[1] + vt.shape[1]) * 4,
         )
+        out = np.concatenate([r[0] for r in parts]) if len(parts) > 1 else parts[0][0]
+        w = np.concatenate([r[1] for r in parts]) if len(parts) > 1 else parts[0][1]
+        ok = all(r[2] for r in parts)
         if not ok:
             raise NonFiniteError(f"{self.name}: keys/values rows referenced by ids contain NaN or infinity")
         return out, w

@@ -272,3 +272,24 @@ def test_nonfinite_rows_referenced_by_ids_raise():
     ids[1, 2] = 9
     with pytest.raises(NonFiniteError, match="NaN"):
         att.forward(q, table, table, None, ctx, ids=ids)
+
+
+def test_threaded_row_chunks_equal_single_thread():
+    from ruvector_hnsw.attention import _threads
+
+    rng = np.random.default_rng(0)
+    Bb, n, d = 600, 24, 16
+    table = rng.standard_normal((500, d)).astype(np.float32)
+    ids = rng.integers(-1, 500, (Bb, n))
+    q = rng.standard_normal((Bb, d)).astype(np.float32)
+    ctx = Context(dist=rng.random((Bb, n)), layer=rng.integers(0, 3, (Bb, n)))
+    att = EdgeFeaturedAttention(d, hidden=32, seed=0)
+    old = _threads.get_num_threads()
+    try:
+        _threads.set_num_threads(2)
+        many = att.forward(q, table, table, None, ctx, ids=ids)
+        _threads.set_num_threads(1)
+        one = att.forward(q, table, table, None, ctx, ids=ids)
+    finally:
+        _threads.set_num_threads(old)
+    np.testing.assert_array_equal(many, one)

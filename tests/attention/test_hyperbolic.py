@@ -254,3 +254,23 @@ def test_nonfinite_rows_referenced_by_ids_raise():
     ids[0, 0] = 9
     with pytest.raises(NonFiniteError, match="NaN"):
         att.forward(q, table, table, ids=ids)
+
+
+def test_threaded_row_chunks_equal_single_thread():
+    from ruvector_hnsw.attention import _threads
+
+    rng = np.random.default_rng(0)
+    Bb, n, d = 800, 32, 32
+    table = rng.standard_normal((500, d)).astype(np.float32) * 0.1
+    ids = rng.integers(-1, 500, (Bb, n))
+    q = rng.standard_normal((Bb, d)).astype(np.float32) * 0.1
+    att = HyperbolicAttention(d)
+    old = _threads.get_num_threads()
+    try:
+        _threads.set_num_threads(2)
+        many = att.forward(q, table, table, ids=ids)
+        _threads.set_num_threads(1)
+        one = att.forward(q, table, table, ids=ids)
+    finally:
+        _threads.set_num_threads(old)
+    np.testing.assert_array_equal(many, one)
