@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -140,7 +141,6 @@ def _build_index(
     num_threads: int,
     ef: int | None,
     progress: bool,
-    chunk: int = 10_000,
 ) -> Any:
     from ruvector_hnsw.index import HNSWIndex
 
@@ -153,7 +153,10 @@ def _build_index(
         num_threads=num_threads,
         max_elements=max(1, vectors.shape[0]),
     )
-    bar = _tqdm(vectors.shape[0], "build", progress and vectors.shape[0] > chunk)
+    n = vectors.shape[0]
+    # one add call without a bar, ~20 in-order chunks with one (single-threaded: the same graph)
+    chunk = max(2000, min(50_000, n // 20)) if progress else max(n, 1)
+    bar = _tqdm(n, "build", progress and n > chunk)
     try:
         for start in range(0, vectors.shape[0], chunk):
             stop = min(vectors.shape[0], start + chunk)
@@ -478,31 +481,38 @@ def cmd_bench(args: argparse.Namespace, con: _Console) -> int:
             raise ConfigError(f"no benchmark script named {sorted(missing)} in {bdir}")
     if not scripts:
         raise ConfigError(f"no bench_*.py scripts in {bdir}")
-    out_dir = Path(args.out_dir) if args.out_dir else None
-    if out_dir is not None:
+    with tempfile.TemporaryDirectory(prefix="ruvector-bench-") as tmp:
+        out_dir = Path(args.out_dir) if args.out_dir else Path(tmp)
         out_dir.mkdir(parents=True, exist_ok=True)
+        return _run_bench_scripts(scripts, out_dir, args.quick, con)
+
+
+def _run_bench_scripts(scripts: list[Path], out_dir: Path, quick: bool, con: _Console) -> int:
     summary: list[tuple[str, int, float, dict[str, Any] | None]] = []
     for script in scripts:
         cmd = [sys.executable, str(script)]
         text = script.read_text(encoding="utf-8", errors="replace")
-        if args.quick and "--quick" in text:
+        if quick and "--quick" in text:
             cmd.append("--quick")
         json_path: Path | None = None
-        if out_dir is not None and "--json" in text:
+        if "--json" in text:
             json_path = out_dir / f"{script.stem}.json"
             cmd += ["--json", str(json_path)]
         con.print(f"== {script.name} {' '.join(cmd[2:])}".rstrip())
         t0 = time.perf_counter()
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=False)
+        with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+            assert proc.stdout is not None
+            for line in proc.stdout:  # stream: full benchmarks run for minutes
+                con.print(line.rstrip("\n"))
+            returncode = proc.wait()
         elapsed = time.perf_counter() - t0
-        con.print(proc.stdout.rstrip())
         figures = None
         if json_path is not None and json_path.exists():
             try:
                 figures = json.loads(json_path.read_text())
             except ValueError:
                 figures = None
-        summary.append((script.name, proc.returncode, elapsed, figures))
+        summary.append((script.name, returncode, elapsed, figures))
     con.print("")
     con.print("benchmark summary (ratios are measured against a reference in the same run):")
     failed = 0
@@ -732,7 +742,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="small sizes (smoke run)")
     p.add_argument("--only", help="comma-separated script names (e.g. index or bench_index)")
     p.add_argument("--dir", help="benchmarks directory (default: the repository's benchmarks/)")
-    p.add_argument("--out-dir", dest="out_dir", help="collect each script's JSON figures here")
+    p.add_argument("--out-dir", dest="out_dir", help="keep each script's JSON figures here (default: a temp dir)")
 
     p = add(
         "demo", "the built-in scenario end to end: index, graph export, every method, table + JSON + PNG",
