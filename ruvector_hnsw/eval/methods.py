@@ -56,6 +56,7 @@ from ruvector_hnsw.errors import (
     DimensionMismatchError,
     EmptyInputError,
     InvalidDTypeError,
+    InvalidInputError,
     NonFiniteError,
     ShapeMismatchError,
 )
@@ -372,6 +373,11 @@ class _VectorLookup:
         safe = np.where(mask, ids, ids[mask][0] if mask.any() else 0)
         if self._pos is None:
             rows = safe
+            if rows.size and int(rows.max()) >= self._vec.shape[0]:
+                raise InvalidInputError(
+                    f"index returned label {int(rows.max())} but only {self._vec.shape[0]} vectors were "
+                    "given: with vectors=..., labels must be row indices of that array"
+                )
         else:
             rows = self._pos(safe.reshape(-1)).reshape(safe.shape) if mask.any() else np.zeros_like(safe)
         return self._vec[rows], mask

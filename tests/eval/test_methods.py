@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ruvector_hnsw.errors import ConfigError, DimensionMismatchError, NonFiniteError
+from ruvector_hnsw.errors import ConfigError, DimensionMismatchError, InvalidInputError, NonFiniteError
 from ruvector_hnsw.eval import methods as MM
 from ruvector_hnsw.eval import metrics as M
 from tests.eval.conftest import ToyDataset, brute_force, make_clustered
@@ -164,6 +164,8 @@ def test_alpha_qe_beats_hnsw_on_clustered_data():
 def test_alpha_qe_rejects_bad_parameters():
     ds = make_clustered(with_gt=False)
     idx = small_index(ds)
+    with pytest.raises(InvalidInputError, match="row indices"):
+        MM.make_alpha_qe(idx, vectors=ds.base[:10])(ds.queries, 5)
     with pytest.raises(ConfigError):
         MM.make_alpha_qe(idx, n=0)
     with pytest.raises(ConfigError):
@@ -185,7 +187,7 @@ def ref_graph_topn(graph, n):
     return out
 
 
-@pytest.mark.parametrize("metric", ["l2", "cosine"])
+@pytest.mark.parametrize("metric", ["l2", "ip", "cosine"])
 def test_dba_augmented_vectors_match_reference(metric):
     ds = make_clustered(n_classes=3, per_class=30, metric=metric, with_gt=False)
     idx = small_index(ds)
