@@ -48,6 +48,7 @@ from ruvector_hnsw.eval.metrics import (
     relevance,
 )
 from ruvector_hnsw.eval.report import (
+    add_relative,
     format_table,
     plot_quality_vs_qps,
     print_table,
@@ -63,6 +64,7 @@ __all__ = [
     "RESULT_KEYS",
     "BuildContext",
     "SearchMethod",
+    "add_relative",
     "ann_recall_at_k",
     "available_threads",
     "build_hnsw_index",

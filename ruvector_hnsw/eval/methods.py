@@ -44,6 +44,7 @@ index among all methods.  Later subsystems add their methods with :func:`registe
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -541,6 +542,7 @@ def make_dba(
 
     n, alpha = _check_n_alpha(n, alpha)
     metric = _metric_of(index)
+    t0 = time.perf_counter()
     graph = index.graph()
     vec = np.asarray(graph.vectors, dtype=np.float32)
     labels = np.asarray(graph.labels, dtype=np.int64)
@@ -564,7 +566,13 @@ def make_dba(
     new.add(aug[alive], ids=labels[alive])
     ef_used = int(ef) if ef is not None else int(index.ef)
     new.ef = ef_used
-    info: dict[str, Any] = {"ef": ef_used, "n": n, "alpha": alpha, "query_expansion": bool(query_expansion)}
+    info: dict[str, Any] = {
+        "ef": ef_used,
+        "n": n,
+        "alpha": alpha,
+        "query_expansion": bool(query_expansion),
+        "offline_seconds": round(time.perf_counter() - t0, 4),  # graph read + augmentation + rebuild
+    }
     if query_expansion:
         qn, qa = _check_n_alpha(qe_n if qe_n is not None else n, qe_alpha if qe_alpha is not None else alpha)
         info.update(qe_n=qn, qe_alpha=qa)

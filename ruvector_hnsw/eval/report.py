@@ -27,6 +27,7 @@ from ruvector_hnsw.errors import FileFormatError, InvalidInputError, MissingDepe
 
 __all__ = [
     "DEFAULT_COLUMNS",
+    "add_relative",
     "format_table",
     "plot_quality_vs_qps",
     "print_table",
@@ -70,8 +71,35 @@ _HEADERS = {
     "p99_ms": "p99 ms",
     "mean_ms": "mean ms",
     "threads": "thr",
+    "qps_ratio": "QPS/ref",
+    "map_at_r_delta": "dmAP@R",
+    "recall_at_10_delta": "dR@10",
     "n_queries": "nq",
 }
+
+
+def add_relative(
+    results: Sequence[Mapping[str, Any]],
+    reference: str = "hnsw",
+    keys: Sequence[str] = ("map_at_r", "recall_at_10"),
+) -> list[dict[str, Any]]:
+    """Copies of the rows with ratios against a reference method of the same run.
+
+    Adds ``qps_ratio`` (``qps / qps_ref``) and ``<key>_delta`` (``value - value_ref``) for each
+    quality key; None where either side is missing.  Rows are returned unchanged (copied)
+    when no row is named ``reference``.
+    """
+    ref = next((r for r in results if r.get("method") == reference), None)
+    out = [dict(r) for r in results]
+    if ref is None:
+        return out
+    for row in out:
+        q, qr = row.get("qps"), ref.get("qps")
+        row["qps_ratio"] = float(q) / float(qr) if q is not None and qr not in (None, 0) else None
+        for key in keys:
+            v, vr = row.get(key), ref.get(key)
+            row[f"{key}_delta"] = float(v) - float(vr) if v is not None and vr is not None else None
+    return out
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -160,6 +188,10 @@ def _fmt(key: str, val: Any) -> str:
         return "-"
     if key == "qps":
         return f"{val:,.0f}"
+    if key == "qps_ratio":
+        return f"{val:.2f}x"
+    if key.endswith("_delta"):
+        return f"{val:+.4f}"
     if key.endswith("_ms"):
         return f"{val:.3f}"
     if isinstance(val, (bool, np.bool_)):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from ruvector_hnsw.errors import FileFormatError, InvalidInputError, MissingDependencyError
-from ruvector_hnsw.eval import evaluate, format_table, plot_quality_vs_qps, read_json, to_jsonable, write_json
+from ruvector_hnsw.eval import add_relative, evaluate, format_table, plot_quality_vs_qps, read_json, to_jsonable, write_json
 from ruvector_hnsw.eval.methods import make_exact
 from tests.eval.conftest import make_clustered
 
@@ -88,3 +88,16 @@ def test_plot_without_matplotlib_raises_missing_dependency(tmp_path, monkeypatch
     with pytest.raises(MissingDependencyError, match="matplotlib"):
         plot_quality_vs_qps(ROWS, tmp_path / "q.png")
     assert not (tmp_path / "q.png").exists()
+
+
+def test_add_relative_against_reference():
+    rows = [{"method": "hnsw", "qps": 100.0, "map_at_r": 0.5, "recall_at_10": 0.9},
+            {"method": "qe", "qps": 25.0, "map_at_r": 0.65, "recall_at_10": None}]
+    out = add_relative(rows, "hnsw")
+    assert out[0]["qps_ratio"] == 1.0 and out[0]["map_at_r_delta"] == 0.0
+    assert out[1]["qps_ratio"] == 0.25 and out[1]["map_at_r_delta"] == pytest.approx(0.15)
+    assert out[1]["recall_at_10_delta"] is None
+    assert "qps_ratio" not in rows[1]  # input untouched
+    assert add_relative(rows, "missing") == rows
+    text = format_table(out, ["method", "qps_ratio", "map_at_r_delta"])
+    assert "0.25x" in text and "+0.1500" in text
