@@ -9,7 +9,15 @@ import numpy as np
 import pytest
 
 from ruvector_hnsw.errors import FileFormatError, InvalidInputError, MissingDependencyError
-from ruvector_hnsw.eval import add_relative, evaluate, format_table, plot_quality_vs_qps, read_json, to_jsonable, write_json
+from ruvector_hnsw.eval import (
+    add_relative,
+    evaluate,
+    format_table,
+    plot_quality_vs_qps,
+    read_json,
+    to_jsonable,
+    write_json,
+)
 from ruvector_hnsw.eval.methods import make_exact
 from tests.eval.conftest import make_clustered
 
