@@ -126,11 +126,13 @@ def hyperbolic_forward_kernel(
     kappa: float,
     eps: float,
     inv_tau: float,
+    scale: float,
     expmap_inputs: bool,
     tangent_output: bool,
 ) -> tuple[np.ndarray, np.ndarray, bool]:  # pragma: no cover - jit
     """Fused gather + Poincare attention for a batch; float64 accumulation.
 
+    Inputs are multiplied by ``scale`` before they are mapped to the ball.
     ``ids[b, j] < 0`` marks a masked slot. A fully masked row returns weights 0 and output 0
     (the origin, which is inside the ball). Returns ``(out (B, dv), weights (B, n), ok)``;
     ``ok`` is False when a key/value row read through ``ids`` holds NaN or infinity.
@@ -152,7 +154,7 @@ def hyperbolic_forward_kernel(
         # query -> ball point
         nq = 0.0
         for i in range(d):
-            qp[i] = q[b, i]
+            qp[i] = scale * q[b, i]
             nq += qp[i] * qp[i]
         nq = math.sqrt(nq)
         if expmap_inputs:
@@ -177,7 +179,7 @@ def hyperbolic_forward_kernel(
                 continue
             nk = 0.0
             for i in range(d):
-                kp[i] = ktab[r, i]
+                kp[i] = scale * ktab[r, i]
                 chk += kp[i] * 0.0
                 nk += kp[i] * kp[i]
             nk = math.sqrt(nk)
@@ -223,7 +225,7 @@ def hyperbolic_forward_kernel(
             wts[b, j] = w
             nv = 0.0
             for i in range(dv):
-                t[i] = vtab[r, i]
+                t[i] = scale * vtab[r, i]
                 chk += t[i] * 0.0
                 nv += t[i] * t[i]
             nv = math.sqrt(nv)

@@ -2,7 +2,9 @@
 
 With curvature ``c < 0`` (``kappa = -c``) the ball is ``{x : |x| < 1/sqrt(kappa)}``.
 
-1. Inputs to ball points: ``input_map="project"`` (default) treats query/keys/values as ball
+1. Inputs are first multiplied by a learned scale ``sigma = exp(log_scale)`` (initial value
+   ``input_scale``, default 1; e.g. ``1/sqrt(d)`` for standardised data whose norms are about
+   ``sqrt(d)``). Then to ball points: ``input_map="project"`` (default) treats them as ball
    points and pulls any point with ``|x| > (1 - eps)/sqrt(kappa)`` (at or outside the boundary)
    radially back to that radius; ``input_map="expmap"`` treats them as tangent vectors at the
    origin and maps them with ``exp_0`` (then the same projection, since ``tanh`` saturates).
@@ -55,6 +57,8 @@ class HyperbolicAttention(AttentionMechanism):
         Relative margin kept from the boundary, ``0 < eps < 0.5`` (default ``1e-5``).
     temperature : float
         Initial temperature ``tau > 0`` (learned as ``log_temperature``).
+    input_scale : float
+        Initial input scale ``sigma > 0`` (learned as ``log_scale``).
     input_map : {"project", "expmap"}
         How inputs become ball points (see the module docstring).
     output : {"ball", "tangent"}
@@ -62,7 +66,7 @@ class HyperbolicAttention(AttentionMechanism):
     dtype, seed
         See :class:`~ruvector_hnsw.attention.base.AttentionMechanism`.
 
-    Params: ``log_temperature (1,)``.
+    Params: ``log_temperature (1,)``, ``log_scale (1,)``.
     """
 
     name = "hyperbolic"
@@ -77,6 +81,7 @@ class HyperbolicAttention(AttentionMechanism):
         curvature: float = -1.0,
         eps: float = 1e-5,
         temperature: float = 1.0,
+        input_scale: float = 1.0,
         input_map: str = "project",
         output: str = "ball",
         dtype: Any = np.float32,
@@ -93,13 +98,17 @@ class HyperbolicAttention(AttentionMechanism):
         if self.eps >= 0.5:
             raise ConfigError(f"eps must be < 0.5, got {self.eps}")
         tau = check_positive_float(temperature, "temperature")
+        sigma = check_positive_float(input_scale, "input_scale")
         if input_map not in ("project", "expmap"):
             raise ConfigError(f"input_map must be 'project' or 'expmap', got {input_map!r}")
         if output not in ("ball", "tangent"):
             raise ConfigError(f"output must be 'ball' or 'tangent', got {output!r}")
         self.input_map = input_map
         self.output = output
-        self._params = {"log_temperature": np.array([math.log(tau)], dtype=self.dtype)}
+        self._params = {
+            "log_temperature": np.array([math.log(tau)], dtype=self.dtype),
+            "log_scale": np.array([math.log(sigma)], dtype=self.dtype),
+        }
 
     @property
     def radius(self) -> float:
@@ -123,11 +132,14 @@ class HyperbolicAttention(AttentionMechanism):
             vt = kt if batch.values is None else batch.values.reshape(B * n, batch.values.shape[2])
             ids = dense_ids(batch.mask)
         inv_tau = math.exp(-float(self._params["log_temperature"][0]))
+        sigma = math.exp(float(self._params["log_scale"][0]))
         q, kap, eps = batch.query, self.kappa, self.eps
         expm, tang = self.input_map == "expmap", self.output == "tangent"
         B, n = ids.shape
         parts = run_row_chunks(
-            lambda lo, hi: hyperbolic_forward_kernel(q[lo:hi], kt, vt, ids[lo:hi], kap, eps, inv_tau, expm, tang),
+            lambda lo, hi: hyperbolic_forward_kernel(
+                q[lo:hi], kt, vt, ids[lo:hi], kap, eps, inv_tau, sigma, expm, tang
+            ),
             B,
             float(B) * n * (q.shape[1] + vt.shape[1]) * 4,
         )
@@ -166,7 +178,10 @@ class HyperbolicAttention(AttentionMechanism):
             V = gather_rows(batch.values, ids).astype(f8)
         else:
             K, V = batch.keys.astype(f8), batch.values.astype(f8)
-        q = batch.query.astype(f8)
+        sigma = math.exp(float(self._params["log_scale"][0]))
+        q = batch.query.astype(f8) * sigma
+        K = K * sigma
+        V = V * sigma
         w = w.astype(f8)
         go = grad_out.astype(f8)
         log_tau = float(self._params["log_temperature"][0])
@@ -202,8 +217,13 @@ class HyperbolicAttention(AttentionMechanism):
         dqp = np.einsum("bn,bnd->bd", 2.0 * c1, diff)
         dqp += (np.sum(dz * z, axis=1) / aq * 2.0 * kap)[:, None] * qp
         dkp = -2.0 * c1[:, :, None] * diff + (dz * z / ak * 2.0 * kap)[:, :, None] * kp
-        grads["query"] = self._from_ball_grad(q, qe, dqp)
+        dq = self._from_ball_grad(q, qe, dqp)
         dK = self._from_ball_grad(K, ke, dkp)
+        # inputs entered as sigma * x: d/dx = sigma * d/d(sigma x), d/dlog(sigma) = sum (sigma x) . d/d(sigma x)
+        grads["log_scale"] = np.array([np.sum(q * dq) + np.sum(K * dK) + np.sum(V * dV)])
+        grads["query"] = dq * sigma
+        dK = dK * sigma
+        dV = dV * sigma
         if batch.ids is not None:
             dK = scatter_add_rows(np.ascontiguousarray(dK), ids, batch.keys.shape[0])
             dV = scatter_add_rows(np.ascontiguousarray(dV), ids, batch.values.shape[0])

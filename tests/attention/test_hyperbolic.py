@@ -44,8 +44,9 @@ def r_proj(x, k, eps):
     return x * (r / n) if n > r else x
 
 
-def ref_forward(q, K, V, mask, c, eps, tau, input_map="project", output="ball"):
+def ref_forward(q, K, V, mask, c, eps, tau, input_map="project", output="ball", scale=1.0):
     k = -c
+    q, K, V = q * scale, K * scale, V * scale
     def to_ball(x):
         return r_proj(r_exp0(x, k) if input_map == "expmap" else x, k, eps)
 
@@ -129,6 +130,16 @@ def test_forward_matches_reference(input_map, output, c):
     np.testing.assert_allclose(att.weights(q, K, mask), ref_w, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize("input_map", ["project", "expmap"])
+def test_input_scale_matches_reference_and_fd(input_map):
+    q, K, V, mask = make_inputs(8, scale=3.0)  # norms ~ 6: far outside the unit ball
+    att = HyperbolicAttention(D, input_scale=0.15, temperature=0.5, input_map=input_map, dtype=np.float64)
+    out = att.forward(q, K, V, mask)
+    ref_out, _ = ref_forward(q, K, V, mask, -1.0, att.eps, 0.5, input_map, "ball", scale=0.15)
+    np.testing.assert_allclose(out, ref_out, rtol=1e-9, atol=1e-12)
+    fd_check(att, q, K, V, mask)
+
+
 def test_float32_matches_reference():
     q, K, V, mask = make_inputs(2)
     att = HyperbolicAttention(D, curvature=-1.5)
@@ -203,7 +214,7 @@ def test_unbatched_fully_masked_and_uniform():
 
 def test_config_and_shape_errors():
     for bad in ({"curvature": 0.0}, {"curvature": 1.0}, {"curvature": "x"}, {"eps": 0.0}, {"eps": 0.7},
-                {"temperature": -1.0}, {"input_map": "foo"}, {"output": "klein"}):
+                {"temperature": -1.0}, {"input_scale": 0.0}, {"input_map": "foo"}, {"output": "klein"}):
         with pytest.raises(ConfigError):
             HyperbolicAttention(D, **bad)
     q, K, V, mask = make_inputs()
