@@ -40,7 +40,7 @@ def load_digits_dataset(
     *,
     n_queries: int = 300,
     n_train_queries: int = 200,
-    augment: bool = True,
+    augment: bool = False,
     augment_queries: bool = False,
     standardize: bool = True,
     metric: str = "cosine",
@@ -60,7 +60,9 @@ def load_digits_dataset(
         Source images used as evaluation / training queries (the rest form the base).
     augment : bool
         Add the four one-pixel shifts (up, down, left, right; zero fill) of each base image,
-        so the base holds 5 rows per source image.
+        so the base holds 5 rows per source image. Off by default: with it, R grows five-fold
+        (~650) and exact mAP@R drops from about 0.50 to 0.25 (seed 0), since shifted copies
+        of other digits crowd the ranking.
     augment_queries : bool
         Also shift-augment the (evaluation and training) queries.
     standardize : bool

@@ -20,7 +20,7 @@ def test_shift_images_by_hand():
 
 
 def test_split_shares_no_source_image():
-    ds = load("digits", n_queries=100, n_train_queries=50, seed=1, gt_k=5)
+    ds = load("digits", n_queries=100, n_train_queries=50, seed=1, gt_k=5, augment=True)
     sb, sq, st = ds.extras["base_source"], ds.extras["query_source"], ds.extras["train_query_source"]
     assert set(sb).isdisjoint(sq) and set(sb).isdisjoint(st) and set(sq).isdisjoint(st)
     assert len(set(sb)) + len(sq) + len(st) == 1797
@@ -32,7 +32,7 @@ def test_standardisation_and_augmentation_against_raw():
     from sklearn.datasets import load_digits
 
     raw = load_digits()
-    ds = load("digits", n_queries=100, n_train_queries=0, seed=2, gt_k=0, standardize=False)
+    ds = load("digits", n_queries=100, n_train_queries=0, seed=2, gt_k=0, standardize=False, augment=True)
     src = ds.extras["base_source"]
     shift = ds.extras["base_shift"]
     for row in (0, 7, 123):
@@ -41,7 +41,7 @@ def test_standardisation_and_augmentation_against_raw():
         np.testing.assert_array_equal(ds.base[row], ref)
     assert ds.base_labels is not None
     np.testing.assert_array_equal(ds.base_labels, raw.target[src])
-    std = load("digits", n_queries=100, n_train_queries=0, seed=2, gt_k=0)
+    std = load("digits", n_queries=100, n_train_queries=0, seed=2, gt_k=0, augment=True)
     mu, sd = ds.base.mean(0), ds.base.std(0)
     sd = np.where(sd < 1e-6, 1.0, sd)
     np.testing.assert_allclose(std.base, (ds.base - mu) / sd, rtol=1e-4, atol=1e-4)
@@ -49,8 +49,8 @@ def test_standardisation_and_augmentation_against_raw():
 
 
 def test_no_augmentation_and_errors():
-    ds = load("digits", augment=False, n_queries=200, n_train_queries=0, gt_k=0)
-    assert ds.n_base == 1597
+    ds = load("digits", n_queries=200, n_train_queries=0, gt_k=0)  # no augmentation by default
+    assert ds.n_base == 1597 and (ds.extras["base_shift"] == 0).all()
     with pytest.raises(ConfigError):
         load("digits", n_queries=1797)
 
