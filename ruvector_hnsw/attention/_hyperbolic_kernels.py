@@ -132,7 +132,8 @@ def hyperbolic_forward_kernel(
 ) -> tuple[np.ndarray, np.ndarray, bool]:  # pragma: no cover - jit
     """Fused gather + Poincare attention for a batch; float64 accumulation.
 
-    Inputs are multiplied by ``scale`` before they are mapped to the ball.
+    Inputs are multiplied by ``scale`` before they are mapped to the ball; the tangent output
+    is divided by it (back to input units).
     ``ids[b, j] < 0`` marks a masked slot. A fully masked row returns weights 0 and output 0
     (the origin, which is inside the ball). Returns ``(out (B, dv), weights (B, n), ok)``;
     ``ok`` is False when a key/value row read through ``ids`` holds NaN or infinity.
@@ -248,7 +249,7 @@ def hyperbolic_forward_kernel(
                 u[i] += w * h * t[i]
         if tangent_output:
             for i in range(dv):
-                out[b, i] = u[i]
+                out[b, i] = u[i] / scale
             continue
         nu = 0.0
         for i in range(dv):

@@ -61,7 +61,10 @@ class DualSpaceAttention(AttentionMechanism):
         Query/key/value dimensionality ``d`` (also the database width).
     database : array (N, d), optional
         The database table the latent neighbours come from; may be given later with
-        :meth:`set_database`. ``forward``/``weights`` raise NotFittedError until it is set.
+        :meth:`set_database` (which pins it). Without a pinned database, a gather-form call
+        (``ids=``) adopts its key table as the database (and re-adopts when a later call passes
+        a different table, e.g. after adds); a dense-form call without a database raises
+        NotFittedError naming it.
     k_latent : int
         Latent neighbours per query (default 8).
     latent_dim : int, optional
@@ -142,6 +145,7 @@ class DualSpaceAttention(AttentionMechanism):
 
         self._graph = ScaledDotAttention(self.dim, dtype=self.dtype)
         self._database: np.ndarray | None = None
+        self._pinned = False
         self._index: Any = None
         self._indexed_P: np.ndarray | None = None
         self._pca_done = False
@@ -168,16 +172,35 @@ class DualSpaceAttention(AttentionMechanism):
             raise EmptyInputError("database is empty (N = 0)")
         if db.shape[1] != self.dim:
             raise DimensionMismatchError(f"{self.name}: database has dimension {db.shape[1]}, expected {self.dim}")
+        self._adopt(db)
+        self._pinned = True
+        return self
+
+    def _adopt(self, db: np.ndarray) -> None:
         self._database = db
-        if self.init == "pca" and not self._pca_done:
-            x = db.astype(np.float64) - db.mean(axis=0, dtype=np.float64)
-            _, _, vt = np.linalg.svd(x, full_matrices=False)
-            comps = vt[: self.latent_dim].T  # (d, r)
+        if self.init == "pca" and not self._pca_done and db.shape[0] > 1:
+            x = db.astype(np.float64)
+            mu = x.mean(axis=0)
+            cov = (x.T @ x) / x.shape[0] - np.outer(mu, mu)
+            _evals, evecs = np.linalg.eigh(cov)  # ascending
             P = self._params["P"]
-            P[:, : comps.shape[1]] = comps
+            P[...] = evecs[:, ::-1][:, : self.latent_dim]
             self._pca_done = True
         self.refresh_index()
-        return self
+
+    def _maybe_adopt(self, batch: AttentionBatch) -> None:
+        """Adopt the gather-form key table as the database unless one was pinned."""
+        if self._pinned or batch.ids is None:
+            return
+        table = batch.keys
+        cur = self._database
+        if cur is not None and (
+            cur is table or (cur.shape == table.shape and np.array_equal(cur, table))
+        ):
+            return
+        if not np.isfinite(table).all():
+            self._raise_nonfinite_rows()
+        self._adopt(table)
 
     fit = set_database
 
@@ -209,7 +232,8 @@ class DualSpaceAttention(AttentionMechanism):
     def _search(self, q: np.ndarray) -> np.ndarray:
         if self._database is None:
             raise NotFittedError(
-                f"{self.name} needs the database table: pass database= to the constructor or call set_database()"
+                f"{self.name} needs the database table: pass database= to the constructor, call set_database(), "
+                "or use the gather form (ids=), whose key table is adopted"
             )
         P = self._params["P"]
         if self.refresh == "auto" and (self._indexed_P is None or not np.array_equal(P, self._indexed_P)):
@@ -245,13 +269,16 @@ class DualSpaceAttention(AttentionMechanism):
         return s / math.sqrt(self.latent_dim)
 
     def _weights(self, batch: AttentionBatch) -> np.ndarray:
+        self._maybe_adopt(batch)
         if self._database is None:
             raise NotFittedError(
-                f"{self.name} needs the database table: pass database= to the constructor or call set_database()"
+                f"{self.name} needs the database table: pass database= to the constructor, call set_database(), "
+                "or use the gather form (ids=), whose key table is adopted"
             )
         return self._graph._weights(batch)
 
     def _forward(self, batch: AttentionBatch) -> tuple[np.ndarray, Any]:
+        self._maybe_adopt(batch)
         q = batch.query
         assert batch.values is not None
         lids = self._search(q)

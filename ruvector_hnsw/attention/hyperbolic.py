@@ -13,7 +13,8 @@ With curvature ``c < 0`` (``kappa = -c``) the ball is ``{x : |x| < 1/sqrt(kappa)
    ``arcosh`` form) and a learned temperature ``tau = exp(log_temperature)``.
 3. Aggregation in the tangent space at the origin: ``u = sum_j w_j log_0(v_j)``.
 4. ``output="ball"`` (default): ``out = project(exp_0(u))`` - strictly inside the ball for any
-   finite input. ``output="tangent"``: ``out = u`` (a Euclidean vector, used by ``moe``).
+   finite input. ``output="tangent"``: ``out = u / sigma`` (a Euclidean vector back in input
+   units - for small inputs close to the weighted mean of the values; used by ``moe``).
 
 Fully masked rows: weights 0, ``u = 0``, output the origin (zero vector).
 The Mobius helpers live in :mod:`ruvector_hnsw.attention._hyperbolic_kernels`.
@@ -195,7 +196,7 @@ class HyperbolicAttention(AttentionMechanism):
             y = expmap0(u, kap)
             du = expmap0_backward(u, project_backward(y, go, kap, self.eps), kap)
         else:
-            du = go
+            du = go / sigma  # out = u / sigma
         dw = np.einsum("bv,bnv->bn", du, t)
         dt = w[:, :, None] * du[:, None, :]
         dV = self._from_ball_grad(V, ve, logmap0_backward(vp, dt, kap))
@@ -220,7 +221,10 @@ class HyperbolicAttention(AttentionMechanism):
         dq = self._from_ball_grad(q, qe, dqp)
         dK = self._from_ball_grad(K, ke, dkp)
         # inputs entered as sigma * x: d/dx = sigma * d/d(sigma x), d/dlog(sigma) = sum (sigma x) . d/d(sigma x)
-        grads["log_scale"] = np.array([np.sum(q * dq) + np.sum(K * dK) + np.sum(V * dV)])
+        dlog_scale = np.sum(q * dq) + np.sum(K * dK) + np.sum(V * dV)
+        if self.output == "tangent":
+            dlog_scale -= np.sum(go * u) / sigma  # the explicit 1/sigma of the output
+        grads["log_scale"] = np.array([dlog_scale])
         grads["query"] = dq * sigma
         dK = dK * sigma
         dV = dV * sigma

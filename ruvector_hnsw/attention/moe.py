@@ -5,7 +5,9 @@ Experts (all read out in value space, width ``dv``):
 * ``"local"``        - scaled-dot attention restricted to layer-0 items (``context.layer == 0``);
 * ``"global"``       - scaled-dot attention restricted to items linked on layers ``>= 1``;
 * ``"hierarchical"`` - Poincare-ball attention (``hyperbolic`` with ``input_map="expmap"``,
-  ``output="tangent"``: hyperbolic-distance weights, tangent-space mean of the values);
+  ``output="tangent"``, ``input_scale=1/sqrt(dim)`` - so standardised vectors of norm about
+  ``sqrt(dim)`` land inside the ball - : hyperbolic-distance weights, tangent-space mean of the
+  (scaled) values; the scale is learned);
 * ``"structural"``   - GATv2 edge-featured attention (``edge_featured`` with
   ``project_values=False``; features from dist/layer/degree).
 
@@ -147,7 +149,7 @@ class MoEAttention(AttentionMechanism):
         if kind == "hierarchical":
             from ruvector_hnsw.attention.hyperbolic import HyperbolicAttention
 
-            kw.update(input_map="expmap", output="tangent")
+            kw.update(input_map="expmap", output="tangent", input_scale=1.0 / np.sqrt(self.dim))
             kw.update(extra)
             return HyperbolicAttention(self.dim, **kw)
         from ruvector_hnsw.attention.edge_featured import EdgeFeaturedAttention

@@ -224,3 +224,29 @@ def test_finite_any_scale(log_scale, seed):
     assert np.isfinite(out).all()
     g = att.backward(np.ones_like(out))
     assert all(np.isfinite(v).all() for v in g.values())
+
+
+def test_gather_form_adopts_key_table_unless_pinned():
+    rng = np.random.default_rng(3)
+    db = rng.standard_normal((NDB, D))
+    q = rng.standard_normal((B, D))
+    ids = rng.integers(0, NDB, (B, N))
+    att = DualSpaceAttention(D, k_latent=4, latent_dim=3, dtype=np.float64, seed=0)
+    with pytest.raises(NotFittedError, match="gather form"):
+        att.forward(q, db[ids], db[ids])
+    att.forward(q, db, db, ids=ids)
+    assert att.database is not None and att.database.shape == (NDB, D)
+    P = att.params["P"]
+    np.testing.assert_allclose(P.T @ P, np.eye(3), atol=1e-10)  # PCA at adoption
+    np.testing.assert_array_equal(
+        np.sort(att.last_latent_ids, 1), np.sort(brute_latent_ids(q, db, P, 4, "l2"), 1)
+    )
+    # a grown table (after adds) is re-adopted; its new rows can be latent neighbours
+    bigger = np.concatenate([db, q + 1e-3])
+    att.forward(q, bigger, bigger, ids=ids)
+    assert att.database.shape == (NDB + B, D)
+    assert np.all(att.last_latent_ids[:, 0] >= NDB)  # each query's near-copy is nearest
+    # a pinned database is kept
+    pinned = DualSpaceAttention(D, database=db, k_latent=4, latent_dim=3, dtype=np.float64, seed=0)
+    pinned.forward(q, bigger, bigger, ids=ids)
+    assert pinned.database.shape == (NDB, D)

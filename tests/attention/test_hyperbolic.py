@@ -61,7 +61,7 @@ def ref_forward(q, K, V, mask, c, eps, tau, input_map="project", output="ball", 
             e = np.exp(s - s[mask[b]].max())
             w = e / e.sum()
         u = sum(w[j] * r_log0(to_ball(V[b, j]), k) for j in range(K.shape[1]))
-        outs.append(u if output == "tangent" else r_proj(r_exp0(u, k), k, eps))
+        outs.append(u / scale if output == "tangent" else r_proj(r_exp0(u, k), k, eps))
         ws.append(w)
     return np.array(outs), np.array(ws)
 
@@ -130,12 +130,13 @@ def test_forward_matches_reference(input_map, output, c):
     np.testing.assert_allclose(att.weights(q, K, mask), ref_w, rtol=1e-9, atol=1e-12)
 
 
-@pytest.mark.parametrize("input_map", ["project", "expmap"])
-def test_input_scale_matches_reference_and_fd(input_map):
+@pytest.mark.parametrize(("input_map", "output"), [("project", "ball"), ("expmap", "ball"), ("expmap", "tangent")])
+def test_input_scale_matches_reference_and_fd(input_map, output):
     q, K, V, mask = make_inputs(8, scale=3.0)  # norms ~ 6: far outside the unit ball
-    att = HyperbolicAttention(D, input_scale=0.15, temperature=0.5, input_map=input_map, dtype=np.float64)
+    att = HyperbolicAttention(D, input_scale=0.15, temperature=0.5, input_map=input_map, output=output,
+                              dtype=np.float64)
     out = att.forward(q, K, V, mask)
-    ref_out, _ = ref_forward(q, K, V, mask, -1.0, att.eps, 0.5, input_map, "ball", scale=0.15)
+    ref_out, _ = ref_forward(q, K, V, mask, -1.0, att.eps, 0.5, input_map, output, scale=0.15)
     np.testing.assert_allclose(out, ref_out, rtol=1e-9, atol=1e-12)
     fd_check(att, q, K, V, mask)
 
@@ -285,3 +286,11 @@ def test_threaded_row_chunks_equal_single_thread():
     finally:
         _threads.set_num_threads(old)
     np.testing.assert_array_equal(many, one)
+
+
+def test_expmap_tangent_output_is_weighted_mean_of_values():
+    q, K, V, mask = make_inputs(9, scale=1.0)
+    att = HyperbolicAttention(D, input_map="expmap", output="tangent", input_scale=0.1, dtype=np.float64)
+    out = att.forward(q, K, V, mask)
+    w = att.weights(q, K, mask)
+    np.testing.assert_allclose(out, np.einsum("bn,bnv->bv", w, V), rtol=1e-10, atol=1e-12)
