@@ -234,9 +234,27 @@ def _dataset_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return kw
 
 
+#: modules that register extra evaluation methods (``eval.register_method``) when imported
+_METHOD_PLUGINS: tuple[str, ...] = ("ruvector_hnsw.search",)
+
+
+def _load_method_plugins() -> None:
+    """Import the optional method plugins so ``--methods all`` sees them; a broken one is skipped."""
+    import importlib
+    import importlib.util
+
+    for mod in _METHOD_PLUGINS:
+        try:
+            if importlib.util.find_spec(mod) is not None:
+                importlib.import_module(mod)
+        except Exception as exc:  # a plugin must never break the baseline methods
+            print(f"warning: could not load method plugin {mod}: {_error_text(exc)}", file=sys.stderr)
+
+
 def _method_names(spec: str) -> str:
     from ruvector_hnsw import eval as ev
 
+    _load_method_plugins()
     if spec.strip().lower() == "all":
         return ",".join(ev.METHODS)
     return spec
