@@ -9,8 +9,41 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+_FM = {"reassoc", "contract", "nsz"}
 
-@njit(cache=True, nogil=True, fastmath={"reassoc", "nsz"})
+
+@njit(cache=True, nogil=True, fastmath=_FM)
+def _project_rows(kb: np.ndarray, cnt: int, w_kt: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover
+    """``out[:cnt] = kb[:cnt] @ w_kt.T``, four output columns per pass over a key row."""
+    d = kb.shape[1]
+    h = w_kt.shape[0]
+    for j in range(cnt):
+        c = 0
+        while c + 4 <= h:
+            a0 = 0.0
+            a1 = 0.0
+            a2 = 0.0
+            a3 = 0.0
+            for i in range(d):
+                x = kb[j, i]
+                a0 += x * w_kt[c, i]
+                a1 += x * w_kt[c + 1, i]
+                a2 += x * w_kt[c + 2, i]
+                a3 += x * w_kt[c + 3, i]
+            out[j, c] = a0
+            out[j, c + 1] = a1
+            out[j, c + 2] = a2
+            out[j, c + 3] = a3
+            c += 4
+        while c < h:
+            acc = 0.0
+            for i in range(d):
+                acc += kb[j, i] * w_kt[c, i]
+            out[j, c] = acc
+            c += 1
+
+
+@njit(cache=True, nogil=True, fastmath=_FM)
 def edge_forward_kernel(
     q: np.ndarray,
     ktab: np.ndarray,
@@ -18,7 +51,7 @@ def edge_forward_kernel(
     ids: np.ndarray,
     feats: np.ndarray,
     w_q: np.ndarray,
-    w_k: np.ndarray,
+    w_kt: np.ndarray,
     w_e: np.ndarray,
     bias: np.ndarray,
     att: np.ndarray,
@@ -27,7 +60,9 @@ def edge_forward_kernel(
     """Weights ``(B, n)``, read-out ``sum_j w_j v_j`` ``(B, dv)`` of GATv2 attention, and ``ok``.
 
     ``score_j = att . LeakyReLU(q W_q + k_j W_k + f_j W_e + bias)``, softmax over ``ids >= 0``.
-    ``w_q, w_k, w_e, bias, att`` are float64 (scores are accumulated in float64).
+    ``w_q, w_kt (= W_k transposed, (h, d)), w_e, bias, att`` are float64 C-contiguous (scores are
+    accumulated in float64). No BLAS call inside (it would oversubscribe the cores when the
+    caller runs row chunks on threads).
     ``ok`` is False when a key/value row read through ``ids`` holds NaN or infinity (the
     caller raises; the tables are not scanned as a whole).
     """
@@ -42,6 +77,7 @@ def edge_forward_kernel(
     z = np.empty(h)
     s = np.empty(n)
     kb = np.empty((n, d))  # one row's gathered keys (float64), reused: never a (B, n, d) copy
+    zk = np.empty((n, h))
     pos = np.empty(n, dtype=np.int64)
     chk = 0.0
     for b in range(B):
@@ -64,7 +100,7 @@ def edge_forward_kernel(
             cnt += 1
         if cnt == 0:
             continue
-        zk = np.dot(kb[:cnt], w_k)  # (cnt, h) through BLAS
+        _project_rows(kb, cnt, w_kt, zk)
         smax = -np.inf
         for j in range(n):
             if ids[b, j] < 0:

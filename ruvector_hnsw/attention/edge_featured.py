@@ -180,7 +180,7 @@ class EdgeFeaturedAttention(AttentionMechanism):
         kt, vt, ids = self._tables(batch)
         p = self._params
         f8 = np.float64
-        wq, wk, we = p["W_q"].astype(f8), p["W_k"].astype(f8), p["W_e"].astype(f8)
+        wq, wk, we = p["W_q"].astype(f8), np.ascontiguousarray(p["W_k"].T, dtype=f8), p["W_e"].astype(f8)
         bias, att, slope = p["b"].astype(f8), p["a"].astype(f8), float(self.negative_slope)
         q = batch.query
         B, n = ids.shape
