@@ -250,3 +250,10 @@ def test_gather_form_adopts_key_table_unless_pinned():
     pinned = DualSpaceAttention(D, database=db, k_latent=4, latent_dim=3, dtype=np.float64, seed=0)
     pinned.forward(q, bigger, bigger, ids=ids)
     assert pinned.database.shape == (NDB, D)
+
+
+def test_identical_keys_give_uniform_graph_weights():
+    att, _, q, K, _, mask = make(8)
+    Ks = np.repeat(K[:, :1], N, axis=1)
+    w = att.weights(q, Ks, mask)
+    np.testing.assert_allclose(w, mask / mask.sum(axis=1, keepdims=True), rtol=1e-12)

@@ -242,3 +242,13 @@ def test_finite_any_scale(log_scale, seed, top_k):
     assert np.all(out[~mask.any(axis=1)] == 0)
     g = att.backward(np.ones_like(out))
     assert all(np.isfinite(v).all() for v in g.values())
+
+
+def test_identical_keys_give_uniform_weights():
+    rng = np.random.default_rng(2)
+    q = rng.standard_normal((3, D))
+    K = np.repeat(rng.standard_normal((3, 1, D)), N, axis=1)
+    ctx = Context(dist=np.full((3, N), 0.3), layer=np.zeros((3, N), dtype=np.int8))  # one layer: no global
+    att = MoEAttention(D, seed=0)
+    w = att.weights(q, K, None, ctx)
+    np.testing.assert_allclose(w, 1 / N, rtol=1e-6)
