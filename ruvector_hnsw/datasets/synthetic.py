@@ -25,7 +25,19 @@ Common structure
   overridden (``n_base``, ``n_queries``, ``n_train_queries``, ``dim``, ``n_classes``).
 
 The default difficulty was calibrated with ``benchmarks/calibrate_datasets.py`` so that exact
-search reaches a mAP@R well inside (0.3, 0.7) and alpha query expansion stays well below 0.9.
+search reaches a mAP@R well inside (0.3, 0.7) and alpha query expansion stays well below 0.9,
+while neighbourhood structure leaves a lot to gain. mAP@R at ``size="default"``, seeds 0/1/2
+(alpha-QE: n=10, alpha=3; diffusion: personalised PageRank on the exact 10-NN graph; lin: an
+LDA metric fitted on the labelled base + training queries)::
+
+    scenario       exact              alpha_qe           diffusion          lin
+    clusters       0.495/0.472/0.469  0.655/0.637/0.630  0.980/0.980/0.975  0.705/0.690/0.672
+    hierarchical   0.537/0.530/0.511  0.682/0.672/0.651  0.930/0.923/0.915  0.898/0.874/0.885
+    manifolds      0.455/0.478/0.469  0.489/0.502/0.505  0.953/0.956/0.945  0.272/0.297/0.273
+
+Graph context (diffusion) beats alpha-QE by 0.25-0.46 on every scenario; a learned linear
+metric helps on ``clusters``/``hierarchical`` (nuisance directions, sibling classes) but not on
+``manifolds`` (curved classes), where only neighbourhood structure does.
 """
 
 from __future__ import annotations
