@@ -144,6 +144,7 @@ class DualSpaceAttention(AttentionMechanism):
         from ruvector_hnsw.attention.scaled_dot import ScaledDotAttention
 
         self._graph = ScaledDotAttention(self.dim, dtype=self.dtype)
+        self._P_init = self._params["P"].copy()
         self._database: np.ndarray | None = None
         self._pinned = False
         self._index: Any = None
@@ -164,7 +165,8 @@ class DualSpaceAttention(AttentionMechanism):
         """Set the database table ``(N, d)`` the latent neighbours come from; (re)build the index.
 
         With ``init="pca"`` the first call sets ``P`` (in place) to the top ``latent_dim``
-        principal directions of the database (random directions fill in when ``N`` is small).
+        principal directions of the database, unless ``P`` was changed since construction
+        (trained, or restored with ``set_params``), which is kept.
         Returns ``self``.
         """
         db = as_float_array(database, "database", self.dtype, (2,))
@@ -178,12 +180,13 @@ class DualSpaceAttention(AttentionMechanism):
 
     def _adopt(self, db: np.ndarray) -> None:
         self._database = db
-        if self.init == "pca" and not self._pca_done and db.shape[0] > 1:
+        P = self._params["P"]
+        untouched = np.array_equal(P, self._P_init)  # not trained / loaded since construction
+        if self.init == "pca" and not self._pca_done and untouched and db.shape[0] > 1:
             x = db.astype(np.float64)
             mu = x.mean(axis=0)
             cov = (x.T @ x) / x.shape[0] - np.outer(mu, mu)
             _evals, evecs = np.linalg.eigh(cov)  # ascending
-            P = self._params["P"]
             P[...] = evecs[:, ::-1][:, : self.latent_dim]
             self._pca_done = True
         self.refresh_index()

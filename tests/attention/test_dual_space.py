@@ -257,3 +257,13 @@ def test_identical_keys_give_uniform_graph_weights():
     Ks = np.repeat(K[:, :1], N, axis=1)
     w = att.weights(q, Ks, mask)
     np.testing.assert_allclose(w, mask / mask.sum(axis=1, keepdims=True), rtol=1e-12)
+
+
+def test_restored_projection_is_not_overwritten_by_pca():
+    rng = np.random.default_rng(4)
+    db = rng.standard_normal((NDB, D))
+    trained = rng.standard_normal((D, 3))
+    att = DualSpaceAttention(D, k_latent=4, latent_dim=3, dtype=np.float64, seed=0)
+    att.set_params({"P": trained})  # e.g. loaded from a checkpoint
+    att.forward(rng.standard_normal((2, D)), db, db, ids=np.array([[0, 1, 2, -1, 3], [4, 5, 6, 7, 8]]))
+    np.testing.assert_array_equal(att.params["P"], trained)
