@@ -7,7 +7,7 @@ import numpy as np
 from ruvector_hnsw.attention import _kernels as K
 from ruvector_hnsw.attention._threads import run_row_chunks
 
-__all__ = ["flash_attend", "mq_attend", "mq_attn_weights"]
+__all__ = ["flash_attend", "mq_attend", "mq_attn_weights", "sd_attend"]
 
 
 def mq_attend(
@@ -60,6 +60,32 @@ def flash_attend(
     work = float(B) * n * (d + Vt.shape[1])
     parts = run_row_chunks(
         lambda lo, hi: K.flash_forward(Q[lo:hi], T, Vt, ids[lo:hi], mask[lo:hi], scale, block), B, work
+    )
+    if len(parts) == 1:
+        return parts[0]
+    return (
+        np.concatenate([p[0] for p in parts]),
+        np.concatenate([p[1] for p in parts]),
+        all(p[2] for p in parts),
+    )
+
+
+def sd_attend(
+    Q: np.ndarray,
+    T: np.ndarray,
+    Vt: np.ndarray,
+    ids: np.ndarray,
+    mask: np.ndarray,
+    scale: float,
+    vids: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, bool]:
+    """:func:`_kernels.sd_forward` (one query per row) over row chunks: ``(R (B,dv), W (B,n), ok)``."""
+    B, d = Q.shape
+    n = ids.shape[1]
+    vi = ids if vids is None else vids
+    work = float(B) * n * (d + Vt.shape[1])
+    parts = run_row_chunks(
+        lambda lo, hi: K.sd_forward(Q[lo:hi], T, Vt, ids[lo:hi], vi[lo:hi], mask[lo:hi], scale), B, work
     )
     if len(parts) == 1:
         return parts[0]

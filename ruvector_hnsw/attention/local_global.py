@@ -152,7 +152,8 @@ class LocalGlobalAttention(AttentionMechanism):
         p = self._params
         dv = self.value_dim
         w = p["w_gate"]
-        z = R[:, 0] @ w[:dv] + R[:, 1] @ w[dv : 2 * dv] + q @ w[2 * dv :] + p["b_gate"][0]
+        z = np.ascontiguousarray(R[:, 0]) @ w[:dv] + np.ascontiguousarray(R[:, 1]) @ w[dv : 2 * dv]
+        z += q @ w[2 * dv :] + p["b_gate"][0]
         g = _sigmoid(z.astype(np.float64))
         both = has_l & has_g
         geff = np.where(both, g, np.where(has_l, 1.0, 0.0))

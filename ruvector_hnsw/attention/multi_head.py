@@ -119,8 +119,10 @@ class MultiHeadAttention(AttentionMechanism):
         """``qp (B, h, head_dim)`` and their key-space images ``Qt (B, h, d)``."""
         h, e = self.heads, self.head_dim
         qp = (q @ self._params["W_q"]).reshape(q.shape[0], h, e)
-        Wk3 = self._params["W_k"].reshape(self.dim, h, e)
-        Qt = np.ascontiguousarray(np.einsum("bhe,dhe->bhd", qp, Wk3), dtype=self.dtype)
+        Wk = self._params["W_k"]
+        Qt = np.empty((q.shape[0], h, self.dim), dtype=self.dtype)
+        for i in range(h):  # BLAS per head (einsum would not use it)
+            Qt[:, i, :] = qp[:, i, :] @ Wk[:, i * e : (i + 1) * e].T
         return qp, Qt
 
     def _forward(self, batch: AttentionBatch) -> tuple[np.ndarray, Any]:
@@ -131,8 +133,10 @@ class MultiHeadAttention(AttentionMechanism):
         if not ok:
             self._raise_nonfinite_rows()
         B, h, e = batch.B, self.heads, self.head_dim
-        Wv3 = self._params["W_v"].reshape(self.value_dim, h, e)
-        O = np.einsum("bhv,vhe->bhe", R, Wv3).reshape(B, h * e)
+        Wv = self._params["W_v"]
+        O = np.empty((B, h * e), dtype=self.dtype)
+        for i in range(h):
+            O[:, i * e : (i + 1) * e] = R[:, i, :] @ Wv[:, i * e : (i + 1) * e]
         out = O @ self._params["W_o"]
         return np.ascontiguousarray(out, dtype=self.dtype), (batch, qp, Qt, R, W, O)
 
@@ -148,23 +152,29 @@ class MultiHeadAttention(AttentionMechanism):
         batch, qp, Qt, R, W, O = cache
         T, Vt, ids = batch.table_form()
         assert Vt is not None
-        B, h, e, d = batch.B, self.heads, self.head_dim, self.dim
+        B, h, e = batch.B, self.heads, self.head_dim
         p = self._params
         dW_o = O.T @ grad_out
-        dO = (grad_out @ p["W_o"].T).reshape(B, h, e)
-        Wv3 = p["W_v"].reshape(self.value_dim, h, e)
-        dWv3 = np.einsum("bhv,bhe->vhe", R, dO)
-        dR = np.ascontiguousarray(np.einsum("bhe,vhe->bhv", dO, Wv3), dtype=self.dtype)
+        dO = grad_out @ p["W_o"].T  # (B, h*e)
+        Wv, Wk = p["W_v"], p["W_k"]
+        dWv = np.empty_like(Wv)
+        dR = np.empty(R.shape, dtype=self.dtype)
+        for i in range(h):
+            sl = slice(i * e, (i + 1) * e)
+            dWv[:, sl] = R[:, i, :].T @ dO[:, sl]
+            dR[:, i, :] = dO[:, sl] @ Wv[:, sl].T
         dQt, dT, dV = mq_backward(Qt, T, Vt, ids, ids, batch.mask, W, dR, self.scale, T.shape[0], Vt.shape[0])
-        Wk3 = p["W_k"].reshape(d, h, e)
-        dqp = np.einsum("bhd,dhe->bhe", dQt, Wk3)
-        dWk3 = np.einsum("bhd,bhe->dhe", dQt, qp)
-        dqp_flat = dqp.reshape(B, h * e)
+        dqp_flat = np.empty((B, h * e), dtype=dQt.dtype)
+        dWk = np.empty_like(Wk)
+        for i in range(h):
+            sl = slice(i * e, (i + 1) * e)
+            dqp_flat[:, sl] = dQt[:, i, :] @ Wk[:, sl]
+            dWk[:, sl] = dQt[:, i, :].T @ qp[:, i, :]
         dt = self.dtype
         return {
             "W_q": np.ascontiguousarray(batch.query.T @ dqp_flat, dtype=dt),
-            "W_k": np.ascontiguousarray(dWk3.reshape(d, h * e), dtype=dt),
-            "W_v": np.ascontiguousarray(dWv3.reshape(self.value_dim, h * e), dtype=dt),
+            "W_k": np.ascontiguousarray(dWk, dtype=dt),
+            "W_v": np.ascontiguousarray(dWv, dtype=dt),
             "W_o": np.ascontiguousarray(dW_o, dtype=dt),
             "query": np.ascontiguousarray(dqp_flat @ p["W_q"].T, dtype=dt),
             "keys": batch.table_grad_to_input(dT),

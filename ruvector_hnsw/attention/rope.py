@@ -6,8 +6,9 @@ from typing import Any
 
 import numpy as np
 
-from ruvector_hnsw.attention._kernels import mq_backward, rope_rotate, rope_unrotate_scatter
-from ruvector_hnsw.attention._ops import mq_attend, mq_attn_weights
+from ruvector_hnsw.attention._kernels import mq_backward, rope_apply, rope_forward, rope_unapply_scatter
+from ruvector_hnsw.attention._ops import mq_attn_weights
+from ruvector_hnsw.attention._threads import run_row_chunks
 from ruvector_hnsw.attention.base import AttentionBatch, AttentionMechanism, check_positive_float
 from ruvector_hnsw.errors import ConfigError
 
@@ -87,23 +88,49 @@ class RoPEAttention(AttentionMechanism):
         raw = batch.require(_POSITIONS[self.position], self.name)
         return np.ascontiguousarray(np.asarray(raw, dtype=np.float64) * self.pos_scale)
 
+    def _trig_chunks(self, pos: np.ndarray, lo: int = 0, hi: int | None = None) -> Any:
+        """Yield ``(lo, cos, sin)`` over row chunks of ``pos[lo:hi]``; angles ``pos * theta`` in
+        float64, cos/sin evaluated (vectorised numpy) in the mechanism dtype; ~2**18 angles a chunk."""
+        B, n = pos.shape
+        hi = B if hi is None else hi
+        half = self.theta.shape[0]
+        step = max(1, (1 << 18) // max(1, n * half))
+        for a in range(lo, hi, step):
+            ang = (pos[a : min(a + step, hi), :, None] * self.theta[None, None, :]).astype(self.dtype)
+            yield a, np.cos(ang), np.sin(ang)
+
+    def _rotate(self, batch: AttentionBatch, pos: np.ndarray) -> np.ndarray:
+        T, _, ids = batch.table_form()
+        B, n = batch.mask.shape
+        out = np.zeros((B, n, self.dim), dtype=self.dtype)
+        for lo, cs, sn in self._trig_chunks(pos):
+            rope_apply(T, ids, batch.mask, cs, sn, out, lo)
+        return out
+
     def rotated_keys(self, batch: AttentionBatch) -> np.ndarray:
         """The rotated keys ``(B, n, d)`` (zero in masked slots)."""
-        T, _, ids = batch.table_form()
-        return rope_rotate(T, ids, batch.mask, self.positions(batch), self.theta)
+        return self._rotate(batch, self.positions(batch))
 
     def _forward(self, batch: AttentionBatch) -> tuple[np.ndarray, Any]:
+        # keys are rotated on the fly inside the kernel (no (B, n, d) copy); same dot routine and
+        # softmax as scaled_dot, so all-zero positions reproduce it bit for bit
         T, Vt, ids = batch.table_form()
         assert Vt is not None
         pos = self.positions(batch)
-        Kr = rope_rotate(T, ids, batch.mask, pos, self.theta)
         B, n = batch.mask.shape
-        kid = np.arange(B * n, dtype=np.int64).reshape(B, n)
-        R, W, ok = mq_attend(batch.query[:, None, :], Kr.reshape(B * n, self.dim), Vt, kid, batch.mask,
-                             self.scale, vids=ids)
-        if not ok:
+        R = np.zeros((B, Vt.shape[1]), dtype=self.dtype)
+        W = np.zeros((B, n), dtype=self.dtype)
+        q = batch.query
+
+        def run(lo: int, hi: int) -> bool:
+            ok = True
+            for a, cs, sn in self._trig_chunks(pos, lo, hi):
+                ok &= bool(rope_forward(q, T, Vt, ids, batch.mask, cs, sn, a, self.scale, R, W))
+            return ok
+
+        if not all(run_row_chunks(run, B, float(B) * n * (2 * self.dim + Vt.shape[1]))):
             self._raise_nonfinite_rows()
-        return R[:, 0, :], (batch, pos, Kr, W)
+        return R, (batch, pos, W[:, None, :])
 
     def _weights(self, batch: AttentionBatch) -> np.ndarray:
         B, n = batch.mask.shape
@@ -115,16 +142,20 @@ class RoPEAttention(AttentionMechanism):
         return W[:, 0, :]
 
     def _backward(self, grad_out: np.ndarray, cache: Any) -> dict[str, np.ndarray]:
-        batch, pos, Kr, W = cache
+        batch, pos, W = cache
         T, Vt, ids = batch.table_form()
         assert Vt is not None
         B, n = batch.mask.shape
+        Kr = self._rotate(batch, pos)
         kid = np.arange(B * n, dtype=np.int64).reshape(B, n)
         dQ, dKr, dV = mq_backward(
             batch.query[:, None, :], Kr.reshape(B * n, self.dim), Vt, kid, ids, batch.mask, W,
             grad_out[:, None, :], self.scale, B * n, Vt.shape[0],
         )
-        dK = rope_unrotate_scatter(dKr.reshape(B, n, self.dim), ids, batch.mask, pos, self.theta, T.shape[0])
+        dK = np.zeros_like(T)
+        dKr3 = dKr.reshape(B, n, self.dim)
+        for lo, cs, sn in self._trig_chunks(pos):
+            rope_unapply_scatter(dKr3, ids, batch.mask, cs, sn, dK, lo)
         return {
             "query": dQ[:, 0, :],
             "keys": batch.table_grad_to_input(dK),

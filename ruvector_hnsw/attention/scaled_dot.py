@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from ruvector_hnsw.attention._kernels import mq_backward
-from ruvector_hnsw.attention._ops import mq_attend, mq_attn_weights
+from ruvector_hnsw.attention._ops import mq_attn_weights, sd_attend
 from ruvector_hnsw.attention.base import AttentionBatch, AttentionMechanism, check_positive_float
 
 __all__ = ["ScaledDotAttention"]
@@ -52,10 +52,10 @@ class ScaledDotAttention(AttentionMechanism):
     def _forward(self, batch: AttentionBatch) -> tuple[np.ndarray, Any]:
         T, Vt, ids = batch.table_form()
         assert Vt is not None
-        R, W, ok = mq_attend(batch.query[:, None, :], T, Vt, ids, batch.mask, self.scale)
+        R, W, ok = sd_attend(batch.query, T, Vt, ids, batch.mask, self.scale)
         if not ok:
             self._raise_nonfinite_rows()
-        return R[:, 0, :], (batch, W)
+        return R, (batch, W[:, None, :])
 
     def _weights(self, batch: AttentionBatch) -> np.ndarray:
         T, _, ids = batch.table_form()
