@@ -8,8 +8,8 @@ Three read-outs fused by a learned gate::
     gate    g   = softmax(q W_f + b_f)                                    (3 weights per row)
     out     = g_0 o_g + g_1 o_l + g_2 o_c
 
-``P (d, latent_dim)`` is the learned latent projection (PCA of the database at the first
-:meth:`DualSpaceAttention.set_database`, or random with ``init="random"``). The latent
+``P (d, latent_dim)`` is the learned latent projection (PCA of the first database, or random
+with ``init="random"``). The latent
 neighbours ``x_m`` are the ``k_latent`` database rows nearest to ``q P`` in the latent space,
 found with :class:`~ruvector_hnsw.index.LatentIndex` over ``database @ P``. The latent score is
 ``s(a, z) = (a . z - 0.5 |z|^2) / sqrt(latent_dim)`` for ``latent_metric="l2"`` (the softmax of
@@ -21,7 +21,13 @@ query), into ``W_f, b_f`` and into query/keys/values. The database itself receiv
 
 The latent index is rebuilt lazily when ``P`` changed since it was built (``refresh="auto"``,
 the default; an O(N d latent_dim) projection + FAISS add) or only on :meth:`refresh_index`
-(``refresh="manual"``).
+(``refresh="manual"``: the neighbour search then uses the ``P`` of the last refresh for both the
+database and the query, while the attention scores use the current ``P``).
+
+The database comes from ``database=``/:meth:`~DualSpaceAttention.set_database` (pinned), or else
+from the key table of a gather-form call (``ids=``), re-adopted when a later call passes another
+table (e.g. after adds). ``P`` is PCA-initialised at the first database unless it was changed
+(trained or restored) before.
 
 Values must have width ``dim`` (the latent neighbours are database rows of that width and the
 cross query projects ``o_g`` with ``P``). A fully masked graph row has ``o_g = 0``; the latent
