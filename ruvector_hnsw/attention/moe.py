@@ -6,8 +6,9 @@ Experts (all read out in value space, width ``dv``):
 * ``"global"``       - scaled-dot attention restricted to items linked on layers ``>= 1``;
 * ``"hierarchical"`` - Poincare-ball attention (``hyperbolic`` with ``input_map="expmap"``,
   ``output="tangent"``, ``input_scale=1/sqrt(dim)`` - so standardised vectors of norm about
-  ``sqrt(dim)`` land inside the ball - : hyperbolic-distance weights, tangent-space mean of the
-  (scaled) values; the scale is learned);
+  ``sqrt(dim)`` land inside the ball): hyperbolic-distance weights, tangent-space mean of the
+  values mapped back to value units (the weighted mean itself for values inside the ball);
+  the scale is learned;
 * ``"structural"``   - GATv2 edge-featured attention (``edge_featured`` with
   ``project_values=False``; features from dist/layer/degree).
 
