@@ -485,10 +485,14 @@ def weights_from_lse(Q, T, ids, mask, scale, lse):  # pragma: no cover
 # linear (Performer FAVOR+) in the log domain
 # ----------------------------------------------------------------------------------------------
 @njit(cache=True, nogil=True, fastmath=_FM, inline="always")
-def _favor_logits(X, T, ids, mask, Wf, c, b, a, e):  # pragma: no cover
-    """Fill ``a_i = w_i.x`` and ``e_ij = a_i + w_i.y_j - |y_j|^2/2`` (``y = c k``); return max."""
+def _favor_logits(X, T, ids, mask, Wf, c, b, a, e, wide):  # pragma: no cover
+    """Fill ``a_i = w_i.x`` and ``e_ij = a_i + w_i.y_j - |y_j|^2/2`` (``y = c k``); return max.
+
+    Dots accumulate in the storage dtype unless ``wide`` (float64; the caller retries a row
+    wide when its max is not finite)."""
     n = ids.shape[1]
     m = Wf.shape[0]
+    ct = X.dtype.type
     for i in range(m):
         a[i] = _dot64(Wf[i], X[b])
     mx = -np.inf
@@ -497,7 +501,11 @@ def _favor_logits(X, T, ids, mask, Wf, c, b, a, e):  # pragma: no cover
             kr = T[ids[b, j]]
             half = 0.5 * c * c * _dot64(kr, kr)
             for i in range(m):
-                v = a[i] + c * _dot64(Wf[i], kr) - half
+                if wide:
+                    dd = _dot64(Wf[i], kr)
+                else:
+                    dd = np.float64(_dot_as(Wf[i], kr, ct))
+                v = a[i] + c * dd - half
                 e[i, j] = v
                 if v > mx:
                     mx = v
@@ -530,12 +538,14 @@ def favor_forward(X, T, Vt, ids, mask, Wf, c, need_weights):  # pragma: no cover
     acc = np.empty(dv, dtype=np.float64)
     ok = True
     for b in range(B):
-        mx = _favor_logits(X, T, ids, mask, Wf, c, b, a, e)
+        mx = _favor_logits(X, T, ids, mask, Wf, c, b, a, e, False)
         if mx == -np.inf:
             continue
         if not np.isfinite(mx):
-            ok = False
-            continue
+            mx = _favor_logits(X, T, ids, mask, Wf, c, b, a, e, True)
+            if not np.isfinite(mx):
+                ok = False
+                continue
         tot = 0.0
         for j in range(n):
             wj[j] = 0.0
@@ -583,7 +593,7 @@ def favor_backward(X, T, Vt, ids, mask, Wf, c, G, n_rows):  # pragma: no cover
     gx = np.empty(d, dtype=np.float64)
     gy = np.empty(d, dtype=np.float64)
     for b in range(B):
-        mx = _favor_logits(X, T, ids, mask, Wf, c, b, a, e)
+        mx = _favor_logits(X, T, ids, mask, Wf, c, b, a, e, True)
         if not np.isfinite(mx):
             continue
         tot = 0.0

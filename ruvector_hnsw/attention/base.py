@@ -371,9 +371,11 @@ class AttentionMechanism(ABC):
     name: ClassVar[str] = "base"
     #: True when the mechanism gathers table rows by ``ids`` inside its own kernels
     fused_gather: ClassVar[bool] = False
-    #: True (fused-gather mechanisms only) when the kernels detect NaN/inf in the table rows they
-    #: read and the mechanism raises NonFiniteError itself (see :meth:`_raise_nonfinite_rows`);
-    #: the base class then skips scanning the whole tables on every call
+    #: True (fused-gather mechanisms only) when the kernels detect NaN/inf in the key/value rows
+    #: they read and the mechanism raises NonFiniteError itself (see :meth:`_raise_nonfinite_rows`);
+    #: the base class then skips scanning whole key/value arrays (tables or dense) on every call,
+    #: so only *attended* items are checked: NaN/inf in masked slots or unreferenced table rows
+    #: is ignored (never read). Queries, masks and context are always checked.
     checks_table_rows: ClassVar[bool] = False
 
     def __init__(self, dim: int, *, dtype: Any = np.float32, seed: int | None = None) -> None:
@@ -512,7 +514,7 @@ class AttentionMechanism(ABC):
 
     def _raise_nonfinite_rows(self) -> None:
         """Raise the NonFiniteError of a kernel that met NaN/inf in the rows it read."""
-        raise NonFiniteError(f"{self.name}: keys/values rows referenced by ids contain NaN or infinity")
+        raise NonFiniteError(f"{self.name}: keys/values of attended items contain NaN or infinity")
 
     # -- hooks ----------------------------------------------------------------------------------
     @abstractmethod
@@ -552,8 +554,9 @@ class AttentionMechanism(ABC):
 
         scatter_ids: np.ndarray | None = None
         key_rows = value_rows = 0
+        skip_scan = self.fused_gather and self.checks_table_rows
         if ids is None:
-            k = as_float_array(keys, "keys", dt, (2,) if unbatched else (3,))
+            k = as_float_array(keys, "keys", dt, (2,) if unbatched else (3,), check_finite=not skip_scan)
             if unbatched:
                 k = k[None]
             if k.shape[0] != B:
@@ -563,7 +566,7 @@ class AttentionMechanism(ABC):
                 raise DimensionMismatchError(f"keys have dimension {k.shape[2]}, query has {d}")
             v = None
             if values is not None:
-                v = as_float_array(values, "values", dt, (2,) if unbatched else (3,))
+                v = as_float_array(values, "values", dt, (2,) if unbatched else (3,), check_finite=not skip_scan)
                 if unbatched:
                     v = v[None]
                 if v.shape[:2] != (B, n):
@@ -577,7 +580,6 @@ class AttentionMechanism(ABC):
                     m = m[None]
             batch_ids = None
         else:
-            skip_scan = self.fused_gather and self.checks_table_rows
             k = as_float_array(keys, "keys (table)", dt, (2,), check_finite=not skip_scan)
             if k.shape[1] != d:
                 raise DimensionMismatchError(f"key table has dimension {k.shape[1]}, query has {d}")

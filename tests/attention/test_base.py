@@ -133,9 +133,13 @@ def test_bad_inputs_raise_typed_errors(name):
     with pytest.raises(NonFiniteError, match="query"):
         att.forward(bad, K, V, mask, context=ctx)
     badk = K.copy()
-    badk[0, 1, 1] = np.inf
+    badk[0, 0, 1] = np.inf  # an attended item (mask[:, 0] is True)
     with pytest.raises(NonFiniteError, match="keys"):
         att.forward(q, badk, V, mask, context=ctx)
+    badv = V.copy()
+    badv[1, 0, 2] = np.nan
+    with pytest.raises(NonFiniteError, match="values"):
+        att.forward(q, K, badv, mask, context=ctx)
     with pytest.raises(InvalidDTypeError, match="keys"):
         att.forward(q, K.astype(complex), V, mask, context=ctx)
     with pytest.raises(EmptyInputError):
@@ -242,6 +246,23 @@ def test_gather_errors(name):
     bad[ids[1, 2]] = np.nan
     with pytest.raises(NonFiniteError):
         att.forward(q, bad, tv, context=ctx, ids=ids)
+
+
+def test_masked_slots_are_never_read(name):
+    q, K, V, mask = _data()
+    mask[0, 2] = False
+    K2, V2 = K.copy(), V.copy()
+    K2[0, 2] = np.nan
+    V2[0, 2] = np.inf
+    att = ref.make_mechanism(name, D, DV, dtype=np.float64)
+    ctx = ref.make_context(B, N)
+    if att.checks_table_rows:  # fused kernels check only attended items
+        np.testing.assert_array_equal(
+            att.forward(q, K2, V2, mask, context=ctx), att.forward(q, K, V, mask, context=ctx)
+        )
+    else:
+        with pytest.raises(NonFiniteError):
+            att.forward(q, K2, V2, mask, context=ctx)
 
 
 def test_set_params():
