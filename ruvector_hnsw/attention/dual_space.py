@@ -272,7 +272,7 @@ class DualSpaceAttention(AttentionMechanism):
 
     # -- compute -------------------------------------------------------------------------------
     def _latent_scores(self, a: np.ndarray, Z: np.ndarray) -> np.ndarray:
-        s = np.einsum("bl,bml->bm", a, Z)
+        s = np.matmul(Z, a[:, :, None])[:, :, 0]
         if self.latent_metric == "l2":
             s = s - 0.5 * np.sum(Z * Z, axis=-1)
         return s / math.sqrt(self.latent_dim)
@@ -300,10 +300,10 @@ class DualSpaceAttention(AttentionMechanism):
         og, gcache = self._graph._forward(batch)  # fused gather + softmax(q.k / sqrt(d)) v
         zq = q @ P
         wl = masked_softmax(self._latent_scores(zq, Z), lmask)
-        ol = np.einsum("bm,bmd->bd", wl, X)
+        ol = np.matmul(wl[:, None, :], X)[:, 0, :]
         zc = og @ P
         wc = masked_softmax(self._latent_scores(zc, Z), lmask)
-        oc = np.einsum("bm,bmd->bd", wc, X)
+        oc = np.matmul(wc[:, None, :], X)[:, 0, :]
         gate = masked_softmax(q @ self._params["W_f"] + self._params["b_f"], np.ones((q.shape[0], 3), bool))
         out = gate[:, 0:1] * og + gate[:, 1:2] * ol + gate[:, 2:3] * oc
         self.last_latent_ids = lids
@@ -331,9 +331,9 @@ class DualSpaceAttention(AttentionMechanism):
         def latent_back(a: np.ndarray, w: np.ndarray, do: np.ndarray) -> np.ndarray:
             """Backprop one latent read-out; accumulates into dZ/dP; returns d(a)."""
             nonlocal dZ
-            dw = np.einsum("bd,bmd->bm", do, X)
+            dw = np.matmul(X, do[:, :, None])[:, :, 0]
             ds = softmax_backward(w, dw) * lmask / sl
-            da = np.einsum("bm,bml->bl", ds, Z)
+            da = np.matmul(ds[:, None, :], Z)[:, 0, :]
             if self.latent_metric == "l2":
                 dZ = dZ + ds[:, :, None] * (a[:, None, :] - Z)
             else:
@@ -346,7 +346,7 @@ class DualSpaceAttention(AttentionMechanism):
         dzq = latent_back(zq, wl, dol)
         dP += q.T @ dzq
         dq = dq + dzq @ P.T
-        dP += np.einsum("bmd,bml->dl", X, dZ)
+        dP += X.reshape(-1, X.shape[2]).T @ dZ.reshape(-1, dZ.shape[2])
         grads["P"] = dP
         # graph attention (table gradients in the gather form, dense otherwise)
         gg = self._graph._backward(np.ascontiguousarray(dog, dtype=self.dtype), gcache)

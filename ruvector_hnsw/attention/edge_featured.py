@@ -227,17 +227,19 @@ class EdgeFeaturedAttention(AttentionMechanism):
         else:
             dagg = grad_out
         dV = w[:, :, None] * dagg[:, None, :]
-        dw = np.einsum("bnv,bv->bn", V, dagg)
+        dw = np.matmul(V, dagg[:, :, None])[:, :, 0]
         ds = softmax_backward(w, dw) * batch.mask
         z = (q @ p["W_q"])[:, None, :] + K @ p["W_k"] + feats @ p["W_e"] + p["b"]
         slope = self.negative_slope
         g = np.where(z > 0, z, slope * z)
-        grads["a"] = np.einsum("bn,bnh->h", ds, g)
-        dz = ds[:, :, None] * p["a"] * np.where(z > 0, 1.0, slope)
+        h = g.shape[2]
+        grads["a"] = ds.reshape(-1) @ g.reshape(-1, h)
+        dz = ds[:, :, None] * p["a"] * np.where(z > 0, 1.0, slope).astype(z.dtype)  # keep float32 (BLAS)
         dz_sum = dz.sum(axis=1)
         grads["W_q"] = q.T @ dz_sum
-        grads["W_k"] = np.einsum("bnd,bnh->dh", K, dz)
-        grads["W_e"] = np.einsum("bnf,bnh->fh", feats, dz)
+        dz2 = dz.reshape(-1, h)
+        grads["W_k"] = K.reshape(-1, K.shape[2]).T @ dz2
+        grads["W_e"] = feats.reshape(-1, feats.shape[2]).T @ dz2
         grads["b"] = dz_sum.sum(axis=0)
         grads["query"] = dz_sum @ p["W_q"].T
         dK = dz @ p["W_k"].T

@@ -191,13 +191,13 @@ class HyperbolicAttention(AttentionMechanism):
         ke, kp = self._to_ball(K)
         ve, vp = self._to_ball(V)
         t = logmap0(vp, kap)
-        u = np.einsum("bn,bnv->bv", w, t)
+        u = np.matmul(w[:, None, :], t)[:, 0, :]
         if self.output == "ball":
             y = expmap0(u, kap)
             du = expmap0_backward(u, project_backward(y, go, kap, self.eps), kap)
         else:
             du = go / sigma  # out = u / sigma
-        dw = np.einsum("bv,bnv->bn", du, t)
+        dw = np.matmul(t, du[:, :, None])[:, :, 0]
         dt = w[:, :, None] * du[:, None, :]
         dV = self._from_ball_grad(V, ve, logmap0_backward(vp, dt, kap))
         ds = softmax_backward(w, dw) * mask
@@ -215,7 +215,7 @@ class HyperbolicAttention(AttentionMechanism):
         root = np.sqrt(z * (z + 2.0))
         dz = np.where(root > 1e-12, ddist / (math.sqrt(kap) * np.maximum(root, 1e-12)), 0.0) * mask
         c1 = dz * 2.0 * kap / den  # coefficient of d(delta)
-        dqp = np.einsum("bn,bnd->bd", 2.0 * c1, diff)
+        dqp = np.matmul((2.0 * c1)[:, None, :], diff)[:, 0, :]
         dqp += (np.sum(dz * z, axis=1) / aq * 2.0 * kap)[:, None] * qp
         dkp = -2.0 * c1[:, :, None] * diff + (dz * z / ak * 2.0 * kap)[:, :, None] * kp
         dq = self._from_ball_grad(q, qe, dqp)

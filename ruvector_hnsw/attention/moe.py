@@ -299,7 +299,7 @@ class MoEAttention(AttentionMechanism):
         dp = np.where(sel, (dg - gdg) / np.where(S > 0, S, 1.0), 0.0)
         if self.aux_weight:
             dp = dp + self.aux_weight * E * f[None, :] / B
-        dlog = softmax_backward(p, dp)
+        dlog = softmax_backward(p, dp).astype(q.dtype)  # same dtype as q: BLAS matmuls
         grads["router_W"] = q.T @ dlog
         grads["router_b"] = dlog.sum(axis=0)
         dq += dlog @ self._params["router_W"].T
