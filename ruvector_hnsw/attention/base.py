@@ -86,6 +86,7 @@ __all__ = [
     "check_mask",
     "check_positive_float",
     "check_positive_int",
+    "dense_ids",
     "resolve_dtype",
 ]
 
@@ -191,6 +192,22 @@ def check_ids(ids: Any, shape_hint: tuple[int, ...] | None, n_rows: int) -> np.n
                 f"ids must lie in [-1, {n_rows}) (table rows; -1 = padding), got range [{lo}, {hi}]"
             )
     return np.ascontiguousarray(arr, dtype=np.int64)
+
+
+_DENSE_IDS: dict[tuple[int, int], np.ndarray] = {}
+
+
+def dense_ids(B: int, n: int) -> np.ndarray:
+    """Read-only ``(B, n)`` int64 array ``b*n + j`` (cached per shape: kernels see dense arrays as tables)."""
+    key = (int(B), int(n))
+    arr = _DENSE_IDS.get(key)
+    if arr is None:
+        if len(_DENSE_IDS) >= 16:
+            _DENSE_IDS.pop(next(iter(_DENSE_IDS)))
+        arr = np.arange(B * n, dtype=np.int64).reshape(B, n)
+        arr.flags.writeable = False
+        _DENSE_IDS[key] = arr
+    return arr
 
 
 # ----------------------------------------------------------------------------------------------
@@ -325,7 +342,7 @@ class AttentionBatch:
         B, n = self.mask.shape
         T = self.keys.reshape(B * n, self.keys.shape[2])
         Vt = None if self.values is None else self.values.reshape(B * n, self.values.shape[2])
-        return T, Vt, np.arange(B * n, dtype=np.int64).reshape(B, n)
+        return T, Vt, dense_ids(B, n)
 
     def table_grad_to_input(self, grad_table: np.ndarray) -> np.ndarray:
         """Map a table gradient from :meth:`table_form` back to the input layout."""
@@ -511,6 +528,31 @@ class AttentionMechanism(ABC):
                 grads["keys"] = grads["keys"][0]
                 grads["values"] = grads["values"][0]
         return grads
+
+    def warmup(self, value_dim: int | None = None, context: Context | None = None) -> None:
+        """Pay JIT compilation now: a tiny forward and backward in the dense and gather forms.
+
+        ``context`` (batch 2, 3 items) replaces the default one (``dist``, ``layer``, ``hops``,
+        ``degree``). The backward cache and params are left as they were.
+        """
+        dv = self.dim if value_dim is None else value_dim
+        rng = np.random.default_rng(0)
+        q = rng.standard_normal((2, self.dim)).astype(self.dtype)
+        K = rng.standard_normal((2, 3, self.dim)).astype(self.dtype)
+        V = rng.standard_normal((2, 3, dv)).astype(self.dtype)
+        ctx = context or Context(
+            dist=np.ones((2, 3)), layer=np.array([[0, 1, 0], [1, 0, 0]], dtype=np.int8),
+            hops=np.ones((2, 3), dtype=np.int64), degree=np.ones((2, 3)),
+        )
+        ids = np.array([[0, 1, -1], [2, 3, 4]])
+        saved = self._last
+        try:
+            for args in ((K, V, None), (K.reshape(6, -1)[:5], V.reshape(6, -1)[:5], ids)):
+                out = self.forward(q, args[0], args[1], context=ctx, ids=args[2])
+                if self._params or type(self)._backward is not AttentionMechanism._backward:
+                    self.backward(np.ones_like(out))
+        finally:
+            self._last = saved
 
     def _raise_nonfinite_rows(self) -> None:
         """Raise the NonFiniteError of a kernel that met NaN/inf in the rows it read."""

@@ -311,3 +311,19 @@ def test_generic_gather_for_non_fused_mechanisms():
     bad[4] = np.nan  # unreferenced, but non-fused mechanisms scan the whole table
     with pytest.raises(NonFiniteError, match="keys"):
         _Plain(3).forward(rng.standard_normal((2, 3)), bad, tv, ids=ids)
+
+
+def test_warmup_keeps_backward_cache(name):
+    q, K, V, mask = _data()
+    att = ref.make_mechanism(name, D, DV)
+    ctx = ref.make_context(B, N)
+    out = att.forward(q, K, V, mask, context=ctx)
+    G = np.ones_like(out)
+    g1 = att.backward(G)
+    params = {k: v.copy() for k, v in att.params.items()}
+    att.warmup(value_dim=DV)
+    g2 = att.backward(G)
+    for k in g1:
+        np.testing.assert_array_equal(g1[k], g2[k])
+    for k, v in params.items():
+        np.testing.assert_array_equal(att.params[k], v)
