@@ -41,8 +41,19 @@ input is converted to float32; pass ``dtype=np.float64`` to the constructor for 
 finite-difference test path, then everything - params, kernels, outputs - is float64).
 Integer and bool inputs are converted; complex, object and string arrays raise
 :class:`~ruvector_hnsw.errors.InvalidDTypeError`; NaN/inf raise
-:class:`~ruvector_hnsw.errors.NonFiniteError`. A rejected call leaves the mechanism unchanged
-(the backward cache of the previous forward survives).
+:class:`~ruvector_hnsw.errors.NonFiniteError`. Mechanisms with ``checks_table_rows = True``
+(scaled_dot, multi_head, flash, linear, rope, local_global) check keys/values inside their
+kernels, only for the items they attend: NaN/inf in a masked slot or an unreferenced table row
+is never read and not reported (this saves a full scan of a 100k-row table per call). Float32
+kernels compute each row in float32 and redo a row in float64 when a score or read-out
+overflows, so finite float32 inputs of any magnitude give finite outputs. A rejected call leaves
+the mechanism unchanged (the backward cache of the previous forward survives).
+
+Threads and JIT
+---------------
+The numba kernels are serial, cached and release the GIL; large calls are split into row chunks
+on a small thread pool (``ruvector_hnsw.attention._threads.set_num_threads``). Call
+:meth:`AttentionMechanism.warmup` to pay compilation before timing.
 
 Writing a mechanism
 -------------------
@@ -419,6 +430,11 @@ class AttentionMechanism(ABC):
     def get_config(self) -> dict[str, Any]:
         """Constructor arguments that rebuild this mechanism (params excluded)."""
         return {"dim": self.dim, "dtype": self.dtype.name, "seed": self.seed}
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_last"] = None  # the backward cache is not part of a saved mechanism
+        return state
 
     def __repr__(self) -> str:
         cfg = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())

@@ -327,3 +327,17 @@ def test_warmup_keeps_backward_cache(name):
         np.testing.assert_array_equal(g1[k], g2[k])
     for k, v in params.items():
         np.testing.assert_array_equal(att.params[k], v)
+
+
+def test_pickle_round_trip(name):
+    import pickle
+
+    q, K, V, mask = _data()
+    ctx = ref.make_context(B, N)
+    att = ref.make_mechanism(name, D, DV, seed=4)
+    out = att.forward(q, K, V, mask, context=ctx)
+    clone = pickle.loads(pickle.dumps(att))
+    np.testing.assert_array_equal(clone.forward(q, K, V, mask, context=ctx), out)
+    with pytest.raises(NotFittedError):
+        pickle.loads(pickle.dumps(att)).backward(out)
+    assert clone.get_config() == att.get_config()
