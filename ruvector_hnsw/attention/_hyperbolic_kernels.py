@@ -31,17 +31,14 @@ def project(x: np.ndarray, kappa: float, eps: float) -> np.ndarray:
 def project_backward(x: np.ndarray, g: np.ndarray, kappa: float, eps: float) -> np.ndarray:
     """Vector-Jacobian product of :func:`project` at ``x`` with cotangent ``g``."""
     r = ball_radius(kappa, eps)
-    n = np.linalg.norm(x, axis=-1, keepdims=True)
-    out = np.empty_like(g)
-    inside = (n <= r)[..., 0]
-    out[inside] = g[inside]
-    if (~inside).any():
-        xo = x[~inside]
-        no = n[~inside]
-        go = g[~inside]
-        xh = xo / no
-        out[~inside] = (r / no) * (go - xh * np.sum(xh * go, axis=-1, keepdims=True))
-    return out
+    n = np.sqrt(np.sum(x * x, axis=-1, keepdims=True))
+    out_side = n > r
+    if not out_side.any():
+        return g
+    safe_n = np.where(out_side, n, 1.0)
+    xh = x / safe_n
+    radial = np.where(out_side, np.sum(xh * g, axis=-1, keepdims=True), 0.0)
+    return np.where(out_side, r / safe_n, 1.0) * (g - xh * radial)
 
 
 def mobius_add(x: np.ndarray, y: np.ndarray, kappa: float) -> np.ndarray:
