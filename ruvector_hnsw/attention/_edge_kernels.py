@@ -137,3 +137,125 @@ def edge_forward_kernel(
                 chk += vi * 0.0
                 agg[b, i] += w * vi
     return wts, agg, chk == 0.0
+
+
+@njit(cache=True, nogil=True, fastmath=_FM)
+def edge_backward_kernel(
+    q: np.ndarray,
+    ktab: np.ndarray,
+    vtab: np.ndarray,
+    ids: np.ndarray,
+    feats: np.ndarray,
+    w_q: np.ndarray,
+    w_kt: np.ndarray,
+    w_k: np.ndarray,
+    w_e: np.ndarray,
+    bias: np.ndarray,
+    att: np.ndarray,
+    slope: float,
+    wts: np.ndarray,
+    dagg: np.ndarray,
+) -> tuple[
+    np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray
+]:  # pragma: no cover - jit
+    """Backward of :func:`edge_forward_kernel` given the weights and ``dagg = d out / d agg``.
+
+    ``w_kt`` is ``W_k`` transposed and ``w_k`` ``W_k`` itself (both float64, C-contiguous).
+
+    Recomputes the scores row by row (keys gathered by ids). Returns ``dq (B, d)``, per-slot
+    ``dK (B, n, d)`` and ``dV (B, n, dv)`` (zero at masked slots; the caller scatters them into
+    table gradients) and the param gradients ``dW_q, dW_k (d, h), dW_e (f, h), db, da (h,)``
+    of these rows (float64).
+    """
+    B, d = q.shape
+    n = ids.shape[1]
+    h = w_q.shape[1]
+    f = w_e.shape[0]
+    dv = vtab.shape[1]
+    dq = np.zeros((B, d))
+    dK = np.zeros((B, n, d))
+    dV = np.zeros((B, n, dv))
+    dWq = np.zeros((d, h))
+    dWk = np.zeros((d, h))
+    dWe = np.zeros((f, h))
+    dbias = np.zeros(h)
+    datt = np.zeros(h)
+    zq = np.empty(h)
+    kb = np.empty((n, d))
+    zk = np.empty((n, h))
+    pos = np.empty(n, dtype=np.int64)
+    dw = np.empty(n)
+    dzs = np.empty(h)
+    dz = np.empty(h)
+    for b in range(B):
+        cnt = 0
+        for j in range(n):
+            r = ids[b, j]
+            if r < 0:
+                continue
+            for i in range(d):
+                kb[cnt, i] = ktab[r, i]
+            pos[j] = cnt
+            cnt += 1
+        if cnt == 0:
+            continue
+        for c in range(h):
+            zq[c] = bias[c]
+        for i in range(d):
+            qi = float(q[b, i])
+            for c in range(h):
+                zq[c] += qi * w_q[i, c]
+        _project_rows(kb, cnt, w_kt, zk)
+        # d loss / d w_j and the softmax backward
+        sw = 0.0
+        for j in range(n):
+            r = ids[b, j]
+            if r < 0:
+                continue
+            acc = 0.0
+            wj = float(wts[b, j])
+            for i in range(dv):
+                acc += float(vtab[r, i]) * dagg[b, i]
+                dV[b, j, i] = wj * dagg[b, i]
+            dw[j] = acc
+            sw += wj * acc
+        for c in range(h):
+            dzs[c] = 0.0
+        for j in range(n):
+            r = ids[b, j]
+            if r < 0:
+                continue
+            ds = float(wts[b, j]) * (dw[j] - sw)
+            row = pos[j]
+            for c in range(h):
+                z = zq[c] + zk[row, c]
+                for e in range(f):
+                    z += float(feats[b, j, e]) * w_e[e, c]
+                if z > 0.0:
+                    datt[c] += ds * z
+                    dz[c] = ds * att[c]
+                else:
+                    datt[c] += ds * slope * z
+                    dz[c] = ds * att[c] * slope
+                dzs[c] += dz[c]
+            for e in range(f):
+                fe = float(feats[b, j, e])
+                for c in range(h):
+                    dWe[e, c] += fe * dz[c]
+            for i in range(d):
+                ki = kb[row, i]
+                acc = 0.0
+                for c in range(h):
+                    dWk[i, c] += ki * dz[c]
+                    acc += w_k[i, c] * dz[c]
+                dK[b, j, i] = acc
+        for i in range(d):
+            qi = float(q[b, i])
+            acc = 0.0
+            for c in range(h):
+                dWq[i, c] += qi * dzs[c]
+                acc += w_q[i, c] * dzs[c]
+            dq[b, i] = acc
+        for c in range(h):
+            dbias[c] += dzs[c]
+    return dq, dK, dV, dWq, dWk, dWe, dbias, datt

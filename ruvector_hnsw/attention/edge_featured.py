@@ -25,9 +25,9 @@ from typing import Any
 
 import numpy as np
 
-from ruvector_hnsw.attention._edge_kernels import edge_forward_kernel
-from ruvector_hnsw.attention._gather_kernels import gather_rows, scatter_add_rows
-from ruvector_hnsw.attention._partb_common import dense_ids, softmax_backward
+from ruvector_hnsw.attention._edge_kernels import edge_backward_kernel, edge_forward_kernel
+from ruvector_hnsw.attention._gather_kernels import scatter_add_rows
+from ruvector_hnsw.attention._partb_common import dense_ids
 from ruvector_hnsw.attention._threads import run_row_chunks
 from ruvector_hnsw.attention.base import (
     AttentionBatch,
@@ -213,39 +213,37 @@ class EdgeFeaturedAttention(AttentionMechanism):
     def _backward(self, grad_out: np.ndarray, cache: Any) -> dict[str, np.ndarray]:
         batch, feats, w, agg = cache
         p = self._params
-        q = batch.query
-        if batch.ids is not None:
-            ids = np.ascontiguousarray(np.where(batch.mask, batch.ids, -1))
-            K = gather_rows(batch.keys, ids)
-            V = gather_rows(batch.values, ids)
-        else:
-            K, V = batch.keys, batch.values
+        f8 = np.float64
         grads: dict[str, np.ndarray] = {}
         if self.project_values:
-            grads["W_v"] = agg.T @ grad_out
-            dagg = grad_out @ p["W_v"].T
+            grads["W_v"] = agg.astype(f8).T @ grad_out.astype(f8)
+            dagg = grad_out.astype(f8) @ p["W_v"].astype(f8).T
         else:
-            dagg = grad_out
-        dV = w[:, :, None] * dagg[:, None, :]
-        dw = np.matmul(V, dagg[:, :, None])[:, :, 0]
-        ds = softmax_backward(w, dw) * batch.mask
-        z = (q @ p["W_q"])[:, None, :] + K @ p["W_k"] + feats @ p["W_e"] + p["b"]
-        slope = self.negative_slope
-        g = np.where(z > 0, z, slope * z)
-        h = g.shape[2]
-        grads["a"] = ds.reshape(-1) @ g.reshape(-1, h)
-        dz = ds[:, :, None] * p["a"] * np.where(z > 0, 1.0, slope).astype(z.dtype)  # keep float32 (BLAS)
-        dz_sum = dz.sum(axis=1)
-        grads["W_q"] = q.T @ dz_sum
-        dz2 = dz.reshape(-1, h)
-        grads["W_k"] = K.reshape(-1, K.shape[2]).T @ dz2
-        grads["W_e"] = feats.reshape(-1, feats.shape[2]).T @ dz2
-        grads["b"] = dz_sum.sum(axis=0)
-        grads["query"] = dz_sum @ p["W_q"].T
-        dK = dz @ p["W_k"].T
+            dagg = grad_out.astype(f8)
+        kt, vt, ids = self._tables(batch)
+        wq, we = p["W_q"].astype(f8), p["W_e"].astype(f8)
+        wk = np.ascontiguousarray(p["W_k"], dtype=f8)
+        wkt = np.ascontiguousarray(wk.T)
+        bias, att, slope = p["b"].astype(f8), p["a"].astype(f8), float(self.negative_slope)
+        q = batch.query
+        B, n = ids.shape
+        parts = run_row_chunks(
+            lambda lo, hi: edge_backward_kernel(
+                q[lo:hi], kt, vt, ids[lo:hi], feats[lo:hi], wq, wkt, wk, we, bias, att, slope, w[lo:hi],
+                dagg[lo:hi],
+            ),
+            B,
+            2.0 * B * n * (self.dim * self.hidden + vt.shape[1]),
+        )
+        dq = np.concatenate([r[0] for r in parts])
+        dK = np.concatenate([r[1] for r in parts])
+        dV = np.concatenate([r[2] for r in parts])
+        for k, idx in (("W_q", 3), ("W_k", 4), ("W_e", 5), ("b", 6), ("a", 7)):
+            grads[k] = sum(r[idx] for r in parts[1:]) + parts[0][idx]
+        grads["query"] = dq
         if batch.ids is not None:
-            grads["keys"] = scatter_add_rows(np.ascontiguousarray(dK), ids, batch.keys.shape[0])
-            grads["values"] = scatter_add_rows(np.ascontiguousarray(dV), ids, batch.values.shape[0])
+            grads["keys"] = scatter_add_rows(dK, ids, batch.keys.shape[0])
+            grads["values"] = scatter_add_rows(dV, ids, batch.values.shape[0])
         else:
             grads["keys"] = dK
             grads["values"] = dV

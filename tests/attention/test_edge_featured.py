@@ -288,8 +288,12 @@ def test_threaded_row_chunks_equal_single_thread():
     try:
         _threads.set_num_threads(2)
         many = att.forward(q, table, table, None, ctx, ids=ids)
+        g_many = att.backward(np.ones_like(many))
         _threads.set_num_threads(1)
         one = att.forward(q, table, table, None, ctx, ids=ids)
+        g_one = att.backward(np.ones_like(one))
     finally:
         _threads.set_num_threads(old)
     np.testing.assert_array_equal(many, one)
+    for k in g_one:  # param grads are summed over chunks: equal up to rounding
+        np.testing.assert_allclose(g_many[k], g_one[k], rtol=1e-4, atol=1e-5, err_msg=k)
