@@ -124,8 +124,8 @@ def as_ids(
     return out
 
 
-def check_positive_int(value: Any, name: str) -> int:
-    """Return ``value`` as an int if it is an integer >= 1, else raise InvalidInputError."""
+def check_positive_int(value: Any, name: str, error: type[InvalidInputError] = InvalidInputError) -> int:
+    """Return ``value`` as an int if it is an integer >= 1, else raise ``error`` (InvalidInputError)."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise InvalidInputError(f"{name}: expected an integer >= 1, got {value!r}")
+        raise error(f"{name}: expected an integer >= 1, got {value!r}")
     return int(value)

@@ -106,16 +106,15 @@ class AttentionSearch:
             raise ConfigError(f"unknown mechanism {mechanism!r}; choose one of {sorted(names)}")
         self.index = index
         self.mechanism_name = mechanism
-        self.candidates = check_positive_int(candidates, "candidates")
-        self.expand = int(expand)
-        if self.expand < 0:
-            raise ConfigError(f"expand must be >= 0, got {expand!r}")
-        self.k_local = check_positive_int(k_local, "k_local")
+        self.candidates = candidates
+        self.expand = expand
+        self.k_local = check_positive_int(k_local, "k_local", ConfigError)
         if isinstance(k_global, bool) or not isinstance(k_global, int) or k_global < 0:
             raise ConfigError(f"k_global must be an integer >= 0, got {k_global!r}")
         self.k_global = k_global
         self.seed = int(seed)
-        self.latent_dim = min(index.dim, 64) if latent_dim is None else check_positive_int(latent_dim, "latent_dim")
+        self.latent_dim = (min(index.dim, 64) if latent_dim is None
+                           else check_positive_int(latent_dim, "latent_dim", ConfigError))
         self.num_threads = num_threads
         self.walk_top = 4
         self.mech_config = dict(mech_config)
@@ -146,6 +145,26 @@ class AttentionSearch:
             self._encoder = self._make_encoder(init=None)
 
     # ------------------------------------------------------------------ configuration
+    @property
+    def candidates(self) -> int:
+        """HNSW candidates re-scored per query (settable; the HNSW search runs at ``ef = C``)."""
+        return self._candidates
+
+    @candidates.setter
+    def candidates(self, value: int) -> None:
+        self._candidates = check_positive_int(value, "candidates", ConfigError)
+
+    @property
+    def expand(self) -> int:
+        """Rounds of candidate expansion (settable; 0 = re-rank the HNSW candidates only)."""
+        return self._expand
+
+    @expand.setter
+    def expand(self, value: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+            raise ConfigError(f"expand: expected an integer >= 0, got {value!r}")
+        self._expand = int(value)
+
     @property
     def num_threads(self) -> int:
         """Threads for numba kernels, FAISS and the index (applied to all three)."""
