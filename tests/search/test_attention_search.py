@@ -85,7 +85,7 @@ def test_k_larger_than_candidates_returns_hnsw_tail(index: HNSWIndex, data) -> N
 
 @pytest.fixture(scope="module")
 def trained(index: HNSWIndex, data) -> tuple[AttentionSearch, object]:
-    base, base_lab, tq, tq_lab, _, _ = data
+    _base, base_lab, tq, tq_lab, _, _ = data
     s = AttentionSearch(index, "local_global", candidates=40, expand=1, k_local=8, k_global=4, seed=0)
     history = s.fit(tq, labels=base_lab, query_labels=tq_lab, epochs=3, batch_size=64, val_fraction=0.2)
     return s, history
@@ -113,7 +113,7 @@ def test_expansion_reaches_beyond_the_candidates(trained, index: HNSWIndex, data
 
 
 def test_same_seed_same_model(index: HNSWIndex, data) -> None:
-    base, base_lab, tq, tq_lab, eq, _ = data
+    _base, base_lab, tq, tq_lab, eq, _ = data
     outs = []
     for _ in range(2):
         s = AttentionSearch(index, "scaled_dot", candidates=30, k_local=8, k_global=4, seed=5)
@@ -149,7 +149,7 @@ def test_save_load_roundtrip_and_corruption(trained, index: HNSWIndex, data, tmp
 
 
 def test_added_items_get_codes_incrementally(data) -> None:
-    base, base_lab, tq, tq_lab, eq, _ = data
+    base, base_lab, tq, tq_lab, _eq, _ = data
     idx = HNSWIndex(DIM, M=8, ef_construction=80, seed=1)
     idx.add(base[:1000])
     s = AttentionSearch(idx, "scaled_dot", candidates=30, k_local=8, k_global=4, seed=0)
@@ -206,7 +206,7 @@ def test_concurrent_search_matches_serial(trained, data) -> None:
 
 
 def test_bad_input(index: HNSWIndex, data) -> None:
-    base, base_lab, tq, tq_lab, eq, _ = data
+    _base, base_lab, tq, tq_lab, eq, _ = data
     with pytest.raises(ConfigError, match="unknown mechanism"):
         AttentionSearch(index, "nope")
     with pytest.raises(ConfigError):
@@ -234,7 +234,7 @@ def test_bad_input(index: HNSWIndex, data) -> None:
 
 
 def test_fit_with_explicit_positives(index: HNSWIndex, data) -> None:
-    base, base_lab, tq, tq_lab, eq, eq_lab = data
+    _base, base_lab, tq, tq_lab, _eq, _eq_lab = data
     pos = np.full((100, 50), -1, dtype=np.int64)
     for i, lab in enumerate(tq_lab[:100]):
         rows = np.flatnonzero(base_lab == lab)[:50]
