@@ -106,6 +106,8 @@ class HyperbolicAttention(AttentionMechanism):
             raise ConfigError(f"output must be 'ball' or 'tangent', got {output!r}")
         self.input_map = input_map
         self.output = output
+        self.temperature = tau  # initial values (the learned ones are params)
+        self.input_scale = sigma
         self._params = {
             "log_temperature": np.array([math.log(tau)], dtype=self.dtype),
             "log_scale": np.array([math.log(sigma)], dtype=self.dtype),
@@ -118,7 +120,8 @@ class HyperbolicAttention(AttentionMechanism):
 
     def get_config(self) -> dict[str, Any]:
         cfg = super().get_config()
-        cfg.update(curvature=self.curvature, eps=self.eps, input_map=self.input_map, output=self.output)
+        cfg.update(curvature=self.curvature, eps=self.eps, temperature=self.temperature,
+                   input_scale=self.input_scale, input_map=self.input_map, output=self.output)
         return cfg
 
     # -- compute -------------------------------------------------------------------------------

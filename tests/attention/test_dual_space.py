@@ -267,3 +267,10 @@ def test_restored_projection_is_not_overwritten_by_pca():
     att.set_params({"P": trained})  # e.g. loaded from a checkpoint
     att.forward(rng.standard_normal((2, D)), db, db, ids=np.array([[0, 1, 2, -1, 3], [4, 5, 6, 7, 8]]))
     np.testing.assert_array_equal(att.params["P"], trained)
+
+
+def test_config_round_trip():
+    a, db, q, K, V, mask = make(11)
+    b = DualSpaceAttention(**a.get_config(), database=db)
+    b.set_params({k: v for k, v in a.params.items()})
+    np.testing.assert_array_equal(a.forward(q, K, V, mask), b.forward(q, K, V, mask))

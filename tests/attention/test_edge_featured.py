@@ -297,3 +297,10 @@ def test_threaded_row_chunks_equal_single_thread():
     np.testing.assert_array_equal(many, one)
     for k in g_one:  # param grads are summed over chunks: equal up to rounding
         np.testing.assert_allclose(g_many[k], g_one[k], rtol=1e-4, atol=1e-5, err_msg=k)
+
+
+def test_config_round_trip():
+    q, K, V, mask, ctx = make_inputs(10)
+    a = EdgeFeaturedAttention(D, hidden=3, negative_slope=0.1, seed=4)
+    b = EdgeFeaturedAttention(**a.get_config())
+    np.testing.assert_array_equal(a.forward(q, K, V, mask, ctx), b.forward(q, K, V, mask, ctx))

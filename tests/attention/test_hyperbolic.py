@@ -294,3 +294,10 @@ def test_expmap_tangent_output_is_weighted_mean_of_values():
     out = att.forward(q, K, V, mask)
     w = att.weights(q, K, mask)
     np.testing.assert_allclose(out, np.einsum("bn,bnv->bv", w, V), rtol=1e-10, atol=1e-12)
+
+
+def test_config_round_trip():
+    q, K, V, mask = make_inputs(10)
+    a = HyperbolicAttention(D, curvature=-2.0, temperature=0.4, input_scale=0.3, input_map="expmap", seed=1)
+    b = HyperbolicAttention(**a.get_config())
+    np.testing.assert_array_equal(a.forward(q, K, V, mask), b.forward(q, K, V, mask))

@@ -252,3 +252,10 @@ def test_identical_keys_give_uniform_weights():
     att = MoEAttention(D, seed=0)
     w = att.weights(q, K, None, ctx)
     np.testing.assert_allclose(w, 1 / N, rtol=1e-6)
+
+
+def test_config_round_trip():
+    q, K, V, mask, ctx = make_inputs(10)
+    a = MoEAttention(D, top_k=3, aux_weight=0.1, expert_config={"structural": {"hidden": 3}}, seed=4)
+    b = MoEAttention(**a.get_config())
+    np.testing.assert_array_equal(a.forward(q, K, V, mask, ctx), b.forward(q, K, V, mask, ctx))
