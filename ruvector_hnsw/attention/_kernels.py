@@ -93,18 +93,18 @@ def mq_weights(Q, T, ids, mask, scale):  # pragma: no cover
 
 
 @njit(cache=True, nogil=True, fastmath=_FM)
-def mq_backward(Q, T, Vt, ids, vids, mask, W, dR, scale, n_rows, v_rows):  # pragma: no cover
+def mq_backward(Q, T, Vt, ids, vids, mask, W, dR, scale, n_rows, v_rows, need_table_grads):  # pragma: no cover
     """Gradients of :func:`mq_forward` given ``dR (B, H, dv)``.
 
     Returns ``dQ (B, H, d)``, ``dT (n_rows, d)`` (scatter-added over ``ids``) and
-    ``dV (v_rows, dv)`` (over ``vids``).
+    ``dV (v_rows, dv)`` (over ``vids``); both zero-size when ``need_table_grads`` is False.
     """
     B, H, d = Q.shape
     n = ids.shape[1]
     dv = Vt.shape[1]
     dQ = np.zeros((B, H, d), dtype=Q.dtype)
-    dT = np.zeros((n_rows, d), dtype=Q.dtype)
-    dV = np.zeros((v_rows, dv), dtype=Q.dtype)
+    dT = np.zeros((n_rows if need_table_grads else 0, d), dtype=Q.dtype)
+    dV = np.zeros((v_rows if need_table_grads else 0, dv), dtype=Q.dtype)
     dw = np.empty((H, n), dtype=np.float64)
     c = np.empty(H, dtype=np.float64)
     acc = np.empty((H, d), dtype=np.float64)
@@ -129,10 +129,11 @@ def mq_backward(Q, T, Vt, ids, vids, mask, W, dR, scale, n_rows, v_rows):  # pra
                     ds = scale * w * (dw[h, j] - c[h])
                     for k in range(d):
                         acc[h, k] += ds * kr[k]
-                    for k in range(d):
-                        dT[r, k] += ds * Q[b, h, k]
-                    for k in range(dv):
-                        dV[rv, k] += w * dR[b, h, k]
+                    if need_table_grads:
+                        for k in range(d):
+                            dT[r, k] += ds * Q[b, h, k]
+                        for k in range(dv):
+                            dV[rv, k] += w * dR[b, h, k]
         for h in range(H):
             for k in range(d):
                 dQ[b, h, k] = acc[h, k]
@@ -572,7 +573,7 @@ def favor_forward(X, T, Vt, ids, mask, Wf, c, need_weights):  # pragma: no cover
 
 
 @njit(cache=True, nogil=True, fastmath=_FM)
-def favor_backward(X, T, Vt, ids, mask, Wf, c, G, n_rows):  # pragma: no cover
+def favor_backward(X, T, Vt, ids, mask, Wf, c, G, n_rows, need_table_grads):  # pragma: no cover
     """Gradients of :func:`favor_forward` (recomputed, nothing cached) given ``G (B, dv)``.
 
     Returns ``dX (B, d)`` (w.r.t. the scaled query), ``dK (n_rows, d)`` (w.r.t. the raw key
@@ -583,8 +584,9 @@ def favor_backward(X, T, Vt, ids, mask, Wf, c, G, n_rows):  # pragma: no cover
     m = Wf.shape[0]
     dv = Vt.shape[1]
     dX = np.zeros((B, d), dtype=X.dtype)
-    dK = np.zeros((n_rows, d), dtype=X.dtype)
-    dV = np.zeros((n_rows, dv), dtype=X.dtype)
+    rows = n_rows if need_table_grads else 0
+    dK = np.zeros((rows, d), dtype=X.dtype)
+    dV = np.zeros((rows, dv), dtype=X.dtype)
     a = np.empty(m, dtype=np.float64)
     e = np.empty((m, n), dtype=np.float64)
     wj = np.empty(n, dtype=np.float64)
@@ -615,8 +617,9 @@ def favor_backward(X, T, Vt, ids, mask, Wf, c, G, n_rows):  # pragma: no cover
                 t[j] = tj
                 w = wj[j] * inv
                 tbar += w * tj
-                for k in range(dv):
-                    dV[r, k] += w * G[b, k]
+                if need_table_grads:
+                    for k in range(dv):
+                        dV[r, k] += w * G[b, k]
         da[:] = 0.0
         for j in range(n):
             if mask[b, j]:
@@ -628,10 +631,12 @@ def favor_backward(X, T, Vt, ids, mask, Wf, c, G, n_rows):  # pragma: no cover
                     x = e[i, j] * inv * (t[j] - tbar)  # d loss / d e_ij
                     da[i] += x
                     csum += x
+                    if need_table_grads:
+                        for k in range(d):
+                            gy[k] += x * Wf[i, k]
+                if need_table_grads:
                     for k in range(d):
-                        gy[k] += x * Wf[i, k]
-                for k in range(d):
-                    dK[r, k] += c * gy[k] - csum * c * c * kr[k]
+                        dK[r, k] += c * gy[k] - csum * c * c * kr[k]
         gx[:] = 0.0
         for i in range(m):
             x = da[i]

@@ -414,6 +414,8 @@ class AttentionMechanism(ABC):
         self.seed = None if seed is None else int(seed)
         self._params: dict[str, np.ndarray] = {}
         self._last: _LastCall | None = None
+        #: read by ``_backward``: False when the caller asked for no keys/values gradients
+        self._input_grads = True
 
     # -- overridable description ---------------------------------------------------------------
     def required_context(self) -> tuple[str, ...]:
@@ -510,14 +512,22 @@ class AttentionMechanism(ABC):
         w = self._weights(batch)
         return w[0] if batch.unbatched else w
 
-    def backward(self, grad_out: Any) -> dict[str, np.ndarray]:
+    def backward(self, grad_out: Any, *, input_grads: bool = True) -> dict[str, np.ndarray]:
         """Gradients of ``sum(grad_out * out)`` for the last :meth:`forward` call.
+
+        Parameters
+        ----------
+        grad_out : array shaped like the last output
+        input_grads : bool, default True
+            False skips the ``"keys"``/``"values"`` gradients (e.g. when only the params are
+            trained; in the gather form this avoids building two table-sized arrays).
 
         Returns
         -------
         dict
             One entry per param (same shape as the param) plus ``"query"``, ``"keys"`` and
-            ``"values"`` shaped like the inputs of the last forward (tables in the gather form).
+            ``"values"`` shaped like the inputs of the last forward (tables in the gather form);
+            without ``"keys"``/``"values"`` when ``input_grads`` is False.
         """
         if self._last is None:
             raise NotFittedError(f"{self.name}.backward called before forward")
@@ -528,8 +538,15 @@ class AttentionMechanism(ABC):
             raise ShapeMismatchError(f"grad_out must have the forward output shape {want}, got {g.shape}")
         if last.unbatched:
             g = g[None]
-        grads = self._backward(np.ascontiguousarray(g), last.cache)
-        if last.scatter_ids is not None:
+        self._input_grads = bool(input_grads)
+        try:
+            grads = self._backward(np.ascontiguousarray(g), last.cache)
+        finally:
+            self._input_grads = True
+        if not input_grads:
+            grads.pop("keys", None)
+            grads.pop("values", None)
+        elif last.scatter_ids is not None:
             from ruvector_hnsw.attention._gather_kernels import scatter_add_rows
 
             grads["keys"] = scatter_add_rows(
@@ -540,7 +557,7 @@ class AttentionMechanism(ABC):
             )
         if last.unbatched:
             grads["query"] = grads["query"][0]
-            if last.scatter_ids is None and grads["keys"].ndim == 3:
+            if input_grads and last.scatter_ids is None and grads["keys"].ndim == 3:
                 grads["keys"] = grads["keys"][0]
                 grads["values"] = grads["values"][0]
         return grads
@@ -569,6 +586,14 @@ class AttentionMechanism(ABC):
                     self.backward(np.ones_like(out))
         finally:
             self._last = saved
+
+    def _input_grad_entries(
+        self, batch: AttentionBatch, d_keys: np.ndarray, d_values: np.ndarray
+    ) -> dict[str, np.ndarray]:
+        """``{"keys", "values"}`` from table-form gradients, or ``{}`` when not requested."""
+        if not self._input_grads:
+            return {}
+        return {"keys": batch.table_grad_to_input(d_keys), "values": batch.table_grad_to_input(d_values)}
 
     def _raise_nonfinite_rows(self) -> None:
         """Raise the NonFiniteError of a kernel that met NaN/inf in the rows it read."""

@@ -87,13 +87,14 @@ class FlashAttention(AttentionMechanism):
         Q = batch.query[:, None, :]
         W = weights_from_lse(batch.query, T, ids, batch.mask, self.scale, lse)
         dQ, dT, dV = mq_backward(
-            Q, T, Vt, ids, ids, batch.mask, W, grad_out[:, None, :], self.scale, T.shape[0], Vt.shape[0]
+            Q, T, Vt, ids, ids, batch.mask, W, grad_out[:, None, :], self.scale, T.shape[0], Vt.shape[0],
+            self._input_grads,
         )
-        return {
-            "query": dQ[:, 0, :],
-            "keys": batch.table_grad_to_input(dT),
-            "values": batch.table_grad_to_input(dV),
-        }
+        grads = {"query": dQ[:, 0, :]}
+        if self._input_grads:
+            grads["keys"] = batch.table_grad_to_input(dT)
+            grads["values"] = batch.table_grad_to_input(dV)
+        return grads
 
     # ------------------------------------------------------------------------------------------
     def attend_all(

@@ -128,9 +128,10 @@ class LinearAttention(AttentionMechanism):
         batch, X = cache
         T, Vt, ids = batch.table_form()
         c = self.input_scale
-        dX, dK, dV = favor_backward(X, T, Vt, ids, batch.mask, self.features, c, grad_out, T.shape[0])
+        dX, dK, dV = favor_backward(
+            X, T, Vt, ids, batch.mask, self.features, c, grad_out, T.shape[0], self._input_grads
+        )
         return {
             "query": np.ascontiguousarray(dX * c, dtype=self.dtype),
-            "keys": batch.table_grad_to_input(dK),
-            "values": batch.table_grad_to_input(dV),
+            **self._input_grad_entries(batch, dK, dV),
         }

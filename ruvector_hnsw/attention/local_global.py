@@ -236,7 +236,8 @@ class LocalGlobalAttention(AttentionMechanism):
         dR[:, 0] = geff[:, None] * grad_out + dz[:, None] * w[None, :dv]
         dR[:, 1] = (1.0 - geff[:, None]) * grad_out + dz[:, None] * w[None, dv : 2 * dv]
         dQt, dT, dV = grouped_backward(
-            Qt, T, Vt, ids, group, W, np.ascontiguousarray(dR, dtype=self.dtype), self.scale, T.shape[0], True
+            Qt, T, Vt, ids, group, W, np.ascontiguousarray(dR, dtype=self.dtype), self.scale, T.shape[0],
+            self._input_grads,
         )
         dt = self.dtype
         dq = dz[:, None] * w[None, 2 * dv :] + dQt[:, 0] @ p["W_local"] + dQt[:, 1] @ p["W_global"]
@@ -246,8 +247,7 @@ class LocalGlobalAttention(AttentionMechanism):
             "w_gate": np.ascontiguousarray(np.concatenate([dz @ o_l, dz @ o_g, dz @ q]), dtype=dt),
             "b_gate": np.array([dz.sum()], dtype=dt),
             "query": np.ascontiguousarray(dq, dtype=dt),
-            "keys": batch.table_grad_to_input(dT),
-            "values": batch.table_grad_to_input(dV),
+            **self._input_grad_entries(batch, dT, dV),
         }
 
 

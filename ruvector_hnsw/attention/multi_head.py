@@ -163,7 +163,9 @@ class MultiHeadAttention(AttentionMechanism):
             sl = slice(i * e, (i + 1) * e)
             dWv[:, sl] = R[:, i, :].T @ dO[:, sl]
             dR[:, i, :] = dO[:, sl] @ Wv[:, sl].T
-        dQt, dT, dV = mq_backward(Qt, T, Vt, ids, ids, batch.mask, W, dR, self.scale, T.shape[0], Vt.shape[0])
+        dQt, dT, dV = mq_backward(
+            Qt, T, Vt, ids, ids, batch.mask, W, dR, self.scale, T.shape[0], Vt.shape[0], self._input_grads
+        )
         dqp_flat = np.empty((B, h * e), dtype=dQt.dtype)
         dWk = np.empty_like(Wk)
         for i in range(h):
@@ -177,6 +179,5 @@ class MultiHeadAttention(AttentionMechanism):
             "W_v": np.ascontiguousarray(dWv, dtype=dt),
             "W_o": np.ascontiguousarray(dW_o, dtype=dt),
             "query": np.ascontiguousarray(dqp_flat @ p["W_q"].T, dtype=dt),
-            "keys": batch.table_grad_to_input(dT),
-            "values": batch.table_grad_to_input(dV),
+            **self._input_grad_entries(batch, dT, dV),
         }

@@ -9,7 +9,7 @@ import numpy as np
 from ruvector_hnsw.attention._kernels import mq_backward, rope_apply, rope_forward, rope_unapply_scatter
 from ruvector_hnsw.attention._ops import mq_attn_weights
 from ruvector_hnsw.attention._threads import run_row_chunks
-from ruvector_hnsw.attention.base import AttentionBatch, AttentionMechanism, check_positive_float
+from ruvector_hnsw.attention.base import AttentionBatch, AttentionMechanism, check_positive_float, dense_ids
 from ruvector_hnsw.errors import ConfigError
 
 __all__ = ["RoPEAttention"]
@@ -135,7 +135,7 @@ class RoPEAttention(AttentionMechanism):
     def _weights(self, batch: AttentionBatch) -> np.ndarray:
         B, n = batch.mask.shape
         Kr = self.rotated_keys(batch)
-        kid = np.arange(B * n, dtype=np.int64).reshape(B, n)
+        kid = dense_ids(B, n)
         W, ok = mq_attn_weights(batch.query[:, None, :], Kr.reshape(B * n, self.dim), kid, batch.mask, self.scale)
         if not ok:
             self._raise_nonfinite_rows()
@@ -147,17 +147,17 @@ class RoPEAttention(AttentionMechanism):
         assert Vt is not None
         B, n = batch.mask.shape
         Kr = self._rotate(batch, pos)
-        kid = np.arange(B * n, dtype=np.int64).reshape(B, n)
+        tg = self._input_grads
         dQ, dKr, dV = mq_backward(
-            batch.query[:, None, :], Kr.reshape(B * n, self.dim), Vt, kid, ids, batch.mask, W,
-            grad_out[:, None, :], self.scale, B * n, Vt.shape[0],
+            batch.query[:, None, :], Kr.reshape(B * n, self.dim), Vt, dense_ids(B, n), ids, batch.mask, W,
+            grad_out[:, None, :], self.scale, B * n, Vt.shape[0], tg,
         )
-        dK = np.zeros_like(T)
-        dKr3 = dKr.reshape(B, n, self.dim)
-        for lo, cs, sn in self._trig_chunks(pos):
-            rope_unapply_scatter(dKr3, ids, batch.mask, cs, sn, dK, lo)
-        return {
-            "query": dQ[:, 0, :],
-            "keys": batch.table_grad_to_input(dK),
-            "values": batch.table_grad_to_input(dV),
-        }
+        grads = {"query": dQ[:, 0, :]}
+        if tg:
+            dK = np.zeros_like(T)
+            dKr3 = dKr.reshape(B, n, self.dim)
+            for lo, cs, sn in self._trig_chunks(pos):
+                rope_unapply_scatter(dKr3, ids, batch.mask, cs, sn, dK, lo)
+            grads["keys"] = batch.table_grad_to_input(dK)
+            grads["values"] = batch.table_grad_to_input(dV)
+        return grads

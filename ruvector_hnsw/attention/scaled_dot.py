@@ -70,10 +70,10 @@ class ScaledDotAttention(AttentionMechanism):
         assert Vt is not None
         dQ, dT, dV = mq_backward(
             batch.query[:, None, :], T, Vt, ids, ids, batch.mask, W, grad_out[:, None, :], self.scale,
-            T.shape[0], Vt.shape[0],
+            T.shape[0], Vt.shape[0], self._input_grads,
         )
-        return {
-            "query": dQ[:, 0, :],
-            "keys": batch.table_grad_to_input(dT),
-            "values": batch.table_grad_to_input(dV),
-        }
+        grads = {"query": dQ[:, 0, :]}
+        if self._input_grads:
+            grads["keys"] = batch.table_grad_to_input(dT)
+            grads["values"] = batch.table_grad_to_input(dV)
+        return grads

@@ -341,3 +341,25 @@ def test_pickle_round_trip(name):
     with pytest.raises(NotFittedError):
         pickle.loads(pickle.dumps(att)).backward(out)
     assert clone.get_config() == att.get_config()
+
+
+@pytest.mark.parametrize("gather", [False, True])
+def test_backward_without_input_grads(name, gather):
+    rng = np.random.default_rng(2)
+    ctx = ref.make_context(B, N)
+    att = ref.make_mechanism(name, D, DV, dtype=np.float64)
+    q = rng.standard_normal((B, D))
+    if gather:
+        K, V, ids, mask = rng.standard_normal((9, D)), rng.standard_normal((9, DV)), rng.integers(-1, 9, (B, N)), None
+    else:
+        _, K, V, mask = _data()
+        ids = None
+    out = att.forward(q, K, V, mask, context=ctx, ids=ids)
+    G = rng.standard_normal(out.shape)
+    full = att.backward(G)
+    part = att.backward(G, input_grads=False)
+    assert set(part) == set(full) - {"keys", "values"}
+    for k in part:
+        np.testing.assert_allclose(part[k], full[k], rtol=1e-12, atol=1e-14)
+    again = att.backward(G)  # the flag does not stick
+    assert set(again) == set(full)
