@@ -53,7 +53,13 @@ from ruvector_hnsw.attention.base import (
     as_float_array,
     check_positive_int,
 )
-from ruvector_hnsw.errors import ConfigError, DimensionMismatchError, EmptyInputError, NotFittedError
+from ruvector_hnsw.errors import (
+    ConfigError,
+    DimensionMismatchError,
+    EmptyInputError,
+    NonFiniteError,
+    NotFittedError,
+)
 
 __all__ = ["DualSpaceAttention"]
 
@@ -297,7 +303,10 @@ class DualSpaceAttention(AttentionMechanism):
         X = db[np.maximum(lids, 0)] * lmask[:, :, None]  # (B, m, d)
         P = self._params["P"]
         Z = X @ P
-        og, gcache = self._graph._forward(batch)  # fused gather + softmax(q.k / sqrt(d)) v
+        try:
+            og, gcache = self._graph._forward(batch)  # fused gather + softmax(q.k / sqrt(d)) v
+        except NonFiniteError as exc:
+            raise NonFiniteError(f"{self.name}: keys/values rows referenced by ids contain NaN or infinity") from exc
         zq = q @ P
         wl = masked_softmax(self._latent_scores(zq, Z), lmask)
         ol = np.matmul(wl[:, None, :], X)[:, 0, :]

@@ -98,6 +98,9 @@ class MoEAttention(AttentionMechanism):
 
     name = "moe"
     fused_gather = True
+    #: every expert's kernel flags NaN/inf in the table rows it reads (rows no selected expert
+    #: reads cannot change the output and are not scanned)
+    checks_table_rows = True
 
     def __init__(
         self,

@@ -274,3 +274,18 @@ def test_config_round_trip():
     b = DualSpaceAttention(**a.get_config(), database=db)
     b.set_params({k: v for k, v in a.params.items()})
     np.testing.assert_array_equal(a.forward(q, K, V, mask), b.forward(q, K, V, mask))
+
+
+def test_nonfinite_rows_raise():
+    from ruvector_hnsw.errors import NonFiniteError
+
+    att, db, q, _, _, _ = make(12)
+    table = db.copy()
+    table[-1] = np.inf
+    ids = np.tile(np.arange(N), (B, 1))
+    with pytest.raises(NonFiniteError, match="dual_space"):
+        att.forward(q, table, table, ids=np.where(ids == 0, NDB - 1, ids))
+    auto = DualSpaceAttention(D, k_latent=4, latent_dim=3)
+    with pytest.raises(NonFiniteError):
+        auto.forward(q, table, table, ids=ids)  # adopting a table with inf rows
+    assert auto.database is None

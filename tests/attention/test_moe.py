@@ -259,3 +259,18 @@ def test_config_round_trip():
     a = MoEAttention(D, top_k=3, aux_weight=0.1, expert_config={"structural": {"hidden": 3}}, seed=4)
     b = MoEAttention(**a.get_config())
     np.testing.assert_array_equal(a.forward(q, K, V, mask, ctx), b.forward(q, K, V, mask, ctx))
+
+
+def test_nonfinite_referenced_rows_raise():
+    from ruvector_hnsw.errors import NonFiniteError
+
+    rng = np.random.default_rng(0)
+    table = rng.standard_normal((12, D))
+    table[11] = np.nan  # never referenced
+    ids = rng.integers(0, 11, (B, N))
+    q, _, _, _, ctx = make_inputs(0)
+    att = MoEAttention(D, top_k=4, seed=0)
+    assert np.isfinite(att.forward(q, table, table, None, ctx, ids=ids)).all()
+    ids[2, 0] = 11
+    with pytest.raises(NonFiniteError):
+        att.forward(q, table, table, None, ctx, ids=ids)
