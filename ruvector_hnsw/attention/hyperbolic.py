@@ -55,7 +55,8 @@ class HyperbolicAttention(AttentionMechanism):
     curvature : float
         Curvature ``c < 0`` of the ball (default ``-1.0``).
     eps : float
-        Relative margin kept from the boundary, ``0 < eps < 0.5`` (default ``1e-5``).
+        Relative margin kept from the boundary, ``0 < eps < 0.5`` (default ``1e-5``; at least
+        ``1e-6`` with float32, so that rounding the output cannot reach the boundary).
     temperature : float
         Initial temperature ``tau > 0`` (learned as ``log_temperature``).
     input_scale : float
@@ -98,6 +99,9 @@ class HyperbolicAttention(AttentionMechanism):
         self.eps = check_positive_float(eps, "eps")
         if self.eps >= 0.5:
             raise ConfigError(f"eps must be < 0.5, got {self.eps}")
+        if self.dtype == np.float32 and self.eps < 1e-6:
+            # float32 rounding of the output (relative 6e-8) must not reach the boundary
+            raise ConfigError(f"eps must be >= 1e-6 with dtype float32, got {self.eps}")
         tau = check_positive_float(temperature, "temperature")
         sigma = check_positive_float(input_scale, "input_scale")
         if input_map not in ("project", "expmap"):

@@ -214,7 +214,7 @@ def test_unbatched_fully_masked_and_uniform():
 
 
 def test_config_and_shape_errors():
-    for bad in ({"curvature": 0.0}, {"curvature": 1.0}, {"curvature": "x"}, {"eps": 0.0}, {"eps": 0.7},
+    for bad in ({"curvature": 0.0}, {"curvature": 1.0}, {"curvature": "x"}, {"eps": 0.0}, {"eps": 0.7}, {"eps": 1e-8},
                 {"temperature": -1.0}, {"input_scale": 0.0}, {"input_map": "foo"}, {"output": "klein"}):
         with pytest.raises(ConfigError):
             HyperbolicAttention(D, **bad)
