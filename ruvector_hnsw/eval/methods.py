@@ -63,6 +63,7 @@ from ruvector_hnsw.errors import (
 )
 from ruvector_hnsw.eval.metrics import METRICS_ALIASES
 from ruvector_hnsw.eval.timing import available_threads
+from ruvector_hnsw.search.expansion import expand_vectors
 
 __all__ = [
     "DEFAULT_ALPHA_QE",
@@ -300,61 +301,6 @@ def make_hnsw(
 # --------------------------------------------------------------------------------------------
 # weighted averaging shared by alpha-QE and DBA
 # --------------------------------------------------------------------------------------------
-
-
-def _unit(x: npt.NDArray[np.float64], axis: int = -1) -> npt.NDArray[np.float64]:
-    n = np.linalg.norm(x, axis=axis, keepdims=True)
-    return np.asarray(x / np.maximum(n, 1e-12), dtype=np.float64)
-
-
-def expand_vectors(
-    v: Any, neigh: Any, mask: Any, *, alpha: float, metric: str
-) -> F32:
-    """Weighted average of each vector with its neighbours (alpha-QE / DBA rule).
-
-    Parameters
-    ----------
-    v : array_like, shape (B, d)
-        Vectors to expand (queries, or database items for DBA).
-    neigh : array_like, shape (B, n, d)
-        Their top-n neighbours' vectors.
-    mask : array_like of bool, shape (B, n)
-        Valid neighbours (False for padding).
-    alpha : float
-        Exponent of the similarity weights ``w_j = max(cos(v, x_j), 0) ** alpha``
-        (``alpha = 0`` gives plain averaging of the positively similar neighbours).
-    metric : {"l2", "ip", "cosine"}
-        Selects the normalisation described in the module docstring.
-
-    Returns
-    -------
-    numpy.ndarray of float32, shape (B, d)
-    """
-    metric = METRICS_ALIASES.get(str(metric).lower(), "")
-    if not metric:
-        raise ConfigError(f"unknown metric {metric!r}")
-    if alpha < 0 or not np.isfinite(alpha):
-        raise ConfigError(f"alpha must be a finite number >= 0, got {alpha!r}")
-    vv = np.asarray(v, dtype=np.float64)
-    xx = np.asarray(neigh, dtype=np.float64)
-    m = np.asarray(mask, dtype=bool)
-    if xx.ndim != 3 or xx.shape[0] != vv.shape[0] or xx.shape[2] != vv.shape[1] or m.shape != xx.shape[:2]:
-        raise ShapeMismatchError(
-            f"expand_vectors: v {vv.shape}, neigh {xx.shape} and mask {m.shape} do not agree"
-        )
-    vu = _unit(vv)
-    xu = _unit(xx)
-    s = np.einsum("bd,bnd->bn", vu, xu)
-    w = np.where(m, np.maximum(s, 0.0), 0.0)
-    w = w**alpha if alpha != 0 else (w > 0).astype(np.float64)
-    w = np.where(m, w, 0.0)
-    if metric == "l2":
-        out = (vv + np.einsum("bn,bnd->bd", w, xx)) / (1.0 + w.sum(axis=1, keepdims=True))
-    else:
-        out = _unit(vu + np.einsum("bn,bnd->bd", w, xu))
-        if metric == "ip":
-            out = out * np.linalg.norm(vv, axis=1, keepdims=True)
-    return np.ascontiguousarray(out, dtype=np.float32)
 
 
 class _VectorLookup:

@@ -38,6 +38,7 @@ from ruvector_hnsw.index import HNSWGraph, HNSWIndex, LatentIndex
 from ruvector_hnsw.index._rwlock import RWLock
 from ruvector_hnsw.search import _kernels
 from ruvector_hnsw.search._encoder import ContextEncoder
+from ruvector_hnsw.search.expansion import expand_vectors
 from ruvector_hnsw.training.checkpoint import load_checkpoint, save_checkpoint
 from ruvector_hnsw.training.trainer import TrainingHistory
 
@@ -133,11 +134,11 @@ class AttentionSearch:
         self._nb_mask: np.ndarray = np.zeros((0, 0), dtype=bool)
         self._codes: np.ndarray = np.zeros((0, self.latent_dim), dtype=np.float32)
         self._latent: LatentIndex | None = None
-        self._qe_n, self._qe_alpha = 5, 3.0
+        self._qe_n, self._qe_alpha = 10, 3.0
         self._fitted = False
         self._encoder: ContextEncoder | None = None
         if mechanism in TRAINING_FREE:
-            self._qe_n = int(self.mech_config.pop("n", 5))
+            self._qe_n = int(self.mech_config.pop("n", 10))
             self._qe_alpha = float(self.mech_config.pop("alpha", 3.0))
             if self.mech_config:
                 raise ConfigError(f"{mechanism} takes only n and alpha, got {sorted(self.mech_config)}")
@@ -445,11 +446,10 @@ class AttentionSearch:
         hn_pos, _ = self._hnsw(q, max(C, k), g)
         if self.mechanism_name == "alpha_qe":
             top = hn_pos[:, : self._qe_n]
-            q2 = _expand(qv, vectors, top, self._qe_alpha, self.index.space)
-            if self.index.space == "l2":  # keep the query's scale for squared L2
-                q2 = q2 * np.linalg.norm(qv, axis=1, keepdims=True)
+            q2 = expand_vectors(qv, vectors[np.maximum(top, 0)], top >= 0, alpha=self._qe_alpha,
+                                metric=self.index.space)
             hn_pos, _ = self._hnsw(q2, max(C, k), g)
-            qv = np.ascontiguousarray(q2, dtype=np.float32)
+            qv = q2
         pool = hn_pos[:, :C]
         B, P = pool.shape
         scores = np.empty((B, P), dtype=np.float32)
@@ -471,10 +471,8 @@ class AttentionSearch:
         if cached is not None and cached[0] is g:
             return np.asarray(cached[1])
         top = self._nb_pos[:, : self._qe_n]
-        vec = _expand(g.vectors, g.vectors, top, self._qe_alpha, self.index.space)
-        if self.index.space == "l2":
-            vec = vec * np.linalg.norm(g.vectors, axis=1, keepdims=True)
-        vec = np.ascontiguousarray(vec, dtype=np.float32)
+        vec = expand_vectors(g.vectors, g.vectors[np.maximum(top, 0)], top >= 0, alpha=self._qe_alpha,
+                             metric=self.index.space)
         self._dba_cache = (g, vec)
         return vec
 
@@ -640,18 +638,6 @@ def _jsonable_config(cfg: dict[str, Any]) -> dict[str, Any]:
             v = v.item()
         out[k] = v
     return out
-
-
-def _expand(queries: np.ndarray, vectors: np.ndarray, top: np.ndarray, alpha: float, space: str) -> np.ndarray:
-    """alpha-QE / DBA: ``normalize(x + sum_j max(s_j, 0)^alpha x_j)`` with cosine similarities s_j."""
-    def unit(a: np.ndarray) -> np.ndarray:
-        return a / (np.linalg.norm(a, axis=-1, keepdims=True) + 1e-12)
-
-    qn = unit(queries.astype(np.float64))
-    nbr = unit(vectors[np.maximum(top, 0)].astype(np.float64))
-    s = np.einsum("bd,bjd->bj", qn, nbr)
-    w = np.where(top >= 0, np.maximum(s, 0.0) ** alpha, 0.0)
-    return unit(qn + np.einsum("bj,bjd->bd", w, nbr)).astype(np.float32)
 
 
 def _positive_lists(g: HNSWGraph, nq: int, labels: Any, query_labels: Any, positives: Any) -> list[np.ndarray]:

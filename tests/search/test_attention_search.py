@@ -174,9 +174,9 @@ def test_training_free_alpha_qe_matches_numpy_reference(index: HNSWIndex, data) 
         return a / np.linalg.norm(a, axis=-1, keepdims=True)
 
     qn = unit(eq.astype(np.float64))
-    nb = unit(base[top].astype(np.float64))
-    w = np.maximum(np.einsum("bd,bjd->bj", qn, nb), 0) ** 3.0
-    q2 = unit(qn + np.einsum("bj,bjd->bd", w, nb)) * np.linalg.norm(eq, axis=1, keepdims=True)
+    nb = base[top].astype(np.float64)
+    w = np.maximum(np.einsum("bd,bjd->bj", qn, unit(nb)), 0) ** 3.0
+    q2 = (eq + np.einsum("bj,bjd->bd", w, nb)) / (1.0 + w.sum(axis=1, keepdims=True))  # l2: weighted mean
     ref, _ = index.search(q2.astype(np.float32), k=10, ef=30)
     np.testing.assert_array_equal(ids, ref)
 
