@@ -70,6 +70,7 @@ output width is not ``dv``, and ``get_config()`` to list its constructor argumen
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, ClassVar
@@ -206,19 +207,21 @@ def check_ids(ids: Any, shape_hint: tuple[int, ...] | None, n_rows: int) -> np.n
 
 
 _DENSE_IDS: dict[tuple[int, int], np.ndarray] = {}
+_DENSE_IDS_LOCK = threading.Lock()
 
 
 def dense_ids(B: int, n: int) -> np.ndarray:
     """Read-only ``(B, n)`` int64 array ``b*n + j`` (cached per shape: kernels see dense arrays as tables)."""
     key = (int(B), int(n))
-    arr = _DENSE_IDS.get(key)
-    if arr is None:
-        if len(_DENSE_IDS) >= 16:
-            _DENSE_IDS.pop(next(iter(_DENSE_IDS)))
-        arr = np.arange(B * n, dtype=np.int64).reshape(B, n)
-        arr.flags.writeable = False
-        _DENSE_IDS[key] = arr
-    return arr
+    with _DENSE_IDS_LOCK:
+        arr = _DENSE_IDS.get(key)
+        if arr is None:
+            if len(_DENSE_IDS) >= 16:
+                _DENSE_IDS.pop(next(iter(_DENSE_IDS)))
+            arr = np.arange(B * n, dtype=np.int64).reshape(B, n)
+            arr.flags.writeable = False
+            _DENSE_IDS[key] = arr
+        return arr
 
 
 # ----------------------------------------------------------------------------------------------
