@@ -261,3 +261,244 @@ def hyperbolic_forward_kernel(
         for i in range(dv):
             out[b, i] = u[i] * sc
     return out, wts, chk == 0.0
+
+
+# ----------------------------------------------------------------------------------------------
+# backward kernel (row by row, float64, no (B, n, d) temporaries besides the gradients)
+# ----------------------------------------------------------------------------------------------
+@njit(cache=True, nogil=True, inline="always")
+def _to_ball(xt: np.ndarray, out: np.ndarray, a: float, rmax: float, expm: bool) -> None:  # pragma: no cover
+    """``out = project(exp_0(xt))`` (or ``project(xt)``)."""
+    n = 0.0
+    for i in range(xt.shape[0]):
+        n += xt[i] * xt[i]
+    n = math.sqrt(n)
+    g = 1.0
+    if expm:
+        an = a * n
+        g = math.tanh(an) / an if an > 1e-7 else 1.0 - an * an / 3.0
+        n = g * n
+    if n > rmax:
+        g *= rmax / n
+    for i in range(xt.shape[0]):
+        out[i] = xt[i] * g
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _to_ball_vjp(
+    xt: np.ndarray, g: np.ndarray, out: np.ndarray, a: float, kappa: float, rmax: float, expm: bool
+) -> None:  # pragma: no cover
+    """``out = J^T g`` of :func:`_to_ball` at ``xt``."""
+    d = xt.shape[0]
+    r = 0.0
+    for i in range(d):
+        r += xt[i] * xt[i]
+    r = math.sqrt(r)
+    fac = 1.0  # xe = fac * xt
+    if expm:
+        an = a * r
+        fac = math.tanh(an) / an if an > 1e-7 else 1.0 - an * an / 3.0
+    ne = fac * r
+    # project VJP at xe (xe_hat = xt_hat)
+    if ne > rmax:
+        dot = 0.0
+        for i in range(d):
+            dot += xt[i] * g[i]
+        dot /= r * r
+        sc = rmax / ne
+        for i in range(d):
+            out[i] = sc * (g[i] - xt[i] * dot)
+    else:
+        for i in range(d):
+            out[i] = g[i]
+    if expm:
+        an = a * r
+        if an > 1e-4:
+            sech = 1.0 / math.cosh(min(an, 350.0))
+            gp_over_r = (an * sech * sech - math.tanh(an)) / (a * r * r * r)
+        else:
+            gp_over_r = -2.0 * kappa / 3.0
+        dot = 0.0
+        for i in range(d):
+            dot += xt[i] * out[i]
+        for i in range(d):
+            out[i] = fac * out[i] + gp_over_r * dot * xt[i]
+
+
+@njit(cache=True, nogil=True, fastmath={"reassoc", "nsz"})
+def hyperbolic_backward_kernel(
+    q: np.ndarray,
+    ktab: np.ndarray,
+    vtab: np.ndarray,
+    ids: np.ndarray,
+    wts: np.ndarray,
+    grad_out: np.ndarray,
+    kappa: float,
+    eps: float,
+    tau: float,
+    scale: float,
+    expmap_inputs: bool,
+    tangent_output: bool,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, float]:  # pragma: no cover - jit
+    """Backward of :func:`hyperbolic_forward_kernel` given its weights.
+
+    Returns ``dq (B, d)``, per-slot ``dK (B, n, d)``, ``dV (B, n, dv)`` (zero at masked slots)
+    and the scalar gradients of ``log_temperature`` and ``log_scale`` for these rows.
+    """
+    B, d = q.shape
+    n = ids.shape[1]
+    dv = vtab.shape[1]
+    a = math.sqrt(kappa)
+    rmax = (1.0 - eps) / a
+    dq = np.zeros((B, d))
+    dK = np.zeros((B, n, d))
+    dV = np.zeros((B, n, dv))
+    dlog_tau = 0.0
+    dlog_scale = 0.0
+    qt = np.empty(d)
+    qp = np.empty(d)
+    dqp = np.empty(d)
+    tmp = np.empty(d)
+    kt = np.empty(d)
+    kp = np.empty((n, d))
+    vt = np.empty(dv)
+    vp = np.empty((n, dv))
+    t = np.empty((n, dv))
+    z = np.empty(n)
+    ak = np.empty(n)
+    dw = np.empty(n)
+    u = np.empty(dv)
+    du = np.empty(dv)
+    gv = np.empty(dv)
+    tv = np.empty(dv)
+    for b in range(B):
+        valid = False
+        for j in range(n):
+            if ids[b, j] >= 0:
+                valid = True
+        if not valid:
+            continue
+        for i in range(d):
+            qt[i] = scale * q[b, i]
+        _to_ball(qt, qp, a, rmax, expmap_inputs)
+        nq2 = 0.0
+        for i in range(d):
+            nq2 += qp[i] * qp[i]
+        aq = 1.0 - kappa * nq2
+        for i in range(dv):
+            u[i] = 0.0
+        for j in range(n):
+            r = ids[b, j]
+            if r < 0:
+                continue
+            for i in range(d):
+                kt[i] = scale * ktab[r, i]
+            _to_ball(kt, kp[j], a, rmax, expmap_inputs)
+            nk2 = 0.0
+            delta = 0.0
+            for i in range(d):
+                nk2 += kp[j, i] * kp[j, i]
+                dd = qp[i] - kp[j, i]
+                delta += dd * dd
+            ak[j] = 1.0 - kappa * nk2
+            z[j] = 2.0 * kappa * delta / (aq * ak[j])
+            for i in range(dv):
+                vt[i] = scale * vtab[r, i]
+            _to_ball(vt, vp[j], a, rmax, expmap_inputs)
+            nv = 0.0
+            for i in range(dv):
+                nv += vp[j, i] * vp[j, i]
+            am = a * math.sqrt(nv)
+            h = math.atanh(min(am, 1.0 - 1e-16)) / am if am > 1e-7 else 1.0 + am * am / 3.0
+            wj = float(wts[b, j])
+            for i in range(dv):
+                t[j, i] = h * vp[j, i]
+                u[i] += wj * t[j, i]
+        # d out -> d u
+        if tangent_output:
+            gu = 0.0
+            for i in range(dv):
+                du[i] = grad_out[b, i] / scale
+                gu += grad_out[b, i] * u[i]
+            dlog_scale -= gu / scale
+        else:
+            for i in range(dv):
+                gv[i] = grad_out[b, i]
+            _to_ball_vjp(u, gv, du, a, kappa, rmax, True)
+        # weights and values
+        sw = 0.0
+        for j in range(n):
+            if ids[b, j] < 0:
+                continue
+            acc = 0.0
+            for i in range(dv):
+                acc += du[i] * t[j, i]
+            dw[j] = acc
+            sw += float(wts[b, j]) * acc
+        for j in range(n):
+            r = ids[b, j]
+            if r < 0:
+                continue
+            wj = float(wts[b, j])
+            # logmap VJP at vp_j with cotangent w_j du
+            nv = 0.0
+            for i in range(dv):
+                nv += vp[j, i] * vp[j, i]
+            m = math.sqrt(nv)
+            am = a * m
+            if am > 1e-4:
+                amc = min(am, 1.0 - 1e-16)
+                h = math.atanh(amc) / am
+                hp_over_m = (amc / (1.0 - amc * amc) - math.atanh(amc)) / (a * m * m * m)
+            else:
+                h = 1.0 + am * am / 3.0
+                hp_over_m = 2.0 * kappa / 3.0
+            dot = 0.0
+            for i in range(dv):
+                dot += vp[j, i] * du[i]
+            for i in range(dv):
+                tv[i] = wj * (h * du[i] + hp_over_m * dot * vp[j, i])
+            for i in range(dv):
+                vt[i] = scale * vtab[r, i]
+            _to_ball_vjp(vt, tv, gv, a, kappa, rmax, expmap_inputs)
+            for i in range(dv):
+                dV[b, j, i] = scale * gv[i]
+                dlog_scale += vt[i] * gv[i]
+        # scores -> distances -> ball points
+        for i in range(d):
+            dqp[i] = 0.0
+        cq = 0.0
+        for j in range(n):
+            r = ids[b, j]
+            if r < 0:
+                continue
+            wj = float(wts[b, j])
+            ds = wj * (dw[j] - sw)
+            zj = z[j]
+            dist = math.log1p(zj + math.sqrt(zj * (zj + 2.0))) / a
+            dlog_tau += ds * dist / tau  # s = -dist / tau, d s / d log tau = -s
+            root = math.sqrt(zj * (zj + 2.0))
+            if root <= 1e-12:
+                continue
+            dz = (-ds / tau) / (a * root)
+            c1 = dz * 2.0 * kappa / (aq * ak[j])
+            cq += dz * zj
+            ck = dz * zj / ak[j] * 2.0 * kappa
+            for i in range(d):
+                diff = qp[i] - kp[j, i]
+                dqp[i] += 2.0 * c1 * diff
+                tmp[i] = -2.0 * c1 * diff + ck * kp[j, i]
+            for i in range(d):
+                kt[i] = scale * ktab[r, i]
+            _to_ball_vjp(kt, tmp, qt, a, kappa, rmax, expmap_inputs)  # qt reused as output buffer
+            for i in range(d):
+                dK[b, j, i] = scale * qt[i]
+                dlog_scale += kt[i] * qt[i]
+        for i in range(d):
+            qt[i] = scale * q[b, i]
+            dqp[i] += cq / aq * 2.0 * kappa * qp[i]
+        _to_ball_vjp(qt, dqp, tmp, a, kappa, rmax, expmap_inputs)
+        for i in range(d):
+            dq[b, i] = scale * tmp[i]
+            dlog_scale += qt[i] * tmp[i]
+    return dq, dK, dV, dlog_tau, dlog_scale

@@ -31,6 +31,7 @@ from ruvector_hnsw.attention._gather_kernels import gather_rows, scatter_add_row
 from ruvector_hnsw.attention._hyperbolic_kernels import (
     expmap0,
     expmap0_backward,
+    hyperbolic_backward_kernel,
     hyperbolic_forward_kernel,
     logmap0,
     logmap0_backward,
@@ -176,6 +177,44 @@ class HyperbolicAttention(AttentionMechanism):
         return g
 
     def _backward(self, grad_out: np.ndarray, cache: Any) -> dict[str, np.ndarray]:
+        batch, w = cache
+        if batch.ids is not None:
+            ids = np.ascontiguousarray(np.where(batch.mask, batch.ids, -1))
+            kt, vt = batch.keys, batch.values
+        else:
+            B0, n0, d0 = batch.keys.shape
+            kt = batch.keys.reshape(B0 * n0, d0)
+            vt = batch.values.reshape(B0 * n0, batch.values.shape[2])
+            ids = dense_ids(batch.mask)
+        tau = math.exp(float(self._params["log_temperature"][0]))
+        sigma = math.exp(float(self._params["log_scale"][0]))
+        q, kap, eps = batch.query, self.kappa, self.eps
+        expm, tang = self.input_map == "expmap", self.output == "tangent"
+        B, n = ids.shape
+        parts = run_row_chunks(
+            lambda lo, hi: hyperbolic_backward_kernel(
+                q[lo:hi], kt, vt, ids[lo:hi], w[lo:hi], grad_out[lo:hi], kap, eps, tau, sigma, expm, tang
+            ),
+            B,
+            float(B) * n * (q.shape[1] + vt.shape[1]) * 12,
+        )
+        grads: dict[str, np.ndarray] = {
+            "log_temperature": np.array([sum(r[3] for r in parts)]),
+            "log_scale": np.array([sum(r[4] for r in parts)]),
+            "query": np.concatenate([r[0] for r in parts]),
+        }
+        dK = np.concatenate([r[1] for r in parts])
+        dV = np.concatenate([r[2] for r in parts])
+        if batch.ids is not None:
+            dK = scatter_add_rows(dK, ids, batch.keys.shape[0])
+            dV = scatter_add_rows(dV, ids, batch.values.shape[0])
+        grads["keys"] = dK
+        grads["values"] = dV
+        dtp = self.dtype
+        return {k: np.ascontiguousarray(v, dtype=dtp) for k, v in grads.items()}
+
+    def _backward_numpy(self, grad_out: np.ndarray, cache: Any) -> dict[str, np.ndarray]:
+        """Vectorised numpy twin of the backward kernel (kept as a cross-check in the tests)."""
         batch, w = cache
         f8 = np.float64
         kap = self.kappa

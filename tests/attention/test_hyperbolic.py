@@ -301,3 +301,19 @@ def test_config_round_trip():
     a = HyperbolicAttention(D, curvature=-2.0, temperature=0.4, input_scale=0.3, input_map="expmap", seed=1)
     b = HyperbolicAttention(**a.get_config())
     np.testing.assert_array_equal(a.forward(q, K, V, mask), b.forward(q, K, V, mask))
+
+
+@pytest.mark.parametrize(("input_map", "output", "c"), MODES)
+def test_backward_kernel_equals_numpy_twin(input_map, output, c):
+    q, K, V, mask = make_inputs(12, scale=0.4)
+    K[0, 1] *= 10
+    V[2, 0] *= 10
+    mask[1] = False
+    att = HyperbolicAttention(D, curvature=c, input_scale=1.3, input_map=input_map, output=output,
+                              dtype=np.float64)
+    out = att.forward(q, K, V, mask)
+    G = np.random.default_rng(0).standard_normal(out.shape)
+    got = att.backward(G)
+    twin = att._backward_numpy(G, att._last.cache)
+    for k in got:
+        np.testing.assert_allclose(got[k], twin[k], rtol=1e-9, atol=1e-12, err_msg=k)
