@@ -111,6 +111,12 @@ class HNSWGraph:
         self._metric = kernels.METRIC_L2 if space == "l2" else kernels.METRIC_IP
         self._order = np.argsort(labels, kind="stable")
         self._sorted_labels = labels[self._order]
+        # dense label -> position table when labels are compact (the usual 0..n-1 ids)
+        top = int(labels.max()) + 1 if labels.size else 0
+        self._lut: np.ndarray | None = None
+        if labels.size and labels.min() >= 0 and top <= 4 * labels.size + 1024:
+            self._lut = np.full(top, -1, dtype=np.int64)
+            self._lut[labels] = np.arange(labels.size, dtype=np.int64)
         self._edge_dist_cache: dict[int, np.ndarray] = {}
         _readonly(labels, levels, deleted, vectors, indptr, indices)
 
@@ -136,6 +142,12 @@ class HNSWGraph:
             If a label is not in the graph.
         """
         lab = as_ids(labels, "labels", unique=False, allow_negative=True)
+        if self._lut is not None:
+            inside = (lab >= 0) & (lab < self._lut.shape[0])
+            pos = np.where(inside, self._lut[np.where(inside, lab, 0)], -1)
+            if (pos < 0).any():
+                raise UnknownIdError(f"label {int(lab[pos < 0][0])} is not in the graph")
+            return pos
         n = self._sorted_labels.shape[0]
         where = np.searchsorted(self._sorted_labels, lab)
         found = where < n

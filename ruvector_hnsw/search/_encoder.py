@@ -128,7 +128,7 @@ class ContextEncoder:
             return
         if rerun:
             self._attend(enc.args)
-        att_grads = self.mechanism.backward(grad_a.astype(self.mechanism.dtype, copy=False))
+        att_grads = self.mechanism.backward(grad_a.astype(self.mechanism.dtype, copy=False), input_grads=False)
         for k in self.mechanism.params:
             grads[f"att.{k}"] += att_grads[k]
 

@@ -121,10 +121,10 @@ class SearchTrainingModel:
             self.mined, _ = self.s._latent_index().search(zq, self.latent_negatives)
 
     def on_epoch_end(self, state: EpochState) -> None:
-        self.s._refresh_codes()
+        self.s._refresh_codes(exact=True)
 
     def on_params_loaded(self) -> None:
-        self.s._refresh_codes()
+        self.s._refresh_codes(exact=True)
 
     # -- one step -----------------------------------------------------------------------------
     def loss_and_grads(self, batch: Batch, state: EpochState) -> tuple[float, dict[str, np.ndarray]]:
@@ -135,7 +135,8 @@ class SearchTrainingModel:
                  rng.integers(0, len(g), (b.shape[0], self.random_negatives)).astype(np.int64)]
         if self.mined.shape[1]:
             parts.append(self.mined[b])
-        pool = _kernels.unique_rows(np.concatenate(parts, axis=1), g.deleted)
+        merged = np.concatenate(parts, axis=1)
+        pool, _ = _kernels.unique_rows(merged, np.zeros(merged.shape, np.float32), g.deleted)
         valid = pool >= 0
         posmask = _positive_mask(pool, self.pos_lists, b)
         grads = {k: np.zeros_like(v) for k, v in self.params.items()}
@@ -191,7 +192,7 @@ def fit_attention_search(
     n_val = round(val_fraction * nq) if nq >= 20 else 0
     val_idx, tr_idx = np.sort(perm[:n_val]), np.sort(perm[n_val:])
     s._fitted = True  # codes and the latent index are needed for mining and validation
-    s._refresh_codes()
+    s._refresh_codes(exact=True)
     model = SearchTrainingModel(
         s, g, q[tr_idx], [pos_lists[i] for i in tr_idx.tolist()], temperature=temperature,
         extra_positives=extra_positives, random_negatives=random_negatives, latent_negatives=latent_negatives,
@@ -217,7 +218,7 @@ def fit_attention_search(
         progress=progress,
     )
     history = trainer.fit({"query": np.arange(tr_idx.shape[0])}, resume=resume)
-    s._refresh_codes()
-    if n_val:  # alpha for the restored (best) parameters
+    s._refresh_codes()  # the serving latent index
+    if n_val:  # alpha for the restored (best) parameters, with the serving index
         calibrate_alpha(s, g, q_val, val_pos)
     return history

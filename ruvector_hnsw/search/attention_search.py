@@ -48,6 +48,7 @@ TRAINING_FREE = ("alpha_qe", "dba")
 FORMAT_VERSION = 1
 _MODEL_KIND = "attention_search"
 _ENCODE_CHUNK = 4096
+_FLAT_LATENT_MAX = 5000
 
 
 def _mechanism_names() -> tuple[str, ...]:
@@ -75,6 +76,10 @@ class AttentionSearch:
         Expansion needs a trained model (before ``fit`` results are HNSW's, unchanged).
     k_local, k_global : int
         Context sizes: layer-0 neighbours and upper-layer (hub) links per node.
+
+    Two further settable attributes tune the expansion: ``latent_k`` (latent neighbours fetched
+    per round, at least ``k``; default 32) and ``walk_top`` (best re-scored items whose layer-0
+    links are followed; default 4).
     seed : int
         Seeds the mechanism, the projection and training.
     latent_dim : int, optional
@@ -118,6 +123,7 @@ class AttentionSearch:
                            else check_positive_int(latent_dim, "latent_dim", ConfigError))
         self.num_threads = num_threads
         self.walk_top = 4
+        self.latent_k = 32
         self.mech_config = dict(mech_config)
         self._lock = RWLock()
         self._graph: HNSWGraph | None = None
@@ -133,7 +139,7 @@ class AttentionSearch:
         self._nb_hops: np.ndarray = np.zeros((0, 0), dtype=np.int64)
         self._nb_mask: np.ndarray = np.zeros((0, 0), dtype=bool)
         self._codes: np.ndarray = np.zeros((0, self.latent_dim), dtype=np.float32)
-        self._latent: LatentIndex | None = None
+        self._latent: LatentIndex | HNSWIndex | None = None
         self._qe_n, self._qe_alpha = 10, 3.0
         self._fitted = False
         self._encoder: ContextEncoder | None = None
@@ -262,12 +268,19 @@ class AttentionSearch:
             out[lo : lo + r.shape[0]] = enc.zhat
         return out
 
-    def _refresh_codes(self) -> None:
+    def _refresh_codes(self, exact: bool = False) -> None:
+        """Recompute every database code and rebuild the latent index.
+
+        ``exact=True`` builds a flat (exhaustive, FAISS) latent index, used while training;
+        otherwise an HNSW graph over the codes (hnswlib, ``1 - dot``) serves more than
+        ``_FLAT_LATENT_MAX`` nodes: exhaustive search over the codes would cost more than the
+        HNSW search itself.
+        """
         g = self._graph
         assert g is not None
         self._codes = self._encode_rows(np.arange(len(g)))
-        self._latent = self._new_latent_index(len(g))
-        self._latent_index().add(self._codes, np.arange(len(g)))
+        self._latent = self._new_latent_index(len(g), exact)
+        self._latent.add(self._codes, np.arange(len(g)))
 
     def _update_codes(self, rows: np.ndarray, new_from: int) -> None:
         codes = self._encode_rows(rows)
@@ -278,15 +291,18 @@ class AttentionSearch:
         fresh = np.arange(new_from, len(self._table))
         self._latent_index().add(self._codes[fresh], fresh)
 
-    def _latent_index(self) -> LatentIndex:
+    def _latent_index(self) -> LatentIndex | HNSWIndex:
         if self._latent is None:
             raise NotFittedError("the latent index is built by fit(); call fit() or load a fitted model")
         return self._latent
 
-    def _new_latent_index(self, n: int) -> LatentIndex:
-        kind = "flat" if n <= 20_000 else "hnsw"
-        return LatentIndex(self.latent_dim, metric="ip", kind=kind, num_threads=self._num_threads,
-                           M=16, ef_search=max(64, self.candidates))
+    def _new_latent_index(self, n: int, exact: bool = False) -> LatentIndex | HNSWIndex:
+        if exact or n <= _FLAT_LATENT_MAX:
+            return LatentIndex(self.latent_dim, metric="ip", kind="flat", num_threads=self._num_threads)
+        serving = HNSWIndex(self.latent_dim, space="ip", M=16, ef_construction=100, seed=self.seed,
+                            num_threads=self._num_threads, max_elements=n)
+        serving.ef = max(32, self.latent_k)
+        return serving
 
     # ------------------------------------------------------------------ query path
     def _hnsw(self, q: np.ndarray, k: int, g: HNSWGraph) -> tuple[np.ndarray, np.ndarray]:
@@ -331,11 +347,12 @@ class AttentionSearch:
         ids, mask, ctx = self._query_context(qs, ctx_pos, ctx_dist)
         return self._encoder.encode(qs, self._table, ids, mask, ctx).zhat
 
-    def _score(self, qv: np.ndarray, zq: np.ndarray | None, pool: np.ndarray, g: HNSWGraph
-               ) -> tuple[np.ndarray, np.ndarray]:
+    def _score(self, qv: np.ndarray, zq: np.ndarray | None, pool: np.ndarray, known: np.ndarray | None,
+               g: HNSWGraph) -> tuple[np.ndarray, np.ndarray]:
         B, P = pool.shape
         scores = np.empty((B, P), dtype=np.float32)
         dist = np.empty((B, P), dtype=np.float32)
+        known_arr = np.full((B, P), np.nan, dtype=np.float32) if known is None else known
         enc = self._encoder
         alpha = enc.alpha if (enc is not None and self._fitted) else 0.0
         beta = float(enc.own["beta"][0]) if (enc is not None and self._fitted) else 1.0
@@ -343,12 +360,13 @@ class AttentionSearch:
         zq_arr = zq if (zq is not None and alpha != 0.0) else np.zeros((B, 1), dtype=np.float32)
         metric = _kernels.METRIC_L2 if self.index.space == "l2" else _kernels.METRIC_IP
         vectors = g.vectors
+        work = float(B) * P * (latent.shape[1] + (vectors.shape[1] if known is None else 0))
 
         def run(lo: int, hi: int) -> None:
-            _kernels.score_pool(qv, vectors, zq_arr, latent, pool, metric, alpha, beta, 1.0 / self._s0,
-                                scores, dist, lo, hi)
+            _kernels.score_pool(qv, vectors, zq_arr, latent, pool, known_arr, metric, alpha, beta,
+                                1.0 / self._s0, scores, dist, lo, hi)
 
-        run_row_chunks(run, B, float(B) * P * (vectors.shape[1] + latent.shape[1]))
+        run_row_chunks(run, B, work)
         return scores, dist
 
     def search(self, queries: Any, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
@@ -390,8 +408,8 @@ class AttentionSearch:
         qs = self._standardise(q)
         pool = hn_pos[:, :C]
         zq = self._encode_queries(qs, pool, hn_dist[:, :C])
-        scores, dist = self._score(qv, zq, pool, g)
-        reach = max(C, k)
+        scores, dist = self._score(qv, zq, pool, hn_dist[:, :C], g)
+        reach = max(self.latent_k, k)
         for round_ in range(self.expand):
             ranked = np.argsort(-scores, axis=1, kind="stable")
             if round_ >= 1:  # refine the query code with its best-scored items as context
@@ -400,9 +418,12 @@ class AttentionSearch:
             lat_pos, _ = self._latent_index().search(zq, reach)
             top = np.take_along_axis(pool, ranked[:, : self.walk_top], axis=1)
             walk = np.where(top[:, :, None] >= 0, self._nb_pos[np.maximum(top, 0), : self.k_local], -1)
-            merged = np.concatenate([pool, lat_pos, walk.reshape(len(q), -1)], axis=1)
-            pool = _kernels.unique_rows(merged, g.deleted)
-            scores, dist = self._score(qv, zq, pool, g)
+            walk = walk.reshape(len(q), -1)
+            merged = np.concatenate([pool, lat_pos, walk], axis=1)
+            known = np.concatenate([dist, np.full(lat_pos.shape, np.nan, np.float32),
+                                    np.full(walk.shape, np.nan, np.float32)], axis=1)
+            pool, known = _kernels.unique_rows(merged, known, g.deleted)
+            scores, dist = self._score(qv, zq, pool, known, g)
         order = np.argsort(-scores, axis=1, kind="stable")
         pool = np.take_along_axis(pool, order, axis=1)
         scores = np.take_along_axis(scores, order, axis=1)
@@ -456,7 +477,7 @@ class AttentionSearch:
         dist = np.empty((B, P), dtype=np.float32)
         metric = _kernels.METRIC_L2 if self.index.space == "l2" else _kernels.METRIC_IP
         _kernels.score_pool(qv, vectors, np.zeros((B, 1), np.float32), np.zeros((1, 1), np.float32), pool,
-                            metric, 0.0, 1.0, 1.0, scores, dist, 0, B)
+                            np.full((B, P), np.nan, np.float32), metric, 0.0, 1.0, 1.0, scores, dist, 0, B)
         order = np.argsort(-scores, axis=1, kind="stable")
         pool = np.take_along_axis(pool, order, axis=1)
         scores = np.take_along_axis(scores, order, axis=1)
