@@ -32,6 +32,8 @@ EXIT_USER = 2
 
 _SPACES = ("l2", "ip", "cosine")
 _DEFAULT_METHODS = "exact,hnsw,alpha_qe,dba"
+#: the demo: the baselines, then "train then rerank" (a few epochs of local_global) and linear_proj
+_DEMO_METHODS = "exact,hnsw,alpha_qe,dba,local_global:epochs=2,linear_proj:epochs=5"
 
 _EPILOG = """\
 examples:
@@ -234,30 +236,23 @@ def _dataset_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return kw
 
 
-#: modules that register extra evaluation methods (``eval.register_method``) when imported
-_METHOD_PLUGINS: tuple[str, ...] = ("ruvector_hnsw.search",)
-
-
-def _load_method_plugins() -> None:
-    """Import the optional method plugins so ``--methods all`` sees them; a broken one is skipped."""
-    import importlib
-    import importlib.util
-
-    for mod in _METHOD_PLUGINS:
-        try:
-            if importlib.util.find_spec(mod) is not None:
-                importlib.import_module(mod)
-        except Exception as exc:  # a plugin must never break the baseline methods
-            print(f"warning: could not load method plugin {mod}: {_error_text(exc)}", file=sys.stderr)
-
-
 def _method_names(spec: str) -> str:
+    """Expand ``all`` to every registered method that needs no options (``model`` needs a path)."""
     from ruvector_hnsw import eval as ev
 
-    _load_method_plugins()
     if spec.strip().lower() == "all":
-        return ",".join(ev.METHODS)
+        return ",".join(name for name in ev.METHODS if name != "model")
     return spec
+
+
+def _model_specs(args: argparse.Namespace) -> list[str]:
+    """``model:path=...`` specs of ``--model`` (paths with ',' or ':' cannot be specs)."""
+    specs = []
+    for path in getattr(args, "model", None) or []:
+        if "," in path or ":" in path:
+            raise ConfigError(f"--model {path!r}: the path must not contain ',' or ':'")
+        specs.append(f"model:path={path}")
+    return specs
 
 
 def _run_eval(
@@ -266,7 +261,12 @@ def _run_eval(
     args: argparse.Namespace,
     con: _Console,
     index: Any | None = None,
-) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+) -> tuple[Any, list[dict[str, Any]], dict[str, Any]]:
+    """Build the methods and evaluate them; returns the (possibly split) dataset, rows, settings.
+
+    Trained methods need training queries: a dataset without them gets ``--train-queries``
+    evaluation queries moved into its training set first (the evaluation runs on the rest).
+    """
     from ruvector_hnsw import eval as ev
 
     settings: dict[str, Any] = {
@@ -278,7 +278,7 @@ def _run_eval(
         "threads": args.threads,
         "methods": methods_spec,
     }
-    names = _method_names(methods_spec)
+    names = ",".join([n for n in [_method_names(methods_spec)] if n.strip()] + _model_specs(args))
     parsed = [ev.parse_method_spec(spec)[0] for spec in names.split(",") if spec.strip()]
     unknown = [name for name in parsed if name not in ev.METHODS]
     if not parsed or unknown:  # fail before the (slow) index build
@@ -286,7 +286,26 @@ def _run_eval(
             f"unknown method(s) {', '.join(map(repr, unknown))}; known: {', '.join(sorted(ev.METHODS))}"
             if unknown else "no methods given"
         )
+    if any(name in ev.TRAINED_METHODS for name in parsed):
+        ds, split = ev.ensure_train_split(ds, getattr(args, "train_queries", None), seed=args.seed)
+        settings["training_queries"] = split
+        if split["train_source"] == "split_queries":
+            con.print(f"trained methods: moved {split['n_train_queries']} of the evaluation queries into a disjoint "
+                      f"training set (seed {args.seed}); evaluating on the other {split['n_eval_queries']}")
+        else:
+            con.print(f"trained methods fit on the dataset's {split['n_train_queries']} training queries "
+                      "(disjoint from the evaluation queries)")
     needs_index = any(name != "exact" for name in parsed)
+    if index is None and getattr(args, "index", None):
+        from ruvector_hnsw.index import HNSWIndex
+
+        index = HNSWIndex.load(args.index, num_threads=args.threads)
+        if index.dim != ds.dim or len(index) != ds.n_base:
+            raise DimensionMismatchError(
+                f"--index {args.index}: {len(index)} vectors x {index.dim} dims, the dataset has "
+                f"{ds.n_base} x {ds.dim}")
+        index.ef = args.ef
+        settings["index"] = str(args.index)
     if index is None and needs_index:
         t0 = time.perf_counter()
         index = _build_index(
@@ -325,7 +344,7 @@ def _run_eval(
         progress=con.progress,
     )
     settings["threads_available"] = ev.available_threads()
-    return rows, settings
+    return ds, rows, settings
 
 
 def _write_outputs(
@@ -344,6 +363,19 @@ def _write_outputs(
     if plot_path:
         ev.plot_quality_vs_qps(rows, plot_path, title=f"{ds.name}: k={settings['k']}, ef={settings['ef']}")
         con.print(f"wrote {plot_path}")
+
+
+def _training_summary(rows: list[dict[str, Any]], con: _Console) -> None:
+    """One line per trained method: fit time, time per epoch, training queries."""
+    for r in rows:
+        p = r.get("params") or {}
+        if "fit_s" not in p:
+            continue
+        times = p.get("epoch_time_s") or []
+        per = f", {sum(times) / len(times):.2f} s per epoch x {len(times)}" if times else ""
+        src = "split off the evaluation set" if p.get("train_source") == "split_queries" else "disjoint from eval"
+        con.print(f"  {r['method']}: fit {p['fit_s']:.1f} s{per} on {p.get('n_train_queries')} training "
+                  f"queries ({src})")
 
 
 def _dataset_line(ds: Any) -> str:
@@ -465,14 +497,124 @@ def cmd_eval(args: argparse.Namespace, con: _Console) -> int:
     t0 = time.perf_counter()
     ds = load(args.dataset, **_dataset_kwargs(args))
     con.print(_dataset_line(ds) + f"  [{time.perf_counter() - t0:.1f} s]")
-    rows, settings = _run_eval(ds, args.methods, args, con)
+    ds, rows, settings = _run_eval(ds, args.methods, args, con)
     threads = ev.available_threads() if args.threads < 1 else args.threads
     con.print(
         f"k={args.k}, ef={args.ef}, seed={args.seed}, threads={threads}"
         " (QPS: batch of all queries at k; latency: single queries; JIT warm-up excluded)"
     )
     con.print(ev.format_table(rows))
+    _training_summary(rows, con)
     _write_outputs(ds, rows, settings, args.json, args.plot, con)
+    return EXIT_OK
+
+
+def _print_epoch(con: _Console, history: Any, i: int, epochs: int) -> None:
+    """One line per epoch of a :class:`TrainingHistory`."""
+    val = history.val_metric[i] if i < len(history.val_metric) else None
+    extra = history.val_metrics[i] if i < len(history.val_metrics) else {}
+    alpha = f" (alpha {extra['alpha']:g})" if isinstance(extra, dict) and "alpha" in extra else ""
+    val_txt = f"val mAP@R {val:.4f}{alpha}" if val is not None else "no validation"
+    con.print(f"  epoch {history.epoch[i] + 1}/{epochs}: loss {history.train_loss[i]:.4f}, {val_txt}, "
+              f"{history.epoch_time_s[i]:.1f} s"
+              + (f" (+ validation {history.val_time_s[i]:.1f} s)" if i < len(history.val_time_s) else ""))
+
+
+def cmd_train(args: argparse.Namespace, con: _Console) -> int:
+    from ruvector_hnsw import eval as ev
+    from ruvector_hnsw.datasets import load
+    from ruvector_hnsw.search import AttentionSearch
+
+    t_all = time.perf_counter()
+    out = Path(args.out)
+    if out.suffix in (".npz", ".json"):
+        out = out.with_suffix("")
+    if out.parent and not out.parent.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    ds = load(args.dataset, **_dataset_kwargs(args))
+    con.print(_dataset_line(ds) + f"  [{time.perf_counter() - t0:.1f} s]")
+    ds, split = ev.ensure_train_split(ds, args.train_queries, seed=args.seed)
+    tq, tl, base_labels, info = ev.training_data(ds, args.n_train, seed=args.seed)
+    source = ("of the dataset's training queries" if split["train_source"] == "dataset"
+              else f"training queries split off the evaluation set (seed {args.seed})")
+    con.print(f"training on {info['n_train_queries']} {source}; the evaluation queries are not used")
+
+    index_path: Path | None = None
+    if args.index:
+        from ruvector_hnsw.index import HNSWIndex
+
+        index = HNSWIndex.load(args.index, num_threads=args.threads)
+        if index.dim != ds.dim or len(index) != ds.n_base:
+            raise DimensionMismatchError(
+                f"--index {args.index}: {len(index)} vectors x {index.dim} dims, the dataset has "
+                f"{ds.n_base} x {ds.dim}")
+        con.print(f"loaded index {args.index}")
+    else:
+        t0 = time.perf_counter()
+        index = _build_index(ds.base, space=ds.metric, M=args.M, ef_construction=args.ef_construction,
+                             seed=args.seed, num_threads=args.threads, ef=None, progress=con.progress)
+        index_path = out.with_name(out.name + ".rvh")
+        index.save(index_path)
+        con.print(f"built HNSW index over {ds.n_base} vectors in {time.perf_counter() - t0:.2f} s -> {index_path}")
+
+    model = AttentionSearch(index, args.mechanism, candidates=args.candidates, expand=args.expand,
+                            seed=args.seed, num_threads=args.threads)
+    con.print(f"fitting {args.mechanism} (candidates={args.candidates}, expand={args.expand}, "
+              f"epochs={args.epochs}, batch={args.batch_size}, lr={args.lr}, threads={model.num_threads})")
+    t0 = time.perf_counter()
+    history = model.fit(tq, labels=base_labels, query_labels=tl, epochs=args.epochs, batch_size=args.batch_size,
+                        lr=args.lr, progress=con.progress)
+    fit_s = time.perf_counter() - t0
+    if history.initial_metric is not None:
+        con.print(f"  before training: val mAP@R {history.initial_metric:.4f} (the HNSW ranking)")
+    for i in range(len(history.epoch)):
+        _print_epoch(con, history, i, args.epochs)
+    per_epoch = float(np.mean(history.epoch_time_s)) if history.epoch_time_s else float("nan")
+    best = history.best_epoch
+    con.print(f"fit in {fit_s:.1f} s: {per_epoch:.2f} s per epoch (training steps) over {len(history.epoch)} "
+              f"epoch(s); best epoch {best + 1 if best is not None and best >= 0 else 'none (initial)'}"
+              + (f", val mAP@R {history.best_metric:.4f}" if history.best_metric is not None else "")
+              + (" (stopped early)" if history.stopped_early else ""))
+    model.save(out)
+    con.print(f"wrote model {out}.npz + {out}.json")
+    doc = {
+        "dataset": ev.dataset_info(ds),
+        "mechanism": args.mechanism,
+        "model": str(out),
+        "index": str(index_path or args.index),
+        "settings": {"candidates": args.candidates, "expand": args.expand, "epochs": args.epochs,
+                     "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed, "threads": model.num_threads,
+                     "M": args.M, "ef_construction": args.ef_construction},
+        "training_queries": {**split, **info},
+        "fit_s": fit_s,
+        "time_per_epoch_s": per_epoch,
+        "history": history.to_dict(),
+        "epochs": [
+            {"epoch": int(e) + 1, "train_loss": history.train_loss[i],
+             "val_map_at_r": history.val_metric[i] if i < len(history.val_metric) else None,
+             "epoch_time_s": history.epoch_time_s[i],
+             "val_time_s": history.val_time_s[i] if i < len(history.val_time_s) else None}
+            for i, e in enumerate(history.epoch)
+        ],
+    }
+    hist_path = out.with_name(out.name + ".history.json")
+    from ruvector_hnsw.eval.report import to_jsonable
+
+    hist_path.write_text(json.dumps(to_jsonable(doc), indent=2) + "\n", encoding="utf-8")
+    con.print(f"wrote {hist_path}")
+    if not args.no_plot:
+        curve = out.with_name(out.name + ".curve.png")
+        try:
+            ev.plot_training_curve(history.to_dict(), curve,
+                                   title=f"{args.mechanism} on {ds.name}: {info['n_train_queries']} training queries")
+            con.print(f"wrote {curve}")
+        except RuvectorError as exc:
+            con.print(f"no plot: {exc}")
+    size = f" --size {args.size}" if args.size else ""
+    con.print(f"evaluate it: ruvector-hnsw eval --dataset {args.dataset}{size} --seed {args.seed} "
+              f"--methods hnsw,alpha_qe --model {out} --index {index_path or args.index}")
+    con.print(f"done in {time.perf_counter() - t_all:.1f} s")
     return EXIT_OK
 
 
@@ -592,10 +734,11 @@ def cmd_demo(args: argparse.Namespace, con: _Console) -> int:
         con.print("      " + line)
 
     methods = _method_names(args.methods)
-    con.print(f"[4/5] evaluating {methods} (k={args.k}, ef={args.ef})")
-    rows, settings = _run_eval(ds, methods, args, con, index=index)
+    con.print(f"[4/5] evaluating {methods} (k={args.k}, ef={args.ef}; trained methods: train, then rerank)")
+    ds, rows, settings = _run_eval(ds, methods, args, con, index=index)
     settings.update({"index_build_s": round(build_s, 3), "graph_export_s": round(export_s, 4)})
     con.print(ev.format_table(rows))
+    _training_summary(rows, con)
 
     json_path = out_dir / "results.json"
     plot_path = out_dir / "results.png"
@@ -658,7 +801,16 @@ def _add_eval_params(p: argparse.ArgumentParser, dataset_default: str | None, me
         "--latency-queries", type=int, default=200, dest="latency_queries",
         help="single-query calls for latency percentiles (default 200; 0 skips)",
     )
+    _add_train_split(p)
     _add_index_params(p, 0)
+
+
+def _add_train_split(p: Any) -> None:
+    p.add_argument(
+        "--train-queries", type=_positive_int, dest="train_queries",
+        help="trained methods on a dataset without training queries: move this many evaluation queries "
+        "into a disjoint training set first (default: half, at most 2000)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -751,6 +903,45 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval_params(p, None, _DEFAULT_METHODS)
     p.add_argument("--json", help="write results to this JSON file")
     p.add_argument("--plot", help="write a quality-vs-QPS plot (PNG) to this file")
+    p.add_argument("--index", help="search this saved index (built on the dataset's base) instead of building one")
+    p.add_argument(
+        "--model", action="append", metavar="MODEL",
+        help="also evaluate a model saved by 'train' (repeatable; adds the method model:path=MODEL)",
+    )
+
+    p = add(
+        "train", "fit an attention reranker on a dataset's training queries; save model, history, curve",
+        "examples:\n"
+        "  ruvector-hnsw train --dataset clusters --mechanism local_global --epochs 4 --out models/lg\n"
+        "  ruvector-hnsw train --dataset digits --mechanism rope --index digits.rvh --out models/rope\n\n"
+        "writes MODEL.npz + MODEL.json (AttentionSearch.save), MODEL.rvh (the index, when built here),\n"
+        "MODEL.history.json (per-epoch loss, validation mAP@R, times) and MODEL.curve.png.\n"
+        "Evaluation queries are never used: training uses the dataset's training queries (or, if it has\n"
+        "none, queries split off the evaluation set with the same --seed that 'eval' uses).",
+        cmd_train,
+    )
+    g = p.add_argument_group("dataset")
+    g.add_argument("--dataset", required=True, help="clusters | hierarchical | manifolds | digits or a labelled file")
+    g.add_argument("--size", choices=("tiny", "small", "default", "large"), help="size of a built-in dataset")
+    g.add_argument("--n-queries", type=_positive_int, dest="n_queries", help="number of evaluation queries")
+    g.add_argument("--metric", choices=_SPACES, help="override the dataset metric")
+    _add_train_split(g)
+    g.add_argument("--n-train", type=_positive_int, dest="n_train",
+                   help="use a seeded random subset of at most N training queries")
+    t = p.add_argument_group("model")
+    from ruvector_hnsw.attention import MECHANISMS
+
+    t.add_argument("--mechanism", default="local_global", choices=sorted(MECHANISMS),
+                   help="attention mechanism (default local_global)")
+    t.add_argument("--epochs", type=_positive_int, default=8, help="training epochs (default 8; early stopping)")
+    t.add_argument("--candidates", type=_positive_int, default=100, help="HNSW candidates re-scored (default 100)")
+    t.add_argument("--expand", type=int, default=1, help="expansion rounds at search time (default 1)")
+    t.add_argument("--batch-size", type=_positive_int, default=128, dest="batch_size", help="default 128")
+    t.add_argument("--lr", type=float, default=1e-2, help="Adam learning rate (default 0.01)")
+    t.add_argument("--index", help="a saved index over the dataset's base (default: build one, save MODEL.rvh)")
+    t.add_argument("--out", "-o", required=True, help="model path stem (MODEL -> MODEL.npz, MODEL.json, ...)")
+    t.add_argument("--no-plot", action="store_true", dest="no_plot", help="skip the validation-curve PNG")
+    _add_index_params(p, 0)
 
     p = add(
         "bench", "run the benchmark scripts (benchmarks/bench_*.py) and summarise their ratios",
@@ -766,7 +957,7 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", "the built-in scenario end to end: index, graph export, every method, table + JSON + PNG",
         "example:\n  ruvector-hnsw demo --out-dir demo_out", cmd_demo,
     )
-    _add_eval_params(p, "clusters", "all")
+    _add_eval_params(p, "clusters", _DEMO_METHODS)
     p.add_argument("--out-dir", dest="out_dir", default="demo_out", help="output directory (default ./demo_out)")
     return parser
 

@@ -10,6 +10,13 @@ Quick use::
     ev.write_json("out.json", ds, rows)
     ev.plot_quality_vs_qps(rows, "out.png", title=ds.name)
 
+Trained methods (one per attention mechanism, e.g. ``local_global:epochs=4:expand=2``, and
+the ``linear_proj`` baseline) fit on ``dataset.train_queries`` only; for a dataset without
+them, split some off the evaluation queries first and evaluate the split dataset::
+
+    ds, info = ev.ensure_train_split(ds, 1000)
+    methods = ev.build_methods("hnsw,alpha_qe,local_global,linear_proj", ds)
+
 Two different "recall"s are reported, under distinct names:
 
 - ``recall_at_10`` -- **ANN recall@10** (ann-benchmarks): fraction of the 10 true nearest
@@ -20,6 +27,15 @@ Two different "recall"s are reported, under distinct names:
 
 from __future__ import annotations
 
+from ruvector_hnsw.eval.attention import (
+    TRAINED_METHODS,
+    ensure_train_split,
+    fit_attention,
+    make_attention,
+    make_saved_model,
+    training_data,
+)
+from ruvector_hnsw.eval.baselines import LinearProjection, linear_proj_loss, make_linear_proj
 from ruvector_hnsw.eval.methods import (
     METHODS,
     BuildContext,
@@ -51,6 +67,7 @@ from ruvector_hnsw.eval.report import (
     add_relative,
     format_table,
     plot_quality_vs_qps,
+    plot_training_curve,
     print_table,
     read_json,
     to_jsonable,
@@ -62,7 +79,9 @@ from ruvector_hnsw.eval.timing import available_threads, measure_latency, measur
 __all__ = [
     "METHODS",
     "RESULT_KEYS",
+    "TRAINED_METHODS",
     "BuildContext",
+    "LinearProjection",
     "SearchMethod",
     "add_relative",
     "ann_recall_at_k",
@@ -70,15 +89,21 @@ __all__ = [
     "build_hnsw_index",
     "build_methods",
     "dataset_info",
+    "ensure_train_split",
     "evaluate",
     "expand_vectors",
+    "fit_attention",
     "format_table",
     "hit_rate_at_k",
     "labelled_metrics",
+    "linear_proj_loss",
     "make_alpha_qe",
+    "make_attention",
     "make_dba",
     "make_exact",
     "make_hnsw",
+    "make_linear_proj",
+    "make_saved_model",
     "map_at_r",
     "measure_latency",
     "measure_qps",
@@ -88,6 +113,7 @@ __all__ = [
     "ndcg_at_k",
     "parse_method_spec",
     "plot_quality_vs_qps",
+    "plot_training_curve",
     "precision_at_k",
     "print_table",
     "r_precision",
@@ -95,5 +121,6 @@ __all__ = [
     "register_method",
     "relevance",
     "to_jsonable",
+    "training_data",
     "write_json",
 ]

@@ -30,6 +30,7 @@ __all__ = [
     "add_relative",
     "format_table",
     "plot_quality_vs_qps",
+    "plot_training_curve",
     "print_table",
     "read_json",
     "to_jsonable",
@@ -370,6 +371,86 @@ def plot_quality_vs_qps(
         threads = sorted({int(r["threads"]) for r in results if r.get("threads") is not None})
         sub = f" ({', '.join(str(t) for t in threads)} thread(s))" if threads else ""
         fig.suptitle((title or "quality vs throughput") + sub)
+        fig.tight_layout()
+        out = Path(path)
+        if out.parent and not out.parent.exists():
+            out.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out, dpi=dpi)
+    finally:
+        plt.close(fig)
+    return out
+
+
+def plot_training_curve(
+    history: Mapping[str, Any],
+    path: str | os.PathLike[str],
+    *,
+    title: str | None = None,
+    dpi: int = 120,
+) -> Path:
+    """Validation curve of a training run: validation mAP@R and training loss per epoch.
+
+    Parameters
+    ----------
+    history : mapping
+        ``TrainingHistory.to_dict()`` (keys ``epoch``, ``train_loss``, ``val_metric``,
+        ``initial_metric``, ``best_epoch``) or any mapping with those keys.
+    path : path-like
+        Output PNG.
+    title : str, optional
+    dpi : int
+
+    Returns
+    -------
+    pathlib.Path
+
+    Raises
+    ------
+    MissingDependencyError
+        matplotlib is not installed.
+    InvalidInputError
+        The history has no epochs.
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg", force=True)
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise MissingDependencyError("plotting needs matplotlib: pip install 'ruvector-hnsw[plot]'") from exc
+    loss = [float(v) for v in history.get("train_loss", [])]
+    if not loss:
+        raise InvalidInputError("nothing to plot: the training history has no epochs")
+    epochs = [int(e) + 1 for e in history.get("epoch", range(len(loss)))]
+    val = history.get("val_metric") or []
+    initial = history.get("initial_metric")
+    best = history.get("best_epoch")
+    fig, (ax_v, ax_l) = plt.subplots(1, 2, figsize=(10.5, 4.0))
+    try:
+        xs = ([0] if initial is not None else []) + [e for e, v in zip(epochs, val, strict=False) if v is not None]
+        ys = ([float(initial)] if initial is not None else []) + [float(v) for v in val if v is not None]
+        if ys:
+            ax_v.plot(xs, ys, marker="o", color="tab:blue", label="validation mAP@R")
+            if initial is not None:
+                ax_v.axhline(float(initial), color="gray", ls="--", lw=1, label="before training (epoch 0)")
+            if best is not None and best >= 0:
+                ax_v.scatter([best + 1], [float(val[best])], s=140, facecolors="none", edgecolors="tab:red",
+                             zorder=4, label=f"best (epoch {best + 1}, restored)")
+            ax_v.legend(fontsize=8, loc="lower right")
+        else:
+            ax_v.text(0.5, 0.5, "no validation", ha="center", va="center", transform=ax_v.transAxes)
+        ax_v.set_xlabel("epoch")
+        ax_v.set_ylabel("mAP@R (held-out training queries)")
+        ax_v.set_title("validation mAP@R")
+        ax_v.grid(True, alpha=0.3)
+        ax_l.plot(epochs, loss, marker="s", color="tab:orange")
+        ax_l.set_xlabel("epoch")
+        ax_l.set_ylabel("InfoNCE loss (training pools)")
+        ax_l.set_title("training loss")
+        ax_l.grid(True, alpha=0.3)
+        for ax in (ax_v, ax_l):
+            ax.xaxis.get_major_locator().set_params(integer=True)
+        fig.suptitle(title or "training curve")
         fig.tight_layout()
         out = Path(path)
         if out.parent and not out.parent.exists():
