@@ -222,3 +222,77 @@ def test_verbose_shows_traceback(vecs, capsys):
     assert "Traceback" in err and err.strip().splitlines()[-1].startswith("error: ")
     assert main(["build", str(d / "missing.fvecs"), "-o", str(d / "x.rvh"), "-v"]) == 2
     assert "Traceback" in capsys.readouterr().err
+
+
+def test_train_round_trip(tmp_path, capsys):
+    from ruvector_hnsw.index import HNSWIndex
+    from ruvector_hnsw.search import AttentionSearch
+
+    out = tmp_path / "models" / "lg"
+    rc = main(["train", "--dataset", "clusters:tiny", "--mechanism", "local_global", "--epochs", "2",
+               "--candidates", "60", "--expand", "1", "--out", str(out), "--threads", "1"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "epoch 1/2" in text and "epoch 2/2" in text and "s per epoch" in text
+    assert "evaluation queries are not used" in text
+    index = HNSWIndex.load(tmp_path / "models" / "lg.rvh")
+    model = AttentionSearch.load(out, index)
+    assert model.fitted and model.mechanism_name == "local_global" and model.candidates == 60
+    doc = json.loads((tmp_path / "models" / "lg.history.json").read_text())
+    ds = load("clusters:tiny", seed=0, gt_k=0)
+    assert doc["training_queries"]["n_train_queries"] == ds.n_train_queries
+    assert doc["training_queries"]["train_source"] == "dataset"
+    assert len(doc["epochs"]) == len(doc["history"]["epoch"]) >= 1
+    for rec in doc["epochs"]:
+        assert {"epoch", "train_loss", "val_map_at_r", "epoch_time_s"} <= set(rec)
+        assert rec["epoch_time_s"] > 0
+    assert (tmp_path / "models" / "lg.curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # evaluate the saved model on the saved index
+    rc = main(["eval", "--dataset", "clusters:tiny", "--methods", "hnsw", "--model", str(out),
+               "--index", str(tmp_path / "models" / "lg.rvh"), "--json", str(tmp_path / "e.json"),
+               "--latency-queries", "0", "--threads", "1"])
+    assert rc == 0
+    rows = {r["method"]: r for r in json.loads((tmp_path / "e.json").read_text())["results"]}
+    assert rows[f"model:path={out}"]["map_at_r"] > rows["hnsw"]["map_at_r"]
+
+    # user errors stay one line
+    capsys.readouterr()
+    assert main(["train", "--dataset", "clusters:tiny", "--out", str(tmp_path / "x"), "--index",
+                 str(tmp_path / "nothere.rvh")]) == 2
+    _one_error_line(capsys.readouterr().err, "nothere.rvh")
+
+
+def test_eval_splits_training_queries_off_a_file_dataset(tmp_path, capsys):
+    rng = np.random.default_rng(2)
+    centers = rng.standard_normal((5, 8)) * 3
+    bl, ql = np.repeat(np.arange(5), 60), rng.integers(0, 5, 80)
+    base = centers[bl] + rng.standard_normal((300, 8))
+    queries = centers[ql] + rng.standard_normal((80, 8))
+    np.savez(tmp_path / "lab.npz", base=base.astype(np.float32), queries=queries.astype(np.float32),
+             base_labels=bl, query_labels=ql)
+    rc = main(["eval", "--dataset", str(tmp_path / "lab.npz"), "--methods", "hnsw,linear_proj:epochs=2",
+               "--train-queries", "30", "--json", str(tmp_path / "r.json"), "--latency-queries", "0",
+               "--threads", "1"])
+    assert rc == 0
+    assert "moved 30 of the evaluation queries" in capsys.readouterr().out
+    doc = json.loads((tmp_path / "r.json").read_text())
+    assert doc["dataset"]["n_queries"] == 50  # evaluated on the other 50
+    lp = {r["method"]: r for r in doc["results"]}["linear_proj:epochs=2"]
+    assert lp["n_queries"] == 50 and lp["params"]["train_source"] == "split_queries"
+    assert lp["params"]["n_train_queries"] == 30
+
+
+def test_demo_tiny_trains_then_reranks(tmp_path, capsys):
+    out_dir = tmp_path / "demo"
+    rc = main(["demo", "--size", "tiny", "--out-dir", str(out_dir), "--latency-queries", "5", "--threads", "1"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "s per epoch" in out
+    rows = {r["method"]: r for r in json.loads((out_dir / "results.json").read_text())["results"]}
+    assert {"exact", "hnsw", "alpha_qe", "dba"} <= set(rows)
+    trained = [name for name in rows if name.startswith(("local_global", "linear_proj"))]
+    assert len(trained) == 2
+    for name in trained:
+        assert rows[name]["map_at_r"] > rows["hnsw"]["map_at_r"]
+        assert rows[name]["map_at_100"] is not None

@@ -1,0 +1,118 @@
+"""Trained attention rerankers as evaluation methods: registration, gain, training split, cache."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ruvector_hnsw import eval as ev
+from ruvector_hnsw.attention import MECHANISMS
+from ruvector_hnsw.datasets import load
+from ruvector_hnsw.errors import ConfigError
+from ruvector_hnsw.search import AttentionSearch
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load("clusters:tiny", seed=0, gt_k=0)
+
+
+@pytest.fixture(scope="module")
+def tiny_index(tiny):
+    return ev.build_hnsw_index(tiny, M=16, ef_construction=200, seed=0, num_threads=1, ef=128)
+
+
+@pytest.fixture
+def fit_spy(monkeypatch):
+    """Record the queries every AttentionSearch.fit receives."""
+    calls: list[np.ndarray] = []
+    original = AttentionSearch.fit
+
+    def spy(self, train_queries, *a, **kw):
+        calls.append(np.array(train_queries, copy=True))
+        return original(self, train_queries, *a, **kw)
+
+    monkeypatch.setattr(AttentionSearch, "fit", spy)
+    return calls
+
+
+def _map_at_r(method, ds) -> float:
+    ids, _ = method(ds.queries, ds.n_base)
+    return float(ev.labelled_metrics(ids, ds.base_labels, ds.query_labels)["map_at_r"])
+
+
+def test_every_mechanism_and_the_baselines_are_registered():
+    for name in MECHANISMS:
+        assert name in ev.METHODS
+    assert {"linear_proj", "model", "hnsw", "alpha_qe", "dba"} <= set(ev.METHODS)
+    assert ev.TRAINED_METHODS == frozenset(MECHANISMS) | {"linear_proj"}
+
+
+def test_trained_local_global_beats_hnsw_and_trains_on_the_train_split_only(tiny, tiny_index, fit_spy):
+    methods = ev.build_methods("hnsw,local_global:epochs=3", tiny, index=tiny_index, seed=0, num_threads=1)
+    lg = methods["local_global:epochs=3"]
+    assert _map_at_r(lg, tiny) > _map_at_r(methods["hnsw"], tiny) + 0.05
+    # the fit saw exactly the dataset's training queries, none of the evaluation queries
+    assert len(fit_spy) == 1
+    np.testing.assert_array_equal(fit_spy[0], tiny.train_queries)
+    seen = {row.tobytes() for row in fit_spy[0]}
+    assert not any(row.tobytes() in seen for row in tiny.queries)
+    p = lg.params
+    assert p["mechanism"] == "local_global" and p["n_train_queries"] == tiny.n_train_queries
+    assert p["train_source"] == "dataset" and p["fit_s"] > 0
+    assert len(p["epoch_time_s"]) == p["epochs_run"] == 3 and len(p["val_map_at_r"]) == 3
+
+
+@pytest.mark.parametrize("mechanism", ["rope", "dual_space"])
+def test_other_mechanisms_run(tiny, tiny_index, mechanism):
+    m = ev.build_methods(f"{mechanism}:epochs=1:expand=0", tiny, index=tiny_index, num_threads=1)
+    ids, scores = next(iter(m.values()))(tiny.queries[:7], 12)
+    assert ids.shape == (7, 12) and ids.dtype == np.int64 and (ids >= 0).all()
+    assert np.all(np.diff(scores, axis=1) <= 0)  # best first
+
+
+def test_search_time_options_share_one_fit(tiny, tiny_index, fit_spy):
+    methods = ev.build_methods("local_global:epochs=1:expand=0,local_global:epochs=1:expand=2", tiny,
+                               index=tiny_index, num_threads=1)
+    assert len(fit_spy) == 1  # expand acts at search time: one fitted model, two views
+    a, b = methods.values()
+    assert (a.params["expand"], b.params["expand"]) == (0, 2)
+    assert a.params["fit_s"] == b.params["fit_s"]
+
+
+def test_training_options_reach_fit_and_constructor(tiny, tiny_index):
+    m = ev.build_methods("local_global:epochs=2:candidates=50:n_train=80:batch_size=40", tiny, index=tiny_index,
+                         num_threads=1)
+    p = next(iter(m.values())).params
+    assert p["candidates"] == 50 and p["n_train_queries"] == 80 and p["epochs_run"] == 2
+    assert p["fit_options"] == {"epochs": 2, "batch_size": 40}
+    with pytest.raises(ConfigError):
+        ev.build_methods("local_global:epochs=1:no_such_option=3", tiny, index=tiny_index)
+
+
+def test_dataset_without_training_queries(tiny):
+    no_train = tiny.replace(train_queries=None, train_query_labels=None)
+    with pytest.raises(ConfigError, match="training queries"):
+        ev.build_methods("local_global:epochs=1", no_train, num_threads=1)
+    split, info = ev.ensure_train_split(no_train, 40, seed=3)
+    assert info == {"train_source": "split_queries", "n_train_queries": 40, "split_seed": 3,
+                    "n_eval_queries": no_train.n_queries - 40}
+    assert split.n_queries == no_train.n_queries - 40 and split.n_train_queries == 40
+    eval_rows = {r.tobytes() for r in split.queries}
+    assert not any(r.tobytes() in eval_rows for r in split.train_queries)
+    same, info2 = ev.ensure_train_split(tiny)
+    assert same is tiny and info2["train_source"] == "dataset"
+    tq, _, _, tinfo = ev.training_data(split)
+    assert tinfo["train_source"] == "split_queries" and tq.shape[0] == 40
+
+
+def test_saved_model_method_round_trip(tiny, tiny_index, tmp_path):
+    ctx = ev.BuildContext(tiny, tiny_index, num_threads=1)
+    model, _ = ev.fit_attention(ctx, "local_global", epochs=1)
+    model.save(tmp_path / "m")
+    loaded = ev.build_methods(f"model:path={tmp_path / 'm'}", tiny, index=tiny_index, num_threads=1)
+    method = next(iter(loaded.values()))
+    assert method.params["mechanism"] == "local_global" and method.params["fitted"]
+    ids_a, _ = model.search(tiny.queries, 20)
+    ids_b, _ = method(tiny.queries, 20)
+    np.testing.assert_array_equal(ids_a, ids_b)
