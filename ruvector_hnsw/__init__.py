@@ -16,17 +16,19 @@ from ruvector_hnsw.errors import RuvectorError
 
 if TYPE_CHECKING:
     from ruvector_hnsw.index import HNSWGraph, HNSWIndex, LatentIndex, Neighborhood
+    from ruvector_hnsw.search import AttentionSearch
 
 __version__ = "0.1.0"
 
 _LAZY = {
+    "AttentionSearch": "ruvector_hnsw.search",
     "HNSWGraph": "ruvector_hnsw.index",
     "HNSWIndex": "ruvector_hnsw.index",
     "LatentIndex": "ruvector_hnsw.index",
     "Neighborhood": "ruvector_hnsw.index",
 }
 
-__all__ = ["HNSWGraph", "HNSWIndex", "LatentIndex", "Neighborhood", "RuvectorError", "__version__"]
+__all__ = ["AttentionSearch", "HNSWGraph", "HNSWIndex", "LatentIndex", "Neighborhood", "RuvectorError", "__version__"]
 
 
 def __getattr__(name: str) -> Any:
