@@ -18,6 +18,7 @@ index later get their codes (and their neighbours' codes) computed incrementally
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -174,7 +175,10 @@ class AttentionSearch:
 
     @property
     def num_threads(self) -> int:
-        """Threads for numba kernels, FAISS and the index (applied to all three)."""
+        """Threads for the index, FAISS, the numba kernels and BLAS (via threadpoolctl when installed).
+
+        Setting it applies process-wide limits to the kernels and BLAS.
+        """
         return self._num_threads
 
     @num_threads.setter
@@ -184,6 +188,11 @@ class AttentionSearch:
         self.index.num_threads = value
         self._num_threads = self.index.num_threads
         _threads.set_num_threads(self._num_threads)
+        try:  # BLAS too, where threadpoolctl is installed (it comes with the scikit-learn extra)
+            from threadpoolctl import threadpool_limits
+        except ImportError:
+            return
+        threadpool_limits(limits=self._num_threads, user_api="blas")
 
     @property
     def fitted(self) -> bool:
@@ -199,6 +208,9 @@ class AttentionSearch:
         cls = MECHANISMS[self.mechanism_name]
         cfg = dict(self.mech_config)
         cfg.setdefault("seed", self.seed)
+        if "refresh" in inspect.signature(cls).parameters:
+            # dual_space: rebuild its latent index once per refresh of the codes, not every step
+            cfg.setdefault("refresh", "manual")
         try:
             mech = cls(self.index.dim, **cfg)
         except TypeError as exc:
@@ -278,6 +290,12 @@ class AttentionSearch:
         """
         g = self._graph
         assert g is not None
+        refresh = getattr(self._encoder.mechanism if self._encoder else None, "refresh_index", None)
+        if callable(refresh):
+            try:
+                refresh()
+            except NotFittedError:  # no database adopted yet: the first gather call adopts it
+                pass
         self._codes = self._encode_rows(np.arange(len(g)))
         self._latent = self._new_latent_index(len(g), exact)
         self._latent.add(self._codes, np.arange(len(g)))
