@@ -31,10 +31,12 @@ from ruvector_hnsw.training.trainer import Batch, EpochState, Trainer, TrainingH
 if TYPE_CHECKING:
     from ruvector_hnsw.search.attention_search import AttentionSearch
 
-__all__ = ["ALPHA_GRID", "SearchTrainingModel", "fit_attention_search", "map_at_r_of_rows"]
+__all__ = ["ALPHA_GRID", "RHO_GRID", "SearchTrainingModel", "fit_attention_search", "map_at_r_of_rows"]
 
 #: candidate weights of the latent term; 0 keeps the index's ranking
 ALPHA_GRID = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 512.0, 2048.0)
+#: candidate weights of the diffusion coordinates relative to the learned codes; 0 = codes only
+RHO_GRID = (0.0, 0.25, 1.0, 4.0, 16.0)
 _VAL_CAP = 1000
 _SCALARS = ("alpha", "beta")
 
@@ -218,6 +220,16 @@ def fit_attention_search(
         progress=progress,
     )
     history = trainer.fit({"query": np.arange(tr_idx.shape[0])}, resume=resume)
+    if n_val and s.spectral:
+        # weight of the diffusion coordinates: joint grid with alpha on exact latent search
+        s._refresh_codes(exact=True)
+        best = (-np.inf, 0.0)
+        for rho in RHO_GRID:
+            s._set_rho(rho, exact=True)
+            value = calibrate_alpha(s, g, q_val, val_pos)
+            if value > best[0] + 1e-9:
+                best = (value, rho)
+        s._rho = best[1]
     s._refresh_codes()  # the serving latent index
     if n_val:  # alpha for the restored (best) parameters, with the serving index
         calibrate_alpha(s, g, q_val, val_pos)

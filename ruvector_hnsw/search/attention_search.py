@@ -85,6 +85,14 @@ class AttentionSearch:
         Seeds the mechanism, the projection and training.
     latent_dim : int, optional
         Width of the learned codes (default ``min(dim, 64)``).
+    spectral : int
+        Diffusion coordinates of the layer-0 graph appended to every code (0 = none): a
+        query-independent, graph-derived signal that connects items along chains of neighbours
+        (see :mod:`ruvector_hnsw.search.spectral`). Computed once at ``fit`` (an eigen-solve over
+        the graph); its weight is calibrated on validation queries together with ``alpha``
+        (0 included), so it is used only where it helps.
+    spectral_time : int
+        Diffusion time of those coordinates (eigenvalue power).
     num_threads : int
         One knob for numba kernels, FAISS and the index (-1 = all cores).
     **mech_config
@@ -103,6 +111,8 @@ class AttentionSearch:
         seed: int = 0,
         *,
         latent_dim: int | None = None,
+        spectral: int = 64,
+        spectral_time: int = 8,
         num_threads: int = -1,
         **mech_config: Any,
     ) -> None:
@@ -122,6 +132,10 @@ class AttentionSearch:
         self.seed = int(seed)
         self.latent_dim = (min(index.dim, 64) if latent_dim is None
                            else check_positive_int(latent_dim, "latent_dim", ConfigError))
+        if isinstance(spectral, bool) or not isinstance(spectral, (int, np.integer)) or spectral < 0:
+            raise ConfigError(f"spectral must be an integer >= 0, got {spectral!r}")
+        self.spectral = int(spectral)
+        self.spectral_time = check_positive_int(spectral_time, "spectral_time", ConfigError)
         self.num_threads = num_threads
         self.walk_top = 4
         self.latent_k = 32
@@ -140,6 +154,8 @@ class AttentionSearch:
         self._nb_hops: np.ndarray = np.zeros((0, 0), dtype=np.int64)
         self._nb_mask: np.ndarray = np.zeros((0, 0), dtype=bool)
         self._codes: np.ndarray = np.zeros((0, self.latent_dim), dtype=np.float32)
+        self._phi: np.ndarray = np.zeros((0, 0), dtype=np.float32)  # diffusion coordinates per row
+        self._rho = 0.0  # weight of the diffusion coordinates in the latent term (calibrated)
         self._latent: LatentIndex | HNSWIndex | None = None
         self._qe_n, self._qe_alpha = 10, 3.0
         self._fitted = False
@@ -280,6 +296,57 @@ class AttentionSearch:
             out[lo : lo + r.shape[0]] = enc.zhat
         return out
 
+    def _compose(self, z: np.ndarray, phi: np.ndarray) -> np.ndarray:
+        """The latent vector ``[z, sqrt(rho) phi]``: its inner products are ``<z,z'> + rho <phi,phi'>``."""
+        if not self.spectral or self._phi.shape[0] == 0:
+            return np.ascontiguousarray(z, dtype=np.float32)
+        return np.ascontiguousarray(np.concatenate([z, np.sqrt(self._rho) * phi], axis=1), dtype=np.float32)
+
+    def _neighbour_weights(self, dist_scaled: np.ndarray) -> np.ndarray:
+        from ruvector_hnsw.search.spectral import affinity_weights
+
+        return affinity_weights(dist_scaled * self._s0, self.index.space, self._s0)
+
+    def _build_spectral(self) -> None:
+        from ruvector_hnsw.search.spectral import diffusion_coordinates
+
+        k = min(10, self.k_local)
+        w = np.where(self._nb_mask[:, :k], self._neighbour_weights(self._nb_dist[:, :k]), 0.0)
+        self._phi = diffusion_coordinates(self._nb_pos[:, :k], w, self.spectral, self.spectral_time, self.seed)
+
+    def _extend_spectral(self, new_from: int) -> None:
+        """Nystrom coordinates for rows added after the eigen-solve (from their older neighbours)."""
+        from ruvector_hnsw.search.spectral import nystrom
+
+        n = self._table.shape[0]
+        if self._phi.shape[0] >= n:
+            return
+        start = self._phi.shape[0]
+        rows = np.arange(start, n)
+        pos = self._nb_pos[rows, : self.k_local]
+        pos = np.where(pos < start, pos, -1)  # only rows that already have coordinates
+        w = np.where(pos >= 0, self._neighbour_weights(self._nb_dist[rows, : self.k_local]), 0.0)
+        self._phi = np.concatenate([self._phi, nystrom(self._phi, pos, w)])
+
+    def _query_phi(self, ctx_pos: np.ndarray, ctx_dist: np.ndarray) -> np.ndarray:
+        from ruvector_hnsw.search.spectral import affinity_weights, nystrom
+
+        k = min(10, ctx_pos.shape[1])
+        pos = ctx_pos[:, :k]
+        w = np.where(pos >= 0, affinity_weights(ctx_dist[:, :k], self.index.space, self._s0), 0.0)
+        return nystrom(self._phi, pos, w)
+
+    def _set_rho(self, rho: float, exact: bool = True) -> None:
+        """Change the diffusion weight: recompose the codes and rebuild the latent index."""
+        self._rho = float(rho)
+        z = self._codes[:, : self.latent_dim]
+        self._codes = self._compose(z, self._phi)
+        self._rebuild_latent(exact)
+
+    def _rebuild_latent(self, exact: bool) -> None:
+        self._latent = self._new_latent_index(self._codes.shape[0], exact)
+        self._latent.add(self._codes, np.arange(self._codes.shape[0]))
+
     def _refresh_codes(self, exact: bool = False) -> None:
         """Recompute every database code and rebuild the latent index.
 
@@ -296,13 +363,19 @@ class AttentionSearch:
                 refresh()
             except NotFittedError:  # no database adopted yet: the first gather call adopts it
                 pass
-        self._codes = self._encode_rows(np.arange(len(g)))
-        self._latent = self._new_latent_index(len(g), exact)
-        self._latent.add(self._codes, np.arange(len(g)))
+        if self.spectral and self._phi.shape[0] != len(g):
+            if self._phi.shape[0] == 0 or self._phi.shape[0] > len(g):
+                self._build_spectral()
+            else:
+                self._extend_spectral(self._phi.shape[0])
+        self._codes = self._compose(self._encode_rows(np.arange(len(g))), self._phi)
+        self._rebuild_latent(exact)
 
     def _update_codes(self, rows: np.ndarray, new_from: int) -> None:
-        codes = self._encode_rows(rows)
-        grown = np.zeros((len(self._table), self.latent_dim), dtype=np.float32)
+        if self.spectral and self._phi.shape[0]:
+            self._extend_spectral(new_from)
+        codes = self._compose(self._encode_rows(rows), self._phi[rows] if self._phi.shape[0] else self._phi)
+        grown = np.zeros((len(self._table), self._codes.shape[1]), dtype=np.float32)
         grown[: self._codes.shape[0]] = self._codes
         grown[rows] = codes
         self._codes = grown
@@ -315,9 +388,10 @@ class AttentionSearch:
         return self._latent
 
     def _new_latent_index(self, n: int, exact: bool = False) -> LatentIndex | HNSWIndex:
+        width = self._codes.shape[1]
         if exact or n <= _FLAT_LATENT_MAX:
-            return LatentIndex(self.latent_dim, metric="ip", kind="flat", num_threads=self._num_threads)
-        serving = HNSWIndex(self.latent_dim, space="ip", M=16, ef_construction=100, seed=self.seed,
+            return LatentIndex(width, metric="ip", kind="flat", num_threads=self._num_threads)
+        serving = HNSWIndex(width, space="ip", M=16, ef_construction=100, seed=self.seed,
                             num_threads=self._num_threads, max_elements=n)
         serving.ef = max(32, self.latent_k)
         return serving
@@ -363,7 +437,10 @@ class AttentionSearch:
     def _encode_queries(self, qs: np.ndarray, ctx_pos: np.ndarray, ctx_dist: np.ndarray) -> np.ndarray:
         assert self._encoder is not None
         ids, mask, ctx = self._query_context(qs, ctx_pos, ctx_dist)
-        return self._encoder.encode(qs, self._table, ids, mask, ctx).zhat
+        z = self._encoder.encode(qs, self._table, ids, mask, ctx).zhat
+        if self.spectral and self._phi.shape[0]:
+            return self._compose(z, self._query_phi(ctx_pos, ctx_dist))
+        return z
 
     def _score(self, qv: np.ndarray, zq: np.ndarray | None, pool: np.ndarray, known: np.ndarray | None,
                g: HNSWGraph) -> tuple[np.ndarray, np.ndarray]:
@@ -608,6 +685,10 @@ class AttentionSearch:
             "k_global": self.k_global,
             "seed": self.seed,
             "latent_dim": self.latent_dim,
+            "spectral": self.spectral,
+            "spectral_time": self.spectral_time,
+            "rho": self._rho,
+            "phi": self._phi,
             "mech_config": _jsonable_config(self.mech_config),
             "qe": {"n": self._qe_n, "alpha": self._qe_alpha} if self._encoder is None else None,
             "fitted": self._fitted,
@@ -645,7 +726,12 @@ class AttentionSearch:
                 cfg.update(state["qe"])
             obj = cls(index, str(state["mechanism"]), candidates=int(state["candidates"]),
                       expand=int(state["expand"]), k_local=int(state["k_local"]), k_global=int(state["k_global"]),
-                      seed=int(state["seed"]), latent_dim=int(state["latent_dim"]), **cfg)
+                      seed=int(state["seed"]), latent_dim=int(state["latent_dim"]),
+                      spectral=int(state["spectral"]), spectral_time=int(state["spectral_time"]), **cfg)
+            obj._rho = float(state["rho"])
+            obj._phi = np.ascontiguousarray(state["phi"], dtype=np.float32)
+            if obj._phi.ndim != 2 or (obj._phi.size and obj._phi.shape[1] > obj.spectral):
+                raise IndexCorruptedError(f"{path}: diffusion coordinates of the wrong shape")
             if obj._encoder is not None:
                 saved = state["params"]
                 params = obj._encoder.params
