@@ -30,6 +30,17 @@ __all__ = [
 ]
 
 
+def _float_dtype(arr: np.ndarray, name: str) -> np.ndarray:
+    """``arr`` with float32/float64 kept and other real dtypes (ints, bools, float16) -> float64."""
+    if arr.dtype.kind in "biu":
+        return arr.astype(np.float64)
+    if arr.dtype.kind != "f":
+        raise InvalidDTypeError(f"{name}: expected a real numeric array, got dtype {arr.dtype}")
+    if arr.dtype not in (np.float32, np.float64):
+        return arr.astype(np.float64)
+    return arr
+
+
 def as_float(x: Any, name: str, *, ndim: int | tuple[int, ...] | None = None, allow_empty: bool = True) -> np.ndarray:
     """Return ``x`` as a finite float32/float64 array (float64 kept, other dtypes -> float64).
 
@@ -40,12 +51,7 @@ def as_float(x: Any, name: str, *, ndim: int | tuple[int, ...] | None = None, al
         arr = np.asarray(x)
     except Exception as exc:  # pragma: no cover - exotic array-likes
         raise InvalidDTypeError(f"{name}: cannot convert to an array ({exc})") from exc
-    if arr.dtype.kind in "biu":
-        arr = arr.astype(np.float64)
-    elif arr.dtype.kind != "f":
-        raise InvalidDTypeError(f"{name}: expected a real numeric array, got dtype {arr.dtype}")
-    elif arr.dtype not in (np.float32, np.float64):
-        arr = arr.astype(np.float64)
+    arr = _float_dtype(arr, name)
     if ndim is not None:
         dims = (ndim,) if isinstance(ndim, int) else ndim
         if arr.ndim not in dims:
@@ -130,13 +136,7 @@ def as_float_table(x: Any, name: str) -> np.ndarray:
     For large tables of which a call touches only some rows: check the gathered rows with
     :func:`check_finite_rows` instead of scanning the whole table.
     """
-    arr = np.asarray(x)
-    if arr.dtype.kind in "biu":
-        arr = arr.astype(np.float64)
-    elif arr.dtype.kind != "f":
-        raise InvalidDTypeError(f"{name}: expected a real numeric array, got dtype {arr.dtype}")
-    elif arr.dtype not in (np.float32, np.float64):
-        arr = arr.astype(np.float64)
+    arr = _float_dtype(np.asarray(x), name)
     if arr.ndim != 2:
         raise ShapeMismatchError(f"{name}: expected 2 dimensions, got shape {arr.shape}")
     return arr
