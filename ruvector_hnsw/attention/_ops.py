@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ruvector_hnsw.attention import _kernels as K
-from ruvector_hnsw.attention._threads import run_row_chunks
+from ruvector_hnsw.attention._threads import join_row_chunks, run_row_chunks
 
 __all__ = ["flash_attend", "mq_attend", "mq_attn_weights", "sd_attend"]
 
@@ -30,13 +30,7 @@ def mq_attend(
     parts = run_row_chunks(
         lambda lo, hi: K.mq_forward(Q[lo:hi], T, Vt, ids[lo:hi], vi[lo:hi], mask[lo:hi], scale), B, work
     )
-    if len(parts) == 1:
-        return parts[0]
-    return (
-        np.concatenate([p[0] for p in parts]),
-        np.concatenate([p[1] for p in parts]),
-        all(p[2] for p in parts),
-    )
+    return join_row_chunks(parts)
 
 
 def mq_attn_weights(
@@ -46,9 +40,7 @@ def mq_attn_weights(
     B, H, d = Q.shape
     n = ids.shape[1]
     parts = run_row_chunks(lambda lo, hi: K.mq_weights(Q[lo:hi], T, ids[lo:hi], mask[lo:hi], scale), B, B * n * H * d)
-    if len(parts) == 1:
-        return parts[0]
-    return np.concatenate([p[0] for p in parts]), all(p[1] for p in parts)
+    return join_row_chunks(parts)
 
 
 def flash_attend(
@@ -61,13 +53,7 @@ def flash_attend(
     parts = run_row_chunks(
         lambda lo, hi: K.flash_forward(Q[lo:hi], T, Vt, ids[lo:hi], mask[lo:hi], scale, block), B, work
     )
-    if len(parts) == 1:
-        return parts[0]
-    return (
-        np.concatenate([p[0] for p in parts]),
-        np.concatenate([p[1] for p in parts]),
-        all(p[2] for p in parts),
-    )
+    return join_row_chunks(parts)
 
 
 def sd_attend(
@@ -87,10 +73,4 @@ def sd_attend(
     parts = run_row_chunks(
         lambda lo, hi: K.sd_forward(Q[lo:hi], T, Vt, ids[lo:hi], vi[lo:hi], mask[lo:hi], scale), B, work
     )
-    if len(parts) == 1:
-        return parts[0]
-    return (
-        np.concatenate([p[0] for p in parts]),
-        np.concatenate([p[1] for p in parts]),
-        all(p[2] for p in parts),
-    )
+    return join_row_chunks(parts)

@@ -12,11 +12,13 @@ import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from typing import Any, TypeVar
+
+import numpy as np
 
 from ruvector_hnsw.errors import ConfigError
 
-__all__ = ["get_num_threads", "run_row_chunks", "set_num_threads"]
+__all__ = ["get_num_threads", "join_row_chunks", "run_row_chunks", "set_num_threads"]
 
 R = TypeVar("R")
 
@@ -66,3 +68,16 @@ def run_row_chunks(func: Callable[[int, int], R], n_rows: int, work: float) -> l
     pool = _get_pool()
     futures = [pool.submit(func, bounds[i], bounds[i + 1]) for i in range(k)]
     return [f.result() for f in futures]
+
+
+def join_row_chunks(parts: list[tuple[Any, ...]]) -> tuple[Any, ...]:
+    """Join what :func:`run_row_chunks` returned for a kernel giving ``(array, ..., ok)``.
+
+    The arrays are concatenated along the rows, the trailing ``ok`` flags are and-ed; a single
+    chunk is returned as it is.
+    """
+    if len(parts) == 1:
+        return parts[0]
+    last = len(parts[0]) - 1
+    arrays = tuple(np.concatenate([p[i] for p in parts]) for i in range(last))
+    return (*arrays, all(p[last] for p in parts))

@@ -77,6 +77,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from ruvector_hnsw.attention._ops import mq_attn_weights
 from ruvector_hnsw.errors import (
     ConfigError,
     DimensionMismatchError,
@@ -601,6 +602,20 @@ class AttentionMechanism(ABC):
     def _raise_nonfinite_rows(self) -> None:
         """Raise the NonFiniteError of a kernel that met NaN/inf in the rows it read."""
         raise NonFiniteError(f"{self.name}: keys/values of attended items contain NaN or infinity")
+
+    def _softmax_weights(
+        self, query: np.ndarray, table: np.ndarray, ids: np.ndarray, mask: np.ndarray, scale: float
+    ) -> np.ndarray:
+        """Softmax weights of ``scale * q . table[ids]`` over ``mask``, checked finite.
+
+        ``query`` is ``(B, d)`` (one query per row; weights ``(B, n)``) or ``(B, H, d)``
+        (weights ``(B, H, n)``). NaN/inf in a row read raises via :meth:`_raise_nonfinite_rows`.
+        """
+        single = query.ndim == 2
+        W, ok = mq_attn_weights(query[:, None, :] if single else query, table, ids, mask, scale)
+        if not ok:
+            self._raise_nonfinite_rows()
+        return W[:, 0, :] if single else W
 
     # -- hooks ----------------------------------------------------------------------------------
     @abstractmethod

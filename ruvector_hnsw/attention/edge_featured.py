@@ -28,7 +28,7 @@ import numpy as np
 from ruvector_hnsw.attention._edge_kernels import edge_backward_kernel, edge_forward_kernel
 from ruvector_hnsw.attention._gather_kernels import scatter_add_rows
 from ruvector_hnsw.attention._partb_common import dense_ids
-from ruvector_hnsw.attention._threads import run_row_chunks
+from ruvector_hnsw.attention._threads import join_row_chunks, run_row_chunks
 from ruvector_hnsw.attention.base import (
     AttentionBatch,
     AttentionMechanism,
@@ -192,9 +192,7 @@ class EdgeFeaturedAttention(AttentionMechanism):
             B,
             work,
         )
-        w = np.concatenate([r[0] for r in parts]) if len(parts) > 1 else parts[0][0]
-        agg = np.concatenate([r[1] for r in parts]) if len(parts) > 1 else parts[0][1]
-        ok = all(r[2] for r in parts)
+        w, agg, ok = join_row_chunks(parts)
         if not ok:
             raise NonFiniteError(f"{self.name}: keys/values rows referenced by ids contain NaN or infinity")
         return w, agg

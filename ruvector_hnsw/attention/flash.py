@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from ruvector_hnsw.attention._kernels import mq_backward, weights_from_lse
-from ruvector_hnsw.attention._ops import flash_attend, mq_attn_weights
+from ruvector_hnsw.attention._ops import flash_attend
 from ruvector_hnsw.attention.base import (
     AttentionBatch,
     AttentionMechanism,
@@ -75,10 +75,7 @@ class FlashAttention(AttentionMechanism):
 
     def _weights(self, batch: AttentionBatch) -> np.ndarray:
         T, _, ids = batch.table_form()
-        W, ok = mq_attn_weights(batch.query[:, None, :], T, ids, batch.mask, self.scale)
-        if not ok:
-            self._raise_nonfinite_rows()
-        return W[:, 0, :]
+        return self._softmax_weights(batch.query, T, ids, batch.mask, self.scale)
 
     def _backward(self, grad_out: np.ndarray, cache: Any) -> dict[str, np.ndarray]:
         batch, lse = cache

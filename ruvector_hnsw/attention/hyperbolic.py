@@ -39,7 +39,7 @@ from ruvector_hnsw.attention._hyperbolic_kernels import (
     project_backward,
 )
 from ruvector_hnsw.attention._partb_common import dense_ids, softmax_backward
-from ruvector_hnsw.attention._threads import run_row_chunks
+from ruvector_hnsw.attention._threads import join_row_chunks, run_row_chunks
 from ruvector_hnsw.attention.base import AttentionBatch, AttentionMechanism, check_positive_float
 from ruvector_hnsw.errors import ConfigError, NonFiniteError
 
@@ -152,9 +152,7 @@ class HyperbolicAttention(AttentionMechanism):
             B,
             float(B) * n * (q.shape[1] + vt.shape[1]) * 4,
         )
-        out = np.concatenate([r[0] for r in parts]) if len(parts) > 1 else parts[0][0]
-        w = np.concatenate([r[1] for r in parts]) if len(parts) > 1 else parts[0][1]
-        ok = all(r[2] for r in parts)
+        out, w, ok = join_row_chunks(parts)
         if not ok:
             raise NonFiniteError(f"{self.name}: keys/values rows referenced by ids contain NaN or infinity")
         return out, w

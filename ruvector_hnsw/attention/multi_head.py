@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from ruvector_hnsw.attention._kernels import mq_backward
-from ruvector_hnsw.attention._ops import mq_attend, mq_attn_weights
+from ruvector_hnsw.attention._ops import mq_attend
 from ruvector_hnsw.attention.base import (
     AttentionBatch,
     AttentionMechanism,
@@ -143,10 +143,7 @@ class MultiHeadAttention(AttentionMechanism):
     def _weights(self, batch: AttentionBatch) -> np.ndarray:
         T, _, ids = batch.table_form()
         _, Qt = self._head_queries(batch.query)
-        W, ok = mq_attn_weights(Qt, T, ids, batch.mask, self.scale)
-        if not ok:
-            self._raise_nonfinite_rows()
-        return W
+        return self._softmax_weights(Qt, T, ids, batch.mask, self.scale)
 
     def _backward(self, grad_out: np.ndarray, cache: Any) -> dict[str, np.ndarray]:
         batch, qp, Qt, R, W, O = cache

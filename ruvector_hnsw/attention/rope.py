@@ -7,7 +7,6 @@ from typing import Any
 import numpy as np
 
 from ruvector_hnsw.attention._kernels import mq_backward, rope_apply, rope_forward, rope_unapply_scatter
-from ruvector_hnsw.attention._ops import mq_attn_weights
 from ruvector_hnsw.attention._threads import run_row_chunks
 from ruvector_hnsw.attention.base import AttentionBatch, AttentionMechanism, check_positive_float, dense_ids
 from ruvector_hnsw.errors import ConfigError
@@ -136,10 +135,7 @@ class RoPEAttention(AttentionMechanism):
         B, n = batch.mask.shape
         Kr = self.rotated_keys(batch)
         kid = dense_ids(B, n)
-        W, ok = mq_attn_weights(batch.query[:, None, :], Kr.reshape(B * n, self.dim), kid, batch.mask, self.scale)
-        if not ok:
-            self._raise_nonfinite_rows()
-        return W[:, 0, :]
+        return self._softmax_weights(batch.query, Kr.reshape(B * n, self.dim), kid, batch.mask, self.scale)
 
     def _backward(self, grad_out: np.ndarray, cache: Any) -> dict[str, np.ndarray]:
         batch, pos, W = cache

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from ruvector_hnsw.attention._kernels import mq_backward
-from ruvector_hnsw.attention._ops import mq_attn_weights, sd_attend
+from ruvector_hnsw.attention._ops import sd_attend
 from ruvector_hnsw.attention.base import AttentionBatch, AttentionMechanism, check_positive_float
 
 __all__ = ["ScaledDotAttention"]
@@ -59,10 +59,7 @@ class ScaledDotAttention(AttentionMechanism):
 
     def _weights(self, batch: AttentionBatch) -> np.ndarray:
         T, _, ids = batch.table_form()
-        W, ok = mq_attn_weights(batch.query[:, None, :], T, ids, batch.mask, self.scale)
-        if not ok:
-            self._raise_nonfinite_rows()
-        return W[:, 0, :]
+        return self._softmax_weights(batch.query, T, ids, batch.mask, self.scale)
 
     def _backward(self, grad_out: np.ndarray, cache: Any) -> dict[str, np.ndarray]:
         batch, W = cache
