@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TypeVar
 
 import numpy as np
 
+from ruvector_hnsw.attention import _threads
 from ruvector_hnsw.attention.base import Context
+
+_T = TypeVar("_T")
 
 
 def softmax_masked(s: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -123,6 +127,16 @@ def performer(q, K, V, mask, features, temperature=1.0):
 
 
 # ----------------------------------------------------------------------------------------------
+def with_threads(n: int, fn: Callable[[], _T]) -> _T:
+    """``fn()`` with the attention kernels limited to ``n`` threads; the old setting is restored."""
+    old = _threads.get_num_threads()
+    try:
+        _threads.set_num_threads(n)
+        return fn()
+    finally:
+        _threads.set_num_threads(old)
+
+
 def numeric_grad(f: Callable[[], float], x: np.ndarray, eps: float = 1e-6) -> np.ndarray:
     """Central finite differences of ``f()`` w.r.t. every element of ``x`` (perturbed in place)."""
     g = np.zeros_like(x, dtype=np.float64)

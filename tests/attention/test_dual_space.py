@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from ruvector_hnsw.attention.dual_space import DualSpaceAttention
 from ruvector_hnsw.errors import ConfigError, DimensionMismatchError, NotFittedError
+from tests.attention._reference import numeric_grad
 
 B, N, D, NDB = 4, 5, 6, 40
 
@@ -120,17 +121,7 @@ def test_backward_matches_finite_differences(metric):
     items = [*att.params.items(), ("query", q), ("keys", K), ("values", V)]
     assert set(grads) == {k for k, _ in items}
     for name, arr in items:
-        num = np.zeros_like(arr)
-        it = np.nditer(arr, flags=["multi_index"])
-        for _ in it:
-            i = it.multi_index
-            old = arr[i]
-            arr[i] = old + 1e-6
-            lp = loss()
-            arr[i] = old - 1e-6
-            lm = loss()
-            arr[i] = old
-            num[i] = (lp - lm) / 2e-6
+        num = numeric_grad(loss, arr, 1e-6)
         np.testing.assert_allclose(grads[name], num, atol=1e-6, rtol=1e-5, err_msg=name)
     att.forward(q, K, V, mask)
     np.testing.assert_array_equal(att.last_latent_ids, ids0)  # the FD steps did not change neighbours

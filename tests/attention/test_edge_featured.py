@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from ruvector_hnsw.attention.base import Context
 from ruvector_hnsw.attention.edge_featured import EdgeFeaturedAttention
 from ruvector_hnsw.errors import ConfigError, DimensionMismatchError, MissingContextError, ShapeMismatchError
+from tests.attention._reference import numeric_grad, with_threads
 
 B, N, D = 3, 6, 5
 
@@ -80,17 +81,7 @@ def fd_check(att, q, K, V, mask, ctx, ids=None, eps=1e-6, tol=1e-6):
     items = [*att.params.items(), ("query", q), ("keys", K), ("values", V)]
     assert set(grads) == {name for name, _ in items}
     for name, arr in items:
-        num = np.zeros_like(arr)
-        it = np.nditer(arr, flags=["multi_index"])
-        for _ in it:
-            i = it.multi_index
-            old = arr[i]
-            arr[i] = old + eps
-            lp = loss()
-            arr[i] = old - eps
-            lm = loss()
-            arr[i] = old
-            num[i] = (lp - lm) / (2 * eps)
+        num = numeric_grad(loss, arr, eps)
         assert grads[name].shape == arr.shape, name
         np.testing.assert_allclose(grads[name], num, atol=tol, rtol=1e-5, err_msg=name)
 
@@ -275,8 +266,6 @@ def test_nonfinite_rows_referenced_by_ids_raise():
 
 
 def test_threaded_row_chunks_equal_single_thread():
-    from ruvector_hnsw.attention import _threads
-
     rng = np.random.default_rng(0)
     Bb, n, d = 600, 24, 16
     table = rng.standard_normal((500, d)).astype(np.float32)
@@ -284,16 +273,13 @@ def test_threaded_row_chunks_equal_single_thread():
     q = rng.standard_normal((Bb, d)).astype(np.float32)
     ctx = Context(dist=rng.random((Bb, n)), layer=rng.integers(0, 3, (Bb, n)))
     att = EdgeFeaturedAttention(d, hidden=32, seed=0)
-    old = _threads.get_num_threads()
-    try:
-        _threads.set_num_threads(2)
-        many = att.forward(q, table, table, None, ctx, ids=ids)
-        g_many = att.backward(np.ones_like(many))
-        _threads.set_num_threads(1)
-        one = att.forward(q, table, table, None, ctx, ids=ids)
-        g_one = att.backward(np.ones_like(one))
-    finally:
-        _threads.set_num_threads(old)
+
+    def run():
+        out = att.forward(q, table, table, None, ctx, ids=ids)
+        return out, att.backward(np.ones_like(out))
+
+    many, g_many = with_threads(2, run)
+    one, g_one = with_threads(1, run)
     np.testing.assert_array_equal(many, one)
     for k in g_one:  # param grads are summed over chunks: equal up to rounding
         np.testing.assert_allclose(g_many[k], g_one[k], rtol=1e-4, atol=1e-5, err_msg=k)

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from ruvector_hnsw.attention import _hyperbolic_kernels as hk
 from ruvector_hnsw.attention.hyperbolic import HyperbolicAttention
 from ruvector_hnsw.errors import ConfigError, ShapeMismatchError
+from tests.attention._reference import numeric_grad, with_threads
 
 B, N, D, DV = 3, 5, 4, 3
 MODES = list(itertools.product(["project", "expmap"], ["ball", "tangent"], [-1.0, -2.5]))
@@ -88,17 +89,7 @@ def fd_check(att, q, K, V, mask, ids=None, eps=1e-6, tol=1e-5):
     items = [*att.params.items(), ("query", q), ("keys", K), ("values", V)]
     assert set(grads) == {name for name, _ in items}
     for name, arr in items:
-        num = np.zeros_like(arr)
-        it = np.nditer(arr, flags=["multi_index"])
-        for _ in it:
-            i = it.multi_index
-            old = arr[i]
-            arr[i] = old + eps
-            lp = loss()
-            arr[i] = old - eps
-            lm = loss()
-            arr[i] = old
-            num[i] = (lp - lm) / (2 * eps)
+        num = numeric_grad(loss, arr, eps)
         assert grads[name].shape == arr.shape, name
         np.testing.assert_allclose(grads[name], num, atol=tol, rtol=1e-4, err_msg=name)
 
@@ -269,22 +260,14 @@ def test_nonfinite_rows_referenced_by_ids_raise():
 
 
 def test_threaded_row_chunks_equal_single_thread():
-    from ruvector_hnsw.attention import _threads
-
     rng = np.random.default_rng(0)
     Bb, n, d = 800, 32, 32
     table = rng.standard_normal((500, d)).astype(np.float32) * 0.1
     ids = rng.integers(-1, 500, (Bb, n))
     q = rng.standard_normal((Bb, d)).astype(np.float32) * 0.1
     att = HyperbolicAttention(d)
-    old = _threads.get_num_threads()
-    try:
-        _threads.set_num_threads(2)
-        many = att.forward(q, table, table, ids=ids)
-        _threads.set_num_threads(1)
-        one = att.forward(q, table, table, ids=ids)
-    finally:
-        _threads.set_num_threads(old)
+    many = with_threads(2, lambda: att.forward(q, table, table, ids=ids))
+    one = with_threads(1, lambda: att.forward(q, table, table, ids=ids))
     np.testing.assert_array_equal(many, one)
 
 

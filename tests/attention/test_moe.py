@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from ruvector_hnsw.attention.base import Context
 from ruvector_hnsw.attention.moe import EXPERTS, MoEAttention
 from ruvector_hnsw.errors import ConfigError, MissingContextError
+from tests.attention._reference import numeric_grad
 from tests.attention.test_edge_featured import ref_features
 from tests.attention.test_edge_featured import ref_forward as ref_edge
 from tests.attention.test_hyperbolic import ref_forward as ref_hyp
@@ -157,17 +158,7 @@ def test_backward_matches_finite_differences(top_k, aux_weight):
     items = [*att.params.items(), ("query", q), ("keys", K), ("values", V)]
     assert set(grads) == {k for k, _ in items}
     for name, arr in items:
-        num = np.zeros_like(arr)
-        it = np.nditer(arr, flags=["multi_index"])
-        for _ in it:
-            i = it.multi_index
-            old = arr[i]
-            arr[i] = old + 1e-6
-            lp = loss()
-            arr[i] = old - 1e-6
-            lm = loss()
-            arr[i] = old
-            num[i] = (lp - lm) / 2e-6
+        num = numeric_grad(loss, arr, 1e-6)
         np.testing.assert_allclose(grads[name], num, atol=1e-6, rtol=1e-5, err_msg=name)
 
 

@@ -114,21 +114,13 @@ def test_gather_checks_referenced_rows_only():
 
 
 def test_large_batch_threaded_matches_serial():
-    from ruvector_hnsw.attention import _threads
-
     rng = np.random.default_rng(0)
     table = rng.standard_normal((500, 32)).astype(np.float32)
     ids = rng.integers(0, 500, size=(600, 40))
     q = rng.standard_normal((600, 32)).astype(np.float32)
     att = ScaledDotAttention(32)
-    old = _threads.get_num_threads()
-    try:
-        _threads.set_num_threads(1)
-        a = att.forward(q, table, table, ids=ids)
-        _threads.set_num_threads(2)
-        b = att.forward(q, table, table, ids=ids)
-    finally:
-        _threads.set_num_threads(old)
+    a = ref.with_threads(1, lambda: att.forward(q, table, table, ids=ids))
+    b = ref.with_threads(2, lambda: att.forward(q, table, table, ids=ids))
     np.testing.assert_array_equal(a, b)
 
 
