@@ -129,6 +129,31 @@ def _draw_labels(rng: np.random.Generator, n: int, weights: np.ndarray) -> np.nd
     return np.sort(rng.choice(weights.size, size=n, p=weights)).astype(np.int64)
 
 
+def _add_nuisance(x: np.ndarray, rng: np.random.Generator, nuisance: float, basis: np.ndarray) -> None:
+    """Add the shared nuisance ``nuisance * G z`` (``G`` = ``basis`` (d, q), ``z ~ N(0, I_q)``) to ``x`` in place."""
+    if basis.shape[1]:
+        x += nuisance * (rng.standard_normal((x.shape[0], basis.shape[1])) @ basis.T)
+
+
+def _common_params(scenario: str, size: str, seed: int, sz: _Sizes) -> dict[str, Any]:
+    """The leading entries of every scenario's ``params`` (the per-scenario knobs follow)."""
+    return {
+        "scenario": scenario,
+        "size": size,
+        "seed": seed,
+        "n_base": sz.n_base,
+        "n_queries": sz.n_queries,
+        "n_train_queries": sz.n_train_queries,
+        "dim": sz.dim,
+        "n_classes": sz.n_classes,
+    }
+
+
+def _summary(doc: str | None) -> str:
+    """First paragraph of a maker's docstring (the dataset description)."""
+    return doc.split("\n\n")[0] if doc else ""
+
+
 def _finish(
     name: str,
     sampler: Callable[[np.random.Generator, int], tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]],
@@ -275,18 +300,11 @@ def make_clusters(
             z = rng.standard_normal((idx.size, p_el))
             iso = rng.standard_normal((idx.size, d))
             x[idx] = modes[cls][m] + noise * spread[cls] * (z @ elong[cls].T + 0.35 * iso)
-        x += nuisance * (rng.standard_normal((n, q_nu)) @ nuis.T)
+        _add_nuisance(x, rng, nuisance, nuis)
         return x.astype(np.float32), y, {"modes": mode_id}
 
     params = {
-        "scenario": "clusters",
-        "size": size,
-        "seed": seed,
-        "n_base": sz.n_base,
-        "n_queries": sz.n_queries,
-        "n_train_queries": sz.n_train_queries,
-        "dim": d,
-        "n_classes": c,
+        **_common_params("clusters", size, seed, sz),
         "noise": noise,
         "nuisance": nuisance,
         "label_noise": label_noise,
@@ -295,7 +313,7 @@ def make_clusters(
     }
     return _finish(
         "clusters", sample, rngs, sz, metric, gt_k, label_noise, c, params,
-        make_clusters.__doc__.split("\n\n")[0] if make_clusters.__doc__ else "",
+        _summary(make_clusters.__doc__),
     )
 
 
@@ -392,18 +410,11 @@ def make_hierarchical(
             z2 = rng.standard_normal((idx.size, p_own))
             iso = rng.standard_normal((idx.size, d))
             x[idx] = centres[cls] + noise * spread[cls] * (z1 @ fam.T + z2 @ own_dirs[cls].T + 0.35 * iso)
-        x += nuisance * (rng.standard_normal((n, q_nu)) @ nuis.T)
+        _add_nuisance(x, rng, nuisance, nuis)
         return x.astype(np.float32), y, {"super": class_super[y]}
 
     params = {
-        "scenario": "hierarchical",
-        "size": size,
-        "seed": seed,
-        "n_base": sz.n_base,
-        "n_queries": sz.n_queries,
-        "n_train_queries": sz.n_train_queries,
-        "dim": d,
-        "n_classes": c,
+        **_common_params("hierarchical", size, seed, sz),
         "n_super": s_count,
         "noise": noise,
         "sibling_spread": sibling_spread,
@@ -413,7 +424,7 @@ def make_hierarchical(
     }
     ds = _finish(
         "hierarchical", sample, rngs, sz, metric, gt_k, 0.0, c, params,
-        make_hierarchical.__doc__.split("\n\n")[0] if make_hierarchical.__doc__ else "",
+        _summary(make_hierarchical.__doc__),
     )
     ds.extras["class_super"] = class_super
     return ds
@@ -525,19 +536,11 @@ def make_manifolds(
             feats = np.cos(2 * np.pi * (t @ freqs[cls].T) + phases[cls])
             low[idx] = offsets[cls] + feats @ amps[cls]
         x = low @ world.T + noise * rng.standard_normal((n, d))
-        if nuis.shape[1]:
-            x += nuisance * (rng.standard_normal((n, nuis.shape[1])) @ nuis.T)
+        _add_nuisance(x, rng, nuisance, nuis)
         return x.astype(np.float32), y, {"t": t_first.astype(np.float32)}
 
     params = {
-        "scenario": "manifolds",
-        "size": size,
-        "seed": seed,
-        "n_base": sz.n_base,
-        "n_queries": sz.n_queries,
-        "n_train_queries": sz.n_train_queries,
-        "dim": d,
-        "n_classes": c,
+        **_common_params("manifolds", size, seed, sz),
         "world_dim": wd,
         "curvature": curvature,
         "noise": noise,
@@ -547,7 +550,7 @@ def make_manifolds(
     }
     return _finish(
         "manifolds", sample, rngs, sz, metric, gt_k, 0.0, c, params,
-        make_manifolds.__doc__.split("\n\n")[0] if make_manifolds.__doc__ else "",
+        _summary(make_manifolds.__doc__),
     )
 
 
