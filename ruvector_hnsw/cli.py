@@ -39,6 +39,8 @@ _EPILOG = """\
 examples:
   ruvector-hnsw demo                                   # the built-in scenario end to end (< 2 min)
   ruvector-hnsw eval --dataset clusters --methods exact,hnsw,alpha_qe,dba --json out.json --plot out.png
+  ruvector-hnsw eval --dataset clusters --methods hnsw,alpha_qe,dba,local_global,rope,dual_space,linear_proj
+  ruvector-hnsw train --dataset clusters --mechanism local_global --epochs 4 --out models/lg
   ruvector-hnsw eval --dataset data/sift_base.fvecs --methods exact,hnsw:ef=32,hnsw:ef=128
   ruvector-hnsw build data/sift_base.fvecs -o sift.rvh --space l2 --M 16 --ef-construction 200
   ruvector-hnsw query sift.rvh data/sift_query.fvecs -k 10 --ef 64 -o result.npz
@@ -788,8 +790,8 @@ def _add_eval_params(p: argparse.ArgumentParser, dataset_default: str | None, me
     e = p.add_argument_group("evaluation")
     e.add_argument(
         "--methods", default=methods_default,
-        help=f"comma-separated method names, options after colons (e.g. hnsw:ef=32), or 'all' "
-        f"(default {methods_default})",
+        help=f"comma-separated method names, options after colons (e.g. hnsw:ef=32, local_global:epochs=4:expand=2), "
+        f"or 'all' (every registered method; trains every attention mechanism, slow) (default {methods_default})",
     )
     e.add_argument("--k", "-k", type=_positive_int, default=10, help="cut-off for recall and timing (default 10)")
     e.add_argument("--ef", type=_positive_int, default=128, help="HNSW search breadth (default 128)")
@@ -893,11 +895,14 @@ def build_parser() -> argparse.ArgumentParser:
         "eval", "evaluate search methods on a dataset: table, JSON, plot",
         "examples:\n"
         "  ruvector-hnsw eval --dataset clusters --methods exact,hnsw,alpha_qe,dba --json o.json --plot o.png\n"
-        "  ruvector-hnsw eval --dataset digits --methods all\n"
+        "  ruvector-hnsw eval --dataset digits --methods hnsw,alpha_qe,local_global:epochs=4:expand=2,linear_proj\n"
+        "  ruvector-hnsw eval --dataset clusters --methods hnsw --model models/lg --index models/lg.rvh\n"
         "  ruvector-hnsw eval --dataset glove-25-angular.hdf5 --methods hnsw:ef=16,hnsw:ef=64,hnsw:ef=256\n\n"
         "JSON: {\"dataset\": {...}, \"results\": [{\"method\", \"map_at_r\", \"p_at_1\", \"recall_at_10\", \"qps\", "
         "\"p50_ms\", \"p95_ms\", ...}], \"settings\": {...}}\nrecall_at_10 is ANN recall (ann-benchmarks); "
-        "hit_rate_at_10 is metric-learning Recall@10.",
+        "hit_rate_at_10 is metric-learning Recall@10.\n\n"
+        "Trained methods (every attention mechanism by name, linear_proj) fit on the dataset's training queries;\n"
+        "a dataset without them gets --train-queries evaluation queries moved into a disjoint training set.",
         cmd_eval,
     )
     _add_eval_params(p, None, _DEFAULT_METHODS)

@@ -24,6 +24,7 @@ are projected (the projected space is always compared by cosine).
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
 
@@ -85,8 +86,21 @@ def linear_proj_loss(
     sim = np.where(valid, sim, 0.0)
     loss, g = info_nce(sim, positives, temperature=temperature, candidate_mask=valid)
     grads = sim_fn.backward(g.astype(zq.dtype, copy=False))
-    dW = grads["query"].T @ queries + np.einsum("bcp,bcd->pd", grads["candidates"], pool)
+    gc = grads["candidates"]
+    dW = grads["query"].T @ queries + gc.reshape(-1, gc.shape[-1]).T @ pool.reshape(-1, pool.shape[-1])
     return float(loss), dW.astype(W.dtype, copy=False)
+
+
+def _single_thread_blas() -> Any:
+    """Limit BLAS to one thread (small matmuls; many threads only fight on shared cores).
+
+    Uses threadpoolctl when installed (it comes with scikit-learn); otherwise a no-op.
+    """
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - optional
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=1, user_api="blas")
 
 
 def _dedup_rows(ids: np.ndarray) -> np.ndarray:
@@ -242,7 +256,16 @@ class LinearProjection:
         opt = Adam(params, lr=lr, weight_decay=weight_decay, max_grad_norm=10.0)
         rng = np.random.default_rng(self.seed)
         self.history = {"train_loss": [], "epoch_time_s": []}
-        for _ in range(int(epochs)):
+        with _single_thread_blas():
+            self._train(q, x, ql, bl, cand, params, opt, rng, int(epochs), int(batch_size), temperature,
+                        extra_positives, random_negatives)
+        self.W = params["W"]
+        return self.history
+
+    def _train(self, q: np.ndarray, x: np.ndarray, ql: np.ndarray, bl: np.ndarray, cand: np.ndarray,
+               params: dict[str, np.ndarray], opt: Adam, rng: np.random.Generator, epochs: int, batch_size: int,
+               temperature: float, extra_positives: int, random_negatives: int) -> None:
+        for _ in range(epochs):
             t0 = time.perf_counter()
             perm = rng.permutation(q.shape[0])
             losses, weights = [], []
@@ -257,8 +280,6 @@ class LinearProjection:
                 weights.append(b.shape[0])
             self.history["train_loss"].append(float(np.average(losses, weights=weights)))
             self.history["epoch_time_s"].append(time.perf_counter() - t0)
-        self.W = params["W"]
-        return self.history
 
 
 def make_linear_proj(
