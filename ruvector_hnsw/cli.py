@@ -288,7 +288,9 @@ def _run_eval(
             f"unknown method(s) {', '.join(map(repr, unknown))}; known: {', '.join(sorted(ev.METHODS))}"
             if unknown else "no methods given"
         )
-    if any(name in ev.TRAINED_METHODS for name in parsed):
+    # a saved model gets the split too: with the same --seed/--train-queries as 'train' it is the
+    # same split, so its training queries stay out of the evaluation
+    if any(name in ev.TRAINED_METHODS or name == "model" for name in parsed):
         ds, split = ev.ensure_train_split(ds, getattr(args, "train_queries", None), seed=args.seed)
         settings["training_queries"] = split
         if split["train_source"] == "split_queries":
@@ -614,6 +616,8 @@ def cmd_train(args: argparse.Namespace, con: _Console) -> int:
         except RuvectorError as exc:
             con.print(f"no plot: {exc}")
     size = f" --size {args.size}" if args.size else ""
+    if args.train_queries:
+        size += f" --train-queries {args.train_queries}"
     con.print(f"evaluate it: ruvector-hnsw eval --dataset {args.dataset}{size} --seed {args.seed} "
               f"--methods hnsw,alpha_qe --model {out} --index {index_path or args.index}")
     con.print(f"done in {time.perf_counter() - t_all:.1f} s")

@@ -282,6 +282,20 @@ def test_eval_splits_training_queries_off_a_file_dataset(tmp_path, capsys):
     assert lp["n_queries"] == 50 and lp["params"]["train_source"] == "split_queries"
     assert lp["params"]["n_train_queries"] == 30
 
+    # train on the same split, then evaluate the saved model: the same 50 evaluation queries
+    model = tmp_path / "m"
+    assert main(["train", "--dataset", str(tmp_path / "lab.npz"), "--train-queries", "30", "--epochs", "1",
+                 "--out", str(model), "--no-plot", "--threads", "1"]) == 0
+    hist = json.loads((tmp_path / "m.history.json").read_text())
+    assert hist["training_queries"]["train_source"] == "split_queries"
+    assert hist["training_queries"]["n_train_queries"] == 30
+    assert main(["eval", "--dataset", str(tmp_path / "lab.npz"), "--train-queries", "30", "--methods", "hnsw",
+                 "--model", str(model), "--index", str(tmp_path / "m.rvh"), "--json", str(tmp_path / "r2.json"),
+                 "--latency-queries", "0", "--threads", "1"]) == 0
+    doc2 = json.loads((tmp_path / "r2.json").read_text())
+    assert doc2["dataset"]["n_queries"] == 50
+    assert doc2["settings"]["training_queries"]["train_source"] == "split_queries"
+
 
 def test_demo_tiny_trains_then_reranks(tmp_path, capsys):
     out_dir = tmp_path / "demo"
