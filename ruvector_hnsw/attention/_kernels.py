@@ -145,23 +145,15 @@ def mq_backward(Q, T, Vt, ids, vids, mask, W, dR, scale, n_rows, v_rows, need_ta
 # LLVM vectorises better (about 1.6x faster than mq_forward with H = 1)
 # ----------------------------------------------------------------------------------------------
 @njit(cache=True, nogil=True, fastmath=_FM, inline="always")
-def _sd_row(q, T, Vt, ids, vids, mask, scale, b, s, acc):  # pragma: no cover
-    """Scores into ``s``, exponentials (max subtracted) into ``s``, unnormalised read-out into
-    ``acc``; returns the sum of exponentials, 0 for an empty row, -1 on a non-finite value."""
-    n = ids.shape[1]
-    dv = Vt.shape[1]
-    ct = acc.dtype.type
-    mx = -np.inf
-    for j in range(n):
-        if mask[b, j]:
-            v = scale * np.float64(_dot_as(q, T[ids[b, j]], ct))
-            if not np.isfinite(v):
-                return -1.0
-            s[j] = v
-            if v > mx:
-                mx = v
+def _sd_readout(Vt, vids, mask, b, mx, s, acc):  # pragma: no cover
+    """Second half of a single-query row: scores ``s`` (row max ``mx``) -> exponentials in
+    ``s``, unnormalised read-out of ``Vt[vids[b]]`` in ``acc``; returns the sum of
+    exponentials, 0 for an empty row (``mx = -inf``), -1 on a non-finite read-out."""
     if mx == -np.inf:
         return 0.0
+    n = vids.shape[1]
+    dv = Vt.shape[1]
+    ct = acc.dtype.type
     acc[:] = 0.0
     t = 0.0
     for j in range(n):
@@ -177,6 +169,24 @@ def _sd_row(q, T, Vt, ids, vids, mask, scale, b, s, acc):  # pragma: no cover
         if not np.isfinite(acc[k]):
             return -1.0
     return t
+
+
+@njit(cache=True, nogil=True, fastmath=_FM, inline="always")
+def _sd_row(q, T, Vt, ids, vids, mask, scale, b, s, acc):  # pragma: no cover
+    """Scores into ``s``, exponentials (max subtracted) into ``s``, unnormalised read-out into
+    ``acc``; returns the sum of exponentials, 0 for an empty row, -1 on a non-finite value."""
+    n = ids.shape[1]
+    ct = acc.dtype.type
+    mx = -np.inf
+    for j in range(n):
+        if mask[b, j]:
+            v = scale * np.float64(_dot_as(q, T[ids[b, j]], ct))
+            if not np.isfinite(v):
+                return -1.0
+            s[j] = v
+            if v > mx:
+                mx = v
+    return _sd_readout(Vt, vids, mask, b, mx, s, acc)
 
 
 @njit(cache=True, nogil=True, fastmath=_FM, inline="always")
@@ -702,7 +712,6 @@ def rope_unapply_scatter(dKr, ids, mask, cs, sn, out, lo):  # pragma: no cover
 def _rope_row(q, T, Vt, ids, mask, cs, sn, bb, b, scale, s, acc, kbuf):  # pragma: no cover
     """:func:`_sd_row` with each key row rotated into ``kbuf`` on the fly (same dot routine)."""
     n = ids.shape[1]
-    dv = Vt.shape[1]
     half = cs.shape[2]
     d = T.shape[1]
     ct = acc.dtype.type
@@ -726,23 +735,7 @@ def _rope_row(q, T, Vt, ids, mask, cs, sn, bb, b, scale, s, acc, kbuf):  # pragm
             s[j] = v
             if v > mx:
                 mx = v
-    if mx == -np.inf:
-        return 0.0
-    acc[:] = 0.0
-    t = 0.0
-    for j in range(n):
-        if mask[b, j]:
-            p = np.exp(s[j] - mx)
-            s[j] = p
-            t += p
-            pc = ct(p)
-            vr = Vt[ids[b, j]]
-            for k in range(dv):
-                acc[k] += pc * ct(vr[k])
-    for k in range(dv):
-        if not np.isfinite(acc[k]):
-            return -1.0
-    return t
+    return _sd_readout(Vt, ids, mask, b, mx, s, acc)
 
 
 @njit(cache=True, nogil=True, fastmath=_FM)
