@@ -137,6 +137,28 @@ def with_threads(n: int, fn: Callable[[], _T]) -> _T:
         _threads.set_num_threads(old)
 
 
+def gather_and_dense(mech, q, table, ids, context=None, *, rng):
+    """Forward + backward of ``mech`` in gather form (``table``, ``ids``) and in the equivalent
+    dense form (rows gathered, ``-1`` slots zero and masked), with one cotangent ``G`` drawn from
+    ``rng`` after the gather forward. Returns ``(out_gather, grads_gather, out_dense, grads_dense)``."""
+    out_g = mech.forward(q, table, table, None, context, ids=ids)
+    G = rng.standard_normal(out_g.shape)
+    gg = mech.backward(G)
+    dense = np.where((ids >= 0)[:, :, None], table[np.maximum(ids, 0)], 0.0)
+    out_d = mech.forward(q, dense, dense, ids >= 0, context)
+    gd = mech.backward(G)
+    return out_g, gg, out_d, gd
+
+
+def scatter_rows(grad_rows: np.ndarray, ids: np.ndarray, like: np.ndarray) -> np.ndarray:
+    """Dense-form row gradients ``(B, n, d)`` scatter-added into a zero table shaped like ``like``.
+
+    Slots whose id is ``-1`` are skipped."""
+    ref = np.zeros_like(like)
+    np.add.at(ref, ids[ids >= 0], grad_rows[ids >= 0])
+    return ref
+
+
 def numeric_grad(f: Callable[[], float], x: np.ndarray, eps: float = 1e-6) -> np.ndarray:
     """Central finite differences of ``f()`` w.r.t. every element of ``x`` (perturbed in place)."""
     g = np.zeros_like(x, dtype=np.float64)

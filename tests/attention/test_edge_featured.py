@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from ruvector_hnsw.attention.base import Context
 from ruvector_hnsw.attention.edge_featured import EdgeFeaturedAttention
 from ruvector_hnsw.errors import ConfigError, DimensionMismatchError, MissingContextError, ShapeMismatchError
-from tests.attention._reference import numeric_grad, with_threads
+from tests.attention._reference import gather_and_dense, numeric_grad, scatter_rows, with_threads
 
 B, N, D = 3, 6, 5
 
@@ -161,17 +161,10 @@ def test_gather_form_matches_dense_and_scatters_gradients():
     q, _, _, _, ctx = make_inputs(7)
     att = EdgeFeaturedAttention(D, hidden=4, dtype=np.float64, seed=2)
     randomize(att)
-    out_g = att.forward(q, table, table, None, ctx, ids=ids)
-    G = rng.standard_normal(out_g.shape)
-    gg = att.backward(G)
-    K = np.where((ids >= 0)[:, :, None], table[np.maximum(ids, 0)], 0.0)
-    out_d = att.forward(q, K, K, ids >= 0, ctx)
-    gd = att.backward(G)
+    out_g, gg, out_d, gd = gather_and_dense(att, q, table, ids, ctx, rng=rng)
     np.testing.assert_allclose(out_g, out_d, rtol=1e-12)
     for name in ("keys", "values"):
-        ref = np.zeros_like(table)
-        np.add.at(ref, ids[ids >= 0], gd[name][ids >= 0])
-        np.testing.assert_allclose(gg[name], ref, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(gg[name], scatter_rows(gd[name], ids, table), rtol=1e-10, atol=1e-12)
     for name in att.params:
         np.testing.assert_allclose(gg[name], gd[name], rtol=1e-10, atol=1e-12)
     fd_check(att, q[:2], table[:8], table[:8].copy(), None, Context(dist=ctx.dist[:2], layer=ctx.layer[:2]),
