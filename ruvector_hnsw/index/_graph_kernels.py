@@ -63,6 +63,35 @@ def _insertion_sort_by(keys: np.ndarray, a: np.ndarray, b: np.ndarray, c: np.nda
         c[j + 1] = vc
 
 
+@nb.njit(cache=True, inline="always")
+def _push_upper_links(
+    indptr: np.ndarray,
+    indices: np.ndarray,
+    n: int,
+    n_layers: int,
+    node: int,
+    level: int,
+    hops: int,
+    cand: np.ndarray,
+    cand_layer: np.ndarray,
+    cand_hops: np.ndarray,
+    m: int,
+) -> int:
+    """Append the links of ``node`` on layers ``1 .. min(level, n_layers - 1)`` to the candidate
+    scratch (with their layer and ``hops``) while it has room; returns the new fill count."""
+    cap = cand.shape[0]
+    top = min(level, n_layers - 1)
+    for layer in range(1, top + 1):
+        row = layer * n + node
+        for e in range(indptr[row], indptr[row + 1]):
+            if m < cap:
+                cand[m] = indices[e]
+                cand_layer[m] = layer
+                cand_hops[m] = hops
+                m += 1
+    return m
+
+
 @nb.njit(cache=True)
 def neighborhoods(
     nodes: np.ndarray,
@@ -125,29 +154,13 @@ def neighborhoods(
         # ---- global: upper-layer links (own, or via hubs among layer-0 neighbours)
         m = 0
         if levels[v] >= 1:
-            top = min(levels[v], n_layers - 1)
-            for layer in range(1, top + 1):
-                row = layer * n + v
-                for e in range(indptr[row], indptr[row + 1]):
-                    if m < scratch_cap:
-                        cand[m] = indices[e]
-                        cand_layer[m] = layer
-                        cand_hops[m] = 1
-                        m += 1
+            m = _push_upper_links(indptr, indices, n, n_layers, v, levels[v], 1, cand, cand_layer, cand_hops, m)
         else:
             for e0 in range(indptr[v], indptr[v + 1]):
                 hub = indices[e0]
                 if levels[hub] < 1:
                     continue
-                top = min(levels[hub], n_layers - 1)
-                for layer in range(1, top + 1):
-                    row = layer * n + hub
-                    for e in range(indptr[row], indptr[row + 1]):
-                        if m < scratch_cap:
-                            cand[m] = indices[e]
-                            cand_layer[m] = layer
-                            cand_hops[m] = 2
-                            m += 1
+                m = _push_upper_links(indptr, indices, n, n_layers, hub, levels[hub], 2, cand, cand_layer, cand_hops, m)
             if m == 0:
                 # no hub among the layer-0 neighbours: look one hop further out
                 for e0 in range(indptr[v], indptr[v + 1]):
@@ -156,15 +169,9 @@ def neighborhoods(
                         hub = indices[e1]
                         if levels[hub] < 1 or hub == v:
                             continue
-                        top = min(levels[hub], n_layers - 1)
-                        for layer in range(1, top + 1):
-                            row = layer * n + hub
-                            for e in range(indptr[row], indptr[row + 1]):
-                                if m < scratch_cap:
-                                    cand[m] = indices[e]
-                                    cand_layer[m] = layer
-                                    cand_hops[m] = 3
-                                    m += 1
+                        m = _push_upper_links(
+                            indptr, indices, n, n_layers, hub, levels[hub], 3, cand, cand_layer, cand_hops, m
+                        )
         # merge duplicates (keep highest layer, fewest hops), drop self and deleted
         kept = 0
         for i in range(m):
