@@ -27,7 +27,7 @@ import numpy as np
 
 from ruvector_hnsw.attention._edge_kernels import edge_backward_kernel, edge_forward_kernel
 from ruvector_hnsw.attention._gather_kernels import scatter_add_rows
-from ruvector_hnsw.attention._partb_common import dense_ids
+from ruvector_hnsw.attention._partb_common import fused_tables
 from ruvector_hnsw.attention._threads import join_row_chunks, run_row_chunks
 from ruvector_hnsw.attention.base import (
     AttentionBatch,
@@ -166,18 +166,8 @@ class EdgeFeaturedAttention(AttentionMechanism):
         return feats
 
     # -- compute -------------------------------------------------------------------------------
-    def _tables(self, batch: AttentionBatch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Key table, value table (or None-free keys) and ids for the fused kernel."""
-        if batch.ids is not None:
-            ids = np.ascontiguousarray(np.where(batch.mask, batch.ids, -1))
-            return batch.keys, batch.values if batch.values is not None else batch.keys, ids
-        B, n, d = batch.keys.shape
-        kt = batch.keys.reshape(B * n, d)
-        vt = kt if batch.values is None else batch.values.reshape(B * n, batch.values.shape[2])
-        return kt, vt, dense_ids(batch.mask)
-
     def _run(self, batch: AttentionBatch, feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        kt, vt, ids = self._tables(batch)
+        kt, vt, ids = fused_tables(batch)
         p = self._params
         f8 = np.float64
         wq, wk, we = p["W_q"].astype(f8), np.ascontiguousarray(p["W_k"].T, dtype=f8), p["W_e"].astype(f8)
@@ -218,7 +208,7 @@ class EdgeFeaturedAttention(AttentionMechanism):
             dagg = grad_out.astype(f8) @ p["W_v"].astype(f8).T
         else:
             dagg = grad_out.astype(f8)
-        kt, vt, ids = self._tables(batch)
+        kt, vt, ids = fused_tables(batch)
         wq, we = p["W_q"].astype(f8), p["W_e"].astype(f8)
         wk = np.ascontiguousarray(p["W_k"], dtype=f8)
         wkt = np.ascontiguousarray(wk.T)

@@ -38,7 +38,7 @@ from ruvector_hnsw.attention._hyperbolic_kernels import (
     project,
     project_backward,
 )
-from ruvector_hnsw.attention._partb_common import dense_ids, softmax_backward
+from ruvector_hnsw.attention._partb_common import dense_ids, fused_tables, softmax_backward
 from ruvector_hnsw.attention._threads import join_row_chunks, run_row_chunks
 from ruvector_hnsw.attention.base import AttentionBatch, AttentionMechanism, check_positive_float
 from ruvector_hnsw.errors import ConfigError, NonFiniteError
@@ -131,15 +131,7 @@ class HyperbolicAttention(AttentionMechanism):
 
     # -- compute -------------------------------------------------------------------------------
     def _run(self, batch: AttentionBatch) -> tuple[np.ndarray, np.ndarray]:
-        if batch.ids is not None:
-            ids = np.ascontiguousarray(np.where(batch.mask, batch.ids, -1))
-            kt = batch.keys
-            vt = batch.values if batch.values is not None else batch.keys
-        else:
-            B, n, d = batch.keys.shape
-            kt = batch.keys.reshape(B * n, d)
-            vt = kt if batch.values is None else batch.values.reshape(B * n, batch.values.shape[2])
-            ids = dense_ids(batch.mask)
+        kt, vt, ids = fused_tables(batch)
         inv_tau = math.exp(-float(self._params["log_temperature"][0]))
         sigma = math.exp(float(self._params["log_scale"][0]))
         q, kap, eps = batch.query, self.kappa, self.eps
