@@ -71,19 +71,16 @@ def test_other_mechanisms_run(tiny, tiny_index, mechanism):
     assert np.all(np.diff(scores, axis=1) <= 0)  # best first
 
 
-def test_search_time_options_share_one_fit(tiny, tiny_index, fit_spy):
-    methods = ev.build_methods("local_global:epochs=1:expand=0,local_global:epochs=1:expand=2", tiny,
+def test_options_reach_fit_and_constructor_and_search_options_share_one_fit(tiny, tiny_index, fit_spy):
+    opts = "epochs=2:candidates=50:n_train=80:batch_size=40"
+    methods = ev.build_methods(f"local_global:{opts}:expand=0,local_global:{opts}:expand=2", tiny,
                                index=tiny_index, num_threads=1)
     assert len(fit_spy) == 1  # expand acts at search time: one fitted model, two views
+    assert fit_spy[0].shape[0] == 80
     a, b = methods.values()
     assert (a.params["expand"], b.params["expand"]) == (0, 2)
     assert a.params["fit_s"] == b.params["fit_s"]
-
-
-def test_training_options_reach_fit_and_constructor(tiny, tiny_index):
-    m = ev.build_methods("local_global:epochs=2:candidates=50:n_train=80:batch_size=40", tiny, index=tiny_index,
-                         num_threads=1)
-    p = next(iter(m.values())).params
+    p = a.params
     assert p["candidates"] == 50 and p["n_train_queries"] == 80 and p["epochs_run"] == 2
     assert p["fit_options"] == {"epochs": 2, "batch_size": 40}
     with pytest.raises(ConfigError):
@@ -108,11 +105,15 @@ def test_dataset_without_training_queries(tiny):
 
 def test_saved_model_method_round_trip(tiny, tiny_index, tmp_path):
     ctx = ev.BuildContext(tiny, tiny_index, num_threads=1)
-    model, _ = ev.fit_attention(ctx, "local_global", epochs=1)
+    method = ev.make_attention(ctx, "local_global", epochs=1, expand=2)
+    model, info = ev.fit_attention(ctx, "local_global", epochs=1)  # the cached fit: no second training
+    assert info["fit_s"] == method.params["fit_s"]
+    model.expand = 2
     model.save(tmp_path / "m")
     loaded = ev.build_methods(f"model:path={tmp_path / 'm'}", tiny, index=tiny_index, num_threads=1)
-    method = next(iter(loaded.values()))
-    assert method.params["mechanism"] == "local_global" and method.params["fitted"]
-    ids_a, _ = model.search(tiny.queries, 20)
-    ids_b, _ = method(tiny.queries, 20)
+    restored = next(iter(loaded.values()))
+    assert restored.params["mechanism"] == "local_global" and restored.params["fitted"]
+    assert restored.params["expand"] == 2
+    ids_a, _ = method(tiny.queries, 20)
+    ids_b, _ = restored(tiny.queries, 20)
     np.testing.assert_array_equal(ids_a, ids_b)
