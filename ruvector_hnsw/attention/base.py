@@ -488,6 +488,9 @@ class AttentionMechanism(ABC):
         ndarray
             ``(B, d_out)`` (``(d_out,)`` for unbatched input) in the mechanism's dtype.
         """
+        if values is None:
+            raise InvalidInputError(
+                f"{self.name}: values are required in forward (pass the keys again to read out the keys)")
         batch, scatter_ids, key_rows, value_rows = self._prepare(query, keys, values, mask, context, ids)
         out, cache = self._forward(batch)
         self._last = _LastCall(

@@ -363,3 +363,16 @@ def test_backward_without_input_grads(name, gather):
         np.testing.assert_allclose(part[k], full[k], rtol=1e-12, atol=1e-14)
     again = att.backward(G)  # the flag does not stick
     assert set(again) == set(full)
+
+
+def test_forward_without_values_is_a_typed_error_for_every_mechanism() -> None:
+    from ruvector_hnsw.attention import MECHANISMS
+    from ruvector_hnsw.errors import InvalidInputError
+
+    rng = np.random.default_rng(0)
+    q = rng.random((3, 8)).astype(np.float32)
+    keys = rng.random((3, 5, 8)).astype(np.float32)
+    for name, cls in MECHANISMS.items():
+        mech = cls(8, seed=0)
+        with pytest.raises(InvalidInputError, match="values are required"):
+            mech.forward(q, keys, None)
