@@ -372,7 +372,7 @@ def test_forward_without_values_is_a_typed_error_for_every_mechanism() -> None:
     rng = np.random.default_rng(0)
     q = rng.random((3, 8)).astype(np.float32)
     keys = rng.random((3, 5, 8)).astype(np.float32)
-    for name, cls in MECHANISMS.items():
+    for cls in MECHANISMS.values():
         mech = cls(8, seed=0)
         with pytest.raises(InvalidInputError, match="values are required"):
             mech.forward(q, keys, None)
