@@ -86,13 +86,13 @@ class AttentionSearch:
     latent_dim : int, optional
         Width of the learned codes (default ``min(dim, 64)``).
     spectral : int
-        Diffusion coordinates of the layer-0 graph appended to every code (0 = none): a
-        query-independent, graph-derived signal that connects items along chains of neighbours
-        (see :mod:`ruvector_hnsw.search.spectral`). Computed once at ``fit`` (an eigen-solve over
-        the graph); its weight is calibrated on validation queries together with ``alpha``
-        (0 included), so it is used only where it helps.
+        Width of the diffusion coordinates of the layer-0 graph appended to every code (0 = none):
+        a query-independent, graph-derived signal that connects items along chains of neighbours
+        (see :mod:`ruvector_hnsw.search.spectral`). Computed once at ``fit`` (``spectral_time``
+        sparse products over the graph); its weight is calibrated on validation queries together
+        with ``alpha`` (0 included), so it is used only where it helps.
     spectral_time : int
-        Diffusion time of those coordinates (eigenvalue power).
+        Length of the lazy random walks the coordinates sketch.
     num_threads : int
         One knob for numba kernels, FAISS and the index (-1 = all cores).
     **mech_config
@@ -112,7 +112,7 @@ class AttentionSearch:
         *,
         latent_dim: int | None = None,
         spectral: int = 64,
-        spectral_time: int = 8,
+        spectral_time: int = 32,
         num_threads: int = -1,
         **mech_config: Any,
     ) -> None:

@@ -1,23 +1,25 @@
 """Diffusion coordinates of the HNSW layer-0 graph: a query-independent, graph-derived code.
 
-The local links of every node (its ``k`` nearest layer-0 neighbours) weighted by similarity
-give a symmetric affinity ``W``; the top eigenvectors ``U`` (eigenvalues ``lam``) of
-``S = D^-1/2 W D^-1/2`` give each node the diffusion-map coordinates
-``phi = D^-1/2 U lam^t``: nodes that random walks of length ``t`` connect well get similar
-coordinates, even when they are far apart in the original space (curved classes, chains of
-sub-modes). Queries and nodes added later get coordinates by the Nystrom rule: the weighted
-mean of their nearest nodes' coordinates.
+The local links of every node (its ``k`` nearest layer-0 neighbours) weighted by similarity give
+a symmetric affinity ``W`` and ``S = D^-1/2 W D^-1/2``. A node's diffusion coordinates are a
+random sketch of where a ``t``-step lazy random walk from it goes::
 
-The eigenvectors come from SciPy's LOBPCG block solver when SciPy is installed, otherwise from a
-seeded block subspace iteration in numpy (slower to converge, same interface); block solvers
-find repeated eigenvalues (disconnected components), which single-vector Lanczos misses.
+    X_0 = R (n x m, Gaussian, seeded);   X_{s+1} = (X_s + S X_s) / 2;   phi = D^-1/2 X_t
+
+so ``<phi_u, phi_v>`` approximates the diffusion affinity of ``u`` and ``v`` (a Johnson-
+Lindenstrauss sketch of ``((I + S)/2)^t``, whose spectrum the lazy step keeps non-negative).
+Nodes that many short walks connect get similar coordinates even when they are far apart in the
+original space (curved classes, chains of sub-modes); disconnected parts stay apart. No
+eigen-solve: ``t`` sparse products, linear in the number of links. Queries and nodes added later
+get coordinates by the Nystrom rule: the weighted mean of their nearest nodes' coordinates.
 """
 
 from __future__ import annotations
 
-import warnings
-
+import numba as nb
 import numpy as np
+
+from ruvector_hnsw.attention._threads import run_row_chunks
 
 __all__ = ["affinity_weights", "diffusion_coordinates", "nystrom"]
 
@@ -36,9 +38,9 @@ def affinity_weights(dist: np.ndarray, space: str, scale: float) -> np.ndarray:
     return np.where(np.isfinite(d), w, 0.0)
 
 
-def _symmetric_csr(rows: np.ndarray, cols: np.ndarray, w: np.ndarray, n: int
-                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """CSR of ``max(W, W^T)`` from directed weighted edges (duplicates keep the largest weight)."""
+def symmetric_csr(rows: np.ndarray, cols: np.ndarray, w: np.ndarray, n: int
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """CSR of ``max(W, W^T)`` from directed weighted edges (self-loops dropped, duplicates merged)."""
     r = np.concatenate([rows, cols])
     c = np.concatenate([cols, rows])
     v = np.concatenate([w, w])
@@ -55,45 +57,24 @@ def _symmetric_csr(rows: np.ndarray, cols: np.ndarray, w: np.ndarray, n: int
     return indptr, c.astype(np.int64), v
 
 
-def _matmat(indptr: np.ndarray, indices: np.ndarray, values: np.ndarray, x: np.ndarray) -> np.ndarray:
-    rows = np.repeat(np.arange(indptr.shape[0] - 1), np.diff(indptr))
-    out = np.zeros_like(x)
-    np.add.at(out, rows, values[:, None] * x[indices])
-    return out
+@nb.njit(cache=True, nogil=True)
+def _lazy_step(indptr: np.ndarray, indices: np.ndarray, values: np.ndarray, x: np.ndarray, out: np.ndarray,
+               lo: int, hi: int) -> None:
+    """Rows ``lo:hi`` of ``out = (x + S x) / 2`` for the CSR matrix ``S``."""
+    m = x.shape[1]
+    for i in range(lo, hi):
+        for t in range(m):
+            out[i, t] = 0.5 * x[i, t]
+        for e in range(indptr[i], indptr[i + 1]):
+            j = indices[e]
+            w = 0.5 * values[e]
+            for t in range(m):
+                out[i, t] += w * x[j, t]
 
 
-def _top_eigen(indptr: np.ndarray, indices: np.ndarray, values: np.ndarray, m: int, seed: int
-               ) -> tuple[np.ndarray, np.ndarray]:
-    n = indptr.shape[0] - 1
-    try:
-        import scipy.sparse as sp
-        from scipy.sparse.linalg import lobpcg
-    except ImportError:
-        sp = None
-    rng = np.random.default_rng(seed)
-    if sp is not None and n > 5 * (m + 8):
-        # a block solver: unlike single-vector Lanczos it finds repeated eigenvalues (one per
-        # disconnected component at 1, and the symmetric harmonics of regular structures)
-        mat = sp.csr_matrix((values, indices, indptr), shape=(n, n))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            lam, vec = lobpcg(mat, rng.standard_normal((n, m + 8)), largest=True, tol=1e-4, maxiter=300)
-        order = np.argsort(-lam)[:m]
-        return lam[order], vec[:, order]
-    # block subspace iteration on S + I (shifted so the top of the spectrum dominates)
-    block = min(n, m + 16)
-    x, _ = np.linalg.qr(rng.standard_normal((n, block)))
-    for _ in range(300):
-        x, _ = np.linalg.qr(_matmat(indptr, indices, values, x) + x)
-    h = x.T @ _matmat(indptr, indices, values, x)
-    lam, small = np.linalg.eigh((h + h.T) / 2)
-    order = np.argsort(-lam)[:m]
-    return lam[order], x @ small[:, order]
-
-
-def diffusion_coordinates(nb_pos: np.ndarray, nb_weight: np.ndarray, m: int, t: int = 8, seed: int = 0
+def diffusion_coordinates(nb_pos: np.ndarray, nb_weight: np.ndarray, m: int, t: int = 32, seed: int = 0
                           ) -> np.ndarray:
-    """Unit-norm diffusion-map coordinates ``(n, m)`` of a graph given as padded neighbour rows.
+    """Unit-norm diffusion coordinates ``(n, m)`` of a graph given as padded neighbour rows.
 
     Parameters
     ----------
@@ -102,26 +83,32 @@ def diffusion_coordinates(nb_pos: np.ndarray, nb_weight: np.ndarray, m: int, t: 
     nb_weight : (n, k) float
         Their affinity weights (>= 0).
     m : int
-        Number of coordinates (eigenvectors); clipped to ``n - 2``.
+        Sketch width.
     t : int
-        Diffusion time: eigenvalue power.
+        Walk length (lazy steps).
     seed : int
-        Seeds the eigensolver's start vectors.
+        Seeds the Gaussian sketch.
     """
     n = nb_pos.shape[0]
-    m = max(1, min(m, n - 2))
     rows = np.repeat(np.arange(n), nb_pos.shape[1])
     cols = nb_pos.ravel()
     w = np.asarray(nb_weight, dtype=np.float64).ravel()
     ok = (cols >= 0) & (w > 0)
-    indptr, indices, values = _symmetric_csr(rows[ok], cols[ok], w[ok], n)
+    indptr, indices, values = symmetric_csr(rows[ok], cols[ok], w[ok], n)
     deg = np.zeros(n)
     np.add.at(deg, np.repeat(np.arange(n), np.diff(indptr)), values)
     deg[deg == 0] = 1.0
     inv_sqrt = 1.0 / np.sqrt(deg)
     values = values * inv_sqrt[np.repeat(np.arange(n), np.diff(indptr))] * inv_sqrt[indices]
-    lam, vec = _top_eigen(indptr, indices, values, m, seed)
-    phi = vec * (np.abs(lam) ** t)[None, :] * inv_sqrt[:, None]
+    x = np.random.default_rng(seed).standard_normal((n, m))
+    y = np.empty_like(x)
+    work = float(indices.shape[0] + n) * m
+    for _ in range(t):
+        src, dst = x, y
+        run_row_chunks(lambda lo, hi, src=src, dst=dst: _lazy_step(indptr, indices, values, src, dst, lo, hi),
+                       n, work)
+        x, y = dst, src
+    phi = x * inv_sqrt[:, None]
     norm = np.linalg.norm(phi, axis=1, keepdims=True)
     return np.ascontiguousarray(phi / np.maximum(norm, 1e-12), dtype=np.float32)
 
