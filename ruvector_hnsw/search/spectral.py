@@ -103,11 +103,15 @@ def diffusion_coordinates(nb_pos: np.ndarray, nb_weight: np.ndarray, m: int, t: 
     x = np.random.default_rng(seed).standard_normal((n, m))
     y = np.empty_like(x)
     work = float(indices.shape[0] + n) * m
+    def step(src: np.ndarray, dst: np.ndarray) -> None:
+        def rows(lo: int, hi: int) -> None:
+            _lazy_step(indptr, indices, values, src, dst, lo, hi)
+
+        run_row_chunks(rows, n, work)
+
     for _ in range(t):
-        src, dst = x, y
-        run_row_chunks(lambda lo, hi, src=src, dst=dst: _lazy_step(indptr, indices, values, src, dst, lo, hi),
-                       n, work)
-        x, y = dst, src
+        step(x, y)
+        x, y = y, x
     phi = x * inv_sqrt[:, None]
     norm = np.linalg.norm(phi, axis=1, keepdims=True)
     return np.ascontiguousarray(phi / np.maximum(norm, 1e-12), dtype=np.float32)
