@@ -70,11 +70,11 @@ class AttentionSearch:
     candidates : int
         HNSW candidates re-scored per query (``C``; the HNSW search runs at ``ef = C``).
     expand : int
-        Rounds of candidate expansion after the first scoring: each adds the latent (FAISS)
-        neighbours of the attention-refined query code and the layer-0 links of the best
-        re-scored candidates, then re-scores the union; round 2+ also re-encodes the query
-        with its best-scored items as context. 0 = re-rank the HNSW candidates only.
-        Expansion needs a trained model (before ``fit`` results are HNSW's, unchanged).
+        Rounds of candidate expansion: each adds the latent neighbours of the attention-refined
+        query code and the layer-0 links of the best items (round 1: the best latent neighbours;
+        later rounds: the best re-scored items, which also become the query's context), then
+        scores the union once. 0 = re-rank the HNSW candidates only. Expansion needs a trained
+        model (before ``fit`` results are HNSW's, unchanged).
     k_local, k_global : int
         Context sizes: layer-0 neighbours and upper-layer (hub) links per node.
 
@@ -502,16 +502,18 @@ class AttentionSearch:
             return self._finish(hn_pos[:, :k], scores[:, :k], g)
         qs = self._standardise(q)
         pool = hn_pos[:, :C]
-        zq = self._encode_queries(qs, pool, hn_dist[:, :C])
-        scores, dist = self._score(qv, zq, pool, hn_dist[:, :C], g)
+        dist = hn_dist[:, :C]
+        zq = self._encode_queries(qs, pool, dist)
+        if self.expand == 0:
+            scores, dist = self._score(qv, zq, pool, dist, g)
         reach = max(self.latent_k, k)
         for round_ in range(self.expand):
-            ranked = np.argsort(-scores, axis=1, kind="stable")
-            if round_ >= 1:  # refine the query code with its best-scored items as context
-                best = np.take_along_axis(pool, ranked[:, : self.k_local], axis=1)
-                zq = self._encode_queries(qs, best, np.take_along_axis(dist, ranked[:, : self.k_local], axis=1))
             lat_pos, _ = self._latent_index().search(zq, reach)
-            top = np.take_along_axis(pool, ranked[:, : self.walk_top], axis=1)
+            if round_ == 0:  # the best items by the learned term: the latent neighbours, nearest first
+                top = lat_pos[:, : self.walk_top]
+            else:  # the best re-scored items; the query code is refined with them as its context
+                ranked = np.argsort(-scores, axis=1, kind="stable")
+                top = np.take_along_axis(pool, ranked[:, : self.walk_top], axis=1)
             walk = np.where(top[:, :, None] >= 0, self._nb_pos[np.maximum(top, 0), : self.k_local], -1)
             walk = walk.reshape(len(q), -1)
             merged = np.concatenate([pool, lat_pos, walk], axis=1)
@@ -519,6 +521,10 @@ class AttentionSearch:
                                     np.full(walk.shape, np.nan, np.float32)], axis=1)
             pool, known = _kernels.unique_rows(merged, known, g.deleted)
             scores, dist = self._score(qv, zq, pool, known, g)
+            if round_ + 1 < self.expand:
+                ranked = np.argsort(-scores, axis=1, kind="stable")[:, : self.k_local]
+                zq = self._encode_queries(qs, np.take_along_axis(pool, ranked, axis=1),
+                                          np.take_along_axis(dist, ranked, axis=1))
         order = np.argsort(-scores, axis=1, kind="stable")
         pool = np.take_along_axis(pool, order, axis=1)
         scores = np.take_along_axis(scores, order, axis=1)
