@@ -79,8 +79,8 @@ class AttentionSearch:
         Context sizes: layer-0 neighbours and upper-layer (hub) links per node.
 
     Two further settable attributes tune the expansion: ``latent_k`` (latent neighbours fetched
-    per round, at least ``k``; default 32) and ``walk_top`` (best re-scored items whose layer-0
-    links are followed; default 4).
+    per round, at least ``k``; default 32) and ``walk_top`` (best items whose layer-0 links are
+    followed; default 2).
     seed : int
         Seeds the mechanism, the projection and training.
     latent_dim : int, optional
@@ -137,7 +137,7 @@ class AttentionSearch:
         self.spectral = int(spectral)
         self.spectral_time = check_positive_int(spectral_time, "spectral_time", ConfigError)
         self.num_threads = num_threads
-        self.walk_top = 4
+        self.walk_top = 2
         self.latent_k = 32
         self.mech_config = dict(mech_config)
         self._lock = RWLock()
@@ -297,8 +297,11 @@ class AttentionSearch:
         return out
 
     def _compose(self, z: np.ndarray, phi: np.ndarray) -> np.ndarray:
-        """The latent vector ``[z, sqrt(rho) phi]``: its inner products are ``<z,z'> + rho <phi,phi'>``."""
-        if not self.spectral or self._phi.shape[0] == 0:
+        """The latent vector ``[z, sqrt(rho) phi]``: its inner products are ``<z,z'> + rho <phi,phi'>``.
+
+        With ``rho = 0`` the diffusion part is left out altogether (narrower codes, cheaper search).
+        """
+        if not self.spectral or self._phi.shape[0] == 0 or self._rho == 0.0:
             return np.ascontiguousarray(z, dtype=np.float32)
         return np.ascontiguousarray(np.concatenate([z, np.sqrt(self._rho) * phi], axis=1), dtype=np.float32)
 
@@ -438,7 +441,7 @@ class AttentionSearch:
         assert self._encoder is not None
         ids, mask, ctx = self._query_context(qs, ctx_pos, ctx_dist)
         z = self._encoder.encode(qs, self._table, ids, mask, ctx).zhat
-        if self.spectral and self._phi.shape[0]:
+        if self.spectral and self._phi.shape[0] and self._rho != 0.0:
             return self._compose(z, self._query_phi(ctx_pos, ctx_dist))
         return z
 
