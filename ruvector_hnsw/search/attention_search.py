@@ -158,6 +158,7 @@ class AttentionSearch:
         self._rho = 0.0  # weight of the diffusion coordinates in the latent term (calibrated)
         self._latent: LatentIndex | HNSWIndex | None = None
         self._qe_n, self._qe_alpha = 10, 3.0
+        self._dba_cache: tuple[HNSWGraph, np.ndarray] | None = None  # (graph snapshot, augmented vectors)
         self._fitted = False
         self._encoder: ContextEncoder | None = None
         if mechanism in TRAINING_FREE:
@@ -592,9 +593,9 @@ class AttentionSearch:
         return self._finish(pool[:, :k], scores[:, :k], g)
 
     def _dba_vectors(self, g: HNSWGraph) -> np.ndarray:
-        cached = getattr(self, "_dba_cache", None)
+        cached = self._dba_cache
         if cached is not None and cached[0] is g:
-            return np.asarray(cached[1])
+            return cached[1]
         top = self._nb_pos[:, : self._qe_n]
         vec = expand_vectors(g.vectors, g.vectors[np.maximum(top, 0)], top >= 0, alpha=self._qe_alpha,
                              metric=self.index.space)

@@ -247,3 +247,23 @@ def test_fit_with_explicit_positives(index: HNSWIndex, data) -> None:
     s = AttentionSearch(index, "scaled_dot", candidates=30, k_local=8, k_global=4)
     history = s.fit(tq[:100], positives=pos, epochs=1, batch_size=50)
     assert s.fitted and len(history.train_loss) == 1
+
+
+def test_training_free_dba_rescores_with_augmented_vectors(index: HNSWIndex, data) -> None:
+    base, _, _, _, eq, _ = data
+    eq = eq[:15]
+    s = AttentionSearch(index, "dba", candidates=30, k_local=8, n=4, alpha=2.0)
+    ids, scores = s.search(eq, k=10)
+    g = index.graph()
+    # reference: each database vector averaged with its 4 nearest layer-0 neighbours (l2 weighted mean)
+    labels = np.arange(len(base))
+    nb = g.neighborhoods(labels, k_local=8, k_global=0)  # rows = labels; items are labels (-1 pad)
+    top = nb.ids[:, :4]
+    unit = base / np.linalg.norm(base, axis=1, keepdims=True)
+    w = np.where(top >= 0, np.maximum(np.einsum("nd,njd->nj", unit, unit[np.maximum(top, 0)]), 0) ** 2.0, 0)
+    aug = (base + np.einsum("nj,njd->nd", w, base[np.maximum(top, 0)])) / (1 + w.sum(1, keepdims=True))
+    cand, _ = index.search(eq, k=30, ef=30)
+    d = ((eq[:, None, :] - aug[cand]) ** 2).sum(-1)
+    ref = np.take_along_axis(cand, np.argsort(d, axis=1, kind="stable"), axis=1)[:, :10]
+    np.testing.assert_array_equal(ids, ref)
+    assert (np.diff(scores, axis=1) <= 1e-6).all()
