@@ -4,14 +4,14 @@ Data flow of one batch of queries::
 
     index.search(q, C)                      HNSW candidates (labels -> table rows)
     context(q) = top candidates + hubs      the query's own graph context
-    zq = encoder(q, context)                attention over the context, linear map, unit norm
+    zq = [encoder(q, context), phi(q)]      attention, linear map, unit norm (+ diffusion coordinates)
     pool = candidates
-         + latent kNN of zq                 FAISS over the cached database codes Z (expansion)
-         + layer-0 links of the best-scored  graph walk (expansion)
+         + latent kNN of zq                 an HNSW graph (or exact FAISS search) over the cached codes Z
+         + layer-0 links of the best items  graph walk
     score = beta * (-dist / s0) + alpha * <zq, Z[pool]>   residual score, alpha = 0 untrained
     top k by score, then the HNSW tail
 
-Query-independent work - every database node's code ``Z[v] = encoder(x_v, graph context of v)``
+Query-independent work - every database node's code ``Z[v] = [encoder(x_v, graph context of v), phi_v]``
 - is computed once after ``fit`` and cached, aligned with the graph's rows; items added to the
 index later get their codes (and their neighbours' codes) computed incrementally on the next call.
 """
