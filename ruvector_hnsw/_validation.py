@@ -21,7 +21,19 @@ from ruvector_hnsw.errors import (
     ShapeMismatchError,
 )
 
-__all__ = ["as_ids", "as_matrix", "check_positive_int"]
+__all__ = ["METRIC_ALIASES", "as_ids", "as_matrix", "check_positive_int"]
+
+#: every accepted spelling of a distance metric -> the package's name for it ("l2", "ip", "cosine");
+#: ann-benchmarks' ``euclidean``/``angular``/``dot`` included
+METRIC_ALIASES: dict[str, str] = {
+    "l2": "l2",
+    "euclidean": "l2",
+    "ip": "ip",
+    "dot": "ip",
+    "inner_product": "ip",
+    "cosine": "cosine",
+    "angular": "cosine",
+}
 
 
 def _numeric(arr: np.ndarray, name: str) -> None:

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from ruvector_hnsw._validation import METRIC_ALIASES
 from ruvector_hnsw.errors import FileFormatError, InvalidDTypeError, InvalidInputError, MissingDependencyError
 
 __all__ = [
@@ -41,16 +42,8 @@ __all__ = [
 
 PathLike = str | os.PathLike[str]
 
-#: ann-benchmarks ``distance`` attribute -> our metric name
-ANN_DISTANCES: dict[str, str] = {
-    "euclidean": "l2",
-    "l2": "l2",
-    "angular": "cosine",
-    "cosine": "cosine",
-    "dot": "ip",
-    "ip": "ip",
-    "inner_product": "ip",
-}
+#: ann-benchmarks ``distance`` attribute -> our metric name (the package-wide alias table)
+ANN_DISTANCES: dict[str, str] = METRIC_ALIASES
 _METRIC_TO_ANN = {"l2": "euclidean", "cosine": "angular", "ip": "dot"}
 
 _VEC_KINDS: dict[str, np.dtype[Any]] = {

@@ -47,6 +47,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from ruvector_hnsw._validation import METRIC_ALIASES
 from ruvector_hnsw.errors import (
     ConfigError,
     EmptyInputError,
@@ -72,14 +73,7 @@ __all__ = [
 ]
 
 #: Accepted spellings of the three metrics.
-METRICS_ALIASES: dict[str, str] = {
-    "l2": "l2",
-    "euclidean": "l2",
-    "ip": "ip",
-    "dot": "ip",
-    "cosine": "cosine",
-    "angular": "cosine",
-}
+METRICS_ALIASES: dict[str, str] = METRIC_ALIASES
 
 ANN_RECALL_EPSILON = 1e-3
 

@@ -6,12 +6,11 @@ from typing import Any
 
 import numpy as np
 
+from ruvector_hnsw._validation import METRIC_ALIASES
 from ruvector_hnsw.errors import ConfigError, ShapeMismatchError
 
 __all__ = ["expand_vectors"]
 
-_METRICS = {"l2": "l2", "euclidean": "l2", "ip": "ip", "dot": "ip", "inner_product": "ip", "cosine": "cosine",
-            "angular": "cosine"}
 
 
 def _unit(x: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -46,7 +45,7 @@ def expand_vectors(v: Any, neigh: Any, mask: Any, *, alpha: float, metric: str) 
     -------
     numpy.ndarray of float32, shape (B, d)
     """
-    key = _METRICS.get(str(metric).lower(), "")
+    key = METRIC_ALIASES.get(str(metric).lower(), "")
     if not key:
         raise ConfigError(f"unknown metric {metric!r}")
     if alpha < 0 or not np.isfinite(alpha):
