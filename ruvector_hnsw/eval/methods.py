@@ -412,26 +412,10 @@ def make_alpha_qe(
 
 
 def _graph_topn(graph: Any, n: int) -> I64:
-    """Per node (graph.labels order): positions of its n nearest layer-0 neighbours (-1 pad)."""
-    indptr, nbr_labels = graph.layer(0)
-    indptr = np.asarray(indptr, dtype=np.int64)
-    dist = np.asarray(graph.edge_distances(0), dtype=np.float64)
-    n_nodes = indptr.shape[0] - 1
-    deg = np.diff(indptr)
-    width = max(int(deg.max()) if n_nodes else 0, 1)
-    rows = np.repeat(np.arange(n_nodes, dtype=np.int64), deg)
-    cols = np.arange(nbr_labels.shape[0], dtype=np.int64) - indptr[rows]
-    pos = np.full((n_nodes, width), -1, dtype=np.int64)
-    dmat = np.full((n_nodes, width), np.inf)
-    nbr_pos = np.asarray(graph.positions(nbr_labels), dtype=np.int64) if nbr_labels.size else nbr_labels
-    deleted = np.asarray(getattr(graph, "deleted", np.zeros(n_nodes, dtype=bool)), dtype=bool)
-    keep = ~deleted[nbr_pos] if nbr_labels.size else np.zeros(0, dtype=bool)
-    pos[rows[keep], cols[keep]] = nbr_pos[keep]
-    dmat[rows[keep], cols[keep]] = dist[keep]
-    order = np.argsort(dmat, axis=1, kind="stable")[:, :n]
-    out = np.take_along_axis(pos, order, axis=1)
-    if out.shape[1] < n:
-        out = np.concatenate([out, np.full((n_nodes, n - out.shape[1]), -1, dtype=np.int64)], axis=1)
+    """Per node (graph.labels order): positions of its n nearest live layer-0 neighbours (-1 pad)."""
+    nb = graph.neighborhoods(graph.labels, k_local=n, k_global=0)
+    out = np.full(nb.ids.shape, -1, dtype=np.int64)
+    out[nb.mask] = graph.positions(nb.ids[nb.mask])
     return out
 
 
