@@ -1,5 +1,14 @@
-"""Attention-aware search: HNSW candidates -> graph context -> attention -> re-ranked, expanded results."""
+"""Attention-aware search: HNSW candidates -> graph context -> attention codes -> residual score -> expansion.
 
-from ruvector_hnsw.search.attention_search import TRAINING_FREE, AttentionSearch
+- :class:`AttentionSearch` wires the stages (:mod:`.pipeline`) over a trained :class:`SearchModel`
+  and the row-aligned :class:`DatabaseState` (contexts, cached codes, latent kNN).
+- :class:`AlphaQESearch`, :class:`DBASearch`: the training-free baselines, same ``search`` protocol.
+"""
 
-__all__ = ["TRAINING_FREE", "AttentionSearch"]
+from ruvector_hnsw.search.attention_search import AttentionSearch
+from ruvector_hnsw.search.model import ModelConfig, SearchModel
+from ruvector_hnsw.search.pipeline import Knobs
+from ruvector_hnsw.search.state import DatabaseState
+from ruvector_hnsw.search.training_free import AlphaQESearch, DBASearch
+
+__all__ = ["AlphaQESearch", "AttentionSearch", "DBASearch", "DatabaseState", "Knobs", "ModelConfig", "SearchModel"]

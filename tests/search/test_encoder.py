@@ -1,4 +1,4 @@
-"""ContextEncoder: analytic gradients of the residual score vs central finite differences (float64)."""
+"""The encoder and the training loss: analytic gradients vs central finite differences (float64)."""
 
 from __future__ import annotations
 
@@ -6,78 +6,93 @@ import numpy as np
 import pytest
 
 from ruvector_hnsw.attention import Context
-from ruvector_hnsw.attention.scaled_dot import ScaledDotAttention
-from ruvector_hnsw.search._encoder import ContextEncoder
+from ruvector_hnsw.attention.local_global import LocalGlobalAttention
+from ruvector_hnsw.search.encoder import ContextEncoder
+from ruvector_hnsw.search.training import contrastive_loss
 
 
 def _problem(seed: int = 0):
     rng = np.random.default_rng(seed)
-    N, d, p, B, K, P = 30, 6, 4, 3, 5, 4
+    N, d, B, K, P = 30, 6, 3, 6, 7
     table = rng.standard_normal((N, d))
     ids_q = rng.integers(-1, N, (B, K))
     ids_q[:, 0] = rng.integers(0, N, B)
-    rows_v = rng.integers(0, N, 7)
-    ids_v = rng.integers(-1, N, (7, K))
-    ids_v[:, 0] = rng.integers(0, N, 7)
-    pool_map = rng.integers(0, 7, (B, P))
-    base = rng.standard_normal((B, P))
-    weights = rng.standard_normal((B, P))
-    return table, ids_q, rows_v, ids_v, pool_map, base, weights, (N, d, p, B, K, P), None
+    layer_q = rng.integers(0, 2, (B, K)).astype(np.int8)
+    pool = np.stack([rng.choice(N, P, replace=False) for _ in range(B)])
+    pool[0, -1] = -1  # an empty slot
+    posmask = np.zeros(pool.shape, dtype=bool)
+    posmask[:, :2] = True
+    uniq = np.unique(pool[pool >= 0])
+    ids_v = rng.integers(-1, N, (uniq.shape[0], K))
+    ids_v[:, 0] = rng.integers(0, N, uniq.shape[0])
+    layer_v = rng.integers(0, 2, (uniq.shape[0], K)).astype(np.int8)
+    q = table[:B] * 0.7 + 0.1
+    q_in = (ids_q, ids_q >= 0, Context(dist=np.abs(rng.standard_normal((B, K))), layer=layer_q))
+    v_in = (uniq, ids_v, ids_v >= 0, Context(dist=np.abs(rng.standard_normal((uniq.shape[0], K))), layer=layer_v))
+    return table, q, q_in, pool, posmask, v_in
 
 
-def _loss(enc: ContextEncoder, prob, want_grads: bool):
-    table, ids_q, rows_v, ids_v, pool_map, base, weights, dims, _ = prob
-    B, K = dims[3], dims[4]
-    uq = table[:B] * 0.7
-    ctx_q = Context(dist=np.abs(table[:B, :K]))
-    eq = enc.encode(uq, table, ids_q, ids_q >= 0, ctx_q)
-    ev = enc.encode(table[rows_v], table, ids_v, ids_v >= 0, Context(dist=np.abs(table[:7, :K])))
-    zv = ev.zhat[pool_map]
-    s = enc.scores(base, eq.zhat, zv)
-    loss = float((weights * s).sum())
-    if not want_grads:
-        return loss, None
-    grads = enc.zero_grads()
-    gzq, gzv = enc.scores_backward(base, eq.zhat, zv, weights, grads)
-    g_rows = np.zeros_like(ev.zhat)
-    np.add.at(g_rows, pool_map.ravel(), gzv.reshape(-1, gzv.shape[-1]))
-    enc.backward(ev, g_rows, grads, rerun=False)
-    enc.backward(eq, gzq, grads, rerun=True)
-    return loss, grads
+def _encoder() -> ContextEncoder:
+    mech = LocalGlobalAttention(6, dtype=np.float64, seed=1)
+    rng = np.random.default_rng(2)
+    for v in mech.params.values():  # move off the symmetric initialisation
+        v[...] += 0.3 * rng.standard_normal(v.shape)
+    enc = ContextEncoder(mech, 6, 4, seed=3, dtype=np.float64)
+    enc.own["W_a"][...] += 0.2 * rng.standard_normal(enc.own["W_a"].shape)
+    return enc
 
 
-@pytest.mark.parametrize("alpha", [0.0, 0.8])
-def test_encoder_gradients_match_finite_differences(alpha: float) -> None:
+def test_training_loss_gradients_match_finite_differences() -> None:
+    enc = _encoder()
+    assert enc.mechanism.params, "the test needs a mechanism with parameters"
     prob = _problem()
-    mech = ScaledDotAttention(6, dtype=np.float64, seed=1)
-    enc = ContextEncoder(mech, 6, 4, seed=2, dtype=np.float64)
-    enc.own["alpha"][0] = alpha
-    enc.own["beta"][0] = 1.3
-    # make W_a differ from W_u so its gradient is exercised independently
-    enc.own["W_a"] += 0.1 * np.random.default_rng(3).standard_normal(enc.own["W_a"].shape)
-    _, grads = _loss(enc, prob, True)
-    assert grads is not None
+    table, q, q_in, pool, posmask, v_in = prob
+    loss, grads = contrastive_loss(enc, table, q, q_in, pool, posmask, v_in, 0.5)
+    assert np.isfinite(loss)
     eps = 1e-6
+    checked = 0
     for name, param in enc.params.items():
-        num = np.zeros_like(param)
-        it = np.nditer(param, flags=["multi_index"])
-        for _ in it:
-            i = it.multi_index
-            old = param[i]
-            param[i] = old + eps
-            lp, _ = _loss(enc, prob, False)
-            param[i] = old - eps
-            lm, _ = _loss(enc, prob, False)
-            param[i] = old
-            num[i] = (lp - lm) / (2 * eps)
-        np.testing.assert_allclose(grads[name], num, rtol=1e-5, atol=1e-7, err_msg=name)
+        flat = param.reshape(-1)
+        idx = np.random.default_rng(4).choice(flat.size, min(flat.size, 6), replace=False)
+        for i in idx:
+            old = flat[i]
+            flat[i] = old + eps
+            up, _ = contrastive_loss(enc, table, q, q_in, pool, posmask, v_in, 0.5)
+            flat[i] = old - eps
+            down, _ = contrastive_loss(enc, table, q, q_in, pool, posmask, v_in, 0.5)
+            flat[i] = old
+            num = (up - down) / (2 * eps)
+            np.testing.assert_allclose(grads[name].reshape(-1)[i], num, rtol=1e-4, atol=1e-7, err_msg=name)
+            checked += 1
+    assert any(k.startswith("att.") for k in grads) and checked > 10
 
 
-def test_untrained_scores_are_the_base_term() -> None:
-    mech = ScaledDotAttention(6, dtype=np.float64, seed=1)
-    enc = ContextEncoder(mech, 6, 4, seed=2, dtype=np.float64)
-    rng = np.random.default_rng(0)
-    base = rng.standard_normal((3, 5))
-    zq = rng.standard_normal((3, 4))
-    zv = rng.standard_normal((3, 5, 4))
-    np.testing.assert_array_equal(enc.scores(base, zq, zv), base)
+def test_codes_do_not_depend_on_the_batch() -> None:
+    enc = ContextEncoder(LocalGlobalAttention(6, seed=1), 6, 4, seed=3)
+    table, _, _, _, _, (uniq, ids_v, mask_v, ctx) = _problem()
+    table = table.astype(np.float32)
+    full = enc.encode(table[uniq], table, ids_v, mask_v, ctx).zhat
+    one = enc.encode(table[uniq[2:3]], table, ids_v[2:3], mask_v[2:3],
+                     Context(dist=ctx.dist[2:3], layer=ctx.layer[2:3])).zhat
+    np.testing.assert_array_equal(full[2:3], one)
+    np.testing.assert_allclose(np.linalg.norm(full, axis=1), 1.0, atol=1e-5)
+
+
+def test_encoder_writes_nothing_during_encode_and_backward() -> None:
+    enc = _encoder()
+    table, q, q_in, pool, posmask, v_in = _problem()
+    before = {k: v.copy() for k, v in enc.params.items()}
+    contrastive_loss(enc, table, q, q_in, pool, posmask, v_in, 0.5)
+    for k, v in enc.params.items():
+        np.testing.assert_array_equal(v, before[k])
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_untrained_projection_is_the_normalised_map(seed: int) -> None:
+    enc = ContextEncoder(LocalGlobalAttention(6, seed=seed), 6, 4, seed=seed)
+    table, _, (ids, mask, ctx), _, _, _ = _problem(seed)
+    table = table.astype(np.float32)
+    u = table[:3]
+    out = enc.encode(u, table, ids, mask, ctx)
+    z = u @ enc.own["W_u"].T + out.a @ enc.own["W_a"].T
+    np.testing.assert_allclose(out.zhat, z / np.linalg.norm(z, axis=1, keepdims=True), rtol=1e-5, atol=1e-6)

@@ -1,0 +1,172 @@
+"""The trained model of attention-aware search: configuration, encoder parameters and score scalars.
+
+:class:`SearchModel` is what ``fit`` changes and ``save``/``load`` write and read: the encoder (an
+attention mechanism plus the code projections), the residual score's ``alpha``/``beta``, the
+diffusion weight ``rho`` and the input scale (``mu``, ``sigma``: standardisation of vectors;
+``s0``: the typical local distance). Everything the pipeline derives from the index (contexts,
+codes, the latent kNN) lives in :class:`~ruvector_hnsw.search.state.DatabaseState`.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ruvector_hnsw._validation import check_positive_int
+from ruvector_hnsw.attention import MECHANISMS
+from ruvector_hnsw.errors import ConfigError
+from ruvector_hnsw.search.codes import LATENT_KINDS
+from ruvector_hnsw.search.encoder import ContextEncoder
+from ruvector_hnsw.search.scoring import ResidualScorer
+
+__all__ = ["ModelConfig", "Scale", "SearchModel"]
+
+
+def _nonneg_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise ConfigError(f"{name} must be an integer >= 0, got {value!r}")
+    return int(value)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """What defines a model's shape (validated; saved with it)."""
+
+    mechanism: str
+    dim: int
+    latent_dim: int
+    k_local: int = 16
+    k_global: int = 8
+    spectral: int = 64
+    spectral_time: int = 32
+    seed: int = 0
+    latent: str = "auto"
+    mech_config: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.mechanism not in MECHANISMS:
+            raise ConfigError(f"unknown mechanism {self.mechanism!r}; choose one of {sorted(MECHANISMS)} "
+                              "(training-free methods: AlphaQESearch, DBASearch)")
+        check_positive_int(self.dim, "dim", ConfigError)
+        check_positive_int(self.latent_dim, "latent_dim", ConfigError)
+        check_positive_int(self.k_local, "k_local", ConfigError)
+        _nonneg_int(self.k_global, "k_global")
+        _nonneg_int(self.spectral, "spectral")
+        check_positive_int(self.spectral_time, "spectral_time", ConfigError)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)):
+            raise ConfigError(f"seed must be an int, got {self.seed!r}")
+        if self.latent not in LATENT_KINDS:
+            raise ConfigError(f"latent must be one of {LATENT_KINDS}, got {self.latent!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["mech_config"] = _jsonable(self.mech_config)
+        return out
+
+
+@dataclass(frozen=True)
+class Scale:
+    """Standardisation ``(x - mu) / sigma`` of vectors and the distance scale ``s0``."""
+
+    mu: np.ndarray
+    sigma: float
+    s0: float
+
+    def standardise(self, x: np.ndarray) -> np.ndarray:
+        """Standardise vectors as the index stores them (already unit rows for cosine)."""
+        return np.ascontiguousarray((x - self.mu) / np.float32(self.sigma), dtype=np.float32)
+
+    @classmethod
+    def of(cls, vectors: np.ndarray, s0: float) -> Scale:
+        mu = vectors.mean(axis=0).astype(np.float32) if vectors.shape[0] else np.zeros(vectors.shape[1], np.float32)
+        spread = float(np.sqrt(((vectors - mu) ** 2).sum(axis=1).mean() / vectors.shape[1])) if vectors.shape[0] else 1.0
+        return cls(mu=mu, sigma=max(spread, 1e-6), s0=float(s0))
+
+
+def _jsonable(cfg: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in cfg.items():
+        if isinstance(v, type):
+            v = np.dtype(v).name
+        elif isinstance(v, np.dtype):
+            v = v.name
+        elif isinstance(v, np.generic):
+            v = v.item()
+        out[k] = v
+    return out
+
+
+class SearchModel:
+    """Encoder + score scalars + scale of one attention-aware searcher.
+
+    Parameters
+    ----------
+    config : ModelConfig
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        self.config = config
+        cls = MECHANISMS[config.mechanism]
+        cfg = dict(config.mech_config)
+        cfg.setdefault("seed", config.seed)
+        try:
+            mech = cls(config.dim, **cfg)
+        except TypeError as exc:
+            raise ConfigError(f"{config.mechanism}: bad configuration ({exc})") from exc
+        self.encoder = ContextEncoder(mech, config.dim, config.latent_dim, seed=config.seed)
+        self.alpha = 0.0
+        self.beta = 1.0
+        self.rho = 0.0
+        self.scale: Scale | None = None
+        self.fitted = False
+
+    @staticmethod
+    def mechanism_options(mechanism: str) -> set[str]:
+        """Constructor options the mechanism accepts (for error messages and the CLI)."""
+        return set(inspect.signature(MECHANISMS[mechanism]).parameters) - {"dim"}
+
+    def scorer(self, space: str) -> ResidualScorer:
+        """The residual scorer (``alpha = 0`` until fitted)."""
+        s0 = self.scale.s0 if self.scale is not None else 1.0
+        alpha = self.alpha if self.fitted else 0.0
+        beta = self.beta if self.fitted else 1.0
+        return ResidualScorer(alpha=float(alpha), beta=float(beta), s0=float(s0), space=space)
+
+    # ------------------------------------------------------------------ persistence
+    def state(self) -> dict[str, Any]:
+        """A checkpoint state tree of the model (config, params, scalars, scale)."""
+        return {
+            "config": self.config.to_dict(),
+            "params": {k: v.copy() for k, v in self.encoder.params.items()},
+            "alpha": self.alpha,
+            "beta": self.beta,
+            "rho": self.rho,
+            "fitted": self.fitted,
+            "scale": None if self.scale is None else {"mu": self.scale.mu, "sigma": self.scale.sigma,
+                                                      "s0": self.scale.s0},
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> SearchModel:
+        """Rebuild a model from :meth:`state` (raises KeyError/TypeError/ValueError on a malformed tree)."""
+        cfg = dict(state["config"])
+        cfg["mech_config"] = dict(cfg.get("mech_config") or {})
+        model = cls(ModelConfig(**cfg))
+        saved = state["params"]
+        params = model.encoder.params
+        if set(saved) != set(params) or any(np.shape(saved[k]) != params[k].shape for k in params):
+            raise ValueError("parameters do not match the mechanism's")
+        for k, v in params.items():
+            v[...] = saved[k]
+        model.alpha = float(state["alpha"])
+        model.beta = float(state["beta"])
+        model.rho = float(state["rho"])
+        model.fitted = bool(state["fitted"])
+        sc = state["scale"]
+        if sc is not None:
+            model.scale = Scale(mu=np.asarray(sc["mu"], dtype=np.float32), sigma=float(sc["sigma"]),
+                                s0=float(sc["s0"]))
+        return model

@@ -1,0 +1,153 @@
+"""What the pipeline derives from the index for one model: table, row contexts, codes.
+
+:class:`DatabaseState` is aligned with the rows of one graph snapshot:
+
+- ``table``: standardised stored vectors (what attention reads as keys and values);
+- ``contexts``: every row's graph neighbourhood (:class:`~ruvector_hnsw.search.context.RowContexts`);
+- ``codes``: the cached codes and the latent kNN over them
+  (:class:`~ruvector_hnsw.search.codes.LatentCodes`; only once the model is fitted);
+- ``table_state``: the mechanism's explicit per-table state (``prepare_table``; dual_space's latent
+  neighbours), refreshed with the codes.
+
+:meth:`DatabaseState.sync` brings it to a newer snapshot of the same index incrementally: only the
+rows whose neighbourhood changed (``HNSWGraph.neighborhood_changes``: new rows and rows whose links
+hnswlib rewired or whose context lost a deleted item) get a new context and a new code; new rows
+get diffusion coordinates by the Nystrom rule from their older neighbours. The result equals a
+state built from scratch on the new snapshot with the same diffusion coordinates (tested).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ruvector_hnsw.index import HNSWGraph
+from ruvector_hnsw.search import spectral
+from ruvector_hnsw.search._rows import GrowableRows
+from ruvector_hnsw.search.codes import LatentCodes
+from ruvector_hnsw.search.context import RowContexts
+from ruvector_hnsw.search.encoder import ContextEncoder
+from ruvector_hnsw.search.model import Scale, SearchModel
+
+__all__ = ["ENCODE_CHUNK", "DatabaseState"]
+
+#: rows encoded per call when (re)computing database codes
+ENCODE_CHUNK = 4096
+#: neighbours whose affinities define the diffusion graph and the Nystrom rule
+DIFFUSION_K = 10
+
+
+class DatabaseState:
+    """Row-aligned table, contexts and codes of one model over one index (see the module docstring).
+
+    Build with :meth:`build`; keep in line with the index with :meth:`sync`.
+    """
+
+    def __init__(self, graph: HNSWGraph, table: GrowableRows, contexts: RowContexts, space: str) -> None:
+        self.graph = graph
+        self.table = table
+        self.contexts = contexts
+        self.space = space
+        self.codes: LatentCodes | None = None
+        self.table_state: Any = None
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def build(cls, model: SearchModel, graph: HNSWGraph, space: str) -> DatabaseState:
+        """Contexts (and, for a fitted model, codes) of every row of ``graph``.
+
+        Sets ``model.scale`` from this graph when the model has none yet.
+        """
+        cfg = model.config
+        s0 = model.scale.s0 if model.scale is not None else None
+        contexts = RowContexts(graph, cfg.k_local, cfg.k_global, s0)
+        if model.scale is None:
+            model.scale = Scale.of(graph.vectors, contexts.s0)
+        table = GrowableRows(model.scale.standardise(graph.vectors))
+        return cls(graph, table, contexts, space)
+
+    @property
+    def n(self) -> int:
+        return len(self.graph)
+
+    # ------------------------------------------------------------------ diffusion coordinates
+    def neighbour_weights(self, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(pos, weights)`` of the ``k`` nearest local context items of ``rows``."""
+        pos = self.contexts.pos[rows, :k]
+        d = self.contexts.dist[rows, :k] * np.float32(self.contexts.s0)
+        w = np.where(pos >= 0, spectral.affinity_weights(d, self.space, self.contexts.s0), 0.0)
+        return pos, w
+
+    def diffusion(self, width: int, t: int, seed: int) -> np.ndarray:
+        """Diffusion coordinates of every row (a seeded lazy-walk sketch of the layer-0 graph)."""
+        if width == 0:
+            return np.zeros((self.n, 0), dtype=np.float32)
+        k = min(DIFFUSION_K, self.contexts.k_local)
+        pos, w = self.neighbour_weights(np.arange(self.n), k)
+        return spectral.diffusion_coordinates(pos, w, width, t, seed)
+
+    def nystrom(self, phi: np.ndarray, rows: np.ndarray, limit: int) -> np.ndarray:
+        """Coordinates of ``rows`` from their neighbours among the first ``limit`` rows (which have ``phi``)."""
+        pos, w = self.neighbour_weights(rows, self.contexts.k_local)
+        keep = (pos >= 0) & (pos < limit)
+        return spectral.nystrom(phi, np.where(keep, pos, -1), np.where(keep, w, 0.0))
+
+    # ------------------------------------------------------------------ codes
+    def encode_rows(self, encoder: ContextEncoder, rows: np.ndarray) -> np.ndarray:
+        """Unit codes ``(len(rows), p)`` of table rows, attending over their graph contexts."""
+        out = np.empty((rows.shape[0], encoder.latent_dim), dtype=np.float32)
+        table = self.table.view
+        for lo in range(0, rows.shape[0], ENCODE_CHUNK):
+            r = rows[lo : lo + ENCODE_CHUNK]
+            ids, mask, ctx = self.contexts.of_rows(r)
+            if self.table_state is not None:
+                ctx.table_state = self.table_state
+            out[lo : lo + r.shape[0]] = encoder.encode(table[r], table, ids, mask, ctx).zhat
+        return out
+
+    def refresh_codes(self, model: SearchModel, *, kind: str | None = None, phi: np.ndarray | None = None) -> None:
+        """Recompute every code (and the mechanism's table state); rebuild the latent kNN.
+
+        ``phi`` replaces the diffusion coordinates (default: keep the current ones, or compute
+        them when there are none of the right length).
+        """
+        cfg = model.config
+        self.table_state = model.encoder.prepare_table(self.table.view)
+        z = self.encode_rows(model.encoder, np.arange(self.n))
+        if phi is None:
+            old = self.codes.phi.view if self.codes is not None else None
+            phi = old if old is not None and old.shape == (self.n, cfg.spectral) else self.diffusion(
+                cfg.spectral, cfg.spectral_time, cfg.seed)
+        self.codes = LatentCodes(z, phi, model.rho, kind=kind or cfg.latent, seed=cfg.seed)
+
+    # ------------------------------------------------------------------ incremental sync
+    def sync(self, model: SearchModel, graph: HNSWGraph) -> np.ndarray:
+        """Bring the state to ``graph`` (a newer snapshot of the same index); return the re-encoded rows."""
+        old = self.graph
+        n_old, n = len(old), len(graph)
+        cfg = model.config
+        rows = graph.neighborhood_changes(old, cfg.k_local, cfg.k_global)
+        record = graph.changed_rows(old)
+        assert model.scale is not None
+        self.table.resize(n)
+        vec_rows = record[(record >= n_old) | _vector_changed(old, graph, record[record < n_old])]
+        if vec_rows.size:
+            self.table.set_rows(vec_rows, model.scale.standardise(graph.vectors[vec_rows]))
+        self.graph = graph
+        self.contexts.update(graph, rows)
+        encode = np.union1d(rows, vec_rows)
+        if self.codes is not None:
+            if self.table_state is not None:
+                self.table_state = model.encoder.prepare_table(self.table.view)
+            phi_new = None
+            if self.codes.phi.view.shape[1] and n > n_old:
+                phi_new = self.nystrom(self.codes.phi.view, np.arange(n_old, n), n_old)
+            self.codes.update(encode, self.encode_rows(model.encoder, encode), n, phi_new)
+        return encode
+
+
+def _vector_changed(old: HNSWGraph, new: HNSWGraph, rows: np.ndarray) -> np.ndarray:
+    if rows.size == 0:
+        return np.zeros(0, dtype=bool)
+    return np.any(old.vectors[rows] != new.vectors[rows], axis=1)

@@ -1,0 +1,332 @@
+"""Contrastive training of a search model (the body of ``AttentionSearch.fit``).
+
+Every training query gets a pool of items: its HNSW top-C candidates, a few random relevant items
+(so the model learns to reach relevant items HNSW missed), as many uniformly random items (so "far
+from the query" does not predict "relevant"), and hard negatives from the current codes (re-mined
+every epoch). The latent similarity of the pool is trained with the multi-positive InfoNCE loss;
+gradients flow through the unit-norm codes, the projections and the attention mechanism on both
+sides (query and database row), from the caches of one forward each (attention protocol v2).
+
+The trainer owns its state (:class:`TrainingState`: the standardised training queries, their HNSW
+candidates, the mined negatives, the validation split); the searcher's model and database state
+are passed in explicitly.
+
+Calibration is cheap: the validation queries' pools, distances and latent similarities are
+computed once per calibration, and every ``alpha`` of the grid only re-sorts them (the pool of
+one expansion round does not depend on ``alpha``); ``alpha = 0`` is the index's own ranking, so a
+calibrated model is never below the index on the validation queries. The diffusion weight ``rho``
+is calibrated jointly once, after training. The loop is :class:`ruvector_hnsw.training.Trainer`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from ruvector_hnsw.attention import Context
+from ruvector_hnsw.index import HNSWIndex
+from ruvector_hnsw.ranking import map_at_r
+from ruvector_hnsw.search import _kernels, pipeline
+from ruvector_hnsw.search.codes import LatentCodes
+from ruvector_hnsw.search.context import query_context
+from ruvector_hnsw.search.encoder import ContextEncoder
+from ruvector_hnsw.search.model import SearchModel
+from ruvector_hnsw.search.pipeline import Knobs, QueryBatch
+from ruvector_hnsw.search.scoring import ResidualScorer, append_tail, rank
+from ruvector_hnsw.search.state import DatabaseState
+from ruvector_hnsw.training.losses import info_nce
+from ruvector_hnsw.training.optim import Adam
+from ruvector_hnsw.training.schedules import WarmupCosineSchedule
+from ruvector_hnsw.training.trainer import Batch, EpochState, Trainer, TrainingHistory
+
+__all__ = ["ALPHA_GRID", "RHO_GRID", "FitOptions", "SearchTrainingModel", "TrainingState", "calibrate", "contrastive_loss", "fit",
+           "map_at_r_of_rows"]
+
+#: candidate weights of the latent term; 0 keeps the index's ranking
+ALPHA_GRID = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 512.0, 2048.0)
+#: candidate weights of the diffusion coordinates relative to the learned codes; 0 = codes only
+RHO_GRID = (0.0, 0.25, 1.0, 4.0, 16.0)
+_VAL_CAP = 1000
+
+
+@dataclass(frozen=True)
+class FitOptions:
+    """The options of :meth:`AttentionSearch.fit` (see there)."""
+
+    epochs: int = 8
+    batch_size: int = 128
+    lr: float = 1e-2
+    temperature: float = 0.1
+    extra_positives: int = 16
+    random_negatives: int = 48
+    latent_negatives: int = 32
+    val_fraction: float = 0.1
+    patience: int = 3
+    weight_decay: float = 1e-4
+    progress: bool = False
+    checkpoint_dir: str | os.PathLike[str] | None = None
+    resume: bool | str | os.PathLike[str] = False
+
+
+def map_at_r_of_rows(result_rows: np.ndarray, pos_lists: list[np.ndarray], cap: int | None = None) -> float:
+    """mAP@R of ranked table rows against each query's relevant rows (R capped at ``cap``)."""
+    rel = np.zeros(result_rows.shape, dtype=bool)
+    for i, rows in enumerate(pos_lists):
+        rel[i] = np.isin(result_rows[i], rows) & (result_rows[i] >= 0)
+    n_rel = np.array([len(r) for r in pos_lists])
+    return float(map_at_r(rel, n_rel, cap=cap))
+
+
+@dataclass
+class TrainingState:
+    """What the trainer keeps between steps (none of it lives on the searcher)."""
+
+    queries: QueryBatch             #: the training queries (standardised, stored) and their HNSW candidates
+    pos_lists: list[np.ndarray]     #: relevant table rows per training query
+    mined: np.ndarray               #: (nq, m) latent hard negatives of the current epoch
+
+
+def _sample_positives(rng: np.random.Generator, pos_lists: list[np.ndarray], idx: np.ndarray, m: int) -> np.ndarray:
+    out = np.full((idx.shape[0], m), -1, dtype=np.int64)
+    for r, i in enumerate(idx.tolist()):
+        rows = pos_lists[i]
+        if rows.size and m:
+            out[r] = rows[rng.integers(0, rows.size, m)]
+    return out
+
+
+def _positive_mask(pool: np.ndarray, pos_lists: list[np.ndarray], idx: np.ndarray) -> np.ndarray:
+    mask = np.zeros(pool.shape, dtype=bool)
+    for r, i in enumerate(idx.tolist()):
+        mask[r] = np.isin(pool[r], pos_lists[i]) & (pool[r] >= 0)
+    return mask
+
+
+def _subset(qb: QueryBatch, idx: np.ndarray) -> QueryBatch:
+    return QueryBatch(stored=qb.stored[idx], standard=qb.standard[idx], hnsw_rows=qb.hnsw_rows[idx],
+                      hnsw_dist=qb.hnsw_dist[idx])
+
+
+class SearchTrainingModel:
+    """Adapter of a search model + database state to the :class:`~ruvector_hnsw.training.Trainer` protocol.
+
+    ``batch["query"]`` holds indices into the training queries.
+    """
+
+    def __init__(self, model: SearchModel, db: DatabaseState, state: TrainingState, *, candidates: int,
+                 temperature: float, extra_positives: int, random_negatives: int, latent_negatives: int) -> None:
+        self.model, self.db, self.state = model, db, state
+        self.candidates = candidates
+        self.temperature = temperature
+        self.extra_positives = extra_positives
+        self.random_negatives = random_negatives
+        self.latent_negatives = latent_negatives
+        #: the arrays the optimizer updates, shared with the encoder
+        self.params: dict[str, np.ndarray] = model.encoder.params
+
+    # -- trainer hooks ------------------------------------------------------------------------
+    def on_epoch_start(self, state: EpochState) -> None:
+        if self.latent_negatives and self.db.codes is not None:
+            qb = self.state.queries
+            zq = pipeline.encode_queries(self.model, self.db, qb, qb.hnsw_rows[:, : self.candidates],
+                                         qb.hnsw_dist[:, : self.candidates])
+            self.state.mined = self.db.codes.search(zq, self.latent_negatives)
+
+    def on_epoch_end(self, state: EpochState) -> None:
+        self.db.refresh_codes(self.model, kind="flat")
+
+    def on_params_loaded(self) -> None:
+        self.db.refresh_codes(self.model, kind="flat")
+
+    # -- one step -----------------------------------------------------------------------------
+    def loss_and_grads(self, batch: Batch, state: EpochState) -> tuple[float, dict[str, np.ndarray]]:
+        enc, db, ts = self.model.encoder, self.db, self.state
+        b = np.asarray(batch["query"], dtype=np.int64)
+        rng = state.rng
+        qb = _subset(ts.queries, b)
+        n = db.n
+        parts = [qb.hnsw_rows[:, : self.candidates], _sample_positives(rng, ts.pos_lists, b, self.extra_positives),
+                 rng.integers(0, n, (b.shape[0], self.random_negatives)).astype(np.int64)]
+        if ts.mined.shape[1]:
+            parts.append(ts.mined[b])
+        merged = np.concatenate(parts, axis=1)
+        pool, _ = _kernels.unique_rows(merged, np.zeros(merged.shape, np.float32), db.graph.deleted)
+        valid = pool >= 0
+        posmask = _positive_mask(pool, ts.pos_lists, b)
+        if not posmask.any():
+            return 0.0, enc.zero_grads()
+        table = db.table.view
+        ids_q, mask_q, ctx_q = query_context(qb.stored, db.graph.vectors, qb.hnsw_rows[:, : self.candidates],
+                                             qb.hnsw_dist[:, : self.candidates], db.contexts, db.space)
+        uniq = np.unique(pool[valid])
+        ids_v, mask_v, ctx_v = db.contexts.of_rows(uniq)
+        if db.table_state is not None:
+            ctx_q.table_state = db.table_state
+            ctx_v.table_state = db.table_state
+        temperature = state.temperature if state.temperature is not None else self.temperature
+        loss, grads = contrastive_loss(enc, table, qb.standard, (ids_q, mask_q, ctx_q), pool, posmask,
+                                       (uniq, ids_v, mask_v, ctx_v), temperature)
+        return loss, grads
+
+
+def contrastive_loss(enc: ContextEncoder, table: np.ndarray, queries: np.ndarray,
+                     query_ctx: tuple[np.ndarray, np.ndarray, Context], pool: np.ndarray, posmask: np.ndarray,
+                     rows_ctx: tuple[np.ndarray, np.ndarray, np.ndarray, Context], temperature: float
+                     ) -> tuple[float, dict[str, np.ndarray]]:
+    """Multi-positive InfoNCE over each query's pool of table rows, and its parameter gradients.
+
+    Parameters
+    ----------
+    enc : ContextEncoder
+    table : (N, d)
+        Standardised table (attention keys/values).
+    queries : (B, d)
+        Standardised queries; their ``(ids, mask, Context)`` (``query_ctx``).
+    pool : (B, P)
+        Table rows per query (-1 = empty slot); ``posmask`` (B, P) marks the positives.
+    rows_ctx : (rows, ids, mask, Context)
+        The distinct rows of ``pool`` (sorted) with their graph contexts.
+    temperature : float
+
+    Returns
+    -------
+    loss : float
+    grads : dict
+        One entry per encoder param (one forward and one backward per side, from the caches).
+    """
+    ids_q, mask_q, ctx_q = query_ctx
+    uniq, ids_v, mask_v, ctx_v = rows_ctx
+    valid = pool >= 0
+    dt = enc.dtype
+    enc_q = enc.encode(queries, table, ids_q, mask_q, ctx_q)
+    enc_v = enc.encode(table[uniq], table, ids_v, mask_v, ctx_v)
+    inv = np.searchsorted(uniq, pool[valid])
+    zv = np.zeros((*pool.shape, enc.latent_dim), dtype=enc_v.zhat.dtype)
+    zv[valid] = enc_v.zhat[inv]
+    sim = np.where(valid, np.einsum("bp,bcp->bc", enc_q.zhat, zv), 0.0)
+    loss, g_sim = info_nce(sim, posmask, temperature=temperature, candidate_mask=valid)
+    g_sim = np.asarray(g_sim, dtype=dt)
+    gzq = np.einsum("bc,bcp->bp", g_sim, zv)
+    gzv = g_sim[:, :, None] * enc_q.zhat[:, None, :]
+    gzv_rows = np.zeros((uniq.shape[0], enc.latent_dim), dtype=dt)
+    np.add.at(gzv_rows, inv, gzv[valid])
+    grads = enc.zero_grads()
+    enc.backward(enc_v, gzv_rows, grads)
+    enc.backward(enc_q, gzq.astype(dt), grads)
+    return float(loss), grads
+
+
+# ---------------------------------------------------------------------- calibration
+@dataclass(frozen=True)
+class _ValPools:
+    pool: np.ndarray
+    dist: np.ndarray
+    sim: np.ndarray
+
+
+def _val_pools(model: SearchModel, db: DatabaseState, qb: QueryBatch, k: int, knobs: Knobs,
+               num_threads: int) -> _ValPools:
+    """Pools of one expansion round with their index distances and latent similarities (alpha-free)."""
+    s0 = db.contexts.s0
+    probe = ResidualScorer(alpha=1.0, beta=0.0, s0=s0, space=db.space)
+    pool, sim, dist = pipeline.expand_and_score(model, db, qb, k, replace(knobs, expand=min(knobs.expand, 1)),
+                                                probe, num_threads)
+    return _ValPools(pool=pool, dist=dist, sim=sim)
+
+
+def _ranking(qb: QueryBatch, pools: _ValPools, alpha: float, s0: float, k: int) -> np.ndarray:
+    if alpha == 0.0:
+        return qb.hnsw_rows[:, :k]
+    scores = np.where(pools.pool >= 0, -pools.dist / np.float32(s0) + np.float32(alpha) * pools.sim,
+                      -np.inf).astype(np.float32)
+    pool, scores = rank(pools.pool, scores)
+    pool, _ = append_tail(qb.hnsw_rows, pool, scores, k)
+    return pool[:, :k]
+
+
+def calibrate(model: SearchModel, db: DatabaseState, qb: QueryBatch, pos_lists: list[np.ndarray], knobs: Knobs,
+              num_threads: int, *, set_alpha: bool = True) -> tuple[float, float]:
+    """Pick ``alpha`` (``beta = 1``) from :data:`ALPHA_GRID` by validation mAP@R; return ``(value, alpha)``."""
+    k = max(1, int(min(max(len(r) for r in pos_lists), _VAL_CAP, db.n)))
+    pools = _val_pools(model, db, qb, k, knobs, num_threads)
+    best = (-np.inf, 0.0)
+    for a in ALPHA_GRID:
+        value = map_at_r_of_rows(_ranking(qb, pools, a, db.contexts.s0, k), pos_lists, cap=_VAL_CAP)
+        if value > best[0] + 1e-9:
+            best = (value, a)
+    if set_alpha:
+        model.alpha, model.beta = best[1], 1.0
+    return float(best[0]), float(best[1])
+
+
+# ---------------------------------------------------------------------- fit
+def fit(model: SearchModel, db: DatabaseState, index: HNSWIndex, q: np.ndarray, pos_lists: list[np.ndarray],
+        knobs: Knobs, opts: FitOptions, num_threads: int) -> TrainingHistory:
+    """Train ``model`` in place on ``db`` (best validation epoch restored, codes refreshed); return the history."""
+    cfg = model.config
+    rng = np.random.default_rng(cfg.seed)
+    nq = q.shape[0]
+    perm = rng.permutation(nq)
+    n_val = round(opts.val_fraction * nq) if nq >= 20 else 0
+    val_idx, tr_idx = np.sort(perm[:n_val]), np.sort(perm[n_val:])
+    C = knobs.candidates
+    n_cand = max(C, 1)
+    all_q = pipeline.candidates(index, db.graph, model, q, n_cand, n_cand, num_threads)
+    val_k = max(1, int(min(max((len(pos_lists[i]) for i in val_idx.tolist()), default=1), _VAL_CAP, db.n)))
+    val_q = pipeline.candidates(index, db.graph, model, q[val_idx], max(C, val_k), max(C, val_k), num_threads) \
+        if n_val else None
+    model.fitted = True  # codes are needed for mining and validation
+    model.rho = 0.0
+    db.refresh_codes(model, kind="flat")
+    ts = TrainingState(queries=_subset(all_q, tr_idx), pos_lists=[pos_lists[i] for i in tr_idx.tolist()],
+                       mined=np.full((tr_idx.shape[0], 0), -1, dtype=np.int64))
+    trainable = SearchTrainingModel(model, db, ts, candidates=C, temperature=opts.temperature,
+                                    extra_positives=opts.extra_positives, random_negatives=opts.random_negatives,
+                                    latent_negatives=opts.latent_negatives)
+    val_pos = [pos_lists[i] for i in val_idx.tolist()]
+
+    def validate(_: Any) -> dict[str, float]:
+        assert val_q is not None
+        value, alpha = calibrate(model, db, val_q, val_pos, knobs, num_threads)
+        return {"map_at_r": value, "alpha": alpha}
+
+    steps = max(1, int(np.ceil(tr_idx.shape[0] / opts.batch_size)))
+    trainer = Trainer(
+        trainable,
+        Adam(trainable.params, lr=opts.lr, weight_decay=opts.weight_decay, max_grad_norm=10.0),
+        epochs=opts.epochs,
+        batch_size=opts.batch_size,
+        schedule=WarmupCosineSchedule(opts.lr, total_steps=opts.epochs * steps, warmup_steps=min(steps, 50)),
+        validate=validate if n_val else None,
+        patience=opts.patience if n_val else None,
+        checkpoint_dir=opts.checkpoint_dir,
+        seed=cfg.seed,
+        progress=opts.progress,
+    )
+    history = trainer.fit({"query": np.arange(tr_idx.shape[0])}, resume=opts.resume)
+    db.refresh_codes(model, kind="flat")  # the restored (best) parameters
+    if n_val and val_q is not None and cfg.spectral and db.codes is not None:
+        # weight of the diffusion coordinates: joint grid with alpha on exact latent search
+        base = db.codes
+        best = (-np.inf, 0.0)
+        for rho in RHO_GRID:
+            db.codes = base.with_rho(rho)
+            model.rho = rho
+            value, _ = calibrate(model, db, val_q, val_pos, knobs, num_threads, set_alpha=False)
+            if value > best[0] + 1e-9:
+                best = (value, rho)
+        model.rho = best[1]
+        db.codes = base
+    # the serving codes and latent index, then alpha for them
+    phi = db.codes.phi.view if db.codes is not None else None
+    db.codes = LatentCodes(db.codes.z.view if db.codes is not None else np.zeros((0, cfg.latent_dim)),
+                           phi if phi is not None else np.zeros((db.n, 0), np.float32), model.rho,
+                           kind=cfg.latent, seed=cfg.seed)
+    if n_val and val_q is not None:
+        calibrate(model, db, val_q, val_pos, knobs, num_threads)
+    else:
+        model.alpha = 1.0
+    return history
