@@ -22,6 +22,7 @@ import numpy as np
 
 from ruvector_hnsw.attention import Context
 from ruvector_hnsw.index import HNSWGraph
+from ruvector_hnsw.ranking import map_at_r
 from ruvector_hnsw.search import _kernels
 from ruvector_hnsw.training.losses import info_nce
 from ruvector_hnsw.training.optim import Adam
@@ -43,8 +44,6 @@ _SCALARS = ("alpha", "beta")
 
 def map_at_r_of_rows(result_rows: np.ndarray, pos_lists: list[np.ndarray], cap: int | None = None) -> float:
     """mAP@R of ranked table rows against each query's relevant rows (R capped at ``cap``)."""
-    from ruvector_hnsw.eval.metrics import map_at_r
-
     rel = np.zeros(result_rows.shape, dtype=bool)
     for i, rows in enumerate(pos_lists):
         rel[i] = np.isin(result_rows[i], rows) & (result_rows[i] >= 0)

@@ -27,7 +27,6 @@ import numpy as np
 
 from ruvector_hnsw._validation import as_ids, as_matrix, check_positive_int
 from ruvector_hnsw.attention import MECHANISMS, Context
-from ruvector_hnsw.attention._threads import run_row_chunks
 from ruvector_hnsw.errors import (
     ConfigError,
     IndexCorruptedError,
@@ -36,10 +35,10 @@ from ruvector_hnsw.errors import (
     ShapeMismatchError,
 )
 from ruvector_hnsw.index import HNSWGraph, HNSWIndex, LatentIndex
-from ruvector_hnsw.index._rwlock import RWLock
 from ruvector_hnsw.search import _kernels
 from ruvector_hnsw.search._encoder import ContextEncoder
 from ruvector_hnsw.search.expansion import expand_vectors
+from ruvector_hnsw.threads import RWLock, run_row_chunks
 from ruvector_hnsw.training.checkpoint import load_checkpoint, save_checkpoint
 from ruvector_hnsw.training.trainer import TrainingHistory
 
@@ -200,7 +199,7 @@ class AttentionSearch:
 
     @num_threads.setter
     def num_threads(self, value: int) -> None:
-        from ruvector_hnsw.attention import _threads
+        from ruvector_hnsw import threads as _threads
 
         self.index.num_threads = value
         self._num_threads = self.index.num_threads
