@@ -26,11 +26,12 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from ruvector_hnsw.attention import MECHANISMS, Context
-from ruvector_hnsw.attention._threads import get_num_threads, set_num_threads
 from ruvector_hnsw.attention.flash import FlashAttention
 from ruvector_hnsw.attention.scaled_dot import ScaledDotAttention
+from ruvector_hnsw.threads import get_num_threads, set_num_threads
 
 
 def best_time(f: Callable[[], Any], repeats: int, budget: float = 10.0) -> float:
@@ -188,12 +189,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads is not None:
         set_num_threads(args.threads)
     if args.blas_threads > 0:
-        try:
-            from threadpoolctl import threadpool_limits
-
-            threadpool_limits(args.blas_threads)
-        except ImportError:  # optional: only changes BLAS threading
-            print("threadpoolctl not installed: BLAS threads left as they are")
+        threadpool_limits(args.blas_threads, user_api="blas")  # the whole run: this script owns its process
     print(f"attention kernel threads: {get_num_threads()}, BLAS threads: {args.blas_threads or 'default'}")
     if args.quick:
         reps = args.repeats or 2

@@ -24,7 +24,7 @@ _LAZY = {
     "AttentionSearch": "ruvector_hnsw.search",
     "HNSWGraph": "ruvector_hnsw.index",
     "HNSWIndex": "ruvector_hnsw.index",
-    "LatentIndex": "ruvector_hnsw.index",
+    "LatentIndex": "ruvector_hnsw.latent",
     "Neighborhood": "ruvector_hnsw.index",
 }
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ruvector_hnsw.attention import _kernels as K
-from ruvector_hnsw.attention._threads import join_row_chunks, run_row_chunks
+from ruvector_hnsw.threads import join_row_chunks, run_row_chunks
 
 __all__ = ["flash_attend", "mq_attend", "mq_attn_weights", "sd_attend"]
 

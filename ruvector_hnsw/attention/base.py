@@ -52,7 +52,7 @@ the mechanism unchanged (the backward cache of the previous forward survives).
 Threads and JIT
 ---------------
 The numba kernels are serial, cached and release the GIL; large calls are split into row chunks
-on a small thread pool (``ruvector_hnsw.attention._threads.set_num_threads``). Call
+on a small thread pool (``ruvector_hnsw.threads``: ``thread_limits(n)`` for one call). Call
 :meth:`AttentionMechanism.warmup` to pay compilation before timing.
 
 Writing a mechanism

@@ -223,7 +223,7 @@ class DualSpaceAttention(AttentionMechanism):
         """Rebuild the latent index over ``database @ P`` with the current ``P``."""
         if self._database is None:
             raise NotFittedError(f"{self.name} has no database: pass database= or call set_database()")
-        from ruvector_hnsw.index.latent import LatentIndex
+        from ruvector_hnsw.latent import LatentIndex
 
         P = self._params["P"]
         Z = np.ascontiguousarray(self._database @ P, dtype=np.float32)

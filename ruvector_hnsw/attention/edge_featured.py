@@ -28,7 +28,6 @@ import numpy as np
 from ruvector_hnsw.attention._edge_kernels import edge_backward_kernel, edge_forward_kernel
 from ruvector_hnsw.attention._gather_kernels import scatter_add_rows
 from ruvector_hnsw.attention._partb_common import fused_tables
-from ruvector_hnsw.attention._threads import join_row_chunks, run_row_chunks
 from ruvector_hnsw.attention.base import (
     AttentionBatch,
     AttentionMechanism,
@@ -36,6 +35,7 @@ from ruvector_hnsw.attention.base import (
     check_positive_int,
 )
 from ruvector_hnsw.errors import ConfigError, DimensionMismatchError, MissingContextError, NonFiniteError
+from ruvector_hnsw.threads import join_row_chunks, run_row_chunks
 
 __all__ = ["EdgeFeaturedAttention"]
 

@@ -39,9 +39,9 @@ from ruvector_hnsw.attention._hyperbolic_kernels import (
     project_backward,
 )
 from ruvector_hnsw.attention._partb_common import dense_ids, fused_tables, softmax_backward
-from ruvector_hnsw.attention._threads import join_row_chunks, run_row_chunks
 from ruvector_hnsw.attention.base import AttentionBatch, AttentionMechanism, check_positive_float
 from ruvector_hnsw.errors import ConfigError, NonFiniteError
+from ruvector_hnsw.threads import join_row_chunks, run_row_chunks
 
 __all__ = ["HyperbolicAttention"]
 

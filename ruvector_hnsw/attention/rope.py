@@ -7,9 +7,9 @@ from typing import Any
 import numpy as np
 
 from ruvector_hnsw.attention._kernels import mq_backward, rope_apply, rope_forward, rope_unapply_scatter
-from ruvector_hnsw.attention._threads import run_row_chunks
 from ruvector_hnsw.attention.base import AttentionBatch, AttentionMechanism, check_positive_float, dense_ids
 from ruvector_hnsw.errors import ConfigError
+from ruvector_hnsw.threads import run_row_chunks
 
 __all__ = ["RoPEAttention"]
 

@@ -8,12 +8,14 @@ and the running top-k merged, so the result equals one flat search over all of i
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Any
 
 import numpy as np
 
 from ruvector_hnsw.datasets._progress import progress_iter
 from ruvector_hnsw.errors import ConfigError, DimensionMismatchError, EmptyInputError, NonFiniteError
+from ruvector_hnsw.threads import thread_limits
 
 __all__ = ["exact_knn", "normalize_rows"]
 
@@ -62,7 +64,8 @@ def exact_knn(
     query_block : int
         Queries per FAISS call (bounds the merge buffers; sets the progress granularity).
     num_threads : int, optional
-        OpenMP threads for FAISS during the call (restored afterwards); default unchanged.
+        Threads for FAISS and BLAS during the call (:func:`ruvector_hnsw.threads.thread_limits`,
+        restored afterwards); default unchanged.
     progress : bool
         Show a progress bar over the (base block, query block) steps (tqdm, if installed).
 
@@ -104,10 +107,8 @@ def exact_knn(
     best_d = np.full((nq, k), np.inf, dtype=np.float32)
     if nq == 0:
         return best_i, best_d
-    old_threads = faiss.omp_get_max_threads()
-    if num_threads is not None and num_threads > 0:
-        faiss.omp_set_num_threads(int(num_threads))
-    try:
+    limits = thread_limits(int(num_threads)) if num_threads is not None and num_threads > 0 else nullcontext()
+    with limits:
         starts = range(0, n, block_size)
         q_starts = range(0, nq, query_block)
         steps = ((s0, q0) for s0 in starts for q0 in q_starts)
@@ -136,7 +137,4 @@ def exact_knn(
             order = np.argsort(cat_d, axis=1, kind="stable")[:, :k]
             best_i[q0:q1] = np.take_along_axis(cat_i, order, axis=1)
             best_d[q0:q1] = np.take_along_axis(cat_d, order, axis=1)
-    finally:
-        if num_threads is not None and num_threads > 0:
-            faiss.omp_set_num_threads(old_threads)
     return np.ascontiguousarray(best_i), np.ascontiguousarray(best_d)

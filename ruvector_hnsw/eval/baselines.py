@@ -24,7 +24,6 @@ are projected (the projected space is always compared by cosine).
 
 from __future__ import annotations
 
-import contextlib
 import time
 from typing import Any
 
@@ -42,6 +41,7 @@ from ruvector_hnsw.eval.methods import (
     register_method,
 )
 from ruvector_hnsw.eval.metrics import METRICS_ALIASES
+from ruvector_hnsw.threads import thread_limits
 from ruvector_hnsw.training.losses import CosineSimilarity, info_nce
 from ruvector_hnsw.training.optim import Adam
 
@@ -89,18 +89,6 @@ def linear_proj_loss(
     gc = grads["candidates"]
     dW = grads["query"].T @ queries + gc.reshape(-1, gc.shape[-1]).T @ pool.reshape(-1, pool.shape[-1])
     return float(loss), dW.astype(W.dtype, copy=False)
-
-
-def _single_thread_blas() -> Any:
-    """Limit BLAS to one thread (small matmuls; many threads only fight on shared cores).
-
-    Uses threadpoolctl when installed (it comes with scikit-learn); otherwise a no-op.
-    """
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - optional
-        return contextlib.nullcontext()
-    return threadpool_limits(limits=1, user_api="blas")
 
 
 def _dedup_rows(ids: np.ndarray) -> np.ndarray:
@@ -256,7 +244,7 @@ class LinearProjection:
         opt = Adam(params, lr=lr, weight_decay=weight_decay, max_grad_norm=10.0)
         rng = np.random.default_rng(self.seed)
         self.history = {"train_loss": [], "epoch_time_s": []}
-        with _single_thread_blas():
+        with thread_limits(1):  # small matmuls: more BLAS threads only fight on shared cores
             self._train(q, x, ql, bl, cand, params, opt, rng, int(epochs), int(batch_size), temperature,
                         extra_positives, random_negatives)
         self.W = params["W"]

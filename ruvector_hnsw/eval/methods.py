@@ -62,8 +62,8 @@ from ruvector_hnsw.errors import (
     ShapeMismatchError,
 )
 from ruvector_hnsw.eval.metrics import METRICS_ALIASES
-from ruvector_hnsw.eval.timing import available_threads
 from ruvector_hnsw.search.expansion import expand_vectors
+from ruvector_hnsw.threads import available_threads, thread_limits
 
 __all__ = [
     "DEFAULT_ALPHA_QE",
@@ -212,12 +212,8 @@ def make_exact(dataset: Any, *, num_threads: int | None = None, name: str = "exa
             q = q.copy()
             faiss.normalize_L2(q)
         kk = min(int(k), index.ntotal)
-        prev = faiss.omp_get_max_threads()
-        faiss.omp_set_num_threads(threads)
-        try:
+        with thread_limits(threads):
             d, i = index.search(q, kk)
-        finally:
-            faiss.omp_set_num_threads(prev)
         ids = i.astype(np.int64, copy=False)
         dist = d.astype(np.float32, copy=False)
         if metric != "l2":

@@ -233,8 +233,8 @@ def evaluate(
         One row per method with the keys of :data:`RESULT_KEYS` (plus ``p_at_{k}``,
         ``ndcg_at_{k}``, ``hit_rate_at_{k}``, ``recall_at_{k}`` when ``k != 10``).
     """
-    k = M._check_k(k)
-    qps_repeats = M._check_k(qps_repeats, "qps_repeats")
+    k = M.check_k(k)
+    qps_repeats = M.check_k(qps_repeats, "qps_repeats")
     if not isinstance(methods, Mapping):
         seq = list(methods)
         if not all(hasattr(m, "name") for m in seq):
@@ -245,7 +245,7 @@ def evaluate(
     if not methods:
         raise ConfigError("no methods to evaluate")
     if max_results is not None:
-        max_results = M._check_k(max_results, "max_results")
+        max_results = M.check_k(max_results, "max_results")
     base, queries, metric = _check_dataset(dataset)
     nq, nb = queries.shape[0], base.shape[0]
     bl, ql = _labels(dataset)

@@ -13,7 +13,6 @@ Conventions (see DESIGN.md section 6):
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -21,18 +20,12 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from ruvector_hnsw.threads import available_threads
+
 __all__ = ["SearchFn", "available_threads", "measure_latency", "measure_qps", "warm_up"]
 
 #: A search callable: ``search(queries (nq, d) float32, k) -> (ids (nq, k) int64, dists (nq, k) float32)``.
 SearchFn = Callable[[npt.NDArray[np.float32], int], tuple[Any, Any]]
-
-
-def available_threads() -> int:
-    """Number of CPUs this process may run on (affinity-aware where the OS reports it)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # pragma: no cover - non-Linux
-        return os.cpu_count() or 1
 
 
 def warm_up(search: SearchFn, queries: npt.NDArray[np.float32], k: int, n: int = 8) -> None:

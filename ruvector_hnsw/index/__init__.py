@@ -2,6 +2,6 @@
 
 from ruvector_hnsw.index.graph import HNSWGraph, Neighborhood
 from ruvector_hnsw.index.hnsw import SPACES, HNSWIndex
-from ruvector_hnsw.index.latent import KINDS, METRICS, LatentIndex
+from ruvector_hnsw.latent import KINDS, METRICS, LatentIndex
 
 __all__ = ["KINDS", "METRICS", "SPACES", "HNSWGraph", "HNSWIndex", "LatentIndex", "Neighborhood"]

@@ -19,9 +19,9 @@ from ruvector_hnsw.errors import (
     IndexCorruptedError,
     UnknownIdError,
 )
-from ruvector_hnsw.index._rwlock import RWLock
 from ruvector_hnsw.index.graph import HNSWGraph, graph_from_state
 from ruvector_hnsw.index.persist import read_artifact, write_artifact
+from ruvector_hnsw.threads import RWLock, resolve_threads
 
 __all__ = ["SPACES", "HNSWIndex"]
 
@@ -33,15 +33,6 @@ _INITIAL_CAPACITY = 1024
 _HNSWLIB_HEADER = struct.Struct("<QQQQQQiIQQQdQ")
 
 FilterLike = Callable[[int], bool] | np.ndarray | list[int] | set[int] | frozenset[int] | None
-
-
-def _resolve_threads(num_threads: int) -> int:
-    if num_threads == -1:
-        try:
-            return max(1, len(os.sched_getaffinity(0)))
-        except AttributeError:  # pragma: no cover - not Linux
-            return max(1, os.cpu_count() or 1)
-    return check_positive_int(num_threads, "num_threads")
 
 
 class HNSWIndex:
@@ -94,7 +85,7 @@ class HNSWIndex:
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
             raise ConfigError(f"seed must be an integer >= 0, got {seed!r}")
         self._seed = int(seed)
-        self._num_threads = _resolve_threads(num_threads)
+        self._num_threads = resolve_threads(num_threads)
         capacity = _INITIAL_CAPACITY if max_elements is None else check_positive_int(max_elements, "max_elements")
         self._index = hnswlib.Index(space=space, dim=self._dim)
         self._index.init_index(max_elements=capacity, M=self._M, ef_construction=self._ef_construction,
@@ -140,7 +131,7 @@ class HNSWIndex:
 
     @num_threads.setter
     def num_threads(self, value: int) -> None:
-        threads = _resolve_threads(value)
+        threads = resolve_threads(value)
         with self._lock.write():
             self._num_threads = threads
             self._index.set_num_threads(threads)

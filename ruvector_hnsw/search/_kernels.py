@@ -5,7 +5,7 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-from ruvector_hnsw.attention._threads import run_row_chunks
+from ruvector_hnsw.threads import run_row_chunks
 
 METRIC_L2 = 0
 METRIC_IP = 1  # 1 - dot (hnswlib "ip", and "cosine" over normalised vectors)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-from ruvector_hnsw.attention._threads import run_row_chunks
+from ruvector_hnsw.threads import run_row_chunks
 
 __all__ = ["affinity_weights", "diffusion_coordinates", "nystrom"]
 

@@ -64,6 +64,7 @@ from ruvector_hnsw.errors import (
     NonFiniteError,
     ShapeMismatchError,
 )
+from ruvector_hnsw.ranking import labelled_metrics
 from ruvector_hnsw.training.checkpoint import load_checkpoint, save_checkpoint
 from ruvector_hnsw.training.optim import Adam, Optimizer
 from ruvector_hnsw.training.schedules import Curriculum, Schedule
@@ -692,10 +693,8 @@ def retrieval_validator(
     k_eff = int(k)
 
     def validate(model: Any) -> dict[str, float]:
-        from ruvector_hnsw.eval import metrics as _metrics  # lazy: eval is a sibling subpackage
-
         ids = np.asarray(search(model, q, k_eff))
-        out = _metrics.labelled_metrics(ids, lab, ql, k=1, cap=cap)
+        out = labelled_metrics(ids, lab, ql, k=1, cap=cap)
         return {
             "map_at_r": float(out["map_at_r"]),
             f"map_at_{cap}": float(out[f"map_at_{cap}"]),

@@ -7,8 +7,8 @@ from typing import TypeVar
 
 import numpy as np
 
-from ruvector_hnsw.attention import _threads
 from ruvector_hnsw.attention.base import Context
+from ruvector_hnsw.threads import get_num_threads, thread_limits
 
 _T = TypeVar("_T")
 
@@ -128,13 +128,10 @@ def performer(q, K, V, mask, features, temperature=1.0):
 
 # ----------------------------------------------------------------------------------------------
 def with_threads(n: int, fn: Callable[[], _T]) -> _T:
-    """``fn()`` with the attention kernels limited to ``n`` threads; the old setting is restored."""
-    old = _threads.get_num_threads()
-    try:
-        _threads.set_num_threads(n)
+    """``fn()`` with the kernels, BLAS and FAISS limited to ``n`` threads (restored afterwards)."""
+    with thread_limits(n):
+        assert get_num_threads() == n
         return fn()
-    finally:
-        _threads.set_num_threads(old)
 
 
 def gather_and_dense(mech, q, table, ids, context=None, *, rng):

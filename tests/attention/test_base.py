@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from ruvector_hnsw.attention import MECHANISMS, AttentionMechanism, Context
-from ruvector_hnsw.attention._threads import set_num_threads
 from ruvector_hnsw.attention.base import as_float_array, check_ids, check_mask
 from ruvector_hnsw.errors import (
     ConfigError,
@@ -18,6 +17,7 @@ from ruvector_hnsw.errors import (
     NotFittedError,
     ShapeMismatchError,
 )
+from ruvector_hnsw.threads import set_num_threads
 from tests.attention import _reference as ref
 
 B, N, D, DV = 3, 5, 4, 3

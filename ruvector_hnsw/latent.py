@@ -3,6 +3,10 @@
 Distances are returned ascending with the same conventions as :class:`HNSWIndex`: squared L2
 for ``l2``, ``1 - dot`` for ``ip``, ``1 - cos`` for ``cosine``; missing results are padded with
 id -1 and distance +inf.
+
+A low-level module (FAISS only, nothing of hnswlib or the HNSW index): the ``dual_space``
+attention mechanism builds its latent neighbour search on it, and ``ruvector_hnsw.index``
+re-exports it.
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+from ruvector_hnsw import ranking as M
 from ruvector_hnsw.errors import (
     ConfigError,
     EmptyInputError,
@@ -14,7 +15,6 @@ from ruvector_hnsw.errors import (
     InvalidInputError,
     ShapeMismatchError,
 )
-from ruvector_hnsw.eval import metrics as M
 
 # ------------------------------------------------------------------------------------ references
 
