@@ -51,22 +51,19 @@ def run(n: int, dim: int, nq: int, cands: list[int], repeats: int, epochs: int) 
     t0 = time.perf_counter()
     s.fit(train_q, labels=lab, query_labels=train_lab, epochs=epochs, val_fraction=0.1)
     fit_s = time.perf_counter() - t0
-    if s.encoder is not None and s.encoder.alpha == 0.0:
+    if s.model.alpha == 0.0:
         # calibration may switch the learned term off on easy data; time the full path regardless
-        s.encoder.own["alpha"][0] = 1.0
+        s.model.alpha = 1.0
     for C in cands:
-        s.candidates = C
-        s.search(q[:50], 10)  # JIT and cache warm-up, excluded from timing
+        s.search(q[:50], 10, candidates=C)  # JIT and cache warm-up, excluded from timing
         idx.search(q[:50], 10, ef=C)
         row: dict[str, float] = {"n": n, "dim": dim, "C": C, "threads": idx.num_threads, "build_s": build,
-                                 "fit_s": fit_s, "alpha": s.encoder.alpha if s.encoder else 0.0}
+                                 "fit_s": fit_s, "alpha": s.alpha}
         hnsw_qps, rer_qps, rer0_qps = [], [], []
         for _ in range(repeats):  # interleave: all three see the same machine noise
             hnsw_qps.append(_best_qps(lambda C=C: idx.search(q, 10, ef=C), nq, 1))
-            s.expand = 1
-            rer_qps.append(_best_qps(lambda s=s: s.search(q, 10), nq, 1))
-            s.expand = 0
-            rer0_qps.append(_best_qps(lambda s=s: s.search(q, 10), nq, 1))
+            rer_qps.append(_best_qps(lambda s=s, C=C: s.search(q, 10, candidates=C, expand=1), nq, 1))
+            rer0_qps.append(_best_qps(lambda s=s, C=C: s.search(q, 10, candidates=C, expand=0), nq, 1))
         row.update({"hnsw_qps": max(hnsw_qps), "rerank_expand1_qps": max(rer_qps),
                     "rerank_expand0_qps": max(rer0_qps)})
         row["ratio_expand1"] = row["rerank_expand1_qps"] / row["hnsw_qps"]

@@ -31,7 +31,6 @@ written by :meth:`AttentionSearch.save` or ``ruvector-hnsw train``), with option
 
 from __future__ import annotations
 
-import copy
 import time
 from functools import partial
 from typing import Any
@@ -195,7 +194,7 @@ def fit_attention(
     Returns
     -------
     model : AttentionSearch
-        The fitted model (shared through the cache: copy it before changing attributes).
+        The fitted model (shared through the cache: pass search knobs per call, do not change it).
     info : dict
         JSON-able record of the fit (times, curve, training set).
     """
@@ -228,9 +227,9 @@ def fit_attention(
     return model, info
 
 
-def _attention_search_fn(model: Any) -> Any:
+def _attention_search_fn(model: Any, **knobs: int) -> Any:
     def search(queries: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
-        return model.search(queries, int(k))
+        return model.search(queries, int(k), **knobs)
 
     return search
 
@@ -239,23 +238,22 @@ def make_attention(ctx: BuildContext, mechanism: str, **options: Any) -> SearchM
     """Factory of the trained attention methods: fit (or reuse) a model, return its search.
 
     Returned scores are similarities (higher = better), as :meth:`AttentionSearch.search`
-    gives them; the evaluation only uses the ids.
+    gives them; the evaluation only uses the ids. Search-time options (``expand``) are passed
+    per call, so one fitted model serves every spec that differs only in them.
     """
     expand = options.get("expand")
     model, info = fit_attention(ctx, mechanism, **options)
-    view = copy.copy(model)  # expand is a search-time attribute: one view per spec, one fitted model
-    if expand is not None:
-        view.expand = int(expand)
+    knobs = {} if expand is None else {"expand": int(expand)}
     params: dict[str, Any] = {
         "mechanism": mechanism,
-        "candidates": view.candidates,
-        "expand": view.expand,
-        "k_local": view.k_local,
-        "k_global": view.k_global,
-        "alpha": float(view.encoder.alpha) if view.encoder is not None else None,
+        "candidates": model.candidates,
+        "expand": knobs.get("expand", model.expand),
+        "k_local": model.k_local,
+        "k_global": model.k_global,
+        "alpha": float(model.alpha),
         **info,
     }
-    return SearchMethod(name=mechanism, fn=_attention_search_fn(view), threads=_index_threads(ctx.index),
+    return SearchMethod(name=mechanism, fn=_attention_search_fn(model, **knobs), threads=_index_threads(ctx.index),
                         params=params)
 
 
@@ -263,15 +261,15 @@ def make_saved_model(ctx: BuildContext, path: str, **options: Any) -> SearchMeth
     """Factory of ``model:path=MODEL``: a saved :class:`AttentionSearch` on the run's index."""
     from ruvector_hnsw.search import AttentionSearch
 
-    model = AttentionSearch.load(str(path), ctx.index)
     unknown = set(options) - {"candidates", "expand", "num_threads"}
     if unknown:
         raise ConfigError(f"model: unknown options {sorted(unknown)} (candidates, expand, num_threads)")
-    for key, val in options.items():
-        setattr(model, key, int(val))
-    params = {"path": str(path), "mechanism": model.mechanism_name, "candidates": model.candidates,
-              "expand": model.expand, "fitted": model.fitted}
-    return SearchMethod(name="model", fn=_attention_search_fn(model), threads=_index_threads(ctx.index),
+    model = AttentionSearch.load(str(path), ctx.index, num_threads=int(options.get("num_threads", -1)))
+    knobs = {key: int(val) for key, val in options.items() if key in ("candidates", "expand")}
+    params = {"path": str(path), "mechanism": model.mechanism_name,
+              "candidates": knobs.get("candidates", model.candidates), "expand": knobs.get("expand", model.expand),
+              "fitted": model.fitted}
+    return SearchMethod(name="model", fn=_attention_search_fn(model, **knobs), threads=_index_threads(ctx.index),
                         params=params)
 
 

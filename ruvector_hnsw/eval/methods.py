@@ -295,65 +295,17 @@ def make_hnsw(
 
 
 # --------------------------------------------------------------------------------------------
-# weighted averaging shared by alpha-QE and DBA
+# alpha query expansion and DBA: the search package's one implementation, as methods
 # --------------------------------------------------------------------------------------------
 
 
-class _VectorLookup:
-    """Vectors by label: from an explicit array (labels = rows) or the index graph snapshot."""
-
-    def __init__(self, index: Any, vectors: Any | None) -> None:
-        if vectors is not None:
-            self._vec = _as_f32(vectors, "vectors", int(index.dim))
-            self._pos: Callable[[I64], I64] | None = None
-        else:
-            g = index.graph()
-            self._vec = np.ascontiguousarray(g.vectors, dtype=np.float32)
-            self._pos = g.positions
-
-    def gather(self, ids: I64) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
-        mask = ids >= 0
-        safe = np.where(mask, ids, ids[mask][0] if mask.any() else 0)
-        if self._pos is None:
-            rows = safe
-            if rows.size and int(rows.max()) >= self._vec.shape[0]:
-                raise InvalidInputError(
-                    f"index returned label {int(rows.max())} but only {self._vec.shape[0]} vectors were "
-                    "given: with vectors=..., labels must be row indices of that array"
-                )
-        else:
-            rows = self._pos(safe.reshape(-1)).reshape(safe.shape) if mask.any() else np.zeros_like(safe)
-        return self._vec[rows], mask
-
-
-def _check_n_alpha(n: int, alpha: float) -> tuple[int, float]:
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise ConfigError(f"n must be an integer >= 1, got {n!r}")
-    a = float(alpha)
-    if not np.isfinite(a) or a < 0:
-        raise ConfigError(f"alpha must be a finite number >= 0, got {alpha!r}")
-    return int(n), a
-
-
-def _qe_search(
-    index: Any, lookup: _VectorLookup, metric: str, n: int, alpha: float, ef: int | None
-) -> Callable[[Any, int], SearchResult]:
-    dim = int(index.dim)
-
+def _distances_of(searcher: Any, dim: int) -> Callable[[Any, int], SearchResult]:
     def search(queries: Any, k: int) -> SearchResult:
         q = _as_f32(queries, "queries", dim)
-        ids0, _ = index.search(q, k=n, ef=ef)
-        neigh, mask = lookup.gather(np.asarray(ids0, dtype=np.int64))
-        q2 = expand_vectors(q, neigh, mask, alpha=alpha, metric=metric)
-        ids, dists = index.search(q2, k=int(k), ef=ef)
-        return np.asarray(ids, dtype=np.int64), np.asarray(dists, dtype=np.float32)
+        ids, scores = searcher.search(q, int(k))
+        return np.asarray(ids, dtype=np.int64), np.where(ids >= 0, -scores, np.inf).astype(np.float32)
 
     return search
-
-
-# --------------------------------------------------------------------------------------------
-# alpha query expansion
-# --------------------------------------------------------------------------------------------
 
 
 def make_alpha_qe(
@@ -365,7 +317,7 @@ def make_alpha_qe(
     vectors: Any | None = None,
     name: str = "alpha_qe",
 ) -> SearchMethod:
-    """Alpha query expansion (alpha-QE) over HNSW.
+    """Alpha query expansion (alpha-QE) over HNSW: :class:`~ruvector_hnsw.search.AlphaQESearch`.
 
     Each query searches the index for its top ``n``; the query is replaced by
     ``q' = normalize(q + sum_j max(s_j, 0) ** alpha * x_j)`` with ``s_j = cos(q, x_j)``
@@ -384,35 +336,19 @@ def make_alpha_qe(
     ef : int, optional
         ``ef`` of both searches (None: the index's current ``ef``).
     vectors : array_like (N, d), optional
-        Base vectors indexed by label.  Default: the vectors of a graph snapshot taken now
-        (normalised for cosine), so later adds to the index are not seen.
+        Base vectors indexed by label.  Default: the index's stored vectors.
     name : str
 
     Returns
     -------
     SearchMethod
     """
-    n, alpha = _check_n_alpha(n, alpha)
-    metric = _metric_of(index)
-    lookup = _VectorLookup(index, vectors)
+    from ruvector_hnsw.search import AlphaQESearch
+
     ef_used = int(ef) if ef is not None else int(index.ef)
-    fn = _qe_search(index, lookup, metric, n, alpha, ef_used)
-    return SearchMethod(
-        name=name, fn=fn, threads=_index_threads(index), params={"ef": ef_used, "n": n, "alpha": alpha}
-    )
-
-
-# --------------------------------------------------------------------------------------------
-# database-side augmentation
-# --------------------------------------------------------------------------------------------
-
-
-def _graph_topn(graph: Any, n: int) -> I64:
-    """Per node (graph.labels order): positions of its n nearest live layer-0 neighbours (-1 pad)."""
-    nb = graph.neighborhoods(graph.labels, k_local=n, k_global=0)
-    out = np.full(nb.ids.shape, -1, dtype=np.int64)
-    out[nb.mask] = graph.positions(nb.ids[nb.mask])
-    return out
+    searcher = AlphaQESearch(index, n=n, alpha=alpha, candidates=ef_used, vectors=vectors)
+    return SearchMethod(name=name, fn=_distances_of(searcher, int(index.dim)), threads=_index_threads(index),
+                        params={"ef": ef_used, "n": searcher.n, "alpha": searcher.alpha})
 
 
 def make_dba(
@@ -428,91 +364,32 @@ def make_dba(
     name: str = "dba",
     **build: Any,
 ) -> SearchMethod:
-    """Database-side augmentation (DBA) over the HNSW layer-0 graph.
+    """Database-side augmentation over the HNSW layer-0 graph: :class:`~ruvector_hnsw.search.DBASearch`.
 
-    Offline, every database vector ``x_i`` is replaced by the weighted average of itself and
-    its ``n`` nearest layer-0 graph neighbours (``index.graph()``, nearest by edge distance;
-    deleted nodes are skipped), with the alpha-QE weights and the per-metric normalisation of
-    :func:`expand_vectors`.  A new :class:`HNSWIndex` with the same labels and build
-    parameters is built on the augmented vectors; queries search it directly, or first get
-    alpha query expansion against the augmented vectors (``query_expansion=True``).
-
-    Note that HNSW's neighbour-selection heuristic keeps *diverse* links rather than the
-    exact k nearest, so the graph neighbourhood is a cheap, approximate kNN set.
-
-    Parameters
-    ----------
-    index : HNSWIndex
-    n, alpha : int, float
-        Neighbours averaged per database item and the similarity exponent.
-    ef : int, optional
-        Search ``ef`` (None: the source index's ``ef``).
-    query_expansion : bool
-        Also expand queries (alpha-QE on the augmented index).
-    qe_n, qe_alpha : optional
-        Query expansion parameters (default: ``n`` and ``alpha``).
-    block : int
-        Database rows augmented per block (bounds memory to ``block * n * d`` floats).
-    name : str
-    **build
-        Overrides of the new index's build parameters (M, ef_construction, seed, num_threads).
+    Offline, every database vector is replaced by the weighted average of itself and its ``n``
+    nearest live layer-0 graph neighbours (alpha-QE weights, per-metric normalisation of
+    :func:`expand_vectors`); an HNSW index with the same labels and build parameters over the
+    augmented vectors is searched directly, or after alpha-QE (``query_expansion=True``).
 
     Returns
     -------
     SearchMethod
-        Distances are in the augmented space.  The augmented index is kept as the
-        attribute ``augmented_index`` of the returned object (not in ``params``, which
-        stays JSON-able).
+        Distances are in the augmented space; the augmented index is the attribute
+        ``augmented_index`` of the returned object.
     """
-    from ruvector_hnsw.index import HNSWIndex
+    from ruvector_hnsw.search import DBASearch
 
-    n, alpha = _check_n_alpha(n, alpha)
-    metric = _metric_of(index)
-    t0 = time.perf_counter()
-    graph = index.graph()
-    vec = np.asarray(graph.vectors, dtype=np.float32)
-    labels = np.asarray(graph.labels, dtype=np.int64)
-    nbr = _graph_topn(graph, n)
-    aug = np.empty_like(vec)
-    step = max(1, int(block))
-    for s in range(0, vec.shape[0], step):
-        p = nbr[s : s + step]
-        mask = p >= 0
-        neigh = vec[np.where(mask, p, 0)]
-        aug[s : s + step] = expand_vectors(vec[s : s + step], neigh, mask, alpha=alpha, metric=metric)
-    params = {
-        "M": getattr(index, "M", getattr(graph, "M", 16)),
-        "ef_construction": getattr(index, "ef_construction", 200),
-        "seed": getattr(index, "seed", 100),
-        "num_threads": getattr(index, "num_threads", -1),
-    }
-    params.update(build)
-    new = HNSWIndex(int(index.dim), space=metric, **params)
-    alive = ~np.asarray(getattr(graph, "deleted", np.zeros(len(labels), dtype=bool)), dtype=bool)
-    new.add(aug[alive], ids=labels[alive])
     ef_used = int(ef) if ef is not None else int(index.ef)
-    new.ef = ef_used
-    info: dict[str, Any] = {
-        "ef": ef_used,
-        "n": n,
-        "alpha": alpha,
-        "query_expansion": bool(query_expansion),
-        "offline_seconds": round(time.perf_counter() - t0, 4),  # graph read + augmentation + rebuild
-    }
-    if query_expansion:
-        qn, qa = _check_n_alpha(qe_n if qe_n is not None else n, qe_alpha if qe_alpha is not None else alpha)
-        info.update(qe_n=qn, qe_alpha=qa)
-        lookup = _VectorLookup(new, None)
-        fn = _qe_search(new, lookup, metric, qn, qa, ef_used)
-    else:
-        dim = int(index.dim)
-
-        def fn(queries: Any, k: int) -> SearchResult:
-            q = _as_f32(queries, "queries", dim)
-            ids, dists = new.search(q, k=int(k), ef=ef_used)
-            return np.asarray(ids, dtype=np.int64), np.asarray(dists, dtype=np.float32)
-
-    method = SearchMethod(name=name, fn=fn, threads=_index_threads(new), params=info)
+    searcher = DBASearch(index, n=n, alpha=alpha, query_expansion=query_expansion, qe_n=qe_n, qe_alpha=qe_alpha,
+                         candidates=ef_used, block=block, **build)
+    new = searcher.augmented_index()
+    info: dict[str, Any] = {"ef": ef_used, "n": searcher.n, "alpha": searcher.alpha,
+                            "query_expansion": searcher.query_expansion,
+                            "offline_seconds": round(searcher.offline_seconds, 4)}
+    if searcher.query_expansion:
+        info.update(qe_n=searcher.qe_n, qe_alpha=searcher.qe_alpha)
+    method = SearchMethod(name=name, fn=_distances_of(searcher, int(index.dim)), threads=_index_threads(new),
+                          params=info)
     method.augmented_index = new  # type: ignore[attr-defined]
     return method
 

@@ -257,6 +257,8 @@ class HNSWIndex:
         k: int = 10,
         ef: int | None = None,
         filter: FilterLike = None,
+        *,
+        num_threads: int | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """k nearest neighbours of each query.
 
@@ -270,6 +272,8 @@ class HNSWIndex:
         filter : callable or array_like of int, optional
             ``filter(id) -> bool`` or the collection of allowed ids. Filtered searches run on one
             thread (hnswlib calls the Python filter under the GIL).
+        num_threads : int, optional
+            Threads of this call only (-1 = all cores); default the index's setting.
 
         Returns
         -------
@@ -285,7 +289,8 @@ class HNSWIndex:
         nq = q.shape[0]
         out_ids = np.full((nq, k), -1, dtype=np.int64)
         out_dist = np.full((nq, k), np.inf, dtype=np.float32)
-        threads = 1 if predicate is not None else self._num_threads
+        threads = 1 if predicate is not None else (
+            self._num_threads if num_threads is None else resolve_threads(num_threads))
         with self._lock.read():
             if self._index.ef == ef_use:
                 self._search_into(q, k, threads, predicate, out_ids, out_dist)

@@ -23,11 +23,11 @@ from typing import Any
 import numpy as np
 
 from ruvector_hnsw._validation import as_matrix, check_positive_int
-from ruvector_hnsw.errors import ConfigError
+from ruvector_hnsw.errors import ConfigError, InvalidInputError
 from ruvector_hnsw.index import HNSWGraph, HNSWIndex
 from ruvector_hnsw.search.expansion import expand_vectors
 
-__all__ = ["AlphaQESearch", "DBASearch", "dba_vectors"]
+__all__ = ["AlphaQESearch", "DBASearch", "dba_vectors", "graph_topn"]
 
 
 def _check_n_alpha(n: Any, alpha: Any) -> tuple[int, float]:
@@ -59,6 +59,26 @@ def _graph_vectors(graph: HNSWGraph) -> Any:
     return lookup
 
 
+def _array_vectors(vectors: np.ndarray) -> Any:
+    def lookup(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        mask = ids >= 0
+        if mask.any() and int(ids[mask].max()) >= vectors.shape[0]:
+            raise InvalidInputError(
+                f"index returned label {int(ids[mask].max())} but only {vectors.shape[0]} vectors were given: "
+                "with vectors=..., labels must be row indices of that array")
+        return vectors[np.where(mask, ids, 0)], mask
+
+    return lookup
+
+
+def graph_topn(graph: HNSWGraph, n: int) -> np.ndarray:
+    """Per row of ``graph``: rows of its ``n`` nearest live layer-0 neighbours (-1 padding)."""
+    nb = graph.neighborhoods(graph.labels, k_local=n, k_global=0)
+    out = np.full(nb.ids.shape, -1, dtype=np.int64)
+    out[nb.mask] = graph.positions(nb.ids[nb.mask])
+    return out
+
+
 class AlphaQESearch:
     """Alpha query expansion over HNSW (``q' = normalize(q + sum_j max(s_j, 0)^alpha x_j)``, re-searched).
 
@@ -71,29 +91,32 @@ class AlphaQESearch:
         Similarity exponent; larger values trust only the closest neighbours.
     candidates : int, optional
         ``ef`` of both searches (default: the index's ``ef`` at call time).
+    vectors : array_like (N, d), optional
+        The vectors to average, indexed by label (labels must then be row indices of it).
+        Default: the index's stored vectors (normalised for cosine) at call time.
     """
 
-    def __init__(self, index: HNSWIndex, n: int = 10, alpha: float = 3.0, *, candidates: int | None = None) -> None:
+    def __init__(self, index: HNSWIndex, n: int = 10, alpha: float = 3.0, *, candidates: int | None = None,
+                 vectors: Any = None) -> None:
         self.index = index
         self.n, self.alpha = _check_n_alpha(n, alpha)
         self.candidates = None if candidates is None else check_positive_int(candidates, "candidates", ConfigError)
+        self.vectors = None if vectors is None else as_matrix(vectors, "vectors", index.dim)
 
     def search(self, queries: Any, k: int = 10, *, candidates: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """``(ids, scores)`` of the expanded queries' ``k`` nearest (scores = minus distance)."""
         q = as_matrix(queries, "queries", self.index.dim)
         k = check_positive_int(k, "k")
         ef = candidates if candidates is not None else (self.candidates or self.index.ef)
-        g = self.index.graph()
-        q2 = _expanded_queries(self.index, _graph_vectors(g), q, self.n, self.alpha, ef)
+        lookup = _graph_vectors(self.index.graph()) if self.vectors is None else _array_vectors(self.vectors)
+        q2 = _expanded_queries(self.index, lookup, q, self.n, self.alpha, ef)
         ids, dist = self.index.search(q2, k=k, ef=max(ef, k))
         return ids, np.where(ids >= 0, -dist, -np.inf).astype(np.float32)
 
 
 def dba_vectors(graph: HNSWGraph, n: int, alpha: float, *, block: int = 8192) -> np.ndarray:
     """Every row's vector averaged with its ``n`` nearest live layer-0 neighbours (rows of ``graph``)."""
-    nb = graph.neighborhoods(graph.labels, k_local=n, k_global=0)
-    nbr = np.full(nb.ids.shape, -1, dtype=np.int64)
-    nbr[nb.mask] = graph.positions(nb.ids[nb.mask])
+    nbr = graph_topn(graph, n)
     vec = np.asarray(graph.vectors, dtype=np.float32)
     out = np.empty_like(vec)
     for s in range(0, vec.shape[0], max(1, int(block))):
@@ -118,6 +141,8 @@ class DBASearch:
         Query expansion parameters (default: ``n`` and ``alpha``).
     candidates : int, optional
         Search ``ef`` (default: the source index's ``ef`` at call time).
+    block : int
+        Database rows augmented per block (bounds memory to ``block * n * d`` floats).
     **build
         Overrides of the augmented index's build parameters (``M``, ``ef_construction``, ``seed``,
         ``num_threads``).
@@ -125,7 +150,7 @@ class DBASearch:
 
     def __init__(self, index: HNSWIndex, n: int = 10, alpha: float = 3.0, *, query_expansion: bool = False,
                  qe_n: int | None = None, qe_alpha: float | None = None, candidates: int | None = None,
-                 **build: Any) -> None:
+                 block: int = 8192, **build: Any) -> None:
         self.index = index
         self.n, self.alpha = _check_n_alpha(n, alpha)
         self.query_expansion = bool(query_expansion)
@@ -136,6 +161,7 @@ class DBASearch:
         if unknown:
             raise ConfigError(f"DBASearch: unknown build options {sorted(unknown)}")
         self.build = build
+        self.block = check_positive_int(block, "block", ConfigError)
         self.offline_seconds = 0.0
         self._lock = threading.Lock()
         self._built: tuple[HNSWGraph, HNSWIndex] | None = None
@@ -147,7 +173,7 @@ class DBASearch:
             if self._built is not None and self._built[0] is g:
                 return self._built[1]
             t0 = time.perf_counter()
-            aug = dba_vectors(g, self.n, self.alpha)
+            aug = dba_vectors(g, self.n, self.alpha, block=self.block)
             params: dict[str, Any] = {"M": self.index.M, "ef_construction": self.index.ef_construction,
                                       "seed": self.index.seed, "num_threads": self.index.num_threads}
             params.update(self.build)
