@@ -234,8 +234,10 @@ class AttentionSearch:
             codes = self._db.codes if self._db is not None else None
             db = DatabaseState.build(self.model, self.index.graph(), self.index.space)
             if self.model.fitted:
-                phi = codes.phi.view if codes is not None and codes.phi.view.shape[0] == db.n else None
-                db.refresh_codes(self.model, phi=phi)
+                if codes is not None:
+                    db.refresh_codes(self.model, phi=codes.phi.view, phi_fitted=codes.phi_fitted)
+                else:
+                    db.refresh_codes(self.model)
             self._db = db
 
     # ------------------------------------------------------------------ search
@@ -447,14 +449,12 @@ class AttentionSearch:
                     db.table_state = self.model.encoder.prepare_table(db.table.view)
                     if len(db.codes) != db.n:
                         raise IndexCorruptedError(f"{where}: saved codes do not match the graph")
-                else:
-                    n_saved = phi.shape[0]
-                    if n_saved and n_saved <= db.n:
-                        phi = np.concatenate([phi, db.nystrom(phi, np.arange(n_saved, db.n), n_saved)]) \
-                            if n_saved < db.n else phi
+                else:  # another graph (grown since): the fitted coordinates, Nystrom for the rest
+                    fitted = int(codes["phi_fitted"])
+                    if 0 < fitted <= db.n and phi.shape[0] >= fitted:
+                        db.refresh_codes(self.model, phi=phi[:fitted], phi_fitted=fitted)
                     else:
-                        phi = None  # type: ignore[assignment]
-                    db.refresh_codes(self.model, phi=phi)
+                        db.refresh_codes(self.model)
             except (KeyError, TypeError, ValueError) as exc:
                 if isinstance(exc, IndexCorruptedError):
                     raise

@@ -51,10 +51,13 @@ class LatentCodes:
         Seed of the latent HNSW graph.
     ef : int
         Search ``ef`` of the latent HNSW graph.
+    phi_fitted : int, optional
+        Rows whose diffusion coordinates come from the sketch (default: all of ``phi``); the
+        coordinates of later rows are a function of their contexts (Nystrom rule over these rows).
     """
 
     def __init__(self, z: np.ndarray, phi: np.ndarray, rho: float, *, kind: str = "auto", seed: int = 0,
-                 ef: int = 64) -> None:
+                 ef: int = 64, phi_fitted: int | None = None) -> None:
         if kind not in LATENT_KINDS:
             raise ConfigError(f"latent must be one of {LATENT_KINDS}, got {kind!r}")
         self.kind = kind
@@ -63,6 +66,8 @@ class LatentCodes:
         self.rho = float(rho)
         self.z = GrowableRows(np.ascontiguousarray(z, dtype=np.float32))
         self.phi = GrowableRows(np.ascontiguousarray(phi, dtype=np.float32))
+        #: rows whose diffusion coordinates come from the sketch (later rows: Nystrom from these)
+        self.phi_fitted = int(self.phi.view.shape[0] if phi_fitted is None else phi_fitted)
         self._codes = GrowableRows(self._compose(self.z.view, self.phi.view))
         self._graph: HNSWIndex | None = None
         if self.resolved_kind == "hnsw":
@@ -130,19 +135,18 @@ class LatentCodes:
         return out
 
     # ------------------------------------------------------------------ updates
-    def update(self, rows: np.ndarray, z_rows: np.ndarray, n: int, phi_new: np.ndarray | None = None) -> None:
+    def update(self, rows: np.ndarray, z_rows: np.ndarray, n: int, phi_rows: np.ndarray | None = None,
+               phi_values: np.ndarray | None = None) -> None:
         """Grow to ``n`` rows and set the codes of ``rows`` (new rows must all be in ``rows``).
 
-        ``phi_new`` holds the diffusion coordinates of the rows ``>= old n`` (in order).
+        ``phi_rows`` (a subset of ``rows``) get the diffusion coordinates ``phi_values``.
         """
         old = len(self)
         self.z.resize(n)
         if self.phi.view.shape[1]:
             self.phi.resize(n)
-            if n > old:
-                if phi_new is None or phi_new.shape[0] != n - old:
-                    raise ConfigError("diffusion coordinates of the new rows are required")
-                self.phi.set_rows(np.arange(old, n), phi_new)
+            if phi_rows is not None and phi_values is not None and phi_rows.size:
+                self.phi.set_rows(phi_rows, phi_values)
         self._codes.resize(n)
         if rows.size:
             self.z.set_rows(rows, z_rows)
@@ -158,13 +162,14 @@ class LatentCodes:
 
     def with_rho(self, rho: float) -> LatentCodes:
         """The same codes with another diffusion weight (latent index rebuilt)."""
-        return LatentCodes(self.z.view, self.phi.view, rho, kind=self.kind, seed=self.seed, ef=self.ef)
+        return LatentCodes(self.z.view, self.phi.view, rho, kind=self.kind, seed=self.seed, ef=self.ef,
+                           phi_fitted=self.phi_fitted)
 
     # ------------------------------------------------------------------ persistence
     def state(self) -> dict[str, Any]:
         """Arrays and settings that rebuild this object exactly (the latent graph as hnswlib bytes)."""
         out: dict[str, Any] = {"z": self.z.view.copy(), "phi": self.phi.view.copy(), "rho": self.rho,
-                               "kind": self.kind, "seed": self.seed, "ef": self.ef}
+                               "kind": self.kind, "seed": self.seed, "ef": self.ef, "phi_fitted": self.phi_fitted}
         if self._graph is not None:
             out["graph"] = self._graph
         return out
@@ -178,6 +183,7 @@ class LatentCodes:
         obj.rho = float(state["rho"])
         obj.z = GrowableRows(np.ascontiguousarray(state["z"], dtype=np.float32))
         obj.phi = GrowableRows(np.ascontiguousarray(state["phi"], dtype=np.float32))
+        obj.phi_fitted = int(state["phi_fitted"])
         obj._codes = GrowableRows(obj._compose(obj.z.view, obj.phi.view))
         graph = state.get("graph")
         obj._graph = graph if graph is not None else (obj._build_graph() if obj.resolved_kind == "hnsw" else None)

@@ -106,20 +106,29 @@ class DatabaseState:
             out[lo : lo + r.shape[0]] = encoder.encode(table[r], table, ids, mask, ctx).zhat
         return out
 
-    def refresh_codes(self, model: SearchModel, *, kind: str | None = None, phi: np.ndarray | None = None) -> None:
+    def refresh_codes(self, model: SearchModel, *, kind: str | None = None, phi: np.ndarray | None = None,
+                      phi_fitted: int | None = None) -> None:
         """Recompute every code (and the mechanism's table state); rebuild the latent kNN.
 
-        ``phi`` replaces the diffusion coordinates (default: keep the current ones, or compute
-        them when there are none of the right length).
+        ``phi`` gives the diffusion coordinates of the first ``phi_fitted`` rows (default: all of
+        ``phi``); later rows get theirs by the Nystrom rule. Without ``phi`` the current
+        coordinates are kept when they cover the graph, and the sketch is computed otherwise.
         """
         cfg = model.config
         self.table_state = model.encoder.prepare_table(self.table.view)
         z = self.encode_rows(model.encoder, np.arange(self.n))
-        if phi is None:
-            old = self.codes.phi.view if self.codes is not None else None
-            phi = old if old is not None and old.shape == (self.n, cfg.spectral) else self.diffusion(
-                cfg.spectral, cfg.spectral_time, cfg.seed)
-        self.codes = LatentCodes(z, phi, model.rho, kind=kind or cfg.latent, seed=cfg.seed)
+        if phi is None and self.codes is not None and self.codes.phi.view.shape == (self.n, cfg.spectral):
+            phi, phi_fitted = self.codes.phi.view, self.codes.phi_fitted
+        if phi is None or phi.shape[1] != cfg.spectral:
+            phi, phi_fitted = self.diffusion(cfg.spectral, cfg.spectral_time, cfg.seed), self.n
+        fitted = phi.shape[0] if phi_fitted is None else int(phi_fitted)
+        fitted = min(fitted, phi.shape[0], self.n)
+        full = np.zeros((self.n, phi.shape[1]), dtype=np.float32)
+        full[:fitted] = phi[:fitted]
+        if phi.shape[1] and fitted < self.n:
+            later = np.arange(fitted, self.n)
+            full[later] = self.nystrom(full, later, fitted)
+        self.codes = LatentCodes(z, full, model.rho, kind=kind or cfg.latent, seed=cfg.seed, phi_fitted=fitted)
 
     # ------------------------------------------------------------------ incremental sync
     def sync(self, model: SearchModel, graph: HNSWGraph) -> np.ndarray:
@@ -136,14 +145,15 @@ class DatabaseState:
             self.table.set_rows(vec_rows, model.scale.standardise(graph.vectors[vec_rows]))
         self.graph = graph
         self.contexts.update(graph, rows)
-        encode = np.union1d(rows, vec_rows)
+        encode = np.union1d(rows, vec_rows).astype(np.int64)
         if self.codes is not None:
             if self.table_state is not None:
                 self.table_state = model.encoder.prepare_table(self.table.view)
-            phi_new = None
-            if self.codes.phi.view.shape[1] and n > n_old:
-                phi_new = self.nystrom(self.codes.phi.view, np.arange(n_old, n), n_old)
-            self.codes.update(encode, self.encode_rows(model.encoder, encode), n, phi_new)
+            phi_rows = phi_values = None
+            if self.codes.phi.view.shape[1]:
+                phi_rows = encode[encode >= self.codes.phi_fitted]
+                phi_values = self.nystrom(self.codes.phi.view, phi_rows, self.codes.phi_fitted)
+            self.codes.update(encode, self.encode_rows(model.encoder, encode), n, phi_rows, phi_values)
         return encode
 
 

@@ -321,12 +321,11 @@ def fit(model: SearchModel, db: DatabaseState, index: HNSWIndex, q: np.ndarray, 
         model.rho = best[1]
         db.codes = base
     # the serving codes and latent index, then alpha for them
-    phi = db.codes.phi.view if db.codes is not None else None
-    db.codes = LatentCodes(db.codes.z.view if db.codes is not None else np.zeros((0, cfg.latent_dim)),
-                           phi if phi is not None else np.zeros((db.n, 0), np.float32), model.rho,
-                           kind=cfg.latent, seed=cfg.seed)
+    assert db.codes is not None
+    db.codes = LatentCodes(db.codes.z.view, db.codes.phi.view, model.rho, kind=cfg.latent, seed=cfg.seed,
+                           phi_fitted=db.codes.phi_fitted)
     if n_val and val_q is not None:
         calibrate(model, db, val_q, val_pos, knobs, num_threads)
-    else:
-        model.alpha = 1.0
+    else:  # nothing to calibrate on: keep the index's ranking (alpha = 0)
+        model.alpha = 0.0
     return history
