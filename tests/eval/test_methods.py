@@ -10,8 +10,6 @@ from ruvector_hnsw.eval import methods as MM
 from ruvector_hnsw.eval import metrics as M
 from tests.eval.conftest import ToyDataset, brute_force, make_clustered
 
-HNSWIndex = pytest.importorskip("ruvector_hnsw.index").HNSWIndex
-
 
 def ref_expand(v, neigh, mask, alpha, metric):
     """Loop reference of the alpha-QE / DBA averaging rule."""
