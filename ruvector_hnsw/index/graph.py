@@ -13,15 +13,26 @@ method speaks labels.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
+from importlib import metadata
 from typing import Any
 
 import numpy as np
 
 from ruvector_hnsw._validation import as_ids
-from ruvector_hnsw.errors import IndexCorruptedError, InvalidInputError, UnknownIdError
+from ruvector_hnsw.errors import IndexCorruptedError, InvalidInputError, LayoutError, UnknownIdError
 from ruvector_hnsw.index import _graph_kernels as kernels
 
-__all__ = ["HNSWGraph", "Neighborhood", "graph_from_state"]
+__all__ = ["STATE_KEYS", "HNSWGraph", "Neighborhood", "check_layout", "graph_from_state"]
+
+#: keys of hnswlib's ``Index.__getstate__()[0]`` that the export reads
+STATE_KEYS = frozenset({
+    "ser_version", "dim", "cur_element_count", "offset_level0", "size_data_per_element", "label_offset",
+    "offset_data", "enterpoint_node", "max_M", "max_M0", "M", "size_links_per_element", "element_levels",
+    "data_level0", "link_lists",
+})
+#: the state serialisation version of hnswlib's Python bindings this module reads (hnswlib 0.8)
+SER_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -302,14 +313,65 @@ def _as_bytes(buf: Any) -> np.ndarray:
     return np.ascontiguousarray(buf).reshape(-1).view(np.uint8)
 
 
+@cache
+def _hnswlib_version() -> str:
+    try:
+        return metadata.version("hnswlib")
+    except metadata.PackageNotFoundError:  # pragma: no cover - hnswlib built in place
+        return "of unknown version"
+
+
+def check_layout(state: dict[str, Any]) -> None:
+    """Check that hnswlib's state dict has the layout :func:`graph_from_state` reads.
+
+    The export reads hnswlib's private buffers directly (``shared/DESIGN.md`` section 2): per
+    element a 4-byte header, ``max_M0`` uint32 links, the float32 vector and the uint64 label at
+    ``offset_data = 4 * max_M0 + 4`` and ``label_offset = offset_data + 4 * dim``; upper-layer
+    blocks of ``4 * max_M + 4`` bytes. A different hnswlib may change any of it.
+
+    Raises
+    ------
+    LayoutError
+        If a key is missing or a size/offset differs from that layout; the message names the
+        installed hnswlib version.
+    """
+    where = f"hnswlib {_hnswlib_version()}"
+    missing = sorted(STATE_KEYS - set(state))
+    if missing:
+        raise LayoutError(f"{where}: the index state lacks {missing}; this graph export reads the "
+                          "hnswlib 0.8 layout")
+    try:
+        got = {k: int(state[k]) for k in STATE_KEYS - {"element_levels", "data_level0", "link_lists"}}
+    except (TypeError, ValueError) as exc:
+        raise LayoutError(f"{where}: the index state holds a non-integer field ({exc})") from exc
+    m, max_m, max_m0, dim = got["M"], got["max_M"], got["max_M0"], got["dim"]
+    expected = {
+        "ser_version": SER_VERSION,
+        "offset_level0": 0,
+        "max_M": m,
+        "max_M0": 2 * m,
+        "offset_data": 4 * max_m0 + 4,
+        "label_offset": 4 * max_m0 + 4 + 4 * dim,
+        "size_data_per_element": 4 * max_m0 + 4 + 4 * dim + 8,
+        "size_links_per_element": 4 * max_m + 4,
+    }
+    wrong = [f"{k}={got[k]} (expected {v})" for k, v in expected.items() if got[k] != v]
+    if wrong:
+        raise LayoutError(f"{where}: the index memory layout differs from the hnswlib 0.8 layout this graph "
+                          f"export reads: {', '.join(wrong)}")
+
+
 def graph_from_state(state: dict[str, Any], space: str) -> HNSWGraph:
     """Build an :class:`HNSWGraph` from the dict inside ``hnswlib.Index.__getstate__()``.
 
     Raises
     ------
+    LayoutError
+        If the state does not have the layout this export reads (:func:`check_layout`).
     IndexCorruptedError
         If the buffers are inconsistent (wrong sizes, link counts or ids out of range).
     """
+    check_layout(state)
     n = int(state["cur_element_count"])
     dim = int(state["dim"])
     size_el = int(state["size_data_per_element"])
@@ -320,7 +382,8 @@ def graph_from_state(state: dict[str, Any], space: str) -> HNSWGraph:
     label_offset = int(state["label_offset"])
     data = _as_bytes(state["data_level0"])
     if data.shape[0] != n * size_el or offset_data != 4 * max_m0 + 4 or size_links != 4 * max_m + 4:
-        raise IndexCorruptedError("hnswlib level-0 buffer has an unexpected size or layout")
+        raise IndexCorruptedError(f"hnswlib level-0 buffer holds {data.shape[0]} bytes, expected {n} elements "
+                                  f"x {size_el} bytes")
     rec = data.reshape(n, size_el)
     counts0 = rec[:, 0:2].copy().view(np.uint16).ravel().astype(np.int64)
     deleted = (rec[:, 2] & 0x01).astype(bool)
