@@ -17,13 +17,13 @@ normalisation and the score); the class is checked against finite differences in
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
 from ruvector_hnsw.attention import Context
-from ruvector_hnsw.attention.base import AttentionMechanism
+from ruvector_hnsw.attention.base import AttentionCache, AttentionMechanism
 
 __all__ = ["ContextEncoder", "EncodedBatch"]
 
@@ -38,7 +38,7 @@ class EncodedBatch:
     norm: np.ndarray      # (B, 1) ||z||
     u: np.ndarray         # (B, d)
     a: np.ndarray         # (B, d_out) attention read-out
-    args: tuple[Any, ...]  # what re-runs the attention forward for backward
+    cache: AttentionCache  # the attention forward's cache, for backward
 
 
 class ContextEncoder:
@@ -82,6 +82,9 @@ class ContextEncoder:
             "alpha": np.zeros(1, dtype=self.dtype),
             "beta": np.ones(1, dtype=self.dtype),
         }
+        #: the mechanism's per-table state (``prepare_table``) and the table shape it was built for
+        self.table_state: Any = None
+        self._state_shape: tuple[int, ...] | None = None
 
     # ------------------------------------------------------------------ params
     @property
@@ -98,26 +101,31 @@ class ContextEncoder:
         return float(self.own["alpha"][0])
 
     # ------------------------------------------------------------------ encoding
+    def prepare_table(self, table: np.ndarray) -> None:
+        """(Re)build the mechanism's per-table state for ``table`` (dual_space: its latent index).
+
+        Called when the codes are refreshed; :meth:`encode` calls it too when the table's shape
+        changed since (e.g. after adds).
+        """
+        self.table_state = self.mechanism.prepare_table(table)
+        self._state_shape = tuple(np.shape(table))
+
     def encode(self, u: np.ndarray, table: np.ndarray, ids: np.ndarray, mask: np.ndarray,
                context: Context | None) -> EncodedBatch:
         """Encode rows ``u`` (B, d) attending over ``table[ids]`` (ids -1 = padding)."""
-        args = (u, table, table, mask, context, ids)
-        a = self._attend(args)
+        if self._state_shape != tuple(np.shape(table)):
+            self.prepare_table(table)
+        context = replace(context or Context(), table_state=self.table_state)
+        out, cache = self.mechanism.forward(u, table, table, mask=mask, context=context, ids=ids)
+        a = np.asarray(out, dtype=self.dtype)
         z = u @ self.own["W_u"].T + a @ self.own["W_a"].T
         norm = np.sqrt((z * z).sum(axis=1, keepdims=True)) + _EPS
-        return EncodedBatch(zhat=(z / norm).astype(self.dtype, copy=False), norm=norm, u=u, a=a, args=args)
+        return EncodedBatch(zhat=(z / norm).astype(self.dtype, copy=False), norm=norm, u=u, a=a, cache=cache)
 
-    def _attend(self, args: tuple[Any, ...]) -> np.ndarray:
-        u, keys, values, mask, context, ids = args
-        out = self.mechanism.forward(u, keys, values, mask=mask, context=context, ids=ids)
-        return np.asarray(out, dtype=self.dtype)
-
-    def backward(self, enc: EncodedBatch, grad_zhat: np.ndarray, grads: dict[str, np.ndarray],
-                 *, rerun: bool) -> None:
+    def backward(self, enc: EncodedBatch, grad_zhat: np.ndarray, grads: dict[str, np.ndarray]) -> None:
         """Accumulate parameter gradients of ``enc`` given ``dL/dzhat`` into ``grads``.
 
-        ``rerun`` re-runs the attention forward first (needed when another encode happened
-        since, because a mechanism caches only its last forward).
+        Uses the attention cache kept in ``enc``: any number of encodes may happen in between.
         """
         zhat = enc.zhat
         gz = (grad_zhat - zhat * (zhat * grad_zhat).sum(axis=1, keepdims=True)) / enc.norm
@@ -126,9 +134,9 @@ class ContextEncoder:
         grad_a = gz @ self.own["W_a"]
         if not self.mechanism.params:
             return
-        if rerun:
-            self._attend(enc.args)
-        att_grads = self.mechanism.backward(grad_a.astype(self.mechanism.dtype, copy=False), input_grads=False)
+        att_grads = self.mechanism.backward(
+            enc.cache, grad_a.astype(self.mechanism.dtype, copy=False), input_grads=False
+        )
         for k in self.mechanism.params:
             grads[f"att.{k}"] += att_grads[k]
 

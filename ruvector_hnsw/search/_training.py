@@ -160,8 +160,8 @@ class SearchTrainingModel:
         gzv_rows = np.zeros((uniq.shape[0], enc.latent_dim), dtype=np.float32)
         np.add.at(gzv_rows, inv, gzv[valid])
         all_grads = enc.zero_grads()
-        enc.backward(enc_v, gzv_rows, all_grads, rerun=False)
-        enc.backward(enc_q, gzq.astype(np.float32), all_grads, rerun=True)
+        enc.backward(enc_v, gzv_rows, all_grads)
+        enc.backward(enc_q, gzq.astype(np.float32), all_grads)
         for k in grads:
             grads[k] = all_grads[k]
         return float(loss), grads

@@ -18,7 +18,6 @@ index later get their codes (and their neighbours' codes) computed incrementally
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -225,9 +224,6 @@ class AttentionSearch:
         cls = MECHANISMS[self.mechanism_name]
         cfg = dict(self.mech_config)
         cfg.setdefault("seed", self.seed)
-        if "refresh" in inspect.signature(cls).parameters:
-            # dual_space: rebuild its latent index once per refresh of the codes, not every step
-            cfg.setdefault("refresh", "manual")
         try:
             mech = cls(self.index.dim, **cfg)
         except TypeError as exc:
@@ -361,12 +357,8 @@ class AttentionSearch:
         """
         g = self._graph
         assert g is not None
-        refresh = getattr(self._encoder.mechanism if self._encoder else None, "refresh_index", None)
-        if callable(refresh):
-            try:
-                refresh()
-            except NotFittedError:  # no database adopted yet: the first gather call adopts it
-                pass
+        if self._encoder is not None:  # the mechanism's per-table state (dual_space: latent index)
+            self._encoder.prepare_table(self._table)
         if self.spectral and self._phi.shape[0] != len(g):
             if self._phi.shape[0] == 0 or self._phi.shape[0] > len(g):
                 self._build_spectral()

@@ -41,8 +41,8 @@ def _loss(enc: ContextEncoder, prob, want_grads: bool):
     gzq, gzv = enc.scores_backward(base, eq.zhat, zv, weights, grads)
     g_rows = np.zeros_like(ev.zhat)
     np.add.at(g_rows, pool_map.ravel(), gzv.reshape(-1, gzv.shape[-1]))
-    enc.backward(ev, g_rows, grads, rerun=False)
-    enc.backward(eq, gzq, grads, rerun=True)
+    enc.backward(ev, g_rows, grads)
+    enc.backward(eq, gzq, grads)
     return loss, grads
 
 
