@@ -72,6 +72,39 @@ def _insertion_sort_by(keys: np.ndarray, a: np.ndarray, b: np.ndarray, c: np.nda
         c[j + 1] = vc
 
 
+@nb.njit(cache=True)
+def _stable_head_by(keys: np.ndarray, a: np.ndarray, b: np.ndarray, c: np.ndarray, count: int, k: int) -> None:
+    """Leave in ``[0, min(count, k))`` exactly what a stable ascending sort of the first ``count``
+    items would put there (the rest is left in any order). O(count * k) instead of O(count^2);
+    with a NaN key it falls back to :func:`_insertion_sort_by`, whose order it then reproduces."""
+    for i in range(count):
+        if keys[i] != keys[i]:
+            _insertion_sort_by(keys, a, b, c, count)
+            return
+    top = 0
+    for i in range(count):
+        key = keys[i]
+        if top == k:
+            if k == 0 or not key < keys[k - 1]:
+                continue  # a stable sort would place it at k or later
+            top -= 1  # the last one drops out
+        va = a[i]
+        vb = b[i]
+        vc = c[i]
+        j = top - 1
+        while j >= 0 and keys[j] > key:
+            keys[j + 1] = keys[j]
+            a[j + 1] = a[j]
+            b[j + 1] = b[j]
+            c[j + 1] = c[j]
+            j -= 1
+        keys[j + 1] = key
+        a[j + 1] = va
+        b[j + 1] = vb
+        c[j + 1] = vc
+        top += 1
+
+
 @nb.njit(cache=True, inline="always")
 def _push_upper_links(
     up: np.ndarray,
@@ -115,6 +148,9 @@ def neighborhoods(
     k_global: int,
     include_deleted: bool,
     scratch_cap: int,
+    seen: np.ndarray,
+    slot: np.ndarray,
+    hub_seen: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Padded local + global context of each node in ``nodes`` (positions).
 
@@ -131,6 +167,10 @@ def neighborhoods(
     mark and vector of every upper-layer item it collects; on the 3-hop path also the layer-0
     links of its neighbours, the levels of their neighbours and the upper links of those hubs.
 
+    ``seen``, ``slot`` and ``hub_seen`` are per-node work arrays (``n`` int64; ``seen`` and
+    ``hub_seen`` zero on entry, e.g. ``np.zeros``, whose pages the OS provides lazily): row ``b``
+    marks them with ``b + 1``, so merging duplicates costs O(1) per item.
+
     Returns positions (-1 pad), distances (+inf pad), layers (-1 pad) and hop counts (0 pad).
     """
     B = nodes.shape[0]
@@ -143,12 +183,9 @@ def neighborhoods(
     cand_layer = np.empty(scratch_cap, dtype=np.int64)
     cand_hops = np.empty(scratch_cap, dtype=np.int64)
     cand_dist = np.empty(scratch_cap, dtype=np.float64)
-    n = rec.shape[0]
-    seen = np.full(n, -1, dtype=np.int64)  # seen[u] == b: u already kept in row b (at slot[u])
-    slot = np.empty(n, dtype=np.int64)
-    hub_seen = np.full(n, -1, dtype=np.int64)  # hub_seen[h] == b: h's links already pushed (3-hop)
     for b in range(B):
         v = nodes[b]
+        stamp = b + 1  # seen[u] == stamp: u kept in this row (at slot[u]); hub_seen: links pushed
         deg = rec[v, 0] & COUNT_MASK
         # ---- local: layer-0 links
         m = 0
@@ -161,7 +198,7 @@ def neighborhoods(
             cand_hops[m] = 1
             cand_dist[m] = _distance(recf, voff, dim, v, u, metric)
             m += 1
-        _insertion_sort_by(cand_dist, cand, cand_layer, cand_hops, m)
+        _stable_head_by(cand_dist, cand, cand_layer, cand_hops, m, k_local)
         take = min(m, k_local)
         for t in range(take):
             out_pos[b, t] = cand[t]
@@ -188,9 +225,9 @@ def neighborhoods(
                     w = rec[v, 1 + e0]
                     for e1 in range(rec[w, 0] & COUNT_MASK):
                         hub = rec[w, 1 + e1]
-                        if levels[hub] < 1 or hub == v or hub_seen[hub] == b:
+                        if levels[hub] < 1 or hub == v or hub_seen[hub] == stamp:
                             continue
-                        hub_seen[hub] = b
+                        hub_seen[hub] = stamp
                         m = _push_upper_links(up, first_block, hub, levels[hub], 3, cand, cand_layer, cand_hops, m)
         # merge duplicates into their first occurrence (keep highest layer, fewest hops), drop
         # self and deleted
@@ -199,14 +236,14 @@ def neighborhoods(
             u = cand[i]
             if u == v or ((not include_deleted) and deleted[u]):
                 continue
-            if seen[u] == b:
+            if seen[u] == stamp:
                 dup = slot[u]
                 if cand_layer[i] > cand_layer[dup]:
                     cand_layer[dup] = cand_layer[i]
                 if cand_hops[i] < cand_hops[dup]:
                     cand_hops[dup] = cand_hops[i]
                 continue
-            seen[u] = b
+            seen[u] = stamp
             slot[u] = kept
             cand[kept] = u
             cand_layer[kept] = cand_layer[i]
@@ -214,7 +251,7 @@ def neighborhoods(
             kept += 1
         for i in range(kept):
             cand_dist[i] = _distance(recf, voff, dim, v, cand[i], metric)
-        _insertion_sort_by(cand_dist, cand, cand_layer, cand_hops, kept)
+        _stable_head_by(cand_dist, cand, cand_layer, cand_hops, kept, k_global)
         take = min(kept, k_global)
         for t in range(take):
             out_pos[b, k_local + t] = cand[t]

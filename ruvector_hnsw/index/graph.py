@@ -331,9 +331,11 @@ class HNSWGraph:
                            include_deleted: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         raw = self._raw
         scratch = max(64, (self.max_level + 1) * (2 * self.M + 1) ** 2 * (self.M + 1))
+        n = raw.n
         return kernels.neighborhoods(
             nodes, raw.rec, raw.recf, raw.voff, raw.dim, raw.up, raw.first_block, raw.levels, self.deleted,
             self._metric, self.max_level, k_local, k_global, bool(include_deleted), scratch,
+            np.zeros(n, dtype=np.int64), np.empty(n, dtype=np.int64), np.zeros(n, dtype=np.int64),
         )
 
     def neighborhoods(
