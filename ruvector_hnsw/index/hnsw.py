@@ -437,15 +437,21 @@ class HNSWIndex:
     def graph(self) -> HNSWGraph:
         """Exact, immutable snapshot of the current graph (labels, levels, layers, entry point).
 
-        The snapshot is cached until the next ``add``/``delete``.
+        The snapshot is cached until the next ``add``/``delete``. After one, the new snapshot is
+        derived from the last one returned (kept in ``_graph_base``): only rows whose record or
+        upper-layer links changed, and new rows, are decoded; ``g.changed_rows(previous)`` and
+        ``g.neighborhood_changes(previous, ...)`` then say which rows a consumer must refresh.
+        Rows are hnswlib's internal ids and never move between snapshots of one index.
         """
         with self._lock.read():
             cached = self._graph_cache
             if cached is not None:
+                self._graph_base = cached
                 return cached
             state = self._index.__getstate__()[0]
-            g = graph_from_state(state, self._space)
+            g = graph_from_state(state, self._space, previous=getattr(self, "_graph_base", None))
             self._graph_cache = g
+            self._graph_base = g
             return g
 
     def raw_state(self) -> dict[str, Any]:
