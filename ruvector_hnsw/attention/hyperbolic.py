@@ -39,7 +39,6 @@ from ruvector_hnsw.attention._hyperbolic_kernels import (
     project_backward,
 )
 from ruvector_hnsw.attention._partb_common import dense_ids, fused_tables, softmax_backward
-from ruvector_hnsw.threads import join_row_chunks, run_row_chunks
 from ruvector_hnsw.attention.base import (
     AttentionBatch,
     AttentionMechanism,

@@ -7,7 +7,6 @@ from typing import Any
 import numpy as np
 
 from ruvector_hnsw.attention._kernels import mq_backward, rope_apply, rope_forward, rope_unapply_scatter
-from ruvector_hnsw.threads import run_row_chunks
 from ruvector_hnsw.attention.base import (
     AttentionBatch,
     AttentionMechanism,

@@ -15,7 +15,6 @@ a query touches only its candidates, its own context and its expansion.
 
 from __future__ import annotations
 
-import os
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -28,7 +27,6 @@ from ruvector_hnsw.errors import (
     ConfigError,
     IndexCorruptedError,
     InvalidInputError,
-    NotFittedError,
     ShapeMismatchError,
 )
 from ruvector_hnsw.index import HNSWGraph, HNSWIndex

@@ -42,8 +42,18 @@ from ruvector_hnsw.training.optim import Adam
 from ruvector_hnsw.training.schedules import WarmupCosineSchedule
 from ruvector_hnsw.training.trainer import Batch, EpochState, Trainer, TrainingHistory
 
-__all__ = ["ALPHA_GRID", "RHO_GRID", "FitOptions", "SearchTrainingModel", "TrainingState", "calibrate", "ap_at_r_of_rows", "contrastive_loss", "fit",
-           "map_at_r_of_rows"]
+__all__ = [
+    "ALPHA_GRID",
+    "RHO_GRID",
+    "FitOptions",
+    "SearchTrainingModel",
+    "TrainingState",
+    "ap_at_r_of_rows",
+    "calibrate",
+    "contrastive_loss",
+    "fit",
+    "map_at_r_of_rows",
+]
 
 #: candidate weights of the latent term; 0 keeps the index's ranking
 ALPHA_GRID = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 512.0, 2048.0)

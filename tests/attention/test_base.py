@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from ruvector_hnsw.attention import MECHANISMS, AttentionMechanism, Context
-from ruvector_hnsw.threads import set_num_threads
 from ruvector_hnsw.attention.base import ForwardResult, as_float_array, check_ids, check_mask
 from ruvector_hnsw.errors import (
     ConfigError,

@@ -18,8 +18,7 @@ from ruvector_hnsw.errors import (
     InvalidInputError,
     ShapeMismatchError,
 )
-from ruvector_hnsw.search import AlphaQESearch, AttentionSearch, DatabaseState, DBASearch
-from ruvector_hnsw.search import pipeline
+from ruvector_hnsw.search import AlphaQESearch, AttentionSearch, DatabaseState, DBASearch, pipeline
 from ruvector_hnsw.search.context import index_distances, query_context
 from ruvector_hnsw.search.training import map_at_r_of_rows
 
@@ -365,7 +364,7 @@ def test_dba_searches_the_augmented_vectors(index: HNSWIndex, data) -> None:
     aug = (base + np.einsum("nj,njd->nd", w, base[np.maximum(top, 0)])) / (1 + w.sum(1, keepdims=True))
     d = ((eq[:, None, :] - aug[None, :, :]) ** 2).sum(-1)
     exact = np.argsort(d, axis=1, kind="stable")[:, :10]
-    assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids.tolist(), exact.tolist())]) > 0.95
+    assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids.tolist(), exact.tolist(), strict=True)]) > 0.95
     np.testing.assert_allclose(dba.augmented_index().get_vectors(np.arange(50)), aug[:50], rtol=1e-5, atol=1e-6)
 
 
