@@ -188,7 +188,7 @@ def test_input_gradients_are_table_sized() -> None:
     p = _problem(256, 32, 64, 200_000, seed=3)
     mech, ctx = _setup("scaled_dot", p)
     T = p["table"]
-    out, cache = mech.forward(p["q"], T, T, context=ctx, ids=p["ids"])
+    _, cache = mech.forward(p["q"], T, T, context=ctx, ids=p["ids"])
     mech.backward(cache, p["G"])
     tracemalloc.start()
     try:
