@@ -62,8 +62,8 @@ def _snapshot(obj: Any) -> Any:
 def test_calls_write_nothing_on_the_mechanism(name: str, gather: bool) -> None:
     p = _problem(6, 5, 8, 40)
     mech, ctx = _setup(name, p)
-    mech.warmup()
     before = _snapshot(vars(mech))
+    mech.warmup()
     T = p["table"]
     if gather:
         args: tuple[Any, ...] = (p["q"], T, T)
