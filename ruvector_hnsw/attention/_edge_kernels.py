@@ -165,8 +165,11 @@ def edge_backward_kernel(
 
     Recomputes the scores row by row (keys gathered by ids). Returns ``dq (B, d)``, per-slot
     ``dK (B, n, d)`` and ``dV (B, n, dv)`` (zero at masked slots; the caller scatters them into
-    table gradients; both zero-size and never computed when ``need_input_grads`` is False) and
-    the param gradients ``dW_q, dW_k (d, h), dW_e (f, h), db, da (h,)`` of these rows (float64).
+    table gradients) and the param gradients ``dW_q, dW_k (d, h), dW_e (f, h), db, da (h,)`` of
+    these rows (float64). With ``need_input_grads`` False both arrays are zero-size, the key
+    cotangents (``W_k dz``, ``d h`` per item) are skipped and the value row ``w_j dagg`` (``dv``
+    multiplies) goes to one row of scratch, so the loop computing ``dw`` - and its rounding - is
+    the same as with input gradients.
     """
     B, d = q.shape
     n = ids.shape[1]

@@ -35,7 +35,8 @@ all (training a searcher needs only the param gradients: the table is data).
 ``prepare_table(table)`` builds whatever a mechanism needs per database table, only when the
 caller asks (after training steps or table changes), never as a side effect of a forward; the
 caller hands it back through ``Context(table_state=...)``. Only dual_space needs one (its latent
-neighbour index); the others return None.
+neighbour index; its first call also PCA-initialises the projection, see
+:mod:`ruvector_hnsw.attention.dual_space`); the others return None.
 
 Shapes
 ------
