@@ -40,7 +40,7 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import numpy as np
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 from ruvector_hnsw.errors import ConfigError
 
@@ -214,13 +214,34 @@ def thread_limits(n: int) -> Iterator[int]:
     try:
         faiss.omp_set_num_threads(threads)
         if threading.current_thread() is threading.main_thread():
-            with threadpool_limits(limits=threads, user_api="blas"):
+            libs = _blas_libraries()
+            old_blas = [lib.num_threads for lib in libs]
+            for lib, old in zip(libs, old_blas, strict=True):
+                if old != threads:
+                    lib.set_num_threads(threads)
+            try:
                 yield threads
+            finally:
+                for lib, old in zip(libs, old_blas, strict=True):
+                    if lib.num_threads != old:
+                        lib.set_num_threads(old)
         else:
             yield threads
     finally:
         faiss.omp_set_num_threads(old_faiss)
         stack.pop()
+
+
+_BLAS_LIBS: list[Any] | None = None
+
+
+def _blas_libraries() -> list[Any]:
+    """threadpoolctl's controllers of the loaded BLAS libraries, found once (scanning them costs ~2 ms)."""
+    global _BLAS_LIBS
+    if _BLAS_LIBS is None:
+        _faiss()  # FAISS may bring its own BLAS: load it before looking
+        _BLAS_LIBS = list(ThreadpoolController().select(user_api="blas").lib_controllers)
+    return _BLAS_LIBS
 
 
 # ------------------------------------------------------------------ readers-writer lock
