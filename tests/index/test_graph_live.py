@@ -120,12 +120,14 @@ def _random_step(rng: np.random.Generator, idx: HNSWIndex, dead: list[int]) -> s
 @pytest.mark.parametrize("space", ["l2", "ip", "cosine"])
 def test_random_sequences_derived_snapshot_and_change_sets_are_exact(space: str) -> None:
     rng = np.random.default_rng({"l2": 1, "ip": 2, "cosine": 3}[space])
-    idx = HNSWIndex(DIM, space=space, M=M, ef_construction=30, seed=5, num_threads=1)
+    # capacity 360: the sequence also crosses hnswlib's resize_index (ids must not move)
+    idx = HNSWIndex(DIM, space=space, M=M, ef_construction=30, seed=5, num_threads=1, max_elements=360)
     idx.add(_clustered(rng, 350))
     prev = idx.graph()
     dead: list[int] = []
     kinds, history = set(), [prev]
     totals = np.zeros(1 + len(KS), dtype=np.int64)
+    rows_seen = 0
     for _ in range(30):
         kinds.add(_random_step(rng, idx, dead))
         g = idx.graph()
@@ -134,14 +136,16 @@ def test_random_sequences_derived_snapshot_and_change_sets_are_exact(space: str)
         assert_same_graph(g, graph_from_state(idx.raw_state(), space))
         np.testing.assert_array_equal(g.labels[: len(prev)], prev.labels)  # rows never move
         totals += check_changes(g, prev)
+        rows_seen += len(g)
         history.append(g)
         prev = g
     # against an older snapshot too (the row-by-row comparison, not the derivation's record)
-    totals += check_changes(history[-1], history[len(history) // 2])
     assert {"delete_hub", "readd", "add1"} <= kinds
-    assert g.max_level >= 2 and g.deleted.any()
+    assert g.max_level >= 2 and g.deleted.any() and idx.capacity > 360
     # the change sets are neither empty nor everything (the test would not see a broken rule)
-    assert 0 < totals.min() and (totals < 31 * len(g)).all()
+    assert 0 < totals.min() and (totals < 0.25 * rows_seen).all()
+    # against an older snapshot too (the row-by-row comparison, not the derivation's record)
+    check_changes(history[-1], history[len(history) // 2])
 
 
 def test_neighborhood_candidates_are_few_after_one_add_and_cover_the_changes() -> None:
@@ -204,7 +208,7 @@ def test_two_snapshots_derived_from_one_base_do_not_share_appended_rows() -> Non
     va, vb = ga.vectors, gb.vectors  # the second one must not reuse the rows the first appended
     np.testing.assert_array_equal(va, graph_from_state(a.raw_state(), "l2").vectors)
     np.testing.assert_array_equal(vb, graph_from_state(b.raw_state(), "l2").vectors)
-    assert not np.shares_memory(va, vb) or np.array_equal(va[300:305], vb[300:305])
+    assert np.shares_memory(va, base.vectors) and not np.shares_memory(vb, base.vectors)
 
 
 def test_snapshot_pickles_and_compares_after_the_round_trip() -> None:
