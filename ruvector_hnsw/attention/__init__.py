@@ -29,6 +29,9 @@ _SPECS: tuple[tuple[str, str, str], ...] = (
     ("hyperbolic", "hyperbolic", "HyperbolicAttention"),
     ("moe", "moe", "MoEAttention"),
     ("dual_space", "dual_space", "DualSpaceAttention"),
+    ("sliced_wasserstein", "sliced_wasserstein", "SlicedWassersteinAttention"),
+    ("centroid_ot", "centroid_ot", "CentroidOTAttention"),
+    ("diffusion", "diffusion", "DiffusionAttention"),
 )
 
 
