@@ -23,7 +23,9 @@ Laplacians (``laplacian=``) and the mass operator ``Lambda``:
 Time stepping: explicit Euler, ``u <- u - h Lambda u``, with ``num_steps`` steps of ``h = t /
 num_steps``; a step is split into ``ceil(h r)`` equal sub-steps when ``h r > 1`` (``r = 1`` for
 the normalised Laplacians, the largest degree for the unnormalised one), so every sub-step maps
-non-negative weights to non-negative weights and the scheme is stable for any ``t``. ``t = 0``
+non-negative weights to non-negative weights and the scheme is stable for any ``t``. The count
+of sub-steps is piecewise constant in ``t``: the output is smooth in ``t`` except where it
+changes (a jump of the size of the Euler error; the ``time`` gradient ignores it). ``t = 0``
 is exactly the undiffused attention (``scaled_dot`` with the same temperature). Isolated nodes
 and rows with one item do not diffuse.
 
