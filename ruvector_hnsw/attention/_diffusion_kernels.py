@@ -186,7 +186,8 @@ def diff_forward(Q, T, Vt, ids, mask, scale, times, num_steps, k_graph, m, lap, 
             if mask[b, j]:
                 a[j] /= tot
                 A[b, j] = dt(a[j])
-        # kNN among the selected items (squared L2 of the keys), symmetrised into a CSR graph
+        # kNN among the selected items (squared L2 of the keys, in the keys' dtype: it only
+        # ranks), symmetrised into a CSR graph
         for r in range(size):
             sel[b, r] = topi[r]
         for r in range(size):
@@ -195,11 +196,11 @@ def diff_forward(Q, T, Vt, ids, mask, scale, times, num_steps, k_graph, m, lap, 
             for r2 in range(size):
                 if r2 != r:
                     k2 = T[ids[b, topi[r2]]]
-                    dd = 0.0
+                    dd = ct(0.0)
                     for kk in range(d):
-                        df = np.float64(kr[kk]) - np.float64(k2[kk])
+                        df = kr[kk] - k2[kk]
                         dd += df * df
-                    c = insert_desc(kv, ki, c, k, -dd, r2)
+                    c = insert_desc(kv, ki, c, k, -np.float64(dd), r2)
             for e in range(c):
                 knn[b, r, e] = ki[e]
         dmax = _build_graph(knn[b], size, off, idx, cnt, inoff, inl, stamp)

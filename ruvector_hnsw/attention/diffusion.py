@@ -90,7 +90,7 @@ class DiffusionAttention(AttentionMechanism):
         Explicit Euler steps.
     k_graph : int, default 4
         Neighbours per item in the kNN graph (before symmetrisation).
-    max_nodes : int or None, default 64
+    max_nodes : int or None, default 32
         Size of the diffused support (the best-scored items); None = all items.
     temperature : float, default 1.0
     dtype, seed
@@ -109,7 +109,7 @@ class DiffusionAttention(AttentionMechanism):
         t: float = 1.0,
         num_steps: int = 10,
         k_graph: int = 4,
-        max_nodes: int | None = 64,
+        max_nodes: int | None = 32,
         temperature: float = 1.0,
         dtype: Any = np.float32,
         seed: int | None = None,

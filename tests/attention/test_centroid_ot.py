@@ -93,7 +93,7 @@ def test_state_is_a_seeded_kmeans_with_nearest_centroid_labels():
 
 def test_plan_rows_are_exact_and_absent_clusters_deliver_nothing():
     att, st, q, T, Vt, ids = _setup(seed=2, num_centroids=6, N=40, n=5)
-    out, cache = att.forward(q, T, Vt, context=Context(table_state=st), ids=ids)
+    _, cache = att.forward(q, T, Vt, context=Context(table_state=st), ids=ids)
     _, _, beta = _ref(att, st, q, T, Vt, ids)
     rows = (ids >= 0).any(1)
     np.testing.assert_allclose(cache.weights.sum(1)[rows], 1.0, rtol=1e-12)
@@ -134,7 +134,7 @@ def test_log_domain_is_stable_for_tiny_epsilon():
     """eps = 1e-4: exp(-cost/eps) underflows, the log-domain fallback keeps everything finite and exact."""
     att, st, q, T, Vt, ids = _setup(seed=4, epsilon=1e-4, iterations=6)
     out, cache = att.forward(q, T, Vt, context=Context(table_state=st), ids=ids)
-    want, W, _ = _ref(att, st, q, T, Vt, ids)
+    want, _, _ = _ref(att, st, q, T, Vt, ids)
     assert np.isfinite(out).all()
     np.testing.assert_allclose(out, want, rtol=1e-9, atol=1e-11)
     g = att.backward(cache, np.ones_like(out))
@@ -183,7 +183,7 @@ def test_finite_and_normalised_for_any_scale(seed, scale, eps, n):
 
 
 def test_errors():
-    att, st, q, T, Vt, ids = _setup()
+    att, _, q, T, Vt, ids = _setup()
     with pytest.raises(MissingContextError, match="prepare_table"):
         att.forward(q, T, Vt, ids=ids)
     with pytest.raises(MissingContextError, match="prepare_table"):

@@ -86,7 +86,7 @@ def test_random_walk_and_unnormalised_conserve_mass(seed, t, n, steps):
 
 
 def test_symmetric_type_is_rescaled_and_the_flow_itself_does_not_conserve_mass():
-    q, K, V, mask = _data(seed=3)
+    q, K, _, mask = _data(seed=3)
     att = DiffusionAttention(5, laplacian="symmetric", t=2.0, max_nodes=None, dtype=np.float64)
     w = att.weights(q, K, mask)
     np.testing.assert_allclose(w.sum(1)[mask.any(1)], 1.0, rtol=1e-12)
@@ -100,7 +100,7 @@ def test_symmetric_type_is_rescaled_and_the_flow_itself_does_not_conserve_mass()
 
 
 def test_long_random_walk_reaches_the_degree_distribution():
-    q, K, V, mask = _data(seed=4)
+    q, K, _, mask = _data(seed=4)
     mask[:] = True
     att = DiffusionAttention(5, t=400.0, num_steps=400, k_graph=3, max_nodes=None, dtype=np.float64)
     w = att.weights(q, K, mask)

@@ -70,7 +70,7 @@ def test_gather_form_with_and_without_state_equals_dense():
     assert isinstance(state, SlicedTableState) and state.rows == 20 and not state.projections.flags.writeable
     np.testing.assert_allclose(state.projections, T @ att.projections.T, rtol=1e-12, atol=1e-12)
     with_state, c1 = att.forward(q, T, Vt, context=Context(table_state=state), ids=ids)
-    without, c2 = att.forward(q, T, Vt, ids=ids)
+    without, _ = att.forward(q, T, Vt, ids=ids)
     m = ids >= 0
     dense, c3 = att.forward(q, T[np.maximum(ids, 0)], Vt[np.maximum(ids, 0)], mask=m,
                             context=Context(table_state=state))  # the dense form ignores a state
@@ -155,7 +155,8 @@ def test_gradients_gather_fd_with_the_state_reprepared():
         o, _ = att.forward(q, T, Vt, context=Context(table_state=att.prepare_table(T)), ids=ids)
         return float((o * G).sum())
 
-    for name, arr in (("query", q), ("keys", T), ("values", Vt), ("slice_log_weights", att.params["slice_log_weights"])):
+    omega = att.params["slice_log_weights"]
+    for name, arr in (("query", q), ("keys", T), ("values", Vt), ("slice_log_weights", omega)):
         num = ref.numeric_grad(loss, arr)
         np.testing.assert_allclose(grads[name], num, rtol=1e-6, atol=1e-7, err_msg=name)
     part = att.backward(cache, G, input_grads=False)
