@@ -25,9 +25,9 @@ num_steps``; a step is split into ``ceil(h r)`` equal sub-steps when ``h r > 1``
 the normalised Laplacians, the largest degree for the unnormalised one), so every sub-step maps
 non-negative weights to non-negative weights and the scheme is stable for any ``t``. The count
 of sub-steps is piecewise constant in ``t``: the output is smooth in ``t`` except where it
-changes (a jump of the size of the Euler error; the ``time`` gradient ignores it). ``t = 0``
-is exactly the undiffused attention (``scaled_dot`` with the same temperature). Isolated nodes
-and rows with one item do not diffuse.
+changes (a jump of the size of the Euler error; the ``time`` gradient ignores it). At ``t = 0``
+nothing moves: the output is the undiffused attention (``scaled_dot`` with the same temperature,
+to rounding). Isolated nodes and rows with one item do not diffuse.
 
 Graph choice
     The kNN graph of the context items in key space: inside a context the keys are what is
