@@ -36,6 +36,8 @@ from ruvector_hnsw.eval.attention import (
     training_data,
 )
 from ruvector_hnsw.eval.baselines import LinearProjection, linear_proj_loss, make_linear_proj
+from ruvector_hnsw.eval.classifier import LabelClassifier, make_label_classifier, rank_by_class
+from ruvector_hnsw.eval.diffusion import DiffusionRanker, diffusion_scores, make_diffusion
 from ruvector_hnsw.eval.methods import (
     METHODS,
     BuildContext,
@@ -63,6 +65,7 @@ from ruvector_hnsw.eval.metrics import (
     r_precision,
     relevance,
 )
+from ruvector_hnsw.eval.mlp_adapter import MLPAdapter, make_mlp_adapter
 from ruvector_hnsw.eval.report import (
     add_relative,
     format_table,
@@ -81,7 +84,10 @@ __all__ = [
     "RESULT_KEYS",
     "TRAINED_METHODS",
     "BuildContext",
+    "DiffusionRanker",
+    "LabelClassifier",
     "LinearProjection",
+    "MLPAdapter",
     "SearchMethod",
     "add_relative",
     "ann_recall_at_k",
@@ -89,6 +95,7 @@ __all__ = [
     "build_hnsw_index",
     "build_methods",
     "dataset_info",
+    "diffusion_scores",
     "ensure_train_split",
     "evaluate",
     "expand_vectors",
@@ -100,9 +107,12 @@ __all__ = [
     "make_alpha_qe",
     "make_attention",
     "make_dba",
+    "make_diffusion",
     "make_exact",
     "make_hnsw",
+    "make_label_classifier",
     "make_linear_proj",
+    "make_mlp_adapter",
     "make_saved_model",
     "map_at_r",
     "measure_latency",
@@ -117,6 +127,7 @@ __all__ = [
     "precision_at_k",
     "print_table",
     "r_precision",
+    "rank_by_class",
     "read_json",
     "register_method",
     "relevance",
