@@ -12,7 +12,9 @@ label first, with the same loss, the same training pools and the same search aft
 - :func:`cosine_info_nce`: multi-positive InfoNCE of ``cos(z_q, z_c)`` over the pool, with the
   gradients in both embeddings.
 - :func:`fit_contrastive`: seeded epochs of Adam over shuffled batches of training queries,
-  for any model given as a loss-and-gradient function of its parameters.
+  for any model given as a loss-and-gradient function of its parameters, optionally with
+  early stopping on a validation score (:func:`held_out_map`: mAP of held-out *training*
+  queries).
 - :func:`embedding_index`: an HNSW index over the mapped, unit-norm database, searched
   directly or with alpha query expansion in the mapped space.
 """
@@ -37,6 +39,7 @@ __all__ = [
     "cosine_info_nce",
     "embedding_index",
     "fit_contrastive",
+    "held_out_map",
     "projection_pools",
     "training_candidates",
 ]
@@ -176,24 +179,39 @@ def fit_contrastive(
     random_negatives: int,
     weight_decay: float = 0.0,
     no_decay: tuple[str, ...] = (),
-) -> dict[str, list[float]]:
+    validate: Callable[[MutableMapping[str, np.ndarray]], float] | None = None,
+    patience: int = 3,
+) -> dict[str, Any]:
     """Train ``params`` in place with Adam on the pooled InfoNCE loss of ``loss_fn``.
 
     Each epoch shuffles the training queries (with ``rng``), and for every batch draws the
     pools (:func:`projection_pools`), passes the unique pool items and the slot-to-item map to
     ``loss_fn`` and takes one Adam step (gradient norm clipped at 10).
 
+    With ``validate`` (a score of the current parameters, higher = better, e.g. mAP on held-out
+    training queries) the parameters are scored before training and after every epoch,
+    training stops after ``patience`` epochs without a better score, and the best parameters
+    (possibly the initial ones) are restored in place at the end.
+
     Returns
     -------
     dict
-        ``{"train_loss": [...], "epoch_time_s": [...]}`` per epoch.
+        ``{"train_loss": [...], "epoch_time_s": [...]}`` per epoch; with ``validate`` also
+        ``"val_metric"`` (index 0 = before training) and ``"best_epoch"`` (0 = initial).
     """
     if isinstance(epochs, bool) or int(epochs) < 1 or int(batch_size) < 1:
         raise ConfigError(f"epochs and batch_size must be >= 1, got {epochs!r}, {batch_size!r}")
+    if isinstance(patience, bool) or int(patience) < 1:
+        raise ConfigError(f"patience must be >= 1, got {patience!r}")
     opt = Adam(params, lr=lr, weight_decay=weight_decay, no_decay=no_decay, max_grad_norm=10.0)
-    history: dict[str, list[float]] = {"train_loss": [], "epoch_time_s": []}
+    history: dict[str, Any] = {"train_loss": [], "epoch_time_s": []}
+    best: tuple[float, int, dict[str, np.ndarray]] | None = None
+    if validate is not None:
+        score = float(validate(params))
+        history["val_metric"] = [score]
+        best = (score, 0, {k: v.copy() for k, v in params.items()})
     with thread_limits(1):  # small matmuls: more BLAS threads only fight on shared cores
-        for _ in range(int(epochs)):
+        for epoch in range(1, int(epochs) + 1):
             t0 = time.perf_counter()
             perm = rng.permutation(q.shape[0])
             losses, weights = [], []
@@ -208,7 +226,49 @@ def fit_contrastive(
                 weights.append(b.shape[0])
             history["train_loss"].append(float(np.average(losses, weights=weights)))
             history["epoch_time_s"].append(time.perf_counter() - t0)
+            if validate is not None and best is not None:
+                score = float(validate(params))
+                history["val_metric"].append(score)
+                if score > best[0]:
+                    best = (score, epoch, {k: v.copy() for k, v in params.items()})
+                elif epoch - best[1] >= int(patience):
+                    break
+    if best is not None:
+        for k, v in best[2].items():
+            params[k][...] = v
+        history["best_epoch"] = best[1]
     return history
+
+
+def held_out_map(
+    transform: Callable[[np.ndarray], np.ndarray],
+    val_queries: np.ndarray,
+    val_labels: np.ndarray,
+    base: np.ndarray,
+    base_labels: np.ndarray,
+    *,
+    cap: int = 100,
+    block: int = 512,
+) -> float:
+    """mAP@``cap`` of exact cosine search in a mapped space, for validation on training queries.
+
+    Only database items with a known (>= 0) training label are ranked, and relevance uses those
+    labels, so unknown items are neither relevant nor irrelevant.
+    """
+    from ruvector_hnsw.ranking import map_at_r, relevance
+
+    known = np.flatnonzero(base_labels >= 0)
+    zb = transform(base[known])
+    zq = transform(val_queries)
+    kk = min(int(cap), known.shape[0])
+    top = np.empty((zq.shape[0], kk), dtype=np.int64)
+    for lo in range(0, zq.shape[0], block):
+        sims = zq[lo : lo + block] @ zb.T
+        part = np.argpartition(-sims, kk - 1, axis=1)[:, :kk]
+        order = np.argsort(-np.take_along_axis(sims, part, axis=1), axis=1, kind="stable")
+        top[lo : lo + block] = np.take_along_axis(part, order, axis=1)
+    rel, n_rel = relevance(top, base_labels[known], val_labels)
+    return float(map_at_r(rel, n_rel, cap=cap))
 
 
 def training_candidates(ctx: BuildContext, train_queries: np.ndarray, candidates: int) -> np.ndarray:

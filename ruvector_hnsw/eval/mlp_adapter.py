@@ -28,6 +28,7 @@ from ruvector_hnsw.eval.contrastive import (
     cosine_info_nce,
     embedding_index,
     fit_contrastive,
+    held_out_map,
     training_candidates,
 )
 from ruvector_hnsw.eval.methods import (
@@ -132,7 +133,7 @@ class MLPAdapter:
             raise ConfigError(f"unknown metric {metric!r}; expected 'l2', 'ip' or 'cosine'")
         self.dim, self.hidden, self.metric, self.seed = int(dim), int(hidden), key, int(seed)
         self.params: dict[str, np.ndarray] | None = None
-        self.history: dict[str, list[float]] = {"train_loss": [], "epoch_time_s": []}
+        self.history: dict[str, Any] = {"train_loss": [], "epoch_time_s": []}
 
     def init_params(self) -> None:
         """Identity start: He-scaled seeded ``W1``, zero ``b1``, ``W2``, ``b2``."""
@@ -155,9 +156,7 @@ class MLPAdapter:
         """Adapted, unit-norm vectors ``(n, d)`` float32."""
         if self.params is None:
             raise NotFittedError("MLPAdapter: call init_params() or fit() first")
-        z, _ = adapter_forward(self.params, self._prep(x, "vectors"))
-        z /= np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
-        return np.ascontiguousarray(z, dtype=np.float32)
+        return _adapted(self.params, self._prep(x, "vectors"))
 
     def fit(
         self,
@@ -167,47 +166,80 @@ class MLPAdapter:
         base_labels: Any,
         candidates: Any,
         *,
-        epochs: int = 10,
+        epochs: int = 30,
         batch_size: int = 128,
         lr: float = 2e-3,
         temperature: float = 0.1,
         extra_positives: int = 16,
         random_negatives: int = 48,
         weight_decay: float = 0.0,
-    ) -> dict[str, list[float]]:
-        """Train the adapter (initialised by :meth:`init_params` if unset); same arguments as
-        :meth:`ruvector_hnsw.eval.LinearProjection.fit`. Labels < 0 are unknown (not used).
+        val_fraction: float = 0.1,
+        patience: int = 3,
+    ) -> dict[str, Any]:
+        """Train the adapter (initialised by :meth:`init_params` if unset); labels < 0 are unknown.
+
+        Arguments as :meth:`ruvector_hnsw.eval.LinearProjection.fit`, plus early stopping: a
+        seeded ``val_fraction`` of the training queries is held out of training, the mAP@100
+        of their exact search in the adapted space (:func:`~ruvector_hnsw.eval.contrastive.held_out_map`)
+        is measured before training and after every epoch, training stops after ``patience``
+        epochs without improvement and the best adapter (possibly the identity) is kept.
+        ``val_fraction=0`` trains for ``epochs`` epochs without validation.
 
         Returns
         -------
         dict
-            ``{"train_loss": [...], "epoch_time_s": [...]}`` per epoch.
+            ``train_loss``, ``epoch_time_s`` per epoch; ``val_metric`` and ``best_epoch`` with
+            validation.
         """
         q = self._prep(train_queries, "train_queries")
         x = self._prep(base, "base")
         ql, bl, cand = check_training_arrays(q, train_labels, x, base_labels, candidates)
         if isinstance(epochs, bool) or int(epochs) < 1 or int(batch_size) < 1:
             raise ConfigError(f"epochs and batch_size must be >= 1, got {epochs!r}, {batch_size!r}")
+        if not 0.0 <= float(val_fraction) < 1.0:
+            raise ConfigError(f"val_fraction must lie in [0, 1), got {val_fraction!r}")
+        n_val = round(float(val_fraction) * q.shape[0])
+        if n_val and q.shape[0] - n_val < 1:
+            raise ConfigError(f"val_fraction {val_fraction} leaves no training query")
         if self.params is None:
             self.init_params()
         assert self.params is not None
         rng = np.random.default_rng([self.seed, 1])  # apart from the initialisation stream
+        validate = None
+        train = np.arange(q.shape[0])
+        if n_val:
+            perm = np.random.default_rng([self.seed, 3]).permutation(q.shape[0])
+            val, train = np.sort(perm[:n_val]), np.sort(perm[n_val:])
+
+            def validate(params: Params) -> float:
+                return held_out_map(lambda v: _adapted(params, v), q[val], ql[val], x, bl)
+
         self.history = fit_contrastive(
-            adapter_loss, self.params, q, x, ql, bl, cand, rng, epochs=int(epochs), batch_size=int(batch_size),
-            lr=lr, temperature=temperature, extra_positives=extra_positives, random_negatives=random_negatives,
-            weight_decay=weight_decay, no_decay=("b1", "b2"))
+            adapter_loss, self.params, q[train], x, ql[train], bl, cand[train], rng, epochs=int(epochs),
+            batch_size=int(batch_size), lr=lr, temperature=temperature, extra_positives=extra_positives,
+            random_negatives=random_negatives, weight_decay=weight_decay, no_decay=("b1", "b2"),
+            validate=validate, patience=patience)
+        self.history["n_val_queries"] = int(n_val)
         return self.history
+
+
+def _adapted(params: Params, x: np.ndarray) -> np.ndarray:
+    z, _ = adapter_forward(params, x)
+    z /= np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
+    return np.ascontiguousarray(z, dtype=np.float32)
 
 
 def make_mlp_adapter(
     ctx: BuildContext,
     *,
     hidden: int = 256,
-    epochs: int = 10,
+    epochs: int = 30,
     batch_size: int = 128,
     lr: float = 2e-3,
     temperature: float = 0.1,
     weight_decay: float = 0.0,
+    val_fraction: float = 0.1,
+    patience: int = 3,
     candidates: int = 100,
     extra_positives: int = 16,
     random_negatives: int = 48,
@@ -220,6 +252,9 @@ def make_mlp_adapter(
 ) -> SearchMethod:
     """Factory of ``mlp_adapter``: fit the adapter on the training queries, HNSW over the adapted base.
 
+    Early stopping on held-out training queries (``val_fraction``, ``patience``; see
+    :meth:`MLPAdapter.fit`) picks the number of epochs, up to ``epochs``.
+
     Training data as for ``linear_proj`` (:func:`ruvector_hnsw.eval.attention.training_data`:
     training queries only, hidden labels of the unseen protocol respected); the adapted index
     is built with the run's M / ef_construction and searched at ``ef`` (default the run's),
@@ -230,13 +265,21 @@ def make_mlp_adapter(
     seed = ctx.seed if seed is None else int(seed)
     tq, tl, base_labels, info = training_data(ctx.dataset, n_train, seed=seed)
     ds = ctx.dataset
-    t0 = time.perf_counter()
-    cand = training_candidates(ctx, tq, int(candidates))
-    adapter = MLPAdapter(int(np.asarray(ds.base).shape[1]), int(hidden), metric=_metric_of(ds), seed=seed)
-    history = adapter.fit(tq, tl, ds.base, base_labels, cand, epochs=epochs, batch_size=batch_size, lr=lr,
-                          temperature=temperature, extra_positives=extra_positives,
-                          random_negatives=random_negatives, weight_decay=weight_decay)
-    fit_s = time.perf_counter() - t0
+    fit_kw: dict[str, Any] = {"epochs": int(epochs), "batch_size": int(batch_size), "lr": lr,
+                              "temperature": temperature, "extra_positives": extra_positives,
+                              "random_negatives": random_negatives, "weight_decay": weight_decay,
+                              "val_fraction": val_fraction, "patience": patience}
+    # one fit serves every spec that differs only in search options (qe, n, alpha, ef)
+    key = f"mlp_adapter:hidden={hidden}:candidates={candidates}:n_train={n_train}:seed={seed}:" + ":".join(
+        f"{k}={fit_kw[k]!r}" for k in sorted(fit_kw))
+    cached = ctx.cache.get(key)
+    if cached is None:
+        t0 = time.perf_counter()
+        cand = training_candidates(ctx, tq, int(candidates))
+        adapter = MLPAdapter(int(np.asarray(ds.base).shape[1]), int(hidden), metric=_metric_of(ds), seed=seed)
+        history = adapter.fit(tq, tl, ds.base, base_labels, cand, **fit_kw)
+        cached = ctx.cache[key] = (adapter, history, time.perf_counter() - t0)
+    adapter, history, fit_s = cached
     index, inner, index_s = embedding_index(ctx, adapter.transform(ds.base), seed=seed, ef=ef, qe=bool(qe), n=n,
                                             alpha=alpha)
 
@@ -257,6 +300,9 @@ def make_mlp_adapter(
         "index_build_s": round(index_s, 3),
         "epoch_time_s": [round(t, 3) for t in history["epoch_time_s"]],
         "train_loss": [round(v, 5) for v in history["train_loss"]],
+        "val_map_at_100": [round(v, 5) for v in history.get("val_metric", [])],
+        "best_epoch": history.get("best_epoch"),
+        "n_val_queries": history["n_val_queries"],
     }
     if qe:
         params.update(n=int(n), alpha=float(alpha))

@@ -87,7 +87,7 @@ def test_untrained_adapter_is_the_identity():
 def test_training_beats_hnsw_and_qe_option():
     ds = _labelled()
     ctx = MM.BuildContext(ds, ef=200, seed=0, num_threads=1, M=8, ef_construction=100)
-    m = A.make_mlp_adapter(ctx, hidden=32, epochs=6, lr=5e-3)
+    m = A.make_mlp_adapter(ctx, hidden=32, epochs=6, lr=5e-3, val_fraction=0)
     loss = m.params["train_loss"]
     assert len(loss) == 6 and loss[-1] < loss[0] - 0.05 and m.params["qe"] is False
     hnsw = MM.make_hnsw(ctx.index, ef=200)
@@ -97,10 +97,48 @@ def test_training_beats_hnsw_and_qe_option():
                                   ds.query_labels)["map_at_r"]
 
     assert mapr(m) > mapr(hnsw) + 0.05
-    mq = A.make_mlp_adapter(ctx, hidden=32, epochs=1, qe=1, n=5)
+    mq = A.make_mlp_adapter(ctx, hidden=32, epochs=6, lr=5e-3, val_fraction=0, qe=1, n=5)
+    assert mq.adapter is m.adapter  # search options share one fit
     assert mq.params["qe"] is True and mq.params["n"] == 5
     ids, _ = mq(ds.queries, 10)
     assert ids.shape == (ds.queries.shape[0], 10) and (ids >= 0).all()
+
+
+def test_early_stopping_restores_the_best_epoch():
+    ds = _labelled(nt=60)
+    q = ds.train_queries / np.linalg.norm(ds.train_queries, axis=1, keepdims=True)
+    x = ds.base / np.linalg.norm(ds.base, axis=1, keepdims=True)
+    cand = np.argsort(-(q @ x.T), axis=1)[:, :20]
+    ad = A.MLPAdapter(16, hidden=8)
+    ad.init_params()
+    scores = iter([0.5, 0.7, 0.6, 0.65, 0.9])  # best after epoch 1, then 2 epochs without a better one
+    snapshots = []
+
+    def validate(params):
+        snapshots.append({k: v.copy() for k, v in params.items()})
+        return next(scores)
+
+    hist = CT.fit_contrastive(A.adapter_loss, ad.params, q, x, ds.train_query_labels, ds.base_labels, cand,
+                              np.random.default_rng(0), epochs=10, batch_size=16, lr=1e-2, temperature=0.1,
+                              extra_positives=4, random_negatives=8, validate=validate, patience=2)
+    assert hist["val_metric"] == [0.5, 0.7, 0.6, 0.65] and hist["best_epoch"] == 1
+    assert len(hist["train_loss"]) == 3  # stopped after epoch 3
+    for key, val in snapshots[1].items():
+        np.testing.assert_array_equal(ad.params[key], val)
+    assert not np.array_equal(snapshots[3]["W2"], snapshots[1]["W2"])
+
+
+def test_adapter_validation_records_the_kept_model():
+    ds = _labelled()
+    ctx = MM.BuildContext(ds, ef=100, seed=0, num_threads=1, M=8, ef_construction=100)
+    m = A.make_mlp_adapter(ctx, hidden=32, epochs=4, lr=5e-3, val_fraction=0.25, patience=2)
+    val = m.params["val_map_at_100"]
+    assert m.params["best_epoch"] == int(np.argmax(val)) and len(val) == len(m.params["train_loss"]) + 1
+    assert m.params["n_val_queries"] == 50 and m.params["n_train_queries"] == 200
+    q = m.adapter._prep(ds.train_queries, "q")
+    held = np.sort(np.random.default_rng([0, 3]).permutation(200)[:50])
+    again = CT.held_out_map(m.adapter.transform, q[held], ds.train_query_labels[held], ds.base, ds.base_labels)
+    assert again == pytest.approx(max(val), abs=1e-5)  # params keep 5 decimals
 
 
 def test_unknown_labels_take_no_part_in_pools():
@@ -125,10 +163,10 @@ def test_hidden_labels_change_what_the_adapter_learns():
     ds.train_queries, ds.train_query_labels = ds.train_queries[seen], ds.train_query_labels[seen]
     ds.train_base_labels = hidden  # type: ignore[attr-defined]
     ctx = MM.BuildContext(ds, ef=100, seed=0, num_threads=1, M=8, ef_construction=100)
-    m = A.make_mlp_adapter(ctx, hidden=8, epochs=1)
+    m = A.make_mlp_adapter(ctx, hidden=8, epochs=1, val_fraction=0)
     assert m.params["protocol"] == "unseen" and m.params["n_train_queries"] == int(seen.sum())
     ds.train_base_labels = None  # type: ignore[attr-defined]
     m2 = A.make_mlp_adapter(MM.BuildContext(ds, ef=100, seed=0, num_threads=1, M=8, ef_construction=100),
-                            hidden=8, epochs=1)
+                            hidden=8, epochs=1, val_fraction=0)
     assert m2.params["protocol"] == "seen"
     assert not np.array_equal(m.adapter.params["W2"], m2.adapter.params["W2"])
