@@ -4,11 +4,12 @@ Prints
   1. fused gather + scaled_dot vs numpy ``table[ids]`` + einsum softmax (B=256, n=1000, d=128, 100k rows)
   2. flash batched vs the same numpy softmax on dense (B, n, d) arrays
   3. flash ``attend_all`` tracemalloc peak vs a dense ``Q K^T`` reference (Q = N = 8192, d = 64)
-  4. forward throughput (rows/s) of every mechanism in MECHANISMS at n = 100 / 1K / 10K, d = 128
-     (gather form: ids into a shared table)
+  4. forward and params-only backward (``input_grads=False``) throughput (rows/s) of every mechanism
+     in MECHANISMS at n = 100 / 1K / 10K, d = 128 (gather form: ids into a shared table)
 
 JIT compilation is paid in a warm-up call before any timing. ``--quick`` shrinks every size so the
-script finishes in seconds (a smoke run; its figures are not the reported ones).
+script finishes in seconds (a smoke run; its figures are not the reported ones). A mechanism that
+raises fails the run: the table marks it ``FAILED`` and the script exits non-zero naming it.
 
 Usage::
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import sys
 import time
 import tracemalloc
 from collections.abc import Callable
@@ -70,7 +72,7 @@ def bench_gather(B: int, n: int, d: int, rows: int, repeats: int) -> float:
         K = table[ids]
         return numpy_softmax_attention(q, K, K, ids >= 0)
 
-    err = float(np.abs(ref() - att.forward(q, table, table, ids=ids)).max())
+    err = float(np.abs(ref() - att.forward(q, table, table, ids=ids)[0]).max())
     t_ref = best_time(ref, repeats)
     t_att = best_time(lambda: att.forward(q, table, table, ids=ids), repeats)
     print(f"[gather+scaled_dot] B={B} n={n} d={d} table={rows}: numpy {t_ref * 1e3:.1f} ms, "
@@ -86,7 +88,7 @@ def bench_flash_batched(B: int, n: int, d: int, repeats: int) -> float:
     mask[:, 0] = True
     att = FlashAttention(d)
     att.forward(q[:2], K[:2], K[:2], mask[:2])
-    err = float(np.abs(numpy_softmax_attention(q, K, K, mask) - att.forward(q, K, K, mask)).max())
+    err = float(np.abs(numpy_softmax_attention(q, K, K, mask) - att.forward(q, K, K, mask)[0]).max())
     t_ref = best_time(lambda: numpy_softmax_attention(q, K, K, mask), repeats)
     t_att = best_time(lambda: att.forward(q, K, K, mask), repeats)
     print(f"[flash batched] B={B} n={n} d={d}: numpy {t_ref * 1e3:.1f} ms, flash {t_att * 1e3:.1f} ms, "
@@ -130,50 +132,72 @@ def bench_flash_memory(M: int, d: int) -> float:
     return p_flash / p_dense
 
 
-def make_mechanism(name: str, d: int, table: np.ndarray) -> Any:
-    cls = MECHANISMS[name]
-    if name == "dual_space":
-        return cls(d, database=table, seed=0)
-    return cls(d, seed=0)
+def _timed(f: Callable[[], Any], repeats: int, budget: float) -> float:
+    """Wall time of ``f``: one run, then the best of ``repeats`` more when the first fits ``budget``."""
+    t0 = time.perf_counter()
+    f()
+    first = time.perf_counter() - t0
+    return first if first > budget else min(first, best_time(f, repeats, budget))
 
 
-def bench_table(ns: list[int], batch_for: dict[int, int], d: int, rows: int, repeats: int, budget: float) -> None:
+def _bench_one(att: Any, table: np.ndarray, q: np.ndarray, ids: np.ndarray, ctx: Context,
+               repeats: int, budget: float) -> str:
+    """``"forward rows/s / backward rows/s"`` of one mechanism (params-only backward)."""
+    B = q.shape[0]
+    out, cache = att.forward(q[:2], table, table, context=_rows(ctx, 2), ids=ids[:2])  # warm-up / JIT
+    att.backward(cache, np.ones_like(out), input_grads=False)
+    t_fwd = _timed(lambda: att.forward(q, table, table, context=ctx, ids=ids), repeats, budget)
+    out, cache = att.forward(q, table, table, context=ctx, ids=ids)
+    g = np.ones_like(out)
+    t_bwd = _timed(lambda: att.backward(cache, g, input_grads=False), repeats, budget)
+    return f"{B / t_fwd:,.0f} / {B / t_bwd:,.0f}"
+
+
+def bench_table(ns: list[int], batch_for: dict[int, int], d: int, rows: int, repeats: int,
+                budget: float) -> list[str]:
+    """Print the per-mechanism throughput table; return ``"name n=..: error"`` for each failure."""
     rng = np.random.default_rng(3)
     table = rng.standard_normal((rows, d), dtype=np.float32)
     names = list(MECHANISMS)
     results: dict[str, dict[int, str]] = {nm: {} for nm in names}
+    failures: list[str] = []
     for n in ns:
         B = batch_for[n]
         q = rng.standard_normal((B, d), dtype=np.float32)
         ids = rng.integers(0, rows, size=(B, n))
         dist = rng.random((B, n), dtype=np.float32)
         layer = (rng.random((B, n)) < 0.15).astype(np.int8)
-        ctx = Context(dist=dist, layer=layer, hops=rng.integers(1, 3, (B, n)),
-                      degree=rng.integers(1, 32, (B, n)).astype(np.float32))
+        items = Context(dist=dist, layer=layer, hops=rng.integers(1, 3, (B, n)),
+                        degree=rng.integers(1, 32, (B, n)).astype(np.float32))
         for name in names:
             try:
-                att = make_mechanism(name, d, table)
-                att.forward(q[:2], table, table, context=_rows(ctx, 2), ids=ids[:2])  # warm-up / JIT
-                t0 = time.perf_counter()
-                att.forward(q, table, table, context=ctx, ids=ids)
-                first = time.perf_counter() - t0
-                t = first if first > budget else min(first, best_time(
-                    lambda att=att, q=q, ctx=ctx, ids=ids: att.forward(q, table, table, context=ctx, ids=ids),
-                    repeats, budget))
-                results[name][n] = f"{B / t:,.0f}"
-            except Exception as exc:  # report and go on: the table says which combos did not run
-                results[name][n] = f"skipped ({type(exc).__name__})"
-                print(f"  {name} n={n}: skipped: {exc}")
+                att = MECHANISMS[name](d, seed=0)
+                ctx = Context(dist=items.dist, layer=items.layer, hops=items.hops, degree=items.degree,
+                              table_state=att.prepare_table(table))
+                results[name][n] = _bench_one(att, table, q, ids, ctx, repeats, budget)
+            except Exception as exc:  # reported, and the run fails at the end
+                results[name][n] = f"FAILED ({type(exc).__name__})"
+                failures.append(f"{name} n={n}: {type(exc).__name__}: {exc}")
+                print(f"  {name} n={n}: FAILED: {type(exc).__name__}: {exc}", file=sys.stderr)
     head = "| mechanism | " + " | ".join(f"n={n} (B={batch_for[n]})" for n in ns) + " |"
-    print(f"\n[forward throughput, rows/s, gather form, d={d}, table={rows} rows, threads={get_num_threads()}]")
+    print(f"\n[forward / params-only backward throughput, rows/s, gather form, d={d}, table={rows} rows, "
+          f"threads={get_num_threads()}]")
     print(head)
     print("|" + "---|" * (len(ns) + 1))
     for name in names:
         print(f"| {name} | " + " | ".join(results[name][n] for n in ns) + " |")
+    return failures
 
 
 def _rows(ctx: Context, k: int) -> Context:
-    return Context(dist=ctx.dist[:k], layer=ctx.layer[:k], hops=ctx.hops[:k], degree=ctx.degree[:k])
+    return Context(dist=ctx.dist[:k], layer=ctx.layer[:k], hops=ctx.hops[:k], degree=ctx.degree[:k],
+                   table_state=ctx.table_state)
+
+
+def _finish(failures: list[str]) -> None:
+    """Exit non-zero naming every failed mechanism (nothing to do when all ran)."""
+    if failures:
+        sys.exit("attention benchmark: mechanism errors:\n  " + "\n  ".join(failures))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -197,15 +221,15 @@ def main(argv: list[str] | None = None) -> None:
         bench_flash_batched(B=32, n=200, d=64, repeats=reps)
         bench_flash_memory(M=1024, d=32)
         if not args.skip_table:
-            bench_table([100], {100: 32}, d=32, rows=2000, repeats=1, budget=1.0)
+            _finish(bench_table([100], {100: 32}, d=32, rows=2000, repeats=1, budget=1.0))
         return
     reps = args.repeats or 5
     bench_gather(B=256, n=1000, d=128, rows=100_000, repeats=reps)
     bench_flash_batched(B=256, n=1000, d=128, repeats=reps)
     bench_flash_memory(M=8192, d=64)
     if not args.skip_table:
-        bench_table([100, 1000, 10_000], {100: 1024, 1000: 256, 10_000: 32}, d=128, rows=100_000,
-                    repeats=3, budget=20.0)
+        _finish(bench_table([100, 1000, 10_000], {100: 1024, 1000: 256, 10_000: 32}, d=128, rows=100_000,
+                            repeats=3, budget=20.0))
 
 
 if __name__ == "__main__":

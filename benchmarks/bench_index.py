@@ -4,7 +4,8 @@ Every figure is a ratio against a reference measured in the same run:
 
 * ``search_qps_ratio``   HNSWIndex.search QPS / raw ``hnswlib.Index.knn_query`` QPS on the very same
                          hnswlib object, same ef, same threads, batch of queries (target >= 0.95).
-* ``export_vs_build``    ``graph()`` full export (CSR of every layer + edge distances) / build time (<= 5 %).
+* ``export_vs_build``    a from-scratch export (``graph_from_state`` + CSR of every layer + edge distances)
+                         / build time (<= 5 %). ``benchmarks/bench_live.py`` times ``graph()`` after adds.
 * ``neigh_vs_search``    ``neighborhoods`` for 10k labels / searching 10k queries (well under 1).
 
 Run ``python benchmarks/bench_index.py`` (100k x 128, M=16, ef_construction=200) or ``--quick``.
@@ -20,6 +21,7 @@ from collections.abc import Callable
 import numpy as np
 
 from ruvector_hnsw import HNSWIndex
+from ruvector_hnsw.index.graph import graph_from_state
 
 
 def _best_of(fn: Callable[[], object], repeats: int) -> float:
@@ -59,9 +61,8 @@ def run(n: int, dim: int, nq: int, M: int, efc: int, ef: int, threads: int, repe
     qps_ours = nq / min(ours_t)
     qps_raw = nq / min(theirs_t)
 
-    def export() -> None:
-        idx._graph_cache = None
-        g = idx.graph()
+    def export() -> None:  # from scratch (graph() would derive from the last snapshot)
+        g = graph_from_state(raw.__getstate__()[0], idx.space)
         for layer in range(g.num_layers):
             g.edge_distances(layer)
 

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -43,6 +45,9 @@ def main() -> int:
     n = ds.base.shape[0]
     n_base = n - 1000 - args.repeats
     idx, s = _fitted(ds, n_base, 1000 if args.quick else 2000, "auto")
+    tmp = tempfile.TemporaryDirectory()
+    saved = Path(tmp.name) / "model"
+    s.save(saved)  # re-synced from scratch at the end: loaded onto the grown index
     q = ds.queries[:10]
     for _ in range(20):
         s.search(q, k=10)  # warm: JIT, caches
@@ -77,15 +82,14 @@ def main() -> int:
     print(f"first search after adding 1,000 items:   {thousand_s * 1e3:8.2f} ms")
     print(f"codes of those 1,000 rows from scratch:  {encode_s * 1e3:8.2f} ms  ratio {thousand_s / encode_s:5.2f} "
           "(target <= 3)")
-    fresh = AttentionSearch(idx, "local_global", candidates=100, expand=1, seed=0)
-    fresh.model = s.model
-    fresh.refresh()
+    fresh = AttentionSearch.load(saved, idx)
     fresh_db = fresh.database_state()
-    same_codes = bool(np.array_equal(fresh_db.codes.z.view, db.codes.z.view))
+    same_codes = bool(np.array_equal(fresh_db.codes.codes, db.codes.codes))
     a, b = s.search(ds.queries, k=10), fresh.search(ds.queries, k=10)
     same_ids = float(np.mean(np.all(a[0] == b[0], axis=1)))
     print(f"codes equal a from-scratch sync: {same_codes}; queries with identical results: {same_ids:.3f} "
           f"(latent index: {db.codes.resolved_kind})")
+    tmp.cleanup()
     return 0
 
 

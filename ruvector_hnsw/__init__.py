@@ -16,19 +16,22 @@ from ruvector_hnsw.errors import RuvectorError
 
 if TYPE_CHECKING:
     from ruvector_hnsw.index import HNSWGraph, HNSWIndex, LatentIndex, Neighborhood
-    from ruvector_hnsw.search import AttentionSearch
+    from ruvector_hnsw.search import AlphaQESearch, AttentionSearch, DBASearch
 
 __version__ = "0.1.0"
 
 _LAZY = {
+    "AlphaQESearch": "ruvector_hnsw.search",
     "AttentionSearch": "ruvector_hnsw.search",
+    "DBASearch": "ruvector_hnsw.search",
     "HNSWGraph": "ruvector_hnsw.index",
     "HNSWIndex": "ruvector_hnsw.index",
     "LatentIndex": "ruvector_hnsw.latent",
     "Neighborhood": "ruvector_hnsw.index",
 }
 
-__all__ = ["AttentionSearch", "HNSWGraph", "HNSWIndex", "LatentIndex", "Neighborhood", "RuvectorError", "__version__"]
+__all__ = ["AlphaQESearch", "AttentionSearch", "DBASearch", "HNSWGraph", "HNSWIndex", "LatentIndex", "Neighborhood",
+           "RuvectorError", "__version__"]
 
 
 def __getattr__(name: str) -> Any:

@@ -647,16 +647,48 @@ def cmd_train(args: argparse.Namespace, con: _Console) -> int:
     return EXIT_OK
 
 
+#: the directory holding the installed ``ruvector_hnsw`` package (its parent is a checkout's root)
+_PACKAGE_DIR = Path(__file__).resolve().parent
+_NEEDS_CHECKOUT = (
+    "bench needs a source checkout of ruvector-hnsw: the benchmark scripts (benchmarks/bench_*.py) are not "
+    "installed with the package; run it from a clone of the repository or an unpacked source distribution "
+    "(the sdist, ruvector_hnsw-VERSION.tar.gz, carries benchmarks/), or pass --dir PATH/TO/benchmarks"
+)
+
+
+def _checkout_benchmarks(root: Path) -> Path | None:
+    """``root/benchmarks`` if ``root`` is a ruvector-hnsw source tree (pyproject.toml + bench scripts)."""
+    bdir = root / "benchmarks"
+    try:
+        pyproject = (root / "pyproject.toml").read_text(encoding="utf-8")
+    except OSError:
+        return None
+    if 'name = "ruvector-hnsw"' not in pyproject or not any(bdir.glob("bench_*.py")):
+        return None
+    return bdir
+
+
 def _find_benchmarks(directory: str | None) -> Path:
+    """The benchmarks directory: ``--dir``, else the source tree this package runs from or the cwd.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``--dir`` names no directory.
+    ConfigError
+        If no ``--dir`` is given and neither the package's parent nor the working directory is a
+        source checkout (an installed wheel ships no benchmark scripts).
+    """
     if directory:
         d = Path(directory)
-    else:
-        d = Path(__file__).resolve().parent.parent / "benchmarks"
         if not d.is_dir():
-            d = Path.cwd() / "benchmarks"
-    if not d.is_dir():
-        raise FileNotFoundError(2, "No such benchmarks directory (use --dir)", str(d))
-    return d
+            raise FileNotFoundError(2, "No such benchmarks directory", str(d))
+        return d
+    for root in (_PACKAGE_DIR.parent, Path.cwd()):
+        found = _checkout_benchmarks(root)
+        if found is not None:
+            return found
+    raise ConfigError(_NEEDS_CHECKOUT)
 
 
 def cmd_bench(args: argparse.Namespace, con: _Console) -> int:
@@ -995,7 +1027,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--quick", action="store_true", help="small sizes (smoke run)")
     p.add_argument("--only", help="comma-separated script names (e.g. index or bench_index)")
-    p.add_argument("--dir", help="benchmarks directory (default: the repository's benchmarks/)")
+    p.add_argument("--dir", help="benchmarks directory (default: benchmarks/ of the source checkout; "
+                                 "an installed wheel has none)")
     p.add_argument("--out-dir", dest="out_dir", help="keep each script's JSON figures here (default: a temp dir)")
 
     p = add(

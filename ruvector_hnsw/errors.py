@@ -13,10 +13,12 @@ __all__ = [
     "DuplicateIdError",
     "EmptyInputError",
     "FileFormatError",
+    "FilterError",
     "IdExistsError",
     "IndexCorruptedError",
     "InvalidDTypeError",
     "InvalidInputError",
+    "LayoutError",
     "MissingContextError",
     "MissingDependencyError",
     "NonFiniteError",
@@ -67,6 +69,10 @@ class IdExistsError(InvalidInputError):
     """An id to be added is already present."""
 
 
+class FilterError(InvalidInputError):
+    """A search filter is ambiguous or malformed (e.g. a boolean mask shorter than the largest id)."""
+
+
 class MissingContextError(InvalidInputError):
     """A mechanism needs a context field (distances, layers, edge features) that was not given."""
 
@@ -88,6 +94,10 @@ class FileFormatError(RuvectorError, OSError, ValueError):
 
 class IndexCorruptedError(FileFormatError):
     """A saved index or model artifact failed validation (truncated, checksum, version)."""
+
+
+class LayoutError(IndexCorruptedError):
+    """hnswlib's in-memory layout is not the one the graph export reads (another hnswlib version?)."""
 
 
 class MissingDependencyError(RuvectorError, ImportError):

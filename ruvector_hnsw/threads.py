@@ -22,9 +22,12 @@ Nested and concurrent use
   (the innermost applies; leaving it brings back the outer one).
 * The FAISS limit is **per thread** as well (OpenMP keeps ``nthreads`` per calling thread): it
   governs FAISS calls made from the thread that entered the block and nests like the kernel limit.
-* BLAS has **one process-wide** setting. While blocks overlap (nested, or in several threads)
-  the smallest ``n`` among the active blocks applies; the setting found before the first of
-  them is restored when the last one exits, whatever the order of exits.
+* BLAS is limited only by blocks entered **from the main thread**, and there it nests the same
+  way. A pthreads BLAS (numpy's OpenBLAS) has one process-wide setting that OpenBLAS does not
+  reliably let other threads change (threadpoolctl, too, is meant for the main thread), so a
+  block entered from another thread leaves BLAS as it is. A BLAS built on OpenMP (the OpenBLAS
+  inside FAISS's wheel) follows the calling thread's OpenMP setting, i.e. the FAISS limit, in
+  every thread.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import numpy as np
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 from ruvector_hnsw.errors import ConfigError
 
@@ -166,34 +169,6 @@ def join_row_chunks(parts: list[tuple[Any, ...]]) -> tuple[Any, ...]:
     return (*arrays, all(p[last] for p in parts))
 
 
-# ------------------------------------------------------------------ BLAS (process-wide)
-_blas_lock = threading.Lock()
-_blas_active: list[int] = []
-_blas_original: Any = None  # threadpoolctl limiter holding the settings found before the first block
-
-
-def _blas_enter(n: int) -> None:
-    global _blas_original
-    with _blas_lock:
-        before = min(_blas_active) if _blas_active else None
-        if before is None:
-            _blas_original = threadpool_limits(limits=n, user_api="blas")
-        elif n < before:
-            threadpool_limits(limits=n, user_api="blas")
-        _blas_active.append(n)
-
-
-def _blas_exit(n: int) -> None:
-    global _blas_original
-    with _blas_lock:
-        _blas_active.remove(n)
-        if not _blas_active:
-            original, _blas_original = _blas_original, None
-            original.restore_original_limits()
-        elif min(_blas_active) > n:
-            threadpool_limits(limits=min(_blas_active), user_api="blas")
-
-
 def _faiss() -> Any:
     import faiss  # imported on first use: ``import ruvector_hnsw.attention`` does not pay for it
 
@@ -217,9 +192,8 @@ def thread_limits(n: int) -> Iterator[int]:
     Notes
     -----
     Everything is restored on exit, also when the block raises. The kernel-pool and FAISS
-    limits are per thread and nest; BLAS is process-wide: overlapping blocks apply the smallest
-    of their ``n`` and the last to exit restores the setting found before the first (see the
-    module docstring). The caller's index and the process-wide kernel default
+    limits are per thread and nest (the innermost block applies); BLAS is limited by blocks
+    entered from the main thread only (see the module docstring). The caller's index and the process-wide kernel default
     (:func:`set_num_threads`) are never changed.
 
     Raises
@@ -239,14 +213,35 @@ def thread_limits(n: int) -> Iterator[int]:
     stack.append(threads)
     try:
         faiss.omp_set_num_threads(threads)
-        _blas_enter(threads)
-        try:
+        if threading.current_thread() is threading.main_thread():
+            libs = _blas_libraries()
+            old_blas = [lib.num_threads for lib in libs]
+            for lib, old in zip(libs, old_blas, strict=True):
+                if old != threads:
+                    lib.set_num_threads(threads)
+            try:
+                yield threads
+            finally:
+                for lib, old in zip(libs, old_blas, strict=True):
+                    if lib.num_threads != old:
+                        lib.set_num_threads(old)
+        else:
             yield threads
-        finally:
-            _blas_exit(threads)
     finally:
         faiss.omp_set_num_threads(old_faiss)
         stack.pop()
+
+
+_BLAS_LIBS: list[Any] | None = None
+
+
+def _blas_libraries() -> list[Any]:
+    """threadpoolctl's controllers of the loaded BLAS libraries, found once (scanning them costs ~2 ms)."""
+    global _BLAS_LIBS
+    if _BLAS_LIBS is None:
+        _faiss()  # FAISS may bring its own BLAS: load it before looking
+        _BLAS_LIBS = list(ThreadpoolController().select(user_api="blas").lib_controllers)
+    return _BLAS_LIBS
 
 
 # ------------------------------------------------------------------ readers-writer lock

@@ -176,6 +176,38 @@ def test_bench_runs_scripts(tmp_path, capsys):
     assert main(["bench", "--dir", str(bdir), "--only", "nothere"]) == 2
 
 
+def test_bench_finds_the_source_checkout(monkeypatch, tmp_path):
+    from ruvector_hnsw import cli
+
+    repo = cli._PACKAGE_DIR.parent
+    assert cli._find_benchmarks(None) == repo / "benchmarks"  # the tests run from a checkout
+    monkeypatch.chdir(tmp_path)
+    assert cli._find_benchmarks(None) == repo / "benchmarks"  # found from the package, not the cwd
+
+
+def test_bench_from_an_installed_wheel_needs_a_checkout(monkeypatch, tmp_path, capsys):
+    from ruvector_hnsw import cli
+
+    site = tmp_path / "site-packages"  # how a wheel install looks: no pyproject, no benchmarks/ next to it
+    (site / "ruvector_hnsw").mkdir(parents=True)
+    (site / "benchmarks").mkdir()  # another distribution's top-level "benchmarks" must not be picked up
+    (site / "benchmarks" / "bench_other.py").write_text("raise SystemExit(7)\n")
+    monkeypatch.setattr(cli, "_PACKAGE_DIR", site / "ruvector_hnsw")
+    monkeypatch.chdir(tmp_path)
+    assert main(["bench", "--quick"]) == 2
+    _one_error_line(capsys.readouterr().err, "source checkout", "benchmarks/bench_", "--dir", "sdist")
+    # run from inside a checkout (or an unpacked sdist), the cwd's benchmarks are used
+    checkout = tmp_path / "src"
+    (checkout / "benchmarks").mkdir(parents=True)
+    (checkout / "pyproject.toml").write_text('[project]\nname = "ruvector-hnsw"\n')
+    (checkout / "benchmarks" / "bench_fake.py").write_text("print('fake ran')\n")
+    monkeypatch.chdir(checkout)
+    assert main(["bench"]) == 0
+    assert "fake ran" in capsys.readouterr().out
+    assert main(["bench", "--dir", str(tmp_path / "nowhere")]) == 2
+    _one_error_line(capsys.readouterr().err, "nowhere")
+
+
 def test_user_errors_one_line(vecs, tmp_path, capsys):
     d, _, _ = vecs
     idx = d / "i.rvh"

@@ -6,14 +6,16 @@ for shapes, the gather-by-ids form, the fully-masked-row convention and the floa
 
     from ruvector_hnsw.attention import MECHANISMS, Context
     att = MECHANISMS["scaled_dot"](128, temperature=1.0)
-    out = att.forward(query, keys, values, mask=mask, context=Context(dist=dist, layer=layer))
+    ctx = Context(dist=dist, layer=layer, table_state=att.prepare_table(table))  # state: dual_space only
+    out, cache = att.forward(query, table, table, context=ctx, ids=ids)     # pure: nothing kept on att
+    grads = att.backward(cache, grad_out, input_grads=False)                  # params + "query" only
 """
 
 from __future__ import annotations
 
 import importlib
 
-from ruvector_hnsw.attention.base import AttentionBatch, AttentionMechanism, Context
+from ruvector_hnsw.attention.base import AttentionBatch, AttentionCache, AttentionMechanism, Context
 
 # (registry name, module in this package, class name) - one line per mechanism
 _SPECS: tuple[tuple[str, str, str], ...] = (
@@ -37,4 +39,4 @@ def _load(module: str, cls: str) -> type[AttentionMechanism]:
 
 MECHANISMS: dict[str, type[AttentionMechanism]] = {name: _load(mod, cls) for name, mod, cls in _SPECS}
 
-__all__ = ["MECHANISMS", "AttentionBatch", "AttentionMechanism", "Context"]
+__all__ = ["MECHANISMS", "AttentionBatch", "AttentionCache", "AttentionMechanism", "Context"]

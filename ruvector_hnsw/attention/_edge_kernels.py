@@ -155,6 +155,7 @@ def edge_backward_kernel(
     slope: float,
     wts: np.ndarray,
     dagg: np.ndarray,
+    need_input_grads: bool,
 ) -> tuple[
     np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray
 ]:  # pragma: no cover - jit
@@ -164,8 +165,11 @@ def edge_backward_kernel(
 
     Recomputes the scores row by row (keys gathered by ids). Returns ``dq (B, d)``, per-slot
     ``dK (B, n, d)`` and ``dV (B, n, dv)`` (zero at masked slots; the caller scatters them into
-    table gradients) and the param gradients ``dW_q, dW_k (d, h), dW_e (f, h), db, da (h,)``
-    of these rows (float64).
+    table gradients) and the param gradients ``dW_q, dW_k (d, h), dW_e (f, h), db, da (h,)`` of
+    these rows (float64). With ``need_input_grads`` False both arrays are zero-size, the key
+    cotangents (``W_k dz``, ``d h`` per item) are skipped and the value row ``w_j dagg`` (``dv``
+    multiplies) goes to one row of scratch, so the loop computing ``dw`` - and its rounding - is
+    the same as with input gradients.
     """
     B, d = q.shape
     n = ids.shape[1]
@@ -173,8 +177,9 @@ def edge_backward_kernel(
     f = w_e.shape[0]
     dv = vtab.shape[1]
     dq = np.zeros((B, d))
-    dK = np.zeros((B, n, d))
-    dV = np.zeros((B, n, dv))
+    dK = np.zeros((B if need_input_grads else 0, n, d))
+    dV = np.zeros((B if need_input_grads else 0, n, dv))
+    dv_row = np.empty(dv)
     dWq = np.zeros((d, h))
     dWk = np.zeros((d, h))
     dWe = np.zeros((f, h))
@@ -214,9 +219,10 @@ def edge_backward_kernel(
                 continue
             acc = 0.0
             wj = float(wts[b, j])
+            dv_out = dV[b, j] if need_input_grads else dv_row  # same loop either way: same rounding of dw
             for i in range(dv):
                 acc += float(vtab[r, i]) * dagg[b, i]
-                dV[b, j, i] = wj * dagg[b, i]
+                dv_out[i] = wj * dagg[b, i]
             dw[j] = acc
             sw += wj * acc
         for c in range(h):
@@ -242,13 +248,19 @@ def edge_backward_kernel(
                 fe = float(feats[b, j, e])
                 for c in range(h):
                     dWe[e, c] += fe * dz[c]
-            for i in range(d):
-                ki = kb[row, i]
-                acc = 0.0
-                for c in range(h):
-                    dWk[i, c] += ki * dz[c]
-                    acc += w_k[i, c] * dz[c]
-                dK[b, j, i] = acc
+            if need_input_grads:
+                for i in range(d):
+                    ki = kb[row, i]
+                    acc = 0.0
+                    for c in range(h):
+                        dWk[i, c] += ki * dz[c]
+                        acc += w_k[i, c] * dz[c]
+                    dK[b, j, i] = acc
+            else:
+                for i in range(d):
+                    ki = kb[row, i]
+                    for c in range(h):
+                        dWk[i, c] += ki * dz[c]
         for i in range(d):
             qi = float(q[b, i])
             acc = 0.0

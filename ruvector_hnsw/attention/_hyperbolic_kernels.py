@@ -339,11 +339,15 @@ def hyperbolic_backward_kernel(
     scale: float,
     expmap_inputs: bool,
     tangent_output: bool,
+    need_input_grads: bool,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, float]:  # pragma: no cover - jit
     """Backward of :func:`hyperbolic_forward_kernel` given its weights.
 
-    Returns ``dq (B, d)``, per-slot ``dK (B, n, d)``, ``dV (B, n, dv)`` (zero at masked slots)
-    and the scalar gradients of ``log_temperature`` and ``log_scale`` for these rows.
+    Returns ``dq (B, d)``, per-slot ``dK (B, n, d)``, ``dV (B, n, dv)`` (zero at masked slots;
+    zero-size when ``need_input_grads`` is False) and the scalar gradients of ``log_temperature``
+    and ``log_scale`` for these rows. The per-slot key/value cotangents are needed either way
+    (``log_scale`` scales the keys and values); without input gradients they go to one row of
+    scratch instead of the ``(B, n, .)`` arrays (same loops, so the same rounding of the sums).
     """
     B, d = q.shape
     n = ids.shape[1]
@@ -351,8 +355,10 @@ def hyperbolic_backward_kernel(
     a = math.sqrt(kappa)
     rmax = (1.0 - eps) / a
     dq = np.zeros((B, d))
-    dK = np.zeros((B, n, d))
-    dV = np.zeros((B, n, dv))
+    dK = np.zeros((B if need_input_grads else 0, n, d))
+    dV = np.zeros((B if need_input_grads else 0, n, dv))
+    dk_row = np.empty(d)  # scratch for the per-slot cotangents when they are not returned
+    dv_row = np.empty(dv)
     dlog_tau = 0.0
     dlog_scale = 0.0
     qt = np.empty(d)
@@ -461,8 +467,9 @@ def hyperbolic_backward_kernel(
             for i in range(dv):
                 vt[i] = scale * vtab[r, i]
             _to_ball_vjp(vt, tv, gv, a, kappa, rmax, expmap_inputs)
+            dv_out = dV[b, j] if need_input_grads else dv_row
             for i in range(dv):
-                dV[b, j, i] = scale * gv[i]
+                dv_out[i] = scale * gv[i]
                 dlog_scale += vt[i] * gv[i]
         # scores -> distances -> ball points
         for i in range(d):
@@ -491,8 +498,9 @@ def hyperbolic_backward_kernel(
             for i in range(d):
                 kt[i] = scale * ktab[r, i]
             _to_ball_vjp(kt, tmp, qt, a, kappa, rmax, expmap_inputs)  # qt reused as output buffer
+            dk_out = dK[b, j] if need_input_grads else dk_row
             for i in range(d):
-                dK[b, j, i] = scale * qt[i]
+                dk_out[i] = scale * qt[i]
                 dlog_scale += kt[i] * qt[i]
         for i in range(d):
             qt[i] = scale * q[b, i]

@@ -1,19 +1,49 @@
-"""The attention protocol: :class:`Context`, :class:`AttentionMechanism` and shared input validation.
+"""The attention protocol (v2): :class:`Context`, :class:`AttentionMechanism`, :class:`AttentionCache`
+and shared input validation.
 
 Every mechanism in :data:`ruvector_hnsw.attention.MECHANISMS` follows one calling convention::
 
     att = MECHANISMS[name](dim, **config)     # dtype=np.float32 (default) or np.float64, seed=...
-    out = att.forward(query, keys, values, mask=None, context=None, ids=None)
-    w = att.weights(query, keys, mask=None, context=None, ids=None)
+    state = att.prepare_table(table)          # per-table state; None except for dual_space
+    ctx = Context(dist=..., layer=..., table_state=state)
+    out, cache = att.forward(query, keys, values, mask=None, context=ctx, ids=None)
+    grads = att.backward(cache, grad_out, input_grads=True)
+    w = att.weights(query, keys, mask=None, context=ctx, ids=None)
     att.params                                # dict name -> ndarray, updated in place by optimizers
-    grads = att.backward(grad_out)            # after forward: params + "query", "keys", "values"
+
+Pure calls, explicit cache
+--------------------------
+``forward``, ``backward`` and ``weights`` write nothing on the mechanism (``vars(att)`` is the
+same before and after), so any number of threads may call them on one mechanism object at once.
+``forward`` returns the output and an immutable :class:`AttentionCache` holding exactly what
+``backward`` needs (softmax weights, the log-sum-exp for flash, the gathered positions, ...) plus
+what a caller may inspect: ``cache.output_shape``, ``cache.weights`` (the forward's attention
+weights ``(B, n)`` or ``(B, h, n)``, squeezed for unbatched calls; None where a mechanism has no
+such notion), ``cache.aux_losses`` (moe: ``{"load_balance": value}``; ``{}`` otherwise) and
+``cache.inspect`` (mechanism-specific arrays: local_global ``local_weights``/``global_weights``/
+``gate``/..., moe ``gates``/``router_probs``, dual_space ``latent_ids``/``gate``). Its arrays are
+read-only views. A cache can be used for any number of backward calls, in any order, from any
+thread; it must come from the same mechanism object (checked), and the params must not be
+updated between a forward and the backward of its cache (backward reads them again).
+
+``backward(cache, grad_out)`` returns the gradients of ``sum(grad_out * out)`` (moe adds its
+weighted load-balance loss): one entry per param (same shape), ``"query"`` and - only when
+``input_grads`` is True - ``"keys"``/``"values"`` shaped like the forward's inputs (the tables
+in the gather form). ``input_grads=False`` computes and allocates no key/value/table gradient at
+all (training a searcher needs only the param gradients: the table is data).
+
+``prepare_table(table)`` builds whatever a mechanism needs per database table, only when the
+caller asks (after training steps or table changes), never as a side effect of a forward; the
+caller hands it back through ``Context(table_state=...)``. Only dual_space needs one (its latent
+neighbour index; its first call also PCA-initialises the projection, see
+:mod:`ruvector_hnsw.attention.dual_space`); the others return None.
 
 Shapes
 ------
 Batched: ``query (B, d)``, ``keys (B, n, d)``, ``values (B, n, dv)``, ``mask (B, n)`` bool
 (``True`` = attend), output ``(B, d_out)``, weights ``(B, n)`` (multi-head: ``(B, h, n)``).
-Unbatched: ``query (d,)``, ``keys (n, d)``, ``values (n, dv)``, ``mask (n,)``; the output and
-the gradients then drop the batch axis too.
+Unbatched: ``query (d,)``, ``keys (n, d)``, ``values (n, dv)``, ``mask (n,)``; the output,
+the cache's weights/inspect arrays and the gradients then drop the batch axis too.
 
 Gather form (the hot path of re-ranking)
 ----------------------------------------
@@ -42,37 +72,42 @@ finite-difference test path, then everything - params, kernels, outputs - is flo
 Integer and bool inputs are converted; complex, object and string arrays raise
 :class:`~ruvector_hnsw.errors.InvalidDTypeError`; NaN/inf raise
 :class:`~ruvector_hnsw.errors.NonFiniteError`. Mechanisms with ``checks_table_rows = True``
-(scaled_dot, multi_head, flash, linear, rope, local_global) check keys/values inside their
-kernels, only for the items they attend: NaN/inf in a masked slot or an unreferenced table row
-is never read and not reported (this saves a full scan of a 100k-row table per call). Float32
-kernels compute each row in float32 and redo a row in float64 when a score or read-out
-overflows, so finite float32 inputs of any magnitude give finite outputs. A rejected call leaves
-the mechanism unchanged (the backward cache of the previous forward survives).
+(all ten) check keys/values inside their kernels, only for the items they attend: NaN/inf in a
+masked slot or an unreferenced table row is never read and not reported (this saves a full scan
+of a 100k-row table per call). Float32 kernels compute each row in float32 and redo a row in
+float64 when a score or read-out overflows, so finite float32 inputs of any magnitude give
+finite outputs. A rejected call raises a typed error (nothing is returned; the mechanism is
+unchanged, as always).
 
 Threads and JIT
 ---------------
 The numba kernels are serial, cached and release the GIL; large calls are split into row chunks
 on a small thread pool (``ruvector_hnsw.threads``: ``thread_limits(n)`` for one call). Call
-:meth:`AttentionMechanism.warmup` to pay compilation before timing.
+:meth:`AttentionMechanism.warmup` to pay compilation before timing (it leaves nothing behind).
 
 Writing a mechanism
 -------------------
-Subclass :class:`AttentionMechanism`, set ``name``, and implement ``_forward(batch)`` returning
-``(out (B, d_out), cache)``, ``_weights(batch)`` and, when trainable or differentiable,
-``_backward(grad_out, cache)`` returning a dict with an entry per param and ``"query"``,
-``"keys"``, ``"values"`` in the *batched dense* layout (``(B, d)``, ``(B, n, d)``,
-``(B, n, dv)``); the base class scatters them into table gradients in the gather form and drops
-the batch axis for unbatched calls. A mechanism that sets ``fused_gather = True`` receives the
-tables and ``batch.ids`` directly and must return table gradients itself. Override
+Subclass :class:`AttentionMechanism`, set ``name``, and implement ``_forward(batch)`` returning a
+:class:`ForwardResult` (the batched output, the private ``data`` its backward needs, and the
+weights / aux losses / inspect arrays), ``_weights(batch)`` and, when trainable or
+differentiable, ``_backward(grad_out, data, input_grads)`` returning a dict with an entry per
+param and ``"query"``, plus ``"keys"``, ``"values"`` only when ``input_grads`` is True, in the
+*batched dense* layout (``(B, d)``, ``(B, n, d)``, ``(B, n, dv)``); the base class scatters them
+into table gradients in the gather form and drops the batch axis for unbatched calls. A
+mechanism that sets ``fused_gather = True`` receives the tables and ``batch.ids`` directly and
+must return table gradients itself. None of the hooks may write on ``self``. Override
 ``required_context()`` to name the :class:`Context` fields it needs, ``output_dim(dv)`` when the
-output width is not ``dv``, and ``get_config()`` to list its constructor arguments.
+output width is not ``dv``, ``get_config()`` to list its constructor arguments and
+``prepare_table(table)`` when it needs per-table state.
 """
 
 from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
+from types import MappingProxyType
 from typing import Any, ClassVar
 
 import numpy as np
@@ -86,14 +121,15 @@ from ruvector_hnsw.errors import (
     InvalidInputError,
     MissingContextError,
     NonFiniteError,
-    NotFittedError,
     ShapeMismatchError,
 )
 
 __all__ = [
     "AttentionBatch",
+    "AttentionCache",
     "AttentionMechanism",
     "Context",
+    "ForwardResult",
     "as_float_array",
     "check_ids",
     "check_mask",
@@ -248,6 +284,9 @@ class Context:
         Labels of the items (``-1`` = padding); informational, not the gather ids.
     extra : dict
         Mechanism-specific extras (documented by the mechanism that reads them).
+    table_state : object, optional
+        What :meth:`AttentionMechanism.prepare_table` returned for the database table (only
+        dual_space needs one); passed through unchanged, checked by the mechanism that reads it.
 
     Unbatched calls may pass ``(n,)`` / ``(n, f)`` fields; they are lifted to a batch of one.
     """
@@ -259,6 +298,7 @@ class Context:
     degree: np.ndarray | None = None
     node_ids: np.ndarray | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    table_state: Any = None
 
     # per-item (B, n) fields and how to convert them: "float" -> mechanism dtype, "int" -> int64
     _ITEM_FIELDS: ClassVar[dict[str, str]] = {
@@ -308,8 +348,11 @@ class Context:
         return replace(self, **updates)
 
     def present(self) -> list[str]:
-        """Names of the fields that are set (``extra`` excluded)."""
-        return [f.name for f in fields(self) if f.name != "extra" and getattr(self, f.name) is not None]
+        """Names of the per-item fields that are set (``extra`` and ``table_state`` excluded)."""
+        return [
+            f.name for f in fields(self)
+            if f.name not in ("extra", "table_state") and getattr(self, f.name) is not None
+        ]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -373,14 +416,89 @@ class AttentionBatch:
         return getattr(self.context, name)
 
 
-@dataclass
-class _LastCall:
-    cache: Any
-    out_shape: tuple[int, ...]
+def _readonly(arr: np.ndarray, unbatched: bool) -> np.ndarray:
+    """A read-only view of ``arr`` (its first row for unbatched calls); ``arr`` itself is untouched."""
+    view = np.asarray(arr)
+    view = view[0, ...] if unbatched else view[...]  # a 0-d view, not a scalar, for (B,) arrays
+    view.flags.writeable = False
+    return view
+
+
+@dataclass(frozen=True)
+class ForwardResult:
+    """What a mechanism's ``_forward`` hook returns (batched layout, batch axis first).
+
+    Attributes
+    ----------
+    out : ndarray (B, d_out)
+        The output.
+    data : object
+        Whatever the mechanism's ``_backward`` needs (private to the mechanism).
+    weights : ndarray, callable or None
+        The forward's attention weights ``(B, n)`` / ``(B, h, n)``, or a callable computing them
+        on demand (for mechanisms that do not keep them, e.g. flash), or None.
+    aux_losses : mapping str -> float
+        Auxiliary losses of this forward (moe's load balance).
+    inspect : mapping str -> ndarray
+        Mechanism-specific arrays with the batch axis first.
+    """
+
+    out: np.ndarray
+    data: Any
+    weights: np.ndarray | Callable[[], np.ndarray] | None = None
+    aux_losses: Mapping[str, float] = field(default_factory=dict)
+    inspect: Mapping[str, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, eq=False)
+class AttentionCache:
+    """What :meth:`AttentionMechanism.forward` hands to :meth:`AttentionMechanism.backward`.
+
+    Immutable: a frozen dataclass whose mappings are read-only and whose public arrays are
+    read-only views. Build it only through ``forward``.
+
+    Attributes
+    ----------
+    mechanism : str
+        Registry name of the mechanism whose forward made it.
+    output_shape : tuple of int
+        Shape of the forward's output (``grad_out`` must have it).
+    unbatched : bool
+        True when the forward was called without a batch axis.
+    aux_losses : mapping str -> float
+        Auxiliary losses of the forward (moe: ``{"load_balance": value}``; ``{}`` otherwise).
+    inspect : mapping str -> ndarray
+        Mechanism-specific arrays of the forward (local_global: ``local_weights``,
+        ``global_weights``, ``gate``, ``local_count``, ``global_count``; moe: ``gates``,
+        ``router_probs``; dual_space: ``latent_ids``, ``gate``; ``{}`` otherwise).
+    weights : ndarray or None
+        See :attr:`weights`.
+    """
+
+    mechanism: str
+    output_shape: tuple[int, ...]
     unbatched: bool
-    scatter_ids: np.ndarray | None  # set when the base class gathered (non-fused gather form)
-    key_rows: int
-    value_rows: int
+    aux_losses: Mapping[str, float]
+    inspect: Mapping[str, np.ndarray]
+    #: the weights array, a callable computing it (batched), or None
+    _weights: Any = field(repr=False)
+    #: the mechanism's private backward state
+    _data: Any = field(repr=False)
+    #: ``(ids, key_rows, value_rows)`` when the base class gathered table rows (non-fused mechanisms)
+    _scatter: tuple[np.ndarray, int, int] | None = field(repr=False)
+    #: ``id()`` of the mechanism object whose forward made the cache
+    _owner: int = field(repr=False)
+
+    @property
+    def weights(self) -> np.ndarray | None:
+        """The forward's attention weights, ``(B, n)`` (per-head mechanisms ``(B, h, n)``), read-only.
+
+        Squeezed for unbatched calls; None for a mechanism without such a notion. Mechanisms that
+        do not keep the weights for their backward (flash keeps the log-sum-exp; linear keeps
+        nothing) recompute them from the cached inputs at each access.
+        """
+        w = self._weights() if callable(self._weights) else self._weights
+        return None if w is None else _readonly(w, self.unbatched)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -417,9 +535,6 @@ class AttentionMechanism(ABC):
             raise ConfigError(f"seed must be an int or None, got {seed!r}")
         self.seed = None if seed is None else int(seed)
         self._params: dict[str, np.ndarray] = {}
-        self._last: _LastCall | None = None
-        #: read by ``_backward``: False when the caller asked for no keys/values gradients
-        self._input_grads = True
 
     # -- overridable description ---------------------------------------------------------------
     def required_context(self) -> tuple[str, ...]:
@@ -437,10 +552,14 @@ class AttentionMechanism(ABC):
         """Constructor arguments that rebuild this mechanism (params excluded)."""
         return {"dim": self.dim, "dtype": self.dtype.name, "seed": self.seed}
 
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_last"] = None  # the backward cache is not part of a saved mechanism
-        return state
+    def prepare_table(self, table: Any) -> Any:
+        """Build the per-table state this mechanism needs, to pass as ``Context(table_state=...)``.
+
+        Call it when the database table is set or changed, and after training steps that change
+        what the state depends on; forward never builds or refreshes it. The default returns
+        None (no state needed); dual_space returns its latent-neighbour structure.
+        """
+        return None
 
     def __repr__(self) -> str:
         cfg = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
@@ -480,28 +599,34 @@ class AttentionMechanism(ABC):
         mask: Any = None,
         context: Context | None = None,
         ids: Any = None,
-    ) -> np.ndarray:
-        """Attend ``query`` over ``keys``/``values``; cache what :meth:`backward` needs.
+    ) -> tuple[np.ndarray, AttentionCache]:
+        """Attend ``query`` over ``keys``/``values`` (pure: nothing is written on the mechanism).
 
         Returns
         -------
-        ndarray
+        out : ndarray
             ``(B, d_out)`` (``(d_out,)`` for unbatched input) in the mechanism's dtype.
+        cache : AttentionCache
+            What :meth:`backward` needs, plus the weights, aux losses and inspect arrays.
         """
         if values is None:
             raise InvalidInputError(
                 f"{self.name}: values are required in forward (pass the keys again to read out the keys)")
         batch, scatter_ids, key_rows, value_rows = self._prepare(query, keys, values, mask, context, ids)
-        out, cache = self._forward(batch)
-        self._last = _LastCall(
-            cache=cache,
-            out_shape=out.shape,
+        res = self._forward(batch)
+        out = res.out[0] if batch.unbatched else res.out
+        cache = AttentionCache(
+            mechanism=self.name,
+            output_shape=tuple(out.shape),
             unbatched=batch.unbatched,
-            scatter_ids=scatter_ids,
-            key_rows=key_rows,
-            value_rows=value_rows,
+            aux_losses=MappingProxyType({k: float(v) for k, v in res.aux_losses.items()}),
+            inspect=MappingProxyType({k: _readonly(v, batch.unbatched) for k, v in res.inspect.items()}),
+            _weights=res.weights,
+            _data=res.data,
+            _scatter=None if scatter_ids is None else (scatter_ids, key_rows, value_rows),
+            _owner=id(self),
         )
-        return out[0] if batch.unbatched else out
+        return out, cache
 
     def weights(
         self,
@@ -513,58 +638,68 @@ class AttentionMechanism(ABC):
     ) -> np.ndarray:
         """Attention weights ``(B, n)`` (per-head mechanisms: ``(B, h, n)``); rows sum to 1 over the mask.
 
-        Fully masked rows are all zero. Does not touch the backward cache.
+        Fully masked rows are all zero. Pure, like :meth:`forward`.
         """
         batch, _, _, _ = self._prepare(query, keys, None, mask, context, ids)
         w = self._weights(batch)
         return w[0] if batch.unbatched else w
 
-    def backward(self, grad_out: Any, *, input_grads: bool = True) -> dict[str, np.ndarray]:
-        """Gradients of ``sum(grad_out * out)`` for the last :meth:`forward` call.
+    def backward(
+        self, cache: AttentionCache, grad_out: Any, *, input_grads: bool = True
+    ) -> dict[str, np.ndarray]:
+        """Gradients of ``sum(grad_out * out)`` for the forward call that returned ``cache``.
+
+        Pure: the same cache may be used again (e.g. with another ``grad_out``), from any thread.
 
         Parameters
         ----------
-        grad_out : array shaped like the last output
+        cache : AttentionCache
+            Returned by :meth:`forward` of this mechanism object.
+        grad_out : array shaped like that forward's output
         input_grads : bool, default True
-            False skips the ``"keys"``/``"values"`` gradients (e.g. when only the params are
-            trained; in the gather form this avoids building two table-sized arrays).
+            False computes no ``"keys"``/``"values"`` gradient at all (nothing table-sized is
+            allocated in the gather form), e.g. when only the params are trained.
 
         Returns
         -------
         dict
-            One entry per param (same shape as the param) plus ``"query"``, ``"keys"`` and
-            ``"values"`` shaped like the inputs of the last forward (tables in the gather form);
-            without ``"keys"``/``"values"`` when ``input_grads`` is False.
+            One entry per param (same shape as the param) plus ``"query"``, and ``"keys"`` and
+            ``"values"`` shaped like the forward's inputs (tables in the gather form) when
+            ``input_grads`` is True.
+
+        Raises
+        ------
+        InvalidInputError
+            ``cache`` is not an :class:`AttentionCache` of this mechanism object.
+        ShapeMismatchError
+            ``grad_out`` does not have the forward's output shape.
         """
-        if self._last is None:
-            raise NotFittedError(f"{self.name}.backward called before forward")
-        last = self._last
-        want = last.out_shape[1:] if last.unbatched else last.out_shape
+        if not isinstance(cache, AttentionCache):
+            raise InvalidInputError(
+                f"{self.name}.backward needs the cache returned by forward, got {type(cache).__name__}")
+        if cache.mechanism != self.name or cache._owner != id(self):
+            raise InvalidInputError(
+                f"{self.name}.backward got a cache made by another mechanism object ({cache.mechanism})")
+        want = cache.output_shape
         g = as_float_array(grad_out, "grad_out", self.dtype, (len(want),))
         if g.shape != want:
             raise ShapeMismatchError(f"grad_out must have the forward output shape {want}, got {g.shape}")
-        if last.unbatched:
+        if cache.unbatched:
             g = g[None]
-        self._input_grads = bool(input_grads)
-        try:
-            grads = self._backward(np.ascontiguousarray(g), last.cache)
-        finally:
-            self._input_grads = True
-        if not input_grads:
+        want_inputs = bool(input_grads)
+        grads = self._backward(np.ascontiguousarray(g), cache._data, want_inputs)
+        if not want_inputs:
             grads.pop("keys", None)
             grads.pop("values", None)
-        elif last.scatter_ids is not None:
+        elif cache._scatter is not None:
             from ruvector_hnsw.attention._gather_kernels import scatter_add_rows
 
-            grads["keys"] = scatter_add_rows(
-                np.ascontiguousarray(grads["keys"]), last.scatter_ids, last.key_rows
-            )
-            grads["values"] = scatter_add_rows(
-                np.ascontiguousarray(grads["values"]), last.scatter_ids, last.value_rows
-            )
-        if last.unbatched:
+            scatter_ids, key_rows, value_rows = cache._scatter
+            grads["keys"] = scatter_add_rows(np.ascontiguousarray(grads["keys"]), scatter_ids, key_rows)
+            grads["values"] = scatter_add_rows(np.ascontiguousarray(grads["values"]), scatter_ids, value_rows)
+        if cache.unbatched:
             grads["query"] = grads["query"][0]
-            if input_grads and last.scatter_ids is None and grads["keys"].ndim == 3:
+            if want_inputs and cache._scatter is None and grads["keys"].ndim == 3:
                 grads["keys"] = grads["keys"][0]
                 grads["values"] = grads["values"][0]
         return grads
@@ -573,7 +708,8 @@ class AttentionMechanism(ABC):
         """Pay JIT compilation now: a tiny forward and backward in the dense and gather forms.
 
         ``context`` (batch 2, 3 items) replaces the default one (``dist``, ``layer``, ``hops``,
-        ``degree``). The backward cache and params are left as they were.
+        ``degree``); its ``table_state`` is replaced by one built over the tiny table. Nothing is
+        left behind (forward and backward are pure; params are untouched).
         """
         dv = self.dim if value_dim is None else value_dim
         rng = np.random.default_rng(0)
@@ -584,21 +720,23 @@ class AttentionMechanism(ABC):
             dist=np.ones((2, 3)), layer=np.array([[0, 1, 0], [1, 0, 0]], dtype=np.int8),
             hops=np.ones((2, 3), dtype=np.int64), degree=np.ones((2, 3)),
         )
+        Kt, Vt = K.reshape(6, -1)[:5], V.reshape(6, -1)[:5]
+        ctx = replace(ctx, table_state=self._warmup_table_state(Kt))
         ids = np.array([[0, 1, -1], [2, 3, 4]])
-        saved = self._last
-        try:
-            for args in ((K, V, None), (K.reshape(6, -1)[:5], V.reshape(6, -1)[:5], ids)):
-                out = self.forward(q, args[0], args[1], context=ctx, ids=args[2])
-                if self._params or type(self)._backward is not AttentionMechanism._backward:
-                    self.backward(np.ones_like(out))
-        finally:
-            self._last = saved
+        for args in ((K, V, None), (Kt, Vt, ids)):
+            out, cache = self.forward(q, args[0], args[1], context=ctx, ids=args[2])
+            if self._params or type(self)._backward is not AttentionMechanism._backward:
+                self.backward(cache, np.ones_like(out))
+
+    def _warmup_table_state(self, table: np.ndarray) -> Any:
+        """The table state :meth:`warmup` uses for its tiny table (must write nothing on ``self``)."""
+        return self.prepare_table(table)
 
     def _input_grad_entries(
-        self, batch: AttentionBatch, d_keys: np.ndarray, d_values: np.ndarray
+        self, batch: AttentionBatch, d_keys: np.ndarray, d_values: np.ndarray, input_grads: bool
     ) -> dict[str, np.ndarray]:
         """``{"keys", "values"}`` from table-form gradients, or ``{}`` when not requested."""
-        if not self._input_grads:
+        if not input_grads:
             return {}
         return {"keys": batch.table_grad_to_input(d_keys), "values": batch.table_grad_to_input(d_values)}
 
@@ -622,15 +760,15 @@ class AttentionMechanism(ABC):
 
     # -- hooks ----------------------------------------------------------------------------------
     @abstractmethod
-    def _forward(self, batch: AttentionBatch) -> tuple[np.ndarray, Any]:
-        """Return ``(out (B, d_out), cache)``."""
+    def _forward(self, batch: AttentionBatch) -> ForwardResult:
+        """Return the :class:`ForwardResult` (batched) of ``batch``; writes nothing on ``self``."""
 
     @abstractmethod
     def _weights(self, batch: AttentionBatch) -> np.ndarray:
         """Return the weights ``(B, n)`` or ``(B, h, n)``."""
 
-    def _backward(self, grad_out: np.ndarray, cache: Any) -> dict[str, np.ndarray]:
-        """Return the gradients (see the module docstring)."""
+    def _backward(self, grad_out: np.ndarray, data: Any, input_grads: bool) -> dict[str, np.ndarray]:
+        """Return the gradients (see the module docstring) from the forward's ``data``."""
         raise NotImplementedError(f"{self.name} has no backward pass")
 
     # -- validation -----------------------------------------------------------------------------

@@ -31,6 +31,7 @@ from ruvector_hnsw.attention._partb_common import fused_tables
 from ruvector_hnsw.attention.base import (
     AttentionBatch,
     AttentionMechanism,
+    ForwardResult,
     check_positive_float,
     check_positive_int,
 )
@@ -192,14 +193,14 @@ class EdgeFeaturedAttention(AttentionMechanism):
         w, _ = self._run(batch, feats)
         return w
 
-    def _forward(self, batch: AttentionBatch) -> tuple[np.ndarray, Any]:
+    def _forward(self, batch: AttentionBatch) -> ForwardResult:
         feats = self.edge_features(batch)
         w, agg = self._run(batch, feats)
         out = agg @ self._params["W_v"] if self.project_values else agg
-        return np.ascontiguousarray(out, dtype=self.dtype), (batch, feats, w, agg)
+        return ForwardResult(np.ascontiguousarray(out, dtype=self.dtype), (batch, feats, w, agg), weights=w)
 
-    def _backward(self, grad_out: np.ndarray, cache: Any) -> dict[str, np.ndarray]:
-        batch, feats, w, agg = cache
+    def _backward(self, grad_out: np.ndarray, data: Any, input_grads: bool) -> dict[str, np.ndarray]:
+        batch, feats, w, agg = data
         p = self._params
         f8 = np.float64
         grads: dict[str, np.ndarray] = {}
@@ -218,21 +219,21 @@ class EdgeFeaturedAttention(AttentionMechanism):
         parts = run_row_chunks(
             lambda lo, hi: edge_backward_kernel(
                 q[lo:hi], kt, vt, ids[lo:hi], feats[lo:hi], wq, wkt, wk, we, bias, att, slope, w[lo:hi],
-                dagg[lo:hi],
+                dagg[lo:hi], input_grads,
             ),
             B,
             2.0 * B * n * (self.dim * self.hidden + vt.shape[1]),
         )
-        dq = np.concatenate([r[0] for r in parts])
-        dK = np.concatenate([r[1] for r in parts])
-        dV = np.concatenate([r[2] for r in parts])
         for k, idx in (("W_q", 3), ("W_k", 4), ("W_e", 5), ("b", 6), ("a", 7)):
             grads[k] = sum(r[idx] for r in parts[1:]) + parts[0][idx]
-        grads["query"] = dq
-        if batch.ids is not None:
-            grads["keys"] = scatter_add_rows(dK, ids, batch.keys.shape[0])
-            grads["values"] = scatter_add_rows(dV, ids, batch.values.shape[0])
-        else:
+        grads["query"] = np.concatenate([r[0] for r in parts])
+        if input_grads:
+            dK = np.concatenate([r[1] for r in parts])
+            dV = np.concatenate([r[2] for r in parts])
+            if batch.ids is not None:
+                assert batch.values is not None
+                dK = scatter_add_rows(dK, ids, batch.keys.shape[0])
+                dV = scatter_add_rows(dV, ids, batch.values.shape[0])
             grads["keys"] = dK
             grads["values"] = dV
         dt = self.dtype

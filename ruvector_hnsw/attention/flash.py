@@ -11,6 +11,7 @@ from ruvector_hnsw.attention._ops import flash_attend
 from ruvector_hnsw.attention.base import (
     AttentionBatch,
     AttentionMechanism,
+    ForwardResult,
     as_float_array,
     check_mask,
     check_positive_float,
@@ -26,7 +27,8 @@ class FlashAttention(AttentionMechanism):
 
     ``forward`` visits each row's items in tiles of ``block_size``, keeping only a running max,
     a running sum and the partial read-out (equal to ``scaled_dot`` to float rounding). It stores
-    the per-row log-sum-exp, not the weights; ``backward`` recomputes the weights from it.
+    the per-row log-sum-exp, not the weights; ``backward`` (and ``cache.weights``, at each
+    access) recomputes the weights from it.
     :meth:`attend_all` is the many-queries x many-keys form (one key set shared by all queries)
     that never materialises the ``Q x N`` score matrix.
 
@@ -65,33 +67,35 @@ class FlashAttention(AttentionMechanism):
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "temperature": self.temperature, "block_size": self.block_size}
 
-    def _forward(self, batch: AttentionBatch) -> tuple[np.ndarray, Any]:
+    def _forward(self, batch: AttentionBatch) -> ForwardResult:
         T, Vt, ids = batch.table_form()
         assert Vt is not None
         out, lse, ok = flash_attend(batch.query, T, Vt, ids, batch.mask, self.scale, self.block_size)
         if not ok:
             self._raise_nonfinite_rows()
-        return out, (batch, lse)
+        scale = self.scale
+
+        def weights() -> np.ndarray:
+            W: np.ndarray = weights_from_lse(batch.query, T, ids, batch.mask, scale, lse)[:, 0, :]
+            return W
+
+        return ForwardResult(out, (batch, lse), weights=weights)
 
     def _weights(self, batch: AttentionBatch) -> np.ndarray:
         T, _, ids = batch.table_form()
         return self._softmax_weights(batch.query, T, ids, batch.mask, self.scale)
 
-    def _backward(self, grad_out: np.ndarray, cache: Any) -> dict[str, np.ndarray]:
-        batch, lse = cache
+    def _backward(self, grad_out: np.ndarray, data: Any, input_grads: bool) -> dict[str, np.ndarray]:
+        batch, lse = data
         T, Vt, ids = batch.table_form()
         assert Vt is not None
         Q = batch.query[:, None, :]
         W = weights_from_lse(batch.query, T, ids, batch.mask, self.scale, lse)
         dQ, dT, dV = mq_backward(
             Q, T, Vt, ids, ids, batch.mask, W, grad_out[:, None, :], self.scale, T.shape[0], Vt.shape[0],
-            self._input_grads,
+            input_grads,
         )
-        grads = {"query": dQ[:, 0, :]}
-        if self._input_grads:
-            grads["keys"] = batch.table_grad_to_input(dT)
-            grads["values"] = batch.table_grad_to_input(dV)
-        return grads
+        return {"query": dQ[:, 0, :], **self._input_grad_entries(batch, dT, dV, input_grads)}
 
     # ------------------------------------------------------------------------------------------
     def attend_all(

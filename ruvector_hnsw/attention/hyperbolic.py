@@ -39,7 +39,12 @@ from ruvector_hnsw.attention._hyperbolic_kernels import (
     project_backward,
 )
 from ruvector_hnsw.attention._partb_common import dense_ids, fused_tables, softmax_backward
-from ruvector_hnsw.attention.base import AttentionBatch, AttentionMechanism, check_positive_float
+from ruvector_hnsw.attention.base import (
+    AttentionBatch,
+    AttentionMechanism,
+    ForwardResult,
+    check_positive_float,
+)
 from ruvector_hnsw.errors import ConfigError, NonFiniteError
 from ruvector_hnsw.threads import join_row_chunks, run_row_chunks
 
@@ -152,9 +157,9 @@ class HyperbolicAttention(AttentionMechanism):
     def _weights(self, batch: AttentionBatch) -> np.ndarray:
         return self._run(batch)[1]
 
-    def _forward(self, batch: AttentionBatch) -> tuple[np.ndarray, Any]:
+    def _forward(self, batch: AttentionBatch) -> ForwardResult:
         out, w = self._run(batch)
-        return out, (batch, w)
+        return ForwardResult(out, (batch, w), weights=w)
 
     def _to_ball(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         xe = expmap0(x, self.kappa) if self.input_map == "expmap" else x
@@ -166,8 +171,8 @@ class HyperbolicAttention(AttentionMechanism):
             g = expmap0_backward(x, g, self.kappa)
         return g
 
-    def _backward(self, grad_out: np.ndarray, cache: Any) -> dict[str, np.ndarray]:
-        batch, w = cache
+    def _backward(self, grad_out: np.ndarray, data: Any, input_grads: bool) -> dict[str, np.ndarray]:
+        batch, w = data
         if batch.ids is not None:
             ids = np.ascontiguousarray(np.where(batch.mask, batch.ids, -1))
             kt, vt = batch.keys, batch.values
@@ -183,7 +188,8 @@ class HyperbolicAttention(AttentionMechanism):
         B, n = ids.shape
         parts = run_row_chunks(
             lambda lo, hi: hyperbolic_backward_kernel(
-                q[lo:hi], kt, vt, ids[lo:hi], w[lo:hi], grad_out[lo:hi], kap, eps, tau, sigma, expm, tang
+                q[lo:hi], kt, vt, ids[lo:hi], w[lo:hi], grad_out[lo:hi], kap, eps, tau, sigma, expm, tang,
+                input_grads,
             ),
             B,
             float(B) * n * (q.shape[1] + vt.shape[1]) * 12,
@@ -193,19 +199,20 @@ class HyperbolicAttention(AttentionMechanism):
             "log_scale": np.array([sum(r[4] for r in parts)]),
             "query": np.concatenate([r[0] for r in parts]),
         }
-        dK = np.concatenate([r[1] for r in parts])
-        dV = np.concatenate([r[2] for r in parts])
-        if batch.ids is not None:
-            dK = scatter_add_rows(dK, ids, batch.keys.shape[0])
-            dV = scatter_add_rows(dV, ids, batch.values.shape[0])
-        grads["keys"] = dK
-        grads["values"] = dV
+        if input_grads:
+            dK = np.concatenate([r[1] for r in parts])
+            dV = np.concatenate([r[2] for r in parts])
+            if batch.ids is not None:
+                dK = scatter_add_rows(dK, ids, batch.keys.shape[0])
+                dV = scatter_add_rows(dV, ids, batch.values.shape[0])
+            grads["keys"] = dK
+            grads["values"] = dV
         dtp = self.dtype
         return {k: np.ascontiguousarray(v, dtype=dtp) for k, v in grads.items()}
 
-    def _backward_numpy(self, grad_out: np.ndarray, cache: Any) -> dict[str, np.ndarray]:
+    def _backward_numpy(self, grad_out: np.ndarray, data: Any) -> dict[str, np.ndarray]:
         """Vectorised numpy twin of the backward kernel (kept as a cross-check in the tests)."""
-        batch, w = cache
+        batch, w = data
         f8 = np.float64
         kap = self.kappa
         mask = batch.mask

@@ -10,6 +10,7 @@ from ruvector_hnsw.attention._kernels import favor_backward, favor_forward
 from ruvector_hnsw.attention.base import (
     AttentionBatch,
     AttentionMechanism,
+    ForwardResult,
     check_positive_float,
     check_positive_int,
 )
@@ -114,9 +115,10 @@ class LinearAttention(AttentionMechanism):
             self._raise_nonfinite_rows()
         return out, Wt, X
 
-    def _forward(self, batch: AttentionBatch) -> tuple[np.ndarray, Any]:
+    def _forward(self, batch: AttentionBatch) -> ForwardResult:
         out, _, X = self._run(batch, None, False)
-        return out, (batch, X)
+        # the weights are not needed by backward: computed only when cache.weights is read
+        return ForwardResult(out, (batch, X), weights=lambda: self._weights(batch))
 
     def _weights(self, batch: AttentionBatch) -> np.ndarray:
         T, _, _ = batch.table_form()
@@ -124,14 +126,14 @@ class LinearAttention(AttentionMechanism):
         _, Wt, _ = self._run(batch, dummy, True)
         return Wt
 
-    def _backward(self, grad_out: np.ndarray, cache: Any) -> dict[str, np.ndarray]:
-        batch, X = cache
+    def _backward(self, grad_out: np.ndarray, data: Any, input_grads: bool) -> dict[str, np.ndarray]:
+        batch, X = data
         T, Vt, ids = batch.table_form()
         c = self.input_scale
         dX, dK, dV = favor_backward(
-            X, T, Vt, ids, batch.mask, self.features, c, grad_out, T.shape[0], self._input_grads
+            X, T, Vt, ids, batch.mask, self.features, c, grad_out, T.shape[0], input_grads
         )
         return {
             "query": np.ascontiguousarray(dX * c, dtype=self.dtype),
-            **self._input_grad_entries(batch, dK, dV),
+            **self._input_grad_entries(batch, dK, dV, input_grads),
         }

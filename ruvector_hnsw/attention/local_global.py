@@ -12,6 +12,7 @@ from ruvector_hnsw.attention.base import (
     AttentionBatch,
     AttentionMechanism,
     Context,
+    ForwardResult,
     check_positive_float,
     check_positive_int,
 )
@@ -65,8 +66,10 @@ class LocalGlobalAttention(AttentionMechanism):
     ``g = sigmoid(w_gate . [o_loc, o_glob, q] + b_gate)``; ``out = g o_loc + (1 - g) o_glob``.
     When one group is empty the output is the other group's read-out alone (``g`` forced to
     1 or 0); fully masked row: zero output. Each item is scored once, by its own group's query,
-    so the cost is ``O(k_local + k_global)`` per row. The pattern of the last forward is in
-    :attr:`last_pattern`; :meth:`attention_pattern` computes it for any input.
+    so the cost is ``O(k_local + k_global)`` per row. The pattern of a forward is in its cache:
+    ``cache.weights`` (the combined weights) and ``cache.inspect`` (``local_weights``,
+    ``global_weights``, ``gate``, ``local_count``, ``global_count``, as in
+    :class:`LocalGlobalPattern`); :meth:`attention_pattern` computes it for any input.
 
     Parameters
     ----------
@@ -108,7 +111,6 @@ class LocalGlobalAttention(AttentionMechanism):
             "w_gate": np.ascontiguousarray(0.01 * rng.standard_normal(2 * dv + d), dtype=dt),
             "b_gate": np.zeros(1, dtype=dt),
         }
-        self.last_pattern: LocalGlobalPattern | None = None
 
     @property
     def scale(self) -> float:
@@ -166,14 +168,20 @@ class LocalGlobalAttention(AttentionMechanism):
         comb = (geff[:, None] * wl + (1.0 - geff[:, None]) * wg).astype(dt)
         return LocalGlobalPattern(wl, wg, geff.astype(dt), count[:, 0].copy(), count[:, 1].copy(), comb)
 
-    def _forward(self, batch: AttentionBatch) -> tuple[np.ndarray, Any]:
+    def _forward(self, batch: AttentionBatch) -> ForwardResult:
         group, Qt, R, W, has_l, has_g, count = self._run(batch)
         g, geff, both = self._gate(R, batch.query, has_l, has_g)
         out = geff[:, None] * R[:, 0] + (1.0 - geff[:, None]) * R[:, 1]
-        pattern = self._pattern(group, W, geff, count)
-        self.last_pattern = pattern if not batch.unbatched else _squeeze(pattern)
-        cache = (batch, group, Qt, R, W, g, geff, both)
-        return np.ascontiguousarray(out, dtype=self.dtype), cache
+        pat = self._pattern(group, W, geff, count)
+        inspect = {
+            "local_weights": pat.local_weights,
+            "global_weights": pat.global_weights,
+            "gate": pat.gate,
+            "local_count": pat.local_count,
+            "global_count": pat.global_count,
+        }
+        data = (batch, group, Qt, R, W, g, geff, both)
+        return ForwardResult(np.ascontiguousarray(out, dtype=self.dtype), data, weights=pat.combined, inspect=inspect)
 
     def weights(
         self,
@@ -221,8 +229,8 @@ class LocalGlobalAttention(AttentionMechanism):
         pat = self._pattern_of(batch)
         return _squeeze(pat) if batch.unbatched else pat
 
-    def _backward(self, grad_out: np.ndarray, cache: Any) -> dict[str, np.ndarray]:
-        batch, group, Qt, R, W, g, geff, both = cache
+    def _backward(self, grad_out: np.ndarray, data: Any, input_grads: bool) -> dict[str, np.ndarray]:
+        batch, group, Qt, R, W, g, geff, both = data
         T, Vt, ids = batch.table_form()
         assert Vt is not None
         p = self._params
@@ -237,7 +245,7 @@ class LocalGlobalAttention(AttentionMechanism):
         dR[:, 1] = (1.0 - geff[:, None]) * grad_out + dz[:, None] * w[None, dv : 2 * dv]
         dQt, dT, dV = grouped_backward(
             Qt, T, Vt, ids, group, W, np.ascontiguousarray(dR, dtype=self.dtype), self.scale, T.shape[0],
-            self._input_grads,
+            input_grads,
         )
         dt = self.dtype
         dq = dz[:, None] * w[None, 2 * dv :] + dQt[:, 0] @ p["W_local"] + dQt[:, 1] @ p["W_global"]
@@ -247,7 +255,7 @@ class LocalGlobalAttention(AttentionMechanism):
             "w_gate": np.ascontiguousarray(np.concatenate([dz @ o_l, dz @ o_g, dz @ q]), dtype=dt),
             "b_gate": np.array([dz.sum()], dtype=dt),
             "query": np.ascontiguousarray(dq, dtype=dt),
-            **self._input_grad_entries(batch, dT, dV),
+            **self._input_grad_entries(batch, dT, dV, input_grads),
         }
 
 

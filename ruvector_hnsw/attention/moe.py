@@ -25,11 +25,14 @@ zero output. Each expert only runs on the rows that selected it.
 
 Load balance (Switch-Transformer style, normalised to 1 for perfect balance)::
 
-    aux_loss = E * sum_e f_e P_e,  f_e = share of the (row, slot) assignments that went to e,
-                                   P_e = mean_b p_{b,e}
+    load_balance = E * sum_e f_e P_e,  f_e = share of the (row, slot) assignments that went to e,
+                                       P_e = mean_b p_{b,e}
 
-``aux_loss`` is exposed after every forward; :meth:`backward` returns the gradients of
-``sum(grad_out * out) + aux_weight * aux_loss`` (``f`` and the top-k choice are constants).
+A forward's load-balance loss is ``cache.aux_losses["load_balance"]``, its gates ``g`` and router
+probabilities ``p`` are ``cache.inspect["gates"]`` / ``cache.inspect["router_probs"]`` ``(B, E)``
+and ``cache.weights`` is the gate-weighted sum of the selected experts' weights ``(B, n)``
+(the same as :meth:`weights`). :meth:`backward` returns the gradients of
+``sum(grad_out * out) + aux_weight * load_balance`` (``f`` and the top-k choice are constants).
 Expert params appear in :attr:`params` as ``"<expert>.<name>"`` (the experts' own arrays).
 """
 
@@ -45,6 +48,7 @@ from ruvector_hnsw.attention.base import (
     AttentionBatch,
     AttentionMechanism,
     Context,
+    ForwardResult,
     check_positive_float,
     check_positive_int,
 )
@@ -85,15 +89,6 @@ class MoEAttention(AttentionMechanism):
         See :class:`~ruvector_hnsw.attention.base.AttentionMechanism`.
 
     Params: ``router_W (d, E)``, ``router_b (E,)`` and every expert's params (prefixed).
-
-    Attributes
-    ----------
-    aux_loss : float
-        Load-balance loss of the last forward.
-    last_gates : ndarray (B, E)
-        Gate weights ``g`` of the last forward (zero for experts not selected).
-    last_router_probs : ndarray (B, E)
-        Router probabilities ``p`` of the last forward.
     """
 
     name = "moe"
@@ -140,9 +135,6 @@ class MoEAttention(AttentionMechanism):
         for e, mech in self._experts.items():
             for k, v in mech.params.items():
                 self._params[f"{e}.{k}"] = v
-        self.aux_loss = 0.0
-        self.last_gates: np.ndarray | None = None
-        self.last_router_probs: np.ndarray | None = None
 
     def _make_expert(self, kind: str, seed: int | None, extra: dict[str, Any]) -> AttentionMechanism:
         kw: dict[str, Any] = {"dtype": self.dtype, "seed": seed}
@@ -245,37 +237,43 @@ class MoEAttention(AttentionMechanism):
         return w
 
     # -- compute -------------------------------------------------------------------------------
-    def _forward(self, batch: AttentionBatch) -> tuple[np.ndarray, Any]:
+    def _forward(self, batch: AttentionBatch) -> ForwardResult:
         masks = self._expert_masks(batch)
         p, sel, g = self._route(batch, masks)
         B, E = p.shape
         assert batch.values is not None
         dv = batch.values.shape[-1]
         out = np.zeros((B, dv), dtype=self.dtype)
+        w = np.zeros((B, batch.n), dtype=self.dtype)
         ys: list[tuple[np.ndarray, np.ndarray, Any] | None] = []
         for i, e in enumerate(self.experts):
             rows = np.flatnonzero(sel[:, i])
             if rows.size == 0:
                 ys.append(None)
                 continue
-            y, ecache = self._experts[e]._forward(self._sub_batch(batch, rows, masks[i]))
-            ys.append((rows, y, ecache))
-            out[rows] += g[rows, i : i + 1] * y
+            res = self._experts[e]._forward(self._sub_batch(batch, rows, masks[i]))
+            ys.append((rows, res.out, res.data))
+            out[rows] += g[rows, i : i + 1] * res.out
+            assert isinstance(res.weights, np.ndarray)  # the expert kinds keep their weights
+            w[rows] += g[rows, i : i + 1] * res.weights
         total = int(sel.sum())
         f = sel.sum(axis=0) / total if total else np.zeros(E)
         P = p.mean(axis=0)
-        self.aux_loss = float(E * np.sum(f * P))
-        self.last_gates = g
-        self.last_router_probs = p
-        return out, (batch, p, sel, g, f, ys)
+        load_balance = float(E * np.sum(f * P))
+        return ForwardResult(
+            out, (batch, p, sel, g, f, ys), weights=w, aux_losses={"load_balance": load_balance},
+            inspect={"gates": g, "router_probs": p},
+        )
 
-    def _backward(self, grad_out: np.ndarray, cache: Any) -> dict[str, np.ndarray]:
-        batch, p, sel, g, f, ys = cache
+    def _backward(self, grad_out: np.ndarray, data: Any, input_grads: bool) -> dict[str, np.ndarray]:
+        batch, p, sel, g, f, ys = data
         B, E = p.shape
         q = batch.query
         dq = np.zeros_like(q, dtype=np.float64)
-        dK = np.zeros(batch.keys.shape)  # table (gather form) or (B, n, d)
-        dV = np.zeros(batch.values.shape)
+        if input_grads:
+            assert batch.values is not None
+            dK = np.zeros(batch.keys.shape)  # table (gather form) or (B, n, d)
+            dV = np.zeros(batch.values.shape)
         grads: dict[str, np.ndarray] = {}
         dg = np.zeros((B, E))
         for i, e in enumerate(self.experts):
@@ -286,10 +284,14 @@ class MoEAttention(AttentionMechanism):
                 continue
             rows, y, ecache = ys[i]
             dg[rows, i] = np.sum(grad_out[rows] * y, axis=1)
-            ge = mech._backward(np.ascontiguousarray(g[rows, i : i + 1] * grad_out[rows], dtype=self.dtype), ecache)
+            ge = mech._backward(
+                np.ascontiguousarray(g[rows, i : i + 1] * grad_out[rows], dtype=self.dtype), ecache, input_grads
+            )
             for k in mech.params:
                 grads[f"{e}.{k}"] = ge[k]
             dq[rows] += ge["query"]
+            if not input_grads:
+                continue
             if batch.ids is not None:
                 dK += ge["keys"]
                 dV += ge["values"]
@@ -306,6 +308,8 @@ class MoEAttention(AttentionMechanism):
         grads["router_W"] = q.T @ dlog
         grads["router_b"] = dlog.sum(axis=0)
         dq += dlog @ self._params["router_W"].T
-        grads.update(query=dq, keys=dK, values=dV)
+        grads["query"] = dq
+        if input_grads:
+            grads.update(keys=dK, values=dV)
         dt = self.dtype
         return {k: np.ascontiguousarray(v, dtype=dt) for k, v in grads.items()}

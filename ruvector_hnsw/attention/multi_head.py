@@ -11,6 +11,7 @@ from ruvector_hnsw.attention._ops import mq_attend
 from ruvector_hnsw.attention.base import (
     AttentionBatch,
     AttentionMechanism,
+    ForwardResult,
     check_positive_float,
     check_positive_int,
 )
@@ -125,7 +126,7 @@ class MultiHeadAttention(AttentionMechanism):
             Qt[:, i, :] = qp[:, i, :] @ Wk[:, i * e : (i + 1) * e].T
         return qp, Qt
 
-    def _forward(self, batch: AttentionBatch) -> tuple[np.ndarray, Any]:
+    def _forward(self, batch: AttentionBatch) -> ForwardResult:
         T, Vt, ids = batch.table_form()
         assert Vt is not None
         qp, Qt = self._head_queries(batch.query)
@@ -138,15 +139,15 @@ class MultiHeadAttention(AttentionMechanism):
         for i in range(h):
             O[:, i * e : (i + 1) * e] = R[:, i, :] @ Wv[:, i * e : (i + 1) * e]
         out = O @ self._params["W_o"]
-        return np.ascontiguousarray(out, dtype=self.dtype), (batch, qp, Qt, R, W, O)
+        return ForwardResult(np.ascontiguousarray(out, dtype=self.dtype), (batch, qp, Qt, R, W, O), weights=W)
 
     def _weights(self, batch: AttentionBatch) -> np.ndarray:
         T, _, ids = batch.table_form()
         _, Qt = self._head_queries(batch.query)
         return self._softmax_weights(Qt, T, ids, batch.mask, self.scale)
 
-    def _backward(self, grad_out: np.ndarray, cache: Any) -> dict[str, np.ndarray]:
-        batch, qp, Qt, R, W, O = cache
+    def _backward(self, grad_out: np.ndarray, data: Any, input_grads: bool) -> dict[str, np.ndarray]:
+        batch, qp, Qt, R, W, O = data
         T, Vt, ids = batch.table_form()
         assert Vt is not None
         B, h, e = batch.B, self.heads, self.head_dim
@@ -161,7 +162,7 @@ class MultiHeadAttention(AttentionMechanism):
             dWv[:, sl] = R[:, i, :].T @ dO[:, sl]
             dR[:, i, :] = dO[:, sl] @ Wv[:, sl].T
         dQt, dT, dV = mq_backward(
-            Qt, T, Vt, ids, ids, batch.mask, W, dR, self.scale, T.shape[0], Vt.shape[0], self._input_grads
+            Qt, T, Vt, ids, ids, batch.mask, W, dR, self.scale, T.shape[0], Vt.shape[0], input_grads
         )
         dqp_flat = np.empty((B, h * e), dtype=dQt.dtype)
         dWk = np.empty_like(Wk)
@@ -176,5 +177,5 @@ class MultiHeadAttention(AttentionMechanism):
             "W_v": np.ascontiguousarray(dWv, dtype=dt),
             "W_o": np.ascontiguousarray(dW_o, dtype=dt),
             "query": np.ascontiguousarray(dqp_flat @ p["W_q"].T, dtype=dt),
-            **self._input_grad_entries(batch, dT, dV),
+            **self._input_grad_entries(batch, dT, dV, input_grads),
         }

@@ -7,7 +7,13 @@ from typing import Any
 import numpy as np
 
 from ruvector_hnsw.attention._kernels import mq_backward, rope_apply, rope_forward, rope_unapply_scatter
-from ruvector_hnsw.attention.base import AttentionBatch, AttentionMechanism, check_positive_float, dense_ids
+from ruvector_hnsw.attention.base import (
+    AttentionBatch,
+    AttentionMechanism,
+    ForwardResult,
+    check_positive_float,
+    dense_ids,
+)
 from ruvector_hnsw.errors import ConfigError
 from ruvector_hnsw.threads import run_row_chunks
 
@@ -87,13 +93,15 @@ class RoPEAttention(AttentionMechanism):
         raw = batch.require(_POSITIONS[self.position], self.name)
         return np.ascontiguousarray(np.asarray(raw, dtype=np.float64) * self.pos_scale)
 
-    def _trig_chunks(self, pos: np.ndarray, lo: int = 0, hi: int | None = None) -> Any:
+    def _trig_chunks(
+        self, pos: np.ndarray, lo: int = 0, hi: int | None = None, angles: int = 1 << 18
+    ) -> Any:
         """Yield ``(lo, cos, sin)`` over row chunks of ``pos[lo:hi]``; angles ``pos * theta`` in
-        float64, cos/sin evaluated (vectorised numpy) in the mechanism dtype; ~2**18 angles a chunk."""
+        float64, cos/sin evaluated (vectorised numpy) in the mechanism dtype; ~``angles`` a chunk."""
         B, n = pos.shape
         hi = B if hi is None else hi
         half = self.theta.shape[0]
-        step = max(1, (1 << 18) // max(1, n * half))
+        step = max(1, angles // max(1, n * half))
         for a in range(lo, hi, step):
             ang = (pos[a : min(a + step, hi), :, None] * self.theta[None, None, :]).astype(self.dtype)
             yield a, np.cos(ang), np.sin(ang)
@@ -102,7 +110,9 @@ class RoPEAttention(AttentionMechanism):
         T, _, ids = batch.table_form()
         B, n = batch.mask.shape
         out = np.zeros((B, n, self.dim), dtype=self.dtype)
-        for lo, cs, sn in self._trig_chunks(pos):
+        # smaller trig chunks than the forward's: next to the (B, n, d) output they bound the
+        # scratch of backward (which rebuilds the rotated keys) to ~1 MiB
+        for lo, cs, sn in self._trig_chunks(pos, angles=1 << 16):
             rope_apply(T, ids, batch.mask, cs, sn, out, lo)
         return out
 
@@ -110,7 +120,7 @@ class RoPEAttention(AttentionMechanism):
         """The rotated keys ``(B, n, d)`` (zero in masked slots)."""
         return self._rotate(batch, self.positions(batch))
 
-    def _forward(self, batch: AttentionBatch) -> tuple[np.ndarray, Any]:
+    def _forward(self, batch: AttentionBatch) -> ForwardResult:
         # keys are rotated on the fly inside the kernel (no (B, n, d) copy); same dot routine and
         # softmax as scaled_dot, so all-zero positions reproduce it bit for bit
         T, Vt, ids = batch.table_form()
@@ -129,7 +139,7 @@ class RoPEAttention(AttentionMechanism):
 
         if not all(run_row_chunks(run, B, float(B) * n * (2 * self.dim + Vt.shape[1]))):
             self._raise_nonfinite_rows()
-        return R, (batch, pos, W[:, None, :])
+        return ForwardResult(R, (batch, pos, W[:, None, :]), weights=W)
 
     def _weights(self, batch: AttentionBatch) -> np.ndarray:
         B, n = batch.mask.shape
@@ -137,13 +147,13 @@ class RoPEAttention(AttentionMechanism):
         kid = dense_ids(B, n)
         return self._softmax_weights(batch.query, Kr.reshape(B * n, self.dim), kid, batch.mask, self.scale)
 
-    def _backward(self, grad_out: np.ndarray, cache: Any) -> dict[str, np.ndarray]:
-        batch, pos, W = cache
+    def _backward(self, grad_out: np.ndarray, data: Any, input_grads: bool) -> dict[str, np.ndarray]:
+        batch, pos, W = data
         T, Vt, ids = batch.table_form()
         assert Vt is not None
         B, n = batch.mask.shape
         Kr = self._rotate(batch, pos)
-        tg = self._input_grads
+        tg = input_grads
         dQ, dKr, dV = mq_backward(
             batch.query[:, None, :], Kr.reshape(B * n, self.dim), Vt, dense_ids(B, n), ids, batch.mask, W,
             grad_out[:, None, :], self.scale, B * n, Vt.shape[0], tg,

@@ -8,7 +8,12 @@ import numpy as np
 
 from ruvector_hnsw.attention._kernels import mq_backward
 from ruvector_hnsw.attention._ops import sd_attend
-from ruvector_hnsw.attention.base import AttentionBatch, AttentionMechanism, check_positive_float
+from ruvector_hnsw.attention.base import (
+    AttentionBatch,
+    AttentionMechanism,
+    ForwardResult,
+    check_positive_float,
+)
 
 __all__ = ["ScaledDotAttention"]
 
@@ -49,28 +54,24 @@ class ScaledDotAttention(AttentionMechanism):
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "temperature": self.temperature}
 
-    def _forward(self, batch: AttentionBatch) -> tuple[np.ndarray, Any]:
+    def _forward(self, batch: AttentionBatch) -> ForwardResult:
         T, Vt, ids = batch.table_form()
         assert Vt is not None
         R, W, ok = sd_attend(batch.query, T, Vt, ids, batch.mask, self.scale)
         if not ok:
             self._raise_nonfinite_rows()
-        return R, (batch, W[:, None, :])
+        return ForwardResult(R, (batch, W[:, None, :]), weights=W)
 
     def _weights(self, batch: AttentionBatch) -> np.ndarray:
         T, _, ids = batch.table_form()
         return self._softmax_weights(batch.query, T, ids, batch.mask, self.scale)
 
-    def _backward(self, grad_out: np.ndarray, cache: Any) -> dict[str, np.ndarray]:
-        batch, W = cache
+    def _backward(self, grad_out: np.ndarray, data: Any, input_grads: bool) -> dict[str, np.ndarray]:
+        batch, W = data
         T, Vt, ids = batch.table_form()
         assert Vt is not None
         dQ, dT, dV = mq_backward(
             batch.query[:, None, :], T, Vt, ids, ids, batch.mask, W, grad_out[:, None, :], self.scale,
-            T.shape[0], Vt.shape[0], self._input_grads,
+            T.shape[0], Vt.shape[0], input_grads,
         )
-        grads = {"query": dQ[:, 0, :]}
-        if self._input_grads:
-            grads["keys"] = batch.table_grad_to_input(dT)
-            grads["values"] = batch.table_grad_to_input(dV)
-        return grads
+        return {"query": dQ[:, 0, :], **self._input_grad_entries(batch, dT, dV, input_grads)}

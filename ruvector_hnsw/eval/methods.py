@@ -44,7 +44,6 @@ index among all methods.  Later subsystems add their methods with :func:`registe
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,7 +56,6 @@ from ruvector_hnsw.errors import (
     DimensionMismatchError,
     EmptyInputError,
     InvalidDTypeError,
-    InvalidInputError,
     NonFiniteError,
     ShapeMismatchError,
 )

@@ -1,8 +1,15 @@
 """numba kernels behind :class:`~ruvector_hnsw.index.graph.HNSWGraph`.
 
-All arrays are positional (row ``i`` = the i-th node of the graph snapshot), never labels.
-The multi-layer adjacency is one CSR over ``(layer, node)`` rows: row ``l * n + i`` holds the
-links of node ``i`` on layer ``l``; ``indptr`` has ``L * n + 1`` entries.
+All arrays are positional (row ``i`` = the i-th node of the graph snapshot, hnswlib's internal
+id), never labels. The graph is read in hnswlib's own layout (``shared/DESIGN.md`` section 2),
+through zero-copy word views of the two buffers of ``Index.__getstate__()``:
+
+* ``rec`` ``(n, words)`` uint32: one level-0 record per node. Word 0 holds the neighbour count
+  (low 16 bits) and the deleted mark (bit 16); words ``1 .. max_M0`` the layer-0 links; the
+  vector starts at word ``voff`` (read through ``recf``, the float32 view of the same memory).
+* ``up`` ``(blocks, 1 + max_M)`` uint32: one block per (node, layer >= 1); word 0 holds the
+  count, then the links. Node ``i`` owns blocks ``first_block[i] .. first_block[i] + levels[i] - 1``
+  (layer ``l`` at ``first_block[i] + l - 1``).
 
 Metric codes: 0 = squared L2, 1 = ``1 - dot`` (hnswlib's ``ip``, and ``cosine`` over
 vectors that are already normalised).
@@ -15,18 +22,19 @@ import numpy as np
 
 METRIC_L2 = 0
 METRIC_IP = 1
+COUNT_MASK = 0xFFFF  # neighbour count: low 16 bits of a record's / block's first word
 
 
 @nb.njit(cache=True, inline="always")
-def _distance(vectors: np.ndarray, i: int, j: int, metric: int) -> float:
+def _distance(recf: np.ndarray, voff: int, dim: int, i: int, j: int, metric: int) -> float:
     acc = 0.0
     if metric == METRIC_L2:
-        for t in range(vectors.shape[1]):
-            diff = vectors[i, t] - vectors[j, t]
+        for t in range(voff, voff + dim):
+            diff = recf[i, t] - recf[j, t]
             acc += diff * diff
         return acc
-    for t in range(vectors.shape[1]):
-        acc += vectors[i, t] * vectors[j, t]
+    for t in range(voff, voff + dim):
+        acc += recf[i, t] * recf[j, t]
     return 1.0 - acc
 
 
@@ -35,10 +43,11 @@ def edge_distances(vectors: np.ndarray, rows: np.ndarray, indptr: np.ndarray, in
                    metric: int) -> np.ndarray:
     """Distance of every CSR edge ``rows[r] -> indices[e]`` for ``e`` in ``indptr[r]:indptr[r+1]``."""
     out = np.empty(indices.shape[0], dtype=np.float32)
+    dim = vectors.shape[1]
     for r in range(rows.shape[0]):
         src = rows[r]
         for e in range(indptr[r], indptr[r + 1]):
-            out[e] = _distance(vectors, src, indices[e], metric)
+            out[e] = _distance(vectors, 0, dim, src, indices[e], metric)
     return out
 
 
@@ -63,12 +72,43 @@ def _insertion_sort_by(keys: np.ndarray, a: np.ndarray, b: np.ndarray, c: np.nda
         c[j + 1] = vc
 
 
+@nb.njit(cache=True)
+def _stable_head_by(keys: np.ndarray, a: np.ndarray, b: np.ndarray, c: np.ndarray, count: int, k: int) -> None:
+    """Leave in ``[0, min(count, k))`` exactly what a stable ascending sort of the first ``count``
+    items would put there (the rest is left in any order). O(count * k) instead of O(count^2);
+    with a NaN key it falls back to :func:`_insertion_sort_by`, whose order it then reproduces."""
+    for i in range(count):
+        if keys[i] != keys[i]:
+            _insertion_sort_by(keys, a, b, c, count)
+            return
+    top = 0
+    for i in range(count):
+        key = keys[i]
+        if top == k:
+            if k == 0 or not key < keys[k - 1]:
+                continue  # a stable sort would place it at k or later
+            top -= 1  # the last one drops out
+        va = a[i]
+        vb = b[i]
+        vc = c[i]
+        j = top - 1
+        while j >= 0 and keys[j] > key:
+            keys[j + 1] = keys[j]
+            a[j + 1] = a[j]
+            b[j + 1] = b[j]
+            c[j + 1] = c[j]
+            j -= 1
+        keys[j + 1] = key
+        a[j + 1] = va
+        b[j + 1] = vb
+        c[j + 1] = vc
+        top += 1
+
+
 @nb.njit(cache=True, inline="always")
 def _push_upper_links(
-    indptr: np.ndarray,
-    indices: np.ndarray,
-    n: int,
-    n_layers: int,
+    up: np.ndarray,
+    first_block: np.ndarray,
     node: int,
     level: int,
     hops: int,
@@ -77,15 +117,14 @@ def _push_upper_links(
     cand_hops: np.ndarray,
     m: int,
 ) -> int:
-    """Append the links of ``node`` on layers ``1 .. min(level, n_layers - 1)`` to the candidate
-    scratch (with their layer and ``hops``) while it has room; returns the new fill count."""
+    """Append the links of ``node`` on layers ``1 .. level`` to the candidate scratch (with their
+    layer and ``hops``) while it has room; returns the new fill count."""
     cap = cand.shape[0]
-    top = min(level, n_layers - 1)
-    for layer in range(1, top + 1):
-        row = layer * n + node
-        for e in range(indptr[row], indptr[row + 1]):
+    for layer in range(1, level + 1):
+        blk = first_block[node] + layer - 1
+        for e in range(up[blk, 0] & COUNT_MASK):
             if m < cap:
-                cand[m] = indices[e]
+                cand[m] = up[blk, 1 + e]
                 cand_layer[m] = layer
                 cand_hops[m] = hops
                 m += 1
@@ -95,17 +134,23 @@ def _push_upper_links(
 @nb.njit(cache=True)
 def neighborhoods(
     nodes: np.ndarray,
-    indptr: np.ndarray,
-    indices: np.ndarray,
+    rec: np.ndarray,
+    recf: np.ndarray,
+    voff: int,
+    dim: int,
+    up: np.ndarray,
+    first_block: np.ndarray,
     levels: np.ndarray,
     deleted: np.ndarray,
-    vectors: np.ndarray,
     metric: int,
-    n: int,
+    max_level: int,
     k_local: int,
     k_global: int,
     include_deleted: bool,
     scratch_cap: int,
+    seen: np.ndarray,
+    slot: np.ndarray,
+    hub_seen: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Padded local + global context of each node in ``nodes`` (positions).
 
@@ -113,8 +158,18 @@ def neighborhoods(
     Global items: links on layers >= 1 of the node itself when its level >= 1, otherwise
     the upper-layer links of the hubs (level >= 1) among its layer-0 neighbours; the node
     itself is never included; duplicates are merged keeping the highest layer; nearest
-    first, at most ``k_global``. A node with no hub among its layer-0 neighbours takes the
-    hubs among its 2-hop neighbours instead (``hops`` = 3).
+    first, at most ``k_global``. A node none of whose layer-0 neighbours is a hub with an
+    upper-layer link takes the hubs among its 2-hop neighbours instead (``hops`` = 3).
+
+    What a row reads (the dependency rule of ``HNSWGraph.neighborhood_changes`` rests on it):
+    its own record (layer-0 links, vector), level and upper links; the deleted mark, vector
+    and level of each layer-0 neighbour; the upper links of the hubs among them; the deleted
+    mark and vector of every upper-layer item it collects; on the 3-hop path also the layer-0
+    links of its neighbours, the levels of their neighbours and the upper links of those hubs.
+
+    ``seen``, ``slot`` and ``hub_seen`` are per-node work arrays (``n`` int64; ``seen`` and
+    ``hub_seen`` zero on entry, e.g. ``np.zeros``, whose pages the OS provides lazily): row ``b``
+    marks them with ``b + 1``, so merging duplicates costs O(1) per item.
 
     Returns positions (-1 pad), distances (+inf pad), layers (-1 pad) and hop counts (0 pad).
     """
@@ -124,78 +179,79 @@ def neighborhoods(
     out_dist = np.full((B, K), np.inf, dtype=np.float32)
     out_layer = np.full((B, K), -1, dtype=np.int8)
     out_hops = np.zeros((B, K), dtype=np.int8)
-    n_layers = (indptr.shape[0] - 1) // n
     cand = np.empty(scratch_cap, dtype=np.int64)
     cand_layer = np.empty(scratch_cap, dtype=np.int64)
     cand_hops = np.empty(scratch_cap, dtype=np.int64)
     cand_dist = np.empty(scratch_cap, dtype=np.float64)
     for b in range(B):
         v = nodes[b]
+        stamp = b + 1  # seen[u] == stamp: u kept in this row (at slot[u]); hub_seen: links pushed
+        deg = rec[v, 0] & COUNT_MASK
         # ---- local: layer-0 links
         m = 0
-        for e in range(indptr[v], indptr[v + 1]):
-            u = indices[e]
+        for e in range(deg):
+            u = rec[v, 1 + e]
             if (not include_deleted) and deleted[u]:
                 continue
             cand[m] = u
             cand_layer[m] = 0
             cand_hops[m] = 1
-            cand_dist[m] = _distance(vectors, v, u, metric)
+            cand_dist[m] = _distance(recf, voff, dim, v, u, metric)
             m += 1
-        _insertion_sort_by(cand_dist, cand, cand_layer, cand_hops, m)
+        _stable_head_by(cand_dist, cand, cand_layer, cand_hops, m, k_local)
         take = min(m, k_local)
         for t in range(take):
             out_pos[b, t] = cand[t]
             out_dist[b, t] = cand_dist[t]
             out_layer[b, t] = 0
             out_hops[b, t] = 1
-        if k_global == 0 or n_layers < 2:
+        if k_global == 0 or max_level < 1:
             continue
         # ---- global: upper-layer links (own, or via hubs among layer-0 neighbours)
         m = 0
         if levels[v] >= 1:
-            m = _push_upper_links(indptr, indices, n, n_layers, v, levels[v], 1, cand, cand_layer, cand_hops, m)
+            m = _push_upper_links(up, first_block, v, levels[v], 1, cand, cand_layer, cand_hops, m)
         else:
-            for e0 in range(indptr[v], indptr[v + 1]):
-                hub = indices[e0]
+            for e0 in range(deg):
+                hub = rec[v, 1 + e0]
                 if levels[hub] < 1:
                     continue
-                m = _push_upper_links(indptr, indices, n, n_layers, hub, levels[hub], 2, cand, cand_layer, cand_hops, m)
+                m = _push_upper_links(up, first_block, hub, levels[hub], 2, cand, cand_layer, cand_hops, m)
             if m == 0:
                 # no hub among the layer-0 neighbours: look one hop further out
-                for e0 in range(indptr[v], indptr[v + 1]):
-                    w = indices[e0]
-                    for e1 in range(indptr[w], indptr[w + 1]):
-                        hub = indices[e1]
-                        if levels[hub] < 1 or hub == v:
+                # (a hub reached through several neighbours is pushed once: the merge below would
+                # fold its repeats into the first ones anyway)
+                for e0 in range(deg):
+                    w = rec[v, 1 + e0]
+                    for e1 in range(rec[w, 0] & COUNT_MASK):
+                        hub = rec[w, 1 + e1]
+                        if levels[hub] < 1 or hub == v or hub_seen[hub] == stamp:
                             continue
-                        m = _push_upper_links(
-                            indptr, indices, n, n_layers, hub, levels[hub], 3, cand, cand_layer, cand_hops, m
-                        )
-        # merge duplicates (keep highest layer, fewest hops), drop self and deleted
+                        hub_seen[hub] = stamp
+                        m = _push_upper_links(up, first_block, hub, levels[hub], 3, cand, cand_layer, cand_hops, m)
+        # merge duplicates into their first occurrence (keep highest layer, fewest hops), drop
+        # self and deleted
         kept = 0
         for i in range(m):
             u = cand[i]
             if u == v or ((not include_deleted) and deleted[u]):
                 continue
-            dup = -1
-            for j in range(kept):
-                if cand[j] == u:
-                    dup = j
-                    break
-            if dup >= 0:
+            if seen[u] == stamp:
+                dup = slot[u]
                 if cand_layer[i] > cand_layer[dup]:
                     cand_layer[dup] = cand_layer[i]
                 if cand_hops[i] < cand_hops[dup]:
                     cand_hops[dup] = cand_hops[i]
                 continue
+            seen[u] = stamp
+            slot[u] = kept
             cand[kept] = u
             cand_layer[kept] = cand_layer[i]
             cand_hops[kept] = cand_hops[i]
             kept += 1
         for i in range(kept):
-            cand_dist[i] = _distance(vectors, v, cand[i], metric)
-        _insertion_sort_by(cand_dist, cand, cand_layer, cand_hops, kept)
+            cand_dist[i] = _distance(recf, voff, dim, v, cand[i], metric)
+        _stable_head_by(cand_dist, cand, cand_layer, cand_hops, kept, k_global)
         take = min(kept, k_global)
         for t in range(take):
             out_pos[b, k_local + t] = cand[t]

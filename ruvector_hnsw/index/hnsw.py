@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import struct
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, KeysView, Set
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +15,10 @@ import numpy as np
 from ruvector_hnsw._validation import as_ids, as_matrix, check_positive_int
 from ruvector_hnsw.errors import (
     ConfigError,
+    FilterError,
     IdExistsError,
     IndexCorruptedError,
+    InvalidInputError,
     UnknownIdError,
 )
 from ruvector_hnsw.index.graph import HNSWGraph, graph_from_state
@@ -31,6 +33,8 @@ _MAGIC = b"RVHNSW\x00\x01"
 _INITIAL_CAPACITY = 1024
 # hnswlib saveIndex header: 6 x size_t, int, uint32, 3 x size_t, double, size_t = 96 bytes
 _HNSWLIB_HEADER = struct.Struct("<QQQQQQiIQQQdQ")
+
+_PICKLE_VERSION = 1
 
 FilterLike = Callable[[int], bool] | np.ndarray | list[int] | set[int] | frozenset[int] | None
 
@@ -166,6 +170,40 @@ class HNSWIndex:
         return (f"HNSWIndex(dim={self._dim}, space={self._space!r}, M={self._M}, "
                 f"ef_construction={self._ef_construction}, size={len(self)}, ef={self._ef})")
 
+    # ------------------------------------------------------------------ pickling
+    def __getstate__(self) -> dict[str, Any]:
+        """Picklable state: parameters, ids, ``ef``, ``num_threads`` and hnswlib's own state.
+
+        The lock and the graph cache are dropped (rebuilt by :meth:`__setstate__`); the state is
+        taken under the read lock, so it is consistent with concurrent writers.
+        """
+        with self._lock.read():
+            state = {k: v for k, v in self.__dict__.items() if k not in ("_lock", "_graph_cache", "_index")}
+            state["_live"] = set(self._live)
+            state["_dead"] = set(self._dead)
+            state["_hnswlib_state"] = self._index.__getstate__()
+        state["_pickle_version"] = _PICKLE_VERSION
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Restore from :meth:`__getstate__`: the same graph, vectors, ids, ``ef`` and ``num_threads``.
+
+        hnswlib re-seeds its level generator from ``seed`` on restore, so elements added after
+        unpickling may get other levels than the same adds on the original object would.
+        """
+        state = dict(state)
+        version = state.pop("_pickle_version", None)
+        if version != _PICKLE_VERSION:
+            raise IndexCorruptedError(f"HNSWIndex pickle version {version!r} is not supported ({_PICKLE_VERSION})")
+        raw = state.pop("_hnswlib_state")
+        index = hnswlib.Index.__new__(hnswlib.Index)
+        index.__setstate__(raw)
+        self.__dict__.update(state)
+        self._index = index
+        self._index.set_num_threads(self._num_threads)
+        self._lock = RWLock()
+        self._graph_cache = None
+
     # ------------------------------------------------------------------ mutation
     def add(self, vectors: Any, ids: Any = None) -> np.ndarray:
         """Insert vectors; return their ids.
@@ -269,9 +307,16 @@ class HNSWIndex:
             Neighbours per query (>= 1).
         ef : int, optional
             Candidate list size for this call (default: ``self.ef``); hnswlib uses ``max(ef, k)``.
-        filter : callable or array_like of int, optional
-            ``filter(id) -> bool`` or the collection of allowed ids. Filtered searches run on one
-            thread (hnswlib calls the Python filter under the GIL).
+        filter : callable, array_like of int, or numpy bool array, optional
+            Which ids may be returned, one of
+
+            * ``filter(id) -> bool``;
+            * the allowed ids: a set, list, tuple, range or integer numpy array (non-negative
+              integers; repeats are fine);
+            * a boolean **mask** over ids: a 1-d numpy array of dtype ``bool`` with
+              ``len(mask) > max(index.ids)``, ``mask[id]`` True where ``id`` is allowed.
+
+            Filtered searches run on one thread (hnswlib calls the Python filter under the GIL).
         num_threads : int, optional
             Threads of this call only (-1 = all cores); default the index's setting.
 
@@ -281,6 +326,14 @@ class HNSWIndex:
             Nearest first; -1 where fewer than k were found.
         distances : (nq, k) float32
             Index convention; +inf where fewer than k were found.
+
+        Raises
+        ------
+        FilterError
+            If ``filter`` is ambiguous or malformed: a boolean mask that is not 1-d or not longer
+            than the largest id, booleans that are not a numpy bool array (a list of bools, a
+            single bool), a scalar, negative or non-integer ids, or anything else that is neither
+            callable nor a collection of ids.
         """
         q = as_matrix(queries, "queries", self._dim)
         k = check_positive_int(k, "k")
@@ -305,8 +358,41 @@ class HNSWIndex:
             return None
         if callable(filter):
             return filter
-        allowed = frozenset(as_ids(np.asarray(list(filter) if isinstance(filter, (set, frozenset)) else filter),
-                                   "filter", unique=False).tolist())
+        if isinstance(filter, np.ndarray) and filter.dtype == np.bool_:
+            return self._mask_filter(filter)
+        if isinstance(filter, (bool, np.bool_)):
+            raise FilterError(f"filter: a single bool ({filter!r}) is ambiguous; pass a callable, a collection "
+                              "of ids or a numpy bool mask over ids")
+        if isinstance(filter, (Set, KeysView)):
+            filter = list(filter)
+        if not isinstance(filter, (np.ndarray, list, tuple, range)):
+            raise FilterError(f"filter: expected a callable, a collection of ids or a numpy bool mask, "
+                              f"got {type(filter).__name__}")
+        try:
+            arr = np.asarray(filter)
+        except (TypeError, ValueError) as exc:
+            raise FilterError(f"filter: cannot be read as ids ({exc})") from exc
+        if arr.dtype == np.bool_:
+            raise FilterError("filter: a sequence of booleans is ambiguous (mask or the ids 0/1?); pass a numpy "
+                              "bool array for a mask, integer ids otherwise")
+        if arr.ndim != 1:
+            raise FilterError(f"filter: expected a 1-d collection of ids, got shape {arr.shape}")
+        try:
+            ids = as_ids(arr, "filter", unique=False)
+        except InvalidInputError as exc:
+            raise FilterError(str(exc)) from exc
+        allowed = frozenset(ids.tolist())
+        return allowed.__contains__
+
+    def _mask_filter(self, mask: np.ndarray) -> Callable[[int], bool]:
+        if mask.ndim != 1:
+            raise FilterError(f"filter: a boolean mask must be 1-d over ids, got shape {mask.shape}")
+        with self._lock.read():
+            top = max(self._live) if self._live else -1
+        if mask.shape[0] <= top:
+            raise FilterError(f"filter: boolean mask of length {mask.shape[0]} does not cover id {top} "
+                              f"(needs length > {top}, the largest id in the index)")
+        allowed = frozenset(np.flatnonzero(mask).tolist())
         return allowed.__contains__
 
     def _search_into(self, q: np.ndarray, k: int, threads: int, predicate: Callable[[int], bool] | None,
@@ -351,15 +437,21 @@ class HNSWIndex:
     def graph(self) -> HNSWGraph:
         """Exact, immutable snapshot of the current graph (labels, levels, layers, entry point).
 
-        The snapshot is cached until the next ``add``/``delete``.
+        The snapshot is cached until the next ``add``/``delete``. After one, the new snapshot is
+        derived from the last one returned (kept in ``_graph_base``): only rows whose record or
+        upper-layer links changed, and new rows, are decoded; ``g.changed_rows(previous)`` and
+        ``g.neighborhood_changes(previous, ...)`` then say which rows a consumer must refresh.
+        Rows are hnswlib's internal ids and never move between snapshots of one index.
         """
         with self._lock.read():
             cached = self._graph_cache
             if cached is not None:
+                self._graph_base = cached
                 return cached
             state = self._index.__getstate__()[0]
-            g = graph_from_state(state, self._space)
+            g = graph_from_state(state, self._space, previous=getattr(self, "_graph_base", None))
             self._graph_cache = g
+            self._graph_base = g
             return g
 
     def raw_state(self) -> dict[str, Any]:

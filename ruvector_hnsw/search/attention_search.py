@@ -15,7 +15,6 @@ a query touches only its candidates, its own context and its expansion.
 
 from __future__ import annotations
 
-import os
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -28,7 +27,6 @@ from ruvector_hnsw.errors import (
     ConfigError,
     IndexCorruptedError,
     InvalidInputError,
-    NotFittedError,
     ShapeMismatchError,
 )
 from ruvector_hnsw.index import HNSWGraph, HNSWIndex
@@ -45,6 +43,8 @@ __all__ = ["AttentionSearch"]
 
 FORMAT_VERSION = 2
 _MODEL_KIND = "attention_search"
+#: a search that raced with ``index.add`` is redone on the new state, up to this many times
+_CONSISTENT_TRIES = 8
 
 
 class AttentionSearch:
@@ -258,6 +258,10 @@ class AttentionSearch:
         -------
         ids : (nq, k) int64
             Labels, best first; -1 where fewer than k exist. Deleted items never appear.
+            Searches may run concurrently with each other and with ``index.add``/``delete``: a
+            search that raced with a change of the index is redone on the new state, so results
+            are those of one state of the index (under a continuous stream of writes, after
+            :data:`_CONSISTENT_TRIES` attempts the last attempt is returned).
         scores : (nq, k) float32
             Higher = better; -inf on padding. Before ``fit`` the order is exactly HNSW's.
         """
@@ -269,9 +273,14 @@ class AttentionSearch:
         if over:
             knobs = Knobs(**{**knobs.__dict__, **over})
         with thread_limits(self._num_threads):
-            db = self._synced()
-            with self._lock.read():
-                return self._search(db, q, k, knobs)
+            for _ in range(_CONSISTENT_TRIES):
+                db = self._synced()
+                with self._lock.read():
+                    g = db.graph
+                    out = self._search(db, q, k, knobs)
+                    if self.index.graph() is g:  # no add/delete landed while HNSW was searched
+                        return out
+            return out
 
     def _search(self, db: DatabaseState, q: np.ndarray, k: int, knobs: Knobs) -> tuple[np.ndarray, np.ndarray]:
         C = knobs.candidates

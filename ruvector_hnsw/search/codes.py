@@ -10,9 +10,11 @@ amortised O(rows added) and updates rows in place) and answers latent kNN querie
 - ``"flat"``: exact inner-product search over the current buffer (``faiss.knn``), nothing to
   maintain, and results that depend only on the codes;
 - ``"hnsw"``: an hnswlib graph over the codes (space ``ip``), built single-threaded in row order
-  (so a given set of codes always gives the same graph) and updated in place for changed rows.
-  A graph updated row by row is not the graph a rebuild gives: expansion results can then differ
-  from a freshly built model's by the latent graph's approximation.
+  (so a given set of codes always gives the same graph). Rows added or re-encoded after the build
+  form a *delta* that is searched exactly and merged with the graph's answer (their stale graph
+  entries are dropped), so an update costs no graph insertion; the graph is rebuilt when the delta
+  grows past a quarter of the rows. Its answers are approximate, as any HNSW graph's: a model
+  updated this way and one built afresh can differ by the latent graph's approximation.
 
 ``"auto"`` picks ``flat`` up to :data:`FLAT_MAX` rows.
 """
@@ -31,7 +33,11 @@ from ruvector_hnsw.search._rows import GrowableRows
 __all__ = ["FLAT_MAX", "LATENT_KINDS", "LatentCodes"]
 
 #: the ``"auto"`` latent index is exact up to this many rows
-FLAT_MAX = 20_000
+FLAT_MAX = 5_000
+#: the latent graph is rebuilt when the delta holds more than this share of the rows ...
+DELTA_MAX_FRACTION = 0.25
+#: ... and more than this many rows
+DELTA_MIN = 8_000
 LATENT_KINDS = ("auto", "flat", "hnsw")
 
 
@@ -70,6 +76,8 @@ class LatentCodes:
         self.phi_fitted = int(self.phi.view.shape[0] if phi_fitted is None else phi_fitted)
         self._codes = GrowableRows(self._compose(self.z.view, self.phi.view))
         self._graph: HNSWIndex | None = None
+        #: (N, 1) rows whose code the latent graph does not hold (answered by the exact delta search)
+        self._stale = GrowableRows(np.zeros((len(self.z), 1), dtype=bool))
         if self.resolved_kind == "hnsw":
             self._graph = self._build_graph()
 
@@ -117,48 +125,75 @@ class LatentCodes:
         return g
 
     def search(self, zq: np.ndarray, k: int, num_threads: int = 1) -> np.ndarray:
-        """Rows of the ``k`` codes with the largest inner product with each ``zq`` row (-1 padded)."""
+        """Rows of the ``k`` codes with the largest inner product with each ``zq`` row (-1 padded).
+
+        ``hnsw``: the latent graph's answer over the rows it holds with their current codes, merged
+        with an exact search over the *delta* (rows added or re-encoded since the graph was built).
+        """
         n = len(self)
         B = zq.shape[0]
         out = np.full((B, k), -1, dtype=np.int64)
         if n == 0:
             return out
+        zq = np.ascontiguousarray(zq, dtype=np.float32)
         kk = min(k, n)
         if self._graph is None:
-            _, idx = faiss.knn(np.ascontiguousarray(zq, dtype=np.float32), self._codes.view, kk,
-                               metric=faiss.METRIC_INNER_PRODUCT)
+            _, idx = faiss.knn(zq, self._codes.view, kk, metric=faiss.METRIC_INNER_PRODUCT)
             out[:, :kk] = idx
-        else:
-            ids, _ = self._graph.search(zq, k=kk, ef=max(self.ef, kk))
-            out[:, :kk] = ids
-        out[out >= n] = -1
+            out[out >= n] = -1
+            return out
+        fetch = min(kk + 8 + kk // 4, len(self._graph)) if len(self._graph) else 0
+        parts = []
+        if fetch:
+            ids, _ = self._graph.search(zq, k=fetch, ef=max(self.ef, fetch))
+            ids = np.where((ids >= 0) & ~self._stale.view[np.maximum(ids, 0), 0], ids, -1)
+            parts.append(ids)
+        delta = np.flatnonzero(self._stale.view[:, 0])
+        if delta.size:
+            _, local = faiss.knn(zq, np.ascontiguousarray(self._codes.view[delta]), min(kk, delta.size),
+                                 metric=faiss.METRIC_INNER_PRODUCT)
+            parts.append(np.where(local >= 0, delta[np.maximum(local, 0)], -1))
+        cand = np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
+        sims = np.einsum("bd,bkd->bk", zq, self._codes.view[np.maximum(cand, 0)])
+        sims = np.where(cand >= 0, sims, -np.inf)
+        order = np.argsort(-sims, axis=1, kind="stable")[:, :kk]
+        out[:, :kk] = np.take_along_axis(cand, order, axis=1)
         return out
+
+    @property
+    def delta_size(self) -> int:
+        """Rows answered by the exact delta search (``hnsw`` only: added or re-encoded since the build)."""
+        return int(self._stale.view[:, 0].sum()) if self._graph is not None else 0
 
     # ------------------------------------------------------------------ updates
     def update(self, rows: np.ndarray, z_rows: np.ndarray, n: int, phi_rows: np.ndarray | None = None,
                phi_values: np.ndarray | None = None) -> None:
         """Grow to ``n`` rows and set the codes of ``rows`` (new rows must all be in ``rows``).
 
-        ``phi_rows`` (a subset of ``rows``) get the diffusion coordinates ``phi_values``.
+        ``phi_rows`` (a subset of ``rows``) get the diffusion coordinates ``phi_values``. With an
+        ``hnsw`` latent graph the changed rows join the exact delta; the graph is rebuilt (in row
+        order, single-threaded) once the delta exceeds :data:`DELTA_MAX_FRACTION` of the rows.
         """
-        old = len(self)
         self.z.resize(n)
         if self.phi.view.shape[1]:
             self.phi.resize(n)
             if phi_rows is not None and phi_values is not None and phi_rows.size:
                 self.phi.set_rows(phi_rows, phi_values)
         self._codes.resize(n)
+        self._stale.resize(n, True)
         if rows.size:
             self.z.set_rows(rows, z_rows)
             self._codes.set_rows(rows, self._compose(self.z.view[rows], self.phi.view[rows]
                                                      if self.phi.view.shape[1] else None))
-        if self._graph is not None and rows.size:
-            stale = rows[rows < old]
-            if stale.size:
-                self._graph.delete(stale)
-            self._graph.add(self._codes.view[rows], ids=rows)
-        elif self._graph is None and self.kind == "auto" and self.resolved_kind == "hnsw":
-            self._graph = self._build_graph()
+            self._stale.set_rows(rows, True)
+        if self.kind == "auto" and self._graph is None and self.resolved_kind == "hnsw":
+            self._rebuild()
+        elif self._graph is not None and self.delta_size > max(DELTA_MIN, DELTA_MAX_FRACTION * n):
+            self._rebuild()
+
+    def _rebuild(self) -> None:
+        self._graph = self._build_graph()
+        self._stale = GrowableRows(np.zeros((len(self), 1), dtype=bool))
 
     def with_rho(self, rho: float) -> LatentCodes:
         """The same codes with another diffusion weight (latent index rebuilt)."""
@@ -172,6 +207,7 @@ class LatentCodes:
                                "kind": self.kind, "seed": self.seed, "ef": self.ef, "phi_fitted": self.phi_fitted}
         if self._graph is not None:
             out["graph"] = self._graph
+            out["stale"] = self._stale.view[:, 0].copy()
         return out
 
     @classmethod
@@ -186,5 +222,12 @@ class LatentCodes:
         obj.phi_fitted = int(state["phi_fitted"])
         obj._codes = GrowableRows(obj._compose(obj.z.view, obj.phi.view))
         graph = state.get("graph")
-        obj._graph = graph if graph is not None else (obj._build_graph() if obj.resolved_kind == "hnsw" else None)
+        obj._stale = GrowableRows(np.zeros((len(obj.z), 1), dtype=bool))
+        if graph is not None:
+            obj._graph = graph
+            stale = state.get("stale")
+            if stale is not None:
+                obj._stale = GrowableRows(np.asarray(stale, dtype=bool).reshape(-1, 1).copy())
+        else:
+            obj._graph = obj._build_graph() if obj.resolved_kind == "hnsw" else None
         return obj

@@ -82,7 +82,8 @@ class Scale:
     @classmethod
     def of(cls, vectors: np.ndarray, s0: float) -> Scale:
         mu = vectors.mean(axis=0).astype(np.float32) if vectors.shape[0] else np.zeros(vectors.shape[1], np.float32)
-        spread = float(np.sqrt(((vectors - mu) ** 2).sum(axis=1).mean() / vectors.shape[1])) if vectors.shape[0] else 1.0
+        spread = (float(np.sqrt(((vectors - mu) ** 2).sum(axis=1).mean() / vectors.shape[1]))
+                  if vectors.shape[0] else 1.0)
         return cls(mu=mu, sigma=max(spread, 1e-6), s0=float(s0))
 
 

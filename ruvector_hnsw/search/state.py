@@ -34,6 +34,9 @@ __all__ = ["ENCODE_CHUNK", "DatabaseState"]
 
 #: rows encoded per call when (re)computing database codes
 ENCODE_CHUNK = 4096
+#: smaller batches are padded to this many rows: BLAS takes other code paths (other summation
+#: orders) for small matrices, and a row's code must not depend on how many rows share its batch
+MIN_ENCODE_BATCH = 256
 #: neighbours whose affinities define the diffusion graph and the Nystrom rule
 DIFFUSION_K = 10
 
@@ -95,15 +98,22 @@ class DatabaseState:
 
     # ------------------------------------------------------------------ codes
     def encode_rows(self, encoder: ContextEncoder, rows: np.ndarray) -> np.ndarray:
-        """Unit codes ``(len(rows), p)`` of table rows, attending over their graph contexts."""
+        """Unit codes ``(len(rows), p)`` of table rows, attending over their graph contexts.
+
+        A row's code is the same whichever rows are encoded with it (batches are padded to
+        :data:`MIN_ENCODE_BATCH` rows), so incremental updates equal a full refresh exactly.
+        """
         out = np.empty((rows.shape[0], encoder.latent_dim), dtype=np.float32)
         table = self.table.view
         for lo in range(0, rows.shape[0], ENCODE_CHUNK):
             r = rows[lo : lo + ENCODE_CHUNK]
+            m = r.shape[0]
+            if m < MIN_ENCODE_BATCH and self.n >= 1:
+                r = np.resize(r, MIN_ENCODE_BATCH)  # repeats the rows; only the first m are kept
             ids, mask, ctx = self.contexts.of_rows(r)
             if self.table_state is not None:
                 ctx.table_state = self.table_state
-            out[lo : lo + r.shape[0]] = encoder.encode(table[r], table, ids, mask, ctx).zhat
+            out[lo : lo + m] = encoder.encode(table[r], table, ids, mask, ctx).zhat[:m]
         return out
 
     def refresh_codes(self, model: SearchModel, *, kind: str | None = None, phi: np.ndarray | None = None,
@@ -140,7 +150,8 @@ class DatabaseState:
         record = graph.changed_rows(old)
         assert model.scale is not None
         self.table.resize(n)
-        vec_rows = record[(record >= n_old) | _vector_changed(old, graph, record[record < n_old])]
+        kept = record[record < n_old]
+        vec_rows = np.concatenate([kept[_vector_changed(old, graph, kept)], record[record >= n_old]])
         if vec_rows.size:
             self.table.set_rows(vec_rows, model.scale.standardise(graph.vectors[vec_rows]))
         self.graph = graph

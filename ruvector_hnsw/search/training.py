@@ -42,14 +42,26 @@ from ruvector_hnsw.training.optim import Adam
 from ruvector_hnsw.training.schedules import WarmupCosineSchedule
 from ruvector_hnsw.training.trainer import Batch, EpochState, Trainer, TrainingHistory
 
-__all__ = ["ALPHA_GRID", "RHO_GRID", "FitOptions", "SearchTrainingModel", "TrainingState", "calibrate", "contrastive_loss", "fit",
-           "map_at_r_of_rows"]
+__all__ = [
+    "ALPHA_GRID",
+    "RHO_GRID",
+    "FitOptions",
+    "SearchTrainingModel",
+    "TrainingState",
+    "ap_at_r_of_rows",
+    "calibrate",
+    "contrastive_loss",
+    "fit",
+    "map_at_r_of_rows",
+]
 
 #: candidate weights of the latent term; 0 keeps the index's ranking
 ALPHA_GRID = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 512.0, 2048.0)
 #: candidate weights of the diffusion coordinates relative to the learned codes; 0 = codes only
 RHO_GRID = (0.0, 0.25, 1.0, 4.0, 16.0)
 _VAL_CAP = 1000
+#: a non-zero alpha must beat alpha = 0 by this many standard errors of the per-query AP gain
+SIGNIFICANCE = 2.0
 
 
 @dataclass(frozen=True)
@@ -71,13 +83,20 @@ class FitOptions:
     resume: bool | str | os.PathLike[str] = False
 
 
-def map_at_r_of_rows(result_rows: np.ndarray, pos_lists: list[np.ndarray], cap: int | None = None) -> float:
-    """mAP@R of ranked table rows against each query's relevant rows (R capped at ``cap``)."""
+def ap_at_r_of_rows(result_rows: np.ndarray, pos_lists: list[np.ndarray], cap: int | None = None) -> np.ndarray:
+    """Per-query AP@R of ranked table rows against each query's relevant rows (NaN without relevant rows)."""
     rel = np.zeros(result_rows.shape, dtype=bool)
     for i, rows in enumerate(pos_lists):
         rel[i] = np.isin(result_rows[i], rows) & (result_rows[i] >= 0)
     n_rel = np.array([len(r) for r in pos_lists])
-    return float(map_at_r(rel, n_rel, cap=cap))
+    return np.asarray(map_at_r(rel, n_rel, cap=cap, per_query=True), dtype=np.float64)
+
+
+def map_at_r_of_rows(result_rows: np.ndarray, pos_lists: list[np.ndarray], cap: int | None = None) -> float:
+    """mAP@R of ranked table rows against each query's relevant rows (R capped at ``cap``)."""
+    ap = ap_at_r_of_rows(result_rows, pos_lists, cap)
+    ok = np.isfinite(ap)
+    return float(ap[ok].mean()) if ok.any() else 0.0
 
 
 @dataclass
@@ -249,13 +268,27 @@ def _ranking(qb: QueryBatch, pools: _ValPools, alpha: float, s0: float, k: int) 
 
 def calibrate(model: SearchModel, db: DatabaseState, qb: QueryBatch, pos_lists: list[np.ndarray], knobs: Knobs,
               num_threads: int, *, set_alpha: bool = True) -> tuple[float, float]:
-    """Pick ``alpha`` (``beta = 1``) from :data:`ALPHA_GRID` by validation mAP@R; return ``(value, alpha)``."""
+    """Pick ``alpha`` (``beta = 1``) from :data:`ALPHA_GRID` by validation mAP@R; return ``(value, alpha)``.
+
+    A non-zero ``alpha`` is taken only when it beats the index's own ranking (``alpha = 0``) by
+    more than :data:`SIGNIFICANCE` standard errors of the paired per-query AP differences, so a
+    model that learned nothing (random labels, unseen classes it cannot help) falls back to the
+    index's ranking instead of fitting the validation noise.
+    """
     k = max(1, int(min(max(len(r) for r in pos_lists), _VAL_CAP, db.n)))
     pools = _val_pools(model, db, qb, k, knobs, num_threads)
-    best = (-np.inf, 0.0)
-    for a in ALPHA_GRID:
-        value = map_at_r_of_rows(_ranking(qb, pools, a, db.contexts.s0, k), pos_lists, cap=_VAL_CAP)
-        if value > best[0] + 1e-9:
+    s0 = db.contexts.s0
+    base = ap_at_r_of_rows(_ranking(qb, pools, 0.0, s0, k), pos_lists, cap=_VAL_CAP)
+    ok = np.isfinite(base)
+    best = (float(base[ok].mean()) if ok.any() else 0.0, 0.0)
+    for a in ALPHA_GRID[1:]:
+        ap = ap_at_r_of_rows(_ranking(qb, pools, a, s0, k), pos_lists, cap=_VAL_CAP)
+        diff = (ap - base)[ok]
+        if diff.size == 0:
+            continue
+        value = float(ap[ok].mean())
+        se = float(diff.std(ddof=1) / np.sqrt(diff.size)) if diff.size > 1 else np.inf
+        if value > best[0] + 1e-9 and diff.mean() > SIGNIFICANCE * se:
             best = (value, a)
     if set_alpha:
         model.alpha, model.beta = best[1], 1.0

@@ -138,12 +138,12 @@ def gather_and_dense(mech, q, table, ids, context=None, *, rng):
     """Forward + backward of ``mech`` in gather form (``table``, ``ids``) and in the equivalent
     dense form (rows gathered, ``-1`` slots zero and masked), with one cotangent ``G`` drawn from
     ``rng`` after the gather forward. Returns ``(out_gather, grads_gather, out_dense, grads_dense)``."""
-    out_g = mech.forward(q, table, table, None, context, ids=ids)
+    out_g, cache = mech.forward(q, table, table, None, context, ids=ids)
     G = rng.standard_normal(out_g.shape)
-    gg = mech.backward(G)
+    gg = mech.backward(cache, G)
     dense = np.where((ids >= 0)[:, :, None], table[np.maximum(ids, 0)], 0.0)
-    out_d = mech.forward(q, dense, dense, ids >= 0, context)
-    gd = mech.backward(G)
+    out_d, cache = mech.forward(q, dense, dense, ids >= 0, context)
+    gd = mech.backward(cache, G)
     return out_g, gg, out_d, gd
 
 
@@ -187,14 +187,14 @@ def check_gradients(
     """
     rng = np.random.default_rng(seed)
     q, K, V = (np.array(a, dtype=np.float64) for a in (query, keys, values))
-    out = mech.forward(q, K, V, mask=mask, context=context, ids=ids)
+    out, cache = mech.forward(q, K, V, mask=mask, context=context, ids=ids)
     G = rng.standard_normal(out.shape)
-    grads = mech.backward(G)
+    grads = mech.backward(cache, G)
     expected = set(mech.params) | {"query", "keys", "values"}
     assert set(grads) == expected, (set(grads), expected)
 
     def loss() -> float:
-        return float((mech.forward(q, K, V, mask=mask, context=context, ids=ids) * G).sum())
+        return float((mech.forward(q, K, V, mask=mask, context=context, ids=ids)[0] * G).sum())
 
     errs = {}
     for name, arr in [*mech.params.items(), ("query", q), ("keys", K), ("values", V)]:

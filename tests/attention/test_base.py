@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from ruvector_hnsw.attention import MECHANISMS, AttentionMechanism, Context
-from ruvector_hnsw.attention.base import as_float_array, check_ids, check_mask
+from ruvector_hnsw.attention.base import ForwardResult, as_float_array, check_ids, check_mask
 from ruvector_hnsw.errors import (
     ConfigError,
     DimensionMismatchError,
@@ -14,7 +14,6 @@ from ruvector_hnsw.errors import (
     InvalidDTypeError,
     InvalidInputError,
     NonFiniteError,
-    NotFittedError,
     ShapeMismatchError,
 )
 from ruvector_hnsw.threads import set_num_threads
@@ -150,23 +149,28 @@ def test_bad_inputs_raise_typed_errors(name):
         att.forward(q, K, V, mask, context={"dist": 1})
 
 
-def test_backward_state(name):
+def test_backward_needs_a_cache_of_this_mechanism(name):
     q, K, V, mask = _data()
     att = ref.make_mechanism(name, D, DV)
     ctx = ref.make_context(B, N)
-    with pytest.raises(NotFittedError, match="before forward"):
-        att.backward(np.zeros((B, D)))
-    out = att.forward(q, K, V, mask, context=ctx)
+    with pytest.raises(InvalidInputError, match="cache returned by forward"):
+        att.backward(np.zeros((B, D)), np.zeros((B, D)))  # the v1 call form is rejected
+    out, cache = att.forward(q, K, V, mask, context=ctx)
     G = np.random.default_rng(0).standard_normal(out.shape)
-    g1 = att.backward(G)
+    g1 = att.backward(cache, G)
     with pytest.raises(ShapeMismatchError, match="grad_out"):
-        att.backward(G[:, :-1])
+        att.backward(cache, G[:, :-1])
     with pytest.raises(NonFiniteError):
-        att.forward(q * np.nan, K, V, mask, context=ctx)  # rejected: cache of the last forward survives
-    g2 = att.backward(G)
+        att.forward(q * np.nan, K, V, mask, context=ctx)  # a rejected call changes no cache
+    _, other_cache = att.forward(q[:2] * 0.5, K[:2], V[:2], mask[:2], context=ref.make_context(2, N))
+    g2 = att.backward(cache, G)  # a later forward does not replace the cache either
     for k in g1:
         np.testing.assert_array_equal(g1[k], g2[k])
     assert set(g1) == set(att.params) | {"query", "keys", "values"}
+    twin = ref.make_mechanism(name, D, DV)
+    with pytest.raises(InvalidInputError, match="another mechanism object"):
+        twin.backward(cache, G)
+    assert other_cache.output_shape == (2, out.shape[1])
     for k, v in att.params.items():
         assert g1[k].shape == v.shape and g1[k].dtype == v.dtype
 
@@ -174,28 +178,28 @@ def test_backward_state(name):
 def test_dtype_conversion(name):
     q, K, V, mask = _data()
     ctx = ref.make_context(B, N)
-    out = ref.make_mechanism(name, D, DV).forward(q, K, V, mask, context=ctx)  # float64 in
+    out = ref.make_mechanism(name, D, DV).forward(q, K, V, mask, context=ctx)[0]  # float64 in
     assert out.dtype == np.float32
     att64 = ref.make_mechanism(name, D, DV, dtype=np.float64)
-    out64 = att64.forward(q.astype(np.float32), K, V, mask, context=ctx)
+    out64, _ = att64.forward(q.astype(np.float32), K, V, mask, context=ctx)
     assert out64.dtype == np.float64
     assert all(p.dtype == np.float64 for p in att64.params.values())
     np.testing.assert_allclose(out, out64, rtol=1e-4, atol=1e-5)
     # integer / bool inputs are converted
     assert np.isfinite(ref.make_mechanism(name, D, DV).forward(
-        q.astype(int), K.astype(int), V.astype(int), mask.astype(int), context=ctx)).all()
+        q.astype(int), K.astype(int), V.astype(int), mask.astype(int), context=ctx)[0]).all()
 
 
 def test_unbatched_matches_batched(name):
     q, K, V, mask = _data()
     att = ref.make_mechanism(name, D, DV, dtype=np.float64)
     ctx = ref.make_context(B, N)
-    full = att.forward(q, K, V, mask, context=ctx)
+    full, cache = att.forward(q, K, V, mask, context=ctx)
     w_full = att.weights(q, K, mask, context=ctx, **({"values": V} if name == "local_global" else {}))
     uctx = Context(dist=ctx.dist[1], layer=ctx.layer[1], hops=ctx.hops[1])
-    one = att.forward(q[1], K[1], V[1], mask[1], context=uctx)
+    one, cache = att.forward(q[1], K[1], V[1], mask[1], context=uctx)
     np.testing.assert_allclose(one, full[1], rtol=1e-12, atol=1e-14)
-    g = att.backward(np.ones_like(one))
+    g = att.backward(cache, np.ones_like(one))
     assert g["query"].shape == (D,) and g["keys"].shape == (N, D) and g["values"].shape == (N, DV)
     w = att.weights(q[1], K[1], mask[1], context=uctx, **({"values": V[1]} if name == "local_global" else {}))
     np.testing.assert_allclose(w, w_full[1], rtol=1e-12, atol=1e-14)
@@ -210,13 +214,13 @@ def test_gather_form_equals_dense(name):
     ids[-1, 1:] = -1
     ctx = ref.make_context(B, N)
     att = ref.make_mechanism(name, D, DV, dtype=np.float64)
-    out_g = att.forward(q := rng.standard_normal((B, D)), tk, tv, context=ctx, ids=ids)
+    out_g, cache = att.forward(q := rng.standard_normal((B, D)), tk, tv, context=ctx, ids=ids)
     G = rng.standard_normal(out_g.shape)
-    gg = att.backward(G)
+    gg = att.backward(cache, G)
     m = ids >= 0
     Kd, Vd = tk[np.maximum(ids, 0)], tv[np.maximum(ids, 0)]
-    out_d = att.forward(q, Kd, Vd, mask=m, context=ctx)
-    gd = att.backward(G)
+    out_d, cache = att.forward(q, Kd, Vd, mask=m, context=ctx)
+    gd = att.backward(cache, G)
     np.testing.assert_allclose(out_g, out_d, rtol=1e-12, atol=1e-13)
     for key, table in (("keys", tk), ("values", tv)):
         want = np.zeros_like(table)
@@ -258,7 +262,7 @@ def test_masked_slots_are_never_read(name):
     ctx = ref.make_context(B, N)
     if att.checks_table_rows:  # fused kernels check only attended items
         np.testing.assert_array_equal(
-            att.forward(q, K2, V2, mask, context=ctx), att.forward(q, K, V, mask, context=ctx)
+            att.forward(q, K2, V2, mask, context=ctx)[0], att.forward(q, K, V, mask, context=ctx)[0]
         )
     else:
         with pytest.raises(NonFiniteError):
@@ -286,13 +290,13 @@ class _Plain(AttentionMechanism):
         w = np.zeros_like(s)
         for b in range(batch.B):
             w[b] = ref.softmax_masked(s[b], batch.mask[b])
-        return np.einsum("bn,bnd->bd", w, batch.values), (batch, w)
+        return ForwardResult(np.einsum("bn,bnd->bd", w, batch.values), (batch, w), weights=w)
 
     def _weights(self, batch):
-        return self._forward(batch)[1][1]
+        return self._forward(batch).weights
 
-    def _backward(self, g, cache):
-        batch, w = cache
+    def _backward(self, g, data, input_grads):
+        batch, w = data
         dw = np.einsum("bd,bnd->bn", g, batch.values)
         ds = w * (dw - (w * dw).sum(1, keepdims=True))
         return {
@@ -313,16 +317,16 @@ def test_generic_gather_for_non_fused_mechanisms():
         _Plain(3).forward(rng.standard_normal((2, 3)), bad, tv, ids=ids)
 
 
-def test_warmup_keeps_backward_cache(name):
+def test_warmup_leaves_caches_and_params_alone(name):
     q, K, V, mask = _data()
     att = ref.make_mechanism(name, D, DV)
     ctx = ref.make_context(B, N)
-    out = att.forward(q, K, V, mask, context=ctx)
+    out, cache = att.forward(q, K, V, mask, context=ctx)
     G = np.ones_like(out)
-    g1 = att.backward(G)
+    g1 = att.backward(cache, G)
     params = {k: v.copy() for k, v in att.params.items()}
     att.warmup(value_dim=DV)
-    g2 = att.backward(G)
+    g2 = att.backward(cache, G)
     for k in g1:
         np.testing.assert_array_equal(g1[k], g2[k])
     for k, v in params.items():
@@ -335,11 +339,16 @@ def test_pickle_round_trip(name):
     q, K, V, mask = _data()
     ctx = ref.make_context(B, N)
     att = ref.make_mechanism(name, D, DV, seed=4)
-    out = att.forward(q, K, V, mask, context=ctx)
+    out, cache = att.forward(q, K, V, mask, context=ctx)
     clone = pickle.loads(pickle.dumps(att))
-    np.testing.assert_array_equal(clone.forward(q, K, V, mask, context=ctx), out)
-    with pytest.raises(NotFittedError):
-        pickle.loads(pickle.dumps(att)).backward(out)
+    out2, cache2 = clone.forward(q, K, V, mask, context=ctx)
+    np.testing.assert_array_equal(out2, out)
+    G = np.ones_like(out)
+    g, g2 = att.backward(cache, G), clone.backward(cache2, G)
+    for k in g:
+        np.testing.assert_array_equal(g2[k], g[k])
+    with pytest.raises(InvalidInputError):
+        clone.backward(cache, G)  # a cache belongs to the object whose forward made it
     assert clone.get_config() == att.get_config()
 
 
@@ -354,14 +363,14 @@ def test_backward_without_input_grads(name, gather):
     else:
         _, K, V, mask = _data()
         ids = None
-    out = att.forward(q, K, V, mask, context=ctx, ids=ids)
+    out, cache = att.forward(q, K, V, mask, context=ctx, ids=ids)
     G = rng.standard_normal(out.shape)
-    full = att.backward(G)
-    part = att.backward(G, input_grads=False)
+    full = att.backward(cache, G)
+    part = att.backward(cache, G, input_grads=False)
     assert set(part) == set(full) - {"keys", "values"}
     for k in part:
         np.testing.assert_allclose(part[k], full[k], rtol=1e-12, atol=1e-14)
-    again = att.backward(G)  # the flag does not stick
+    again = att.backward(cache, G)  # nothing sticks: the same cache serves both calls
     assert set(again) == set(full)
 
 

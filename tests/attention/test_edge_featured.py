@@ -71,12 +71,12 @@ def randomize(att, seed=5):
 
 def fd_check(att, q, K, V, mask, ctx, ids=None, eps=1e-6, tol=1e-6):
     rng = np.random.default_rng(11)
-    out = att.forward(q, K, V, mask, ctx, ids=ids)
+    out, cache = att.forward(q, K, V, mask, ctx, ids=ids)
     G = rng.standard_normal(out.shape)
-    grads = att.backward(G)
+    grads = att.backward(cache, G)
 
     def loss():
-        return float(np.sum(att.forward(q, K, V, mask, ctx, ids=ids) * G))
+        return float(np.sum(att.forward(q, K, V, mask, ctx, ids=ids)[0] * G))
 
     items = [*att.params.items(), ("query", q), ("keys", K), ("values", V)]
     assert set(grads) == {name for name, _ in items}
@@ -91,7 +91,7 @@ def test_forward_matches_reference(project_values):
     q, K, V, mask, ctx = make_inputs()
     att = EdgeFeaturedAttention(D, hidden=7, project_values=project_values, dtype=np.float64, seed=0)
     randomize(att)
-    out = att.forward(q, K, V, mask, ctx)
+    out, _ = att.forward(q, K, V, mask, ctx)
     F = ref_features(ctx.dist, ctx.layer, ctx.degree, att.num_layers)
     ref_out, ref_w = ref_forward(att.params, q, K, V, F, mask)
     np.testing.assert_allclose(out, ref_out, rtol=1e-10, atol=1e-12)
@@ -102,7 +102,7 @@ def test_float32_matches_reference():
     q, K, V, mask, ctx = make_inputs(1)
     att = EdgeFeaturedAttention(D, hidden=4, seed=3)
     randomize(att)
-    out = att.forward(q, K, V, mask, ctx)
+    out, _ = att.forward(q, K, V, mask, ctx)
     assert out.dtype == np.float32
     p64 = {k: v.astype(np.float64) for k, v in att.params.items()}
     F = ref_features(ctx.dist, ctx.layer, ctx.degree, att.num_layers)
@@ -116,7 +116,7 @@ def test_given_edge_features_and_width_check():
     F = rng.standard_normal((B, N, 3))
     att = EdgeFeaturedAttention(D, edge_dim=3, dtype=np.float64, seed=0)
     randomize(att)
-    out = att.forward(q, K, V, mask, Context(edge_features=F))
+    out, _ = att.forward(q, K, V, mask, Context(edge_features=F))
     np.testing.assert_allclose(out, ref_forward(att.params, q, K, V, F, mask)[0], rtol=1e-10, atol=1e-12)
     with pytest.raises(DimensionMismatchError, match="edge_features"):
         att.forward(q, K, V, mask, Context(edge_features=F[:, :, :2]))
@@ -174,12 +174,12 @@ def test_gather_form_matches_dense_and_scatters_gradients():
 def test_unbatched_equals_batched_row():
     q, K, V, mask, ctx = make_inputs()
     att = EdgeFeaturedAttention(D, dtype=np.float64, seed=0)
-    out = att.forward(q, K, V, mask, ctx)
-    one = att.forward(q[1], K[1], V[1], mask[1], Context(dist=ctx.dist[1], layer=ctx.layer[1],
+    out, cache = att.forward(q, K, V, mask, ctx)
+    one, cache = att.forward(q[1], K[1], V[1], mask[1], Context(dist=ctx.dist[1], layer=ctx.layer[1],
                                                          degree=ctx.degree[1]))
     assert one.shape == (D,)
     np.testing.assert_allclose(one, out[1], rtol=1e-12)
-    g = att.backward(np.ones(D))
+    g = att.backward(cache, np.ones(D))
     assert g["query"].shape == (D,) and g["keys"].shape == (N, D)
 
 
@@ -188,10 +188,10 @@ def test_fully_masked_row_is_zero_and_has_zero_gradient():
     mask[1] = False
     att = EdgeFeaturedAttention(D, dtype=np.float64, seed=0)
     randomize(att)
-    out = att.forward(q, K, V, mask, ctx)
+    out, cache = att.forward(q, K, V, mask, ctx)
     assert np.all(out[1] == 0.0)
     assert np.all(att.weights(q, K, mask, ctx)[1] == 0.0)
-    g = att.backward(np.ones_like(out))
+    g = att.backward(cache, np.ones_like(out))
     assert np.all(g["keys"][1] == 0) and np.all(g["values"][1] == 0) and np.all(g["query"][1] == 0)
     assert all(np.isfinite(v).all() for v in g.values())
 
@@ -210,9 +210,9 @@ def test_identical_keys_and_features_give_uniform_weights():
 
 def test_deterministic_given_seed():
     q, K, V, mask, ctx = make_inputs()
-    a = EdgeFeaturedAttention(D, seed=42).forward(q, K, V, mask, ctx)
-    b = EdgeFeaturedAttention(D, seed=42).forward(q, K, V, mask, ctx)
-    c = EdgeFeaturedAttention(D, seed=43).forward(q, K, V, mask, ctx)
+    a = EdgeFeaturedAttention(D, seed=42).forward(q, K, V, mask, ctx)[0]
+    b = EdgeFeaturedAttention(D, seed=42).forward(q, K, V, mask, ctx)[0]
+    c = EdgeFeaturedAttention(D, seed=43).forward(q, K, V, mask, ctx)[0]
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
 
@@ -233,12 +233,12 @@ def test_finite_outputs_any_scale(log_scale, seed, masked_rows):
     mask[:masked_rows] = False
     ctx = Context(dist=(rng.random((3, N)) * s).astype(np.float32), layer=rng.integers(0, 3, (3, N)))
     att = EdgeFeaturedAttention(D, seed=seed)
-    out = att.forward(q, K, V, mask, ctx)
+    out, cache = att.forward(q, K, V, mask, ctx)
     assert np.isfinite(out).all()
     assert np.all(out[:masked_rows] == 0)
     w = att.weights(q, K, mask, ctx)
     np.testing.assert_allclose(w[masked_rows:].sum(axis=1), 1.0, rtol=1e-5)
-    g = att.backward(np.ones_like(out))
+    g = att.backward(cache, np.ones_like(out))
     assert all(np.isfinite(v).all() for v in g.values())
 
 
@@ -252,7 +252,7 @@ def test_nonfinite_rows_referenced_by_ids_raise():
     ctx = Context(dist=np.ones((2, 3)), layer=np.zeros((2, 3), dtype=np.int8))
     att = EdgeFeaturedAttention(D, seed=0)
     q = rng.standard_normal((2, D))
-    assert np.isfinite(att.forward(q, table, table, None, ctx, ids=ids)).all()
+    assert np.isfinite(att.forward(q, table, table, None, ctx, ids=ids)[0]).all()
     ids[1, 2] = 9
     with pytest.raises(NonFiniteError, match="NaN"):
         att.forward(q, table, table, None, ctx, ids=ids)
@@ -268,8 +268,8 @@ def test_threaded_row_chunks_equal_single_thread():
     att = EdgeFeaturedAttention(d, hidden=32, seed=0)
 
     def run():
-        out = att.forward(q, table, table, None, ctx, ids=ids)
-        return out, att.backward(np.ones_like(out))
+        out, cache = att.forward(q, table, table, None, ctx, ids=ids)
+        return out, att.backward(cache, np.ones_like(out))
 
     many, g_many = with_threads(2, run)
     one, g_one = with_threads(1, run)
@@ -282,4 +282,4 @@ def test_config_round_trip():
     q, K, V, mask, ctx = make_inputs(10)
     a = EdgeFeaturedAttention(D, hidden=3, negative_slope=0.1, seed=4)
     b = EdgeFeaturedAttention(**a.get_config())
-    np.testing.assert_array_equal(a.forward(q, K, V, mask, ctx), b.forward(q, K, V, mask, ctx))
+    np.testing.assert_array_equal(a.forward(q, K, V, mask, ctx)[0], b.forward(q, K, V, mask, ctx)[0])

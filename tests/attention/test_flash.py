@@ -25,10 +25,10 @@ def test_equals_scaled_dot(n, block):
     mask[-1] = False
     fl = FlashAttention(d, block_size=block, temperature=0.8)
     sd = ScaledDotAttention(d, temperature=0.8)
-    np.testing.assert_allclose(fl.forward(q, K, V, mask), sd.forward(q, K, V, mask), atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(fl.forward(q, K, V, mask)[0], sd.forward(q, K, V, mask)[0], atol=1e-5, rtol=1e-5)
     np.testing.assert_allclose(fl.weights(q, K, mask), sd.weights(q, K, mask), atol=1e-6)
-    np.testing.assert_allclose(fl.forward(q, K, V, mask), ref.scaled_dot(q, K, V, mask, 0.8)[0], atol=1e-5)
-    assert np.all(fl.forward(q, K, V, mask)[-1] == 0)
+    np.testing.assert_allclose(fl.forward(q, K, V, mask)[0], ref.scaled_dot(q, K, V, mask, 0.8)[0], atol=1e-5)
+    assert np.all(fl.forward(q, K, V, mask)[0][-1] == 0)
 
 
 def test_gather_form_equals_scaled_dot():
@@ -36,8 +36,8 @@ def test_gather_form_equals_scaled_dot():
     table = rng.standard_normal((300, 12)).astype(np.float32)
     ids = rng.integers(-1, 300, size=(40, 50))
     q = rng.standard_normal((40, 12)).astype(np.float32)
-    a = FlashAttention(12, block_size=8).forward(q, table, table, ids=ids)
-    b = ScaledDotAttention(12).forward(q, table, table, ids=ids)
+    a = FlashAttention(12, block_size=8).forward(q, table, table, ids=ids)[0]
+    b = ScaledDotAttention(12).forward(q, table, table, ids=ids)[0]
     np.testing.assert_allclose(a, b, atol=1e-5)
 
 

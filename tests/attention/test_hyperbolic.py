@@ -79,12 +79,12 @@ def make_inputs(seed=0, scale=0.3):
 
 def fd_check(att, q, K, V, mask, ids=None, eps=1e-6, tol=1e-5):
     rng = np.random.default_rng(11)
-    out = att.forward(q, K, V, mask, ids=ids)
+    out, cache = att.forward(q, K, V, mask, ids=ids)
     G = rng.standard_normal(out.shape)
-    grads = att.backward(G)
+    grads = att.backward(cache, G)
 
     def loss():
-        return float(np.sum(att.forward(q, K, V, mask, ids=ids) * G))
+        return float(np.sum(att.forward(q, K, V, mask, ids=ids)[0] * G))
 
     items = [*att.params.items(), ("query", q), ("keys", K), ("values", V)]
     assert set(grads) == {name for name, _ in items}
@@ -115,7 +115,7 @@ def test_forward_matches_reference(input_map, output, c):
     K[0, 0] *= 20  # outside the ball
     att = HyperbolicAttention(D, curvature=c, temperature=0.7, input_map=input_map, output=output,
                               dtype=np.float64)
-    out = att.forward(q, K, V, mask)
+    out, _ = att.forward(q, K, V, mask)
     ref_out, ref_w = ref_forward(q, K, V, mask, c, att.eps, 0.7, input_map, output)
     np.testing.assert_allclose(out, ref_out, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(att.weights(q, K, mask), ref_w, rtol=1e-9, atol=1e-12)
@@ -126,7 +126,7 @@ def test_input_scale_matches_reference_and_fd(input_map, output):
     q, K, V, mask = make_inputs(8, scale=3.0)  # norms ~ 6: far outside the unit ball
     att = HyperbolicAttention(D, input_scale=0.15, temperature=0.5, input_map=input_map, output=output,
                               dtype=np.float64)
-    out = att.forward(q, K, V, mask)
+    out, _ = att.forward(q, K, V, mask)
     ref_out, _ = ref_forward(q, K, V, mask, -1.0, att.eps, 0.5, input_map, output, scale=0.15)
     np.testing.assert_allclose(out, ref_out, rtol=1e-9, atol=1e-12)
     fd_check(att, q, K, V, mask)
@@ -135,7 +135,7 @@ def test_input_scale_matches_reference_and_fd(input_map, output):
 def test_float32_matches_reference():
     q, K, V, mask = make_inputs(2)
     att = HyperbolicAttention(D, curvature=-1.5)
-    out = att.forward(q, K, V, mask)
+    out, _ = att.forward(q, K, V, mask)
     assert out.dtype == np.float32
     np.testing.assert_allclose(out, ref_forward(q, K, V, mask, -1.5, att.eps, 1.0)[0], rtol=1e-4, atol=1e-6)
 
@@ -176,22 +176,22 @@ def test_outputs_strictly_inside_for_boundary_inputs(c):
     q = K[:, 0] * 1.0
     for dtype in (np.float32, np.float64):
         att = HyperbolicAttention(D, curvature=c, temperature=0.05, dtype=dtype)
-        out = att.forward(q, K, V)
+        out, cache = att.forward(q, K, V)
         assert np.isfinite(out).all()
         assert np.all(np.linalg.norm(out.astype(np.float64), axis=1) < r)
-        g = att.backward(np.ones_like(out))
+        g = att.backward(cache, np.ones_like(out))
         assert all(np.isfinite(v).all() for v in g.values())
 
 
 def test_unbatched_fully_masked_and_uniform():
     q, K, V, mask = make_inputs(4)
     att = HyperbolicAttention(D, dtype=np.float64)
-    out = att.forward(q, K, V, mask)
-    np.testing.assert_allclose(att.forward(q[2], K[2], V[2], mask[2]), out[2], rtol=1e-12)
+    out, cache = att.forward(q, K, V, mask)
+    np.testing.assert_allclose(att.forward(q[2], K[2], V[2], mask[2])[0], out[2], rtol=1e-12)
     mask[1] = False
-    out = att.forward(q, K, V, mask)
+    out, cache = att.forward(q, K, V, mask)
     assert np.all(out[1] == 0) and np.all(att.weights(q, K, mask)[1] == 0)
-    g = att.backward(np.ones_like(out))
+    g = att.backward(cache, np.ones_like(out))
     assert np.all(g["keys"][1] == 0) and np.all(g["values"][1] == 0)
     Ksame = np.repeat(K[:, :1], N, axis=1)
     np.testing.assert_allclose(att.weights(q, Ksame), 1 / N, rtol=1e-12)
@@ -211,7 +211,7 @@ def test_config_and_shape_errors():
 def test_temperature_is_learned_and_deterministic():
     q, K, V, mask = make_inputs()
     a, b = HyperbolicAttention(D, seed=1), HyperbolicAttention(D, seed=1)
-    np.testing.assert_array_equal(a.forward(q, K, V, mask), b.forward(q, K, V, mask))
+    np.testing.assert_array_equal(a.forward(q, K, V, mask)[0], b.forward(q, K, V, mask)[0])
     w_hot = a.weights(q, K, mask)
     a.params["log_temperature"][...] = math.log(0.01)
     w_cold = a.weights(q, K, mask)
@@ -229,11 +229,11 @@ def test_finite_inside_any_scale(log_scale, seed, c, input_map):
     V = (rng.standard_normal((3, N, DV)) * s).astype(np.float32)
     mask = rng.random((3, N)) > 0.4
     att = HyperbolicAttention(D, curvature=c, input_map=input_map)
-    out = att.forward(q, K, V, mask)
+    out, cache = att.forward(q, K, V, mask)
     assert np.isfinite(out).all()
     assert np.all(np.linalg.norm(out.astype(np.float64), axis=1) < 1 / math.sqrt(-c))
     assert np.all(out[~mask.any(axis=1)] == 0)
-    g = att.backward(np.ones_like(out))
+    g = att.backward(cache, np.ones_like(out))
     assert all(np.isfinite(v).all() for v in g.values())
 
 
@@ -246,7 +246,7 @@ def test_nonfinite_rows_referenced_by_ids_raise():
     ids = np.array([[0, 1, 2], [3, 4, -1]])
     att = HyperbolicAttention(D)
     q = rng.standard_normal((2, D)) * 0.2
-    assert np.isfinite(att.forward(q, table, table, ids=ids)).all()
+    assert np.isfinite(att.forward(q, table, table, ids=ids)[0]).all()
     ids[0, 0] = 9
     with pytest.raises(NonFiniteError, match="NaN"):
         att.forward(q, table, table, ids=ids)
@@ -259,15 +259,15 @@ def test_threaded_row_chunks_equal_single_thread():
     ids = rng.integers(-1, 500, (Bb, n))
     q = rng.standard_normal((Bb, d)).astype(np.float32) * 0.1
     att = HyperbolicAttention(d)
-    many = with_threads(2, lambda: att.forward(q, table, table, ids=ids))
-    one = with_threads(1, lambda: att.forward(q, table, table, ids=ids))
+    many = with_threads(2, lambda: att.forward(q, table, table, ids=ids)[0])
+    one = with_threads(1, lambda: att.forward(q, table, table, ids=ids)[0])
     np.testing.assert_array_equal(many, one)
 
 
 def test_expmap_tangent_output_is_weighted_mean_of_values():
     q, K, V, mask = make_inputs(9, scale=1.0)
     att = HyperbolicAttention(D, input_map="expmap", output="tangent", input_scale=0.1, dtype=np.float64)
-    out = att.forward(q, K, V, mask)
+    out, _ = att.forward(q, K, V, mask)
     w = att.weights(q, K, mask)
     np.testing.assert_allclose(out, np.einsum("bn,bnv->bv", w, V), rtol=1e-10, atol=1e-12)
 
@@ -276,7 +276,7 @@ def test_config_round_trip():
     q, K, V, mask = make_inputs(10)
     a = HyperbolicAttention(D, curvature=-2.0, temperature=0.4, input_scale=0.3, input_map="expmap", seed=1)
     b = HyperbolicAttention(**a.get_config())
-    np.testing.assert_array_equal(a.forward(q, K, V, mask), b.forward(q, K, V, mask))
+    np.testing.assert_array_equal(a.forward(q, K, V, mask)[0], b.forward(q, K, V, mask)[0])
 
 
 @pytest.mark.parametrize(("input_map", "output", "c"), MODES)
@@ -287,9 +287,9 @@ def test_backward_kernel_equals_numpy_twin(input_map, output, c):
     mask[1] = False
     att = HyperbolicAttention(D, curvature=c, input_scale=1.3, input_map=input_map, output=output,
                               dtype=np.float64)
-    out = att.forward(q, K, V, mask)
+    out, cache = att.forward(q, K, V, mask)
     G = np.random.default_rng(0).standard_normal(out.shape)
-    got = att.backward(G)
-    twin = att._backward_numpy(G, att._last.cache)
+    got = att.backward(cache, G)
+    twin = att._backward_numpy(G, cache._data)
     for k in got:
         np.testing.assert_allclose(got[k], twin[k], rtol=1e-9, atol=1e-12, err_msg=k)

@@ -27,10 +27,10 @@ def test_matches_explicit_feature_maps(orthogonal):
     q, K, V, mask = _inputs()
     att = LinearAttention(8, num_features=32, orthogonal=orthogonal, temperature=1.5, seed=3, dtype=np.float64)
     want, W = ref.performer(q, K, V, mask, att.features, temperature=1.5)
-    np.testing.assert_allclose(att.forward(q, K, V, mask), want, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(att.forward(q, K, V, mask)[0], want, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(att.weights(q, K, mask), W, rtol=1e-10, atol=1e-12)
     att32 = LinearAttention(8, num_features=32, orthogonal=orthogonal, temperature=1.5, seed=3)
-    np.testing.assert_allclose(att32.forward(q, K, V, mask), want, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(att32.forward(q, K, V, mask)[0], want, rtol=1e-4, atol=1e-5)
 
 
 def test_error_vs_softmax_falls_with_num_features():
@@ -39,7 +39,8 @@ def test_error_vs_softmax_falls_with_num_features():
     errs = []
     for m in (4, 32, 256, 2048):
         e = [
-            np.abs(LinearAttention(8, num_features=m, seed=s, dtype=np.float64).forward(q, K, V, mask) - exact).mean()
+            np.abs(LinearAttention(8, num_features=m, seed=s, dtype=np.float64).forward(q, K, V, mask)[0] - exact)
+            .mean()
             for s in range(6)
         ]
         errs.append(float(np.mean(e)))

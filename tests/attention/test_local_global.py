@@ -33,18 +33,22 @@ def test_matches_reference(dv):
     q, K, V, mask, layer = _inputs(dv=dv)
     att = LocalGlobalAttention(5, value_dim=dv, temperature=0.9, dtype=np.float64, seed=0)
     _randomise(att)
-    out = att.forward(q, K, V, mask, context=Context(layer=layer))
+    out, cache = att.forward(q, K, V, mask, context=Context(layer=layer))
     want, WL, WG, gate = ref.local_global(att.params, q, K, V, mask, layer, temperature=0.9)
     np.testing.assert_allclose(out, want, rtol=1e-10, atol=1e-12)
-    pat = att.last_pattern
-    np.testing.assert_allclose(pat.local_weights, WL, atol=1e-12)
-    np.testing.assert_allclose(pat.global_weights, WG, atol=1e-12)
-    np.testing.assert_allclose(pat.gate, gate, atol=1e-12)
+    ins = cache.inspect
+    assert set(ins) == {"local_weights", "global_weights", "gate", "local_count", "global_count"}
+    np.testing.assert_allclose(ins["local_weights"], WL, atol=1e-12)
+    np.testing.assert_allclose(ins["global_weights"], WG, atol=1e-12)
+    np.testing.assert_allclose(ins["gate"], gate, atol=1e-12)
     assert gate[1] == 1.0 and gate[2] == 0.0
-    assert list(pat.local_count) == [3, int(mask[1].sum()), 0, 0]
-    np.testing.assert_allclose(pat.combined.sum(1), [1, 1, 1, 0], atol=1e-12)
+    assert list(ins["local_count"]) == [3, int(mask[1].sum()), 0, 0]
+    np.testing.assert_allclose(cache.weights.sum(1), [1, 1, 1, 0], atol=1e-12)
     w = att.weights(q, K, mask, context=Context(layer=layer), values=V)
-    np.testing.assert_allclose(w, pat.combined, atol=1e-12)
+    np.testing.assert_allclose(w, cache.weights, atol=1e-12)
+    pat = att.attention_pattern(q, K, V, mask, context=Context(layer=layer))  # the separate pure call
+    np.testing.assert_array_equal(pat.combined, cache.weights)
+    np.testing.assert_array_equal(pat.gate, ins["gate"])
     assert np.all(out[3] == 0)
 
 
@@ -52,7 +56,7 @@ def test_one_group_empty_gives_other_group_only():
     q, K, V, mask, layer = _inputs()
     att = LocalGlobalAttention(5, dtype=np.float64, seed=0)
     _randomise(att)
-    out = att.forward(q, K, V, mask, context=Context(layer=layer))
+    out, _ = att.forward(q, K, V, mask, context=Context(layer=layer))
     # row 1 is all local: plain softmax attention with the local query
     s = K[1] @ (att.params["W_local"] @ q[1]) / np.sqrt(5)
     np.testing.assert_allclose(out[1], ref.softmax_masked(s, mask[1]) @ V[1], atol=1e-12)
@@ -89,10 +93,12 @@ def test_gradients_dense_and_gather():
 def test_unbatched_pattern():
     q, K, V, mask, layer = _inputs()
     att = LocalGlobalAttention(5, seed=0)
-    out = att.forward(q[0], K[0], V[0], mask[0], context=Context(layer=layer[0]))
+    out, cache = att.forward(q[0], K[0], V[0], mask[0], context=Context(layer=layer[0]))
     assert out.shape == (5,)
-    assert att.last_pattern.local_weights.shape == (7,)
-    assert np.ndim(att.last_pattern.gate) == 0
+    assert cache.inspect["local_weights"].shape == (7,) and cache.weights.shape == (7,)
+    assert np.ndim(cache.inspect["gate"]) == 0
+    pat = att.attention_pattern(q[0], K[0], V[0], mask[0], context=Context(layer=layer[0]))
+    np.testing.assert_array_equal(pat.local_weights, cache.inspect["local_weights"])
 
 
 def test_errors():

@@ -92,32 +92,34 @@ def test_forward_matches_reference(top_k):
     q, K, V, mask, ctx = make_inputs()
     att = MoEAttention(D, top_k=top_k, dtype=np.float64, seed=0)
     randomize(att)
-    out = att.forward(q, K, V, mask, ctx)
+    out, cache = att.forward(q, K, V, mask, ctx)
     ref_out, ref_g, ref_p = ref_moe(att, q, K, V, mask, ctx)
     np.testing.assert_allclose(out, ref_out, rtol=1e-9, atol=1e-12)
-    np.testing.assert_allclose(att.last_gates, ref_g, rtol=1e-12, atol=1e-15)
-    np.testing.assert_allclose(att.last_router_probs, ref_p, rtol=1e-12)
-    assert att.last_gates[0, EXPERTS.index("global")] == 0
-    assert att.last_gates[1, EXPERTS.index("local")] == 0
-    np.testing.assert_allclose(att.last_gates.sum(axis=1), 1.0)
-    assert np.all((att.last_gates > 0).sum(axis=1) <= top_k)
+    gates = cache.inspect["gates"]
+    np.testing.assert_allclose(gates, ref_g, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(cache.inspect["router_probs"], ref_p, rtol=1e-12)
+    assert gates[0, EXPERTS.index("global")] == 0
+    assert gates[1, EXPERTS.index("local")] == 0
+    np.testing.assert_allclose(gates.sum(axis=1), 1.0)
+    assert np.all((gates > 0).sum(axis=1) <= top_k)
 
 
 def test_weights_are_gate_mixture_and_sum_to_one():
     q, K, V, mask, ctx = make_inputs(1)
     att = MoEAttention(D, dtype=np.float64, seed=0)
     randomize(att)
-    att.forward(q, K, V, mask, ctx)
+    _, cache = att.forward(q, K, V, mask, ctx)
     w = att.weights(q, K, mask, ctx)
     np.testing.assert_allclose(w.sum(axis=1), 1.0, rtol=1e-12)
     assert np.all(w[~mask] == 0)
+    np.testing.assert_allclose(cache.weights, w, rtol=1e-12, atol=1e-15)  # the forward's own mixture
     # experts linear in v (all but hyperbolic): with values v_j = e_j (j < D) and v_4 = 0 the
     # read-out equals the first D mixture weights
     att2 = MoEAttention(D, experts=("local", "global", "structural"), dtype=np.float64, seed=0)
     randomize(att2)
     V1 = np.zeros((B, N, D))
     V1[:, :D, :] = np.eye(D)
-    out = att2.forward(q, K, V1, mask, ctx)
+    out, cache = att2.forward(q, K, V1, mask, ctx)
     np.testing.assert_allclose(out, att2.weights(q, K, mask, ctx)[:, :D], rtol=1e-10, atol=1e-13)
 
 
@@ -129,16 +131,18 @@ def test_aux_loss_balanced_is_one_and_grows_with_imbalance():
     att = MoEAttention(D, dtype=np.float64, seed=0)
     att.params["router_W"][...] = 0
     att.params["router_b"][...] = 0
-    att.forward(q, K, V, mask, ctx)
-    assert att.aux_loss == pytest.approx(1.0)
+    _, balanced = att.forward(q, K, V, mask, ctx)
+    assert dict(balanced.aux_losses) == {"load_balance": pytest.approx(1.0)}
     att.params["router_b"][...] = [5.0, 0.0, 0.0, 0.0]
-    att.forward(q, K, V, mask, ctx)
-    p = att.last_router_probs
-    sel = att.last_gates > 0
+    _, cache = att.forward(q, K, V, mask, ctx)
+    p = cache.inspect["router_probs"]
+    sel = cache.inspect["gates"] > 0
     f = sel.sum(axis=0) / sel.sum()
-    assert att.aux_loss == pytest.approx(4 * np.sum(f * p.mean(axis=0)))
+    lb = cache.aux_losses["load_balance"]
+    assert lb == pytest.approx(4 * np.sum(f * p.mean(axis=0)))
     assert np.all(sel[:, 0])  # the favoured expert is always taken ...
-    assert att.aux_loss > 1.9  # ... so the loss is far above the balanced 1
+    assert lb > 1.9  # ... so the loss is far above the balanced 1
+    assert balanced.aux_losses["load_balance"] == pytest.approx(1.0)  # each cache keeps its own
 
 
 @pytest.mark.parametrize(("top_k", "aux_weight"), [(2, 0.0), (2, 0.5), (1, 0.2)])
@@ -148,12 +152,13 @@ def test_backward_matches_finite_differences(top_k, aux_weight):
                        expert_config={"structural": {"hidden": 3}})
     randomize(att, scale=0.5)
     rng = np.random.default_rng(9)
-    out = att.forward(q, K, V, mask, ctx)
+    out, cache = att.forward(q, K, V, mask, ctx)
     G = rng.standard_normal(out.shape)
-    grads = att.backward(G)
+    grads = att.backward(cache, G)
 
     def loss():
-        return float(np.sum(att.forward(q, K, V, mask, ctx) * G)) + aux_weight * att.aux_loss
+        o, c = att.forward(q, K, V, mask, ctx)
+        return float(np.sum(o * G)) + aux_weight * c.aux_losses["load_balance"]
 
     items = [*att.params.items(), ("query", q), ("keys", K), ("values", V)]
     assert set(grads) == {k for k, _ in items}
@@ -182,16 +187,16 @@ def test_fully_masked_row_unbatched_and_determinism():
     q, K, V, mask, ctx = make_inputs(6)
     mask[3] = False
     att = MoEAttention(D, dtype=np.float64, seed=7)
-    out = att.forward(q, K, V, mask, ctx)
-    assert np.all(out[3] == 0) and np.all(att.last_gates[3] == 0)
+    out, cache = att.forward(q, K, V, mask, ctx)
+    assert np.all(out[3] == 0) and np.all(cache.inspect["gates"][3] == 0)
     assert np.all(att.weights(q, K, mask, ctx)[3] == 0)
-    g = att.backward(np.ones_like(out))
+    g = att.backward(cache, np.ones_like(out))
     assert all(np.isfinite(v).all() for v in g.values())
     assert np.all(g["keys"][3] == 0)
-    one = att.forward(q[4], K[4], V[4], mask[4], Context(dist=ctx.dist[4], layer=ctx.layer[4]))
+    one, cache = att.forward(q[4], K[4], V[4], mask[4], Context(dist=ctx.dist[4], layer=ctx.layer[4]))
     np.testing.assert_allclose(one, out[4], rtol=1e-12)
     other = MoEAttention(D, dtype=np.float64, seed=7)
-    np.testing.assert_array_equal(other.forward(q, K, V, mask, ctx), out)
+    np.testing.assert_array_equal(other.forward(q, K, V, mask, ctx)[0], out)
 
 
 def test_errors():
@@ -221,10 +226,10 @@ def test_finite_any_scale(log_scale, seed, top_k):
     mask = rng.random((4, N)) > 0.3
     ctx = Context(dist=(rng.random((4, N)) * s).astype(np.float32), layer=rng.integers(0, 3, (4, N)))
     att = MoEAttention(D, top_k=top_k, seed=seed)
-    out = att.forward(q, K, V, mask, ctx)
-    assert np.isfinite(out).all() and np.isfinite(att.aux_loss)
+    out, cache = att.forward(q, K, V, mask, ctx)
+    assert np.isfinite(out).all() and np.isfinite(cache.aux_losses["load_balance"])
     assert np.all(out[~mask.any(axis=1)] == 0)
-    g = att.backward(np.ones_like(out))
+    g = att.backward(cache, np.ones_like(out))
     assert all(np.isfinite(v).all() for v in g.values())
 
 
@@ -242,7 +247,7 @@ def test_config_round_trip():
     q, K, V, mask, ctx = make_inputs(10)
     a = MoEAttention(D, top_k=3, aux_weight=0.1, expert_config={"structural": {"hidden": 3}}, seed=4)
     b = MoEAttention(**a.get_config())
-    np.testing.assert_array_equal(a.forward(q, K, V, mask, ctx), b.forward(q, K, V, mask, ctx))
+    np.testing.assert_array_equal(a.forward(q, K, V, mask, ctx)[0], b.forward(q, K, V, mask, ctx)[0])
 
 
 def test_nonfinite_referenced_rows_raise():
@@ -254,7 +259,7 @@ def test_nonfinite_referenced_rows_raise():
     ids = rng.integers(0, 11, (B, N))
     q, _, _, _, ctx = make_inputs(0)
     att = MoEAttention(D, top_k=4, seed=0)
-    assert np.isfinite(att.forward(q, table, table, None, ctx, ids=ids)).all()
+    assert np.isfinite(att.forward(q, table, table, None, ctx, ids=ids)[0]).all()
     ids[2, 0] = 11
     with pytest.raises(NonFiniteError):
         att.forward(q, table, table, None, ctx, ids=ids)

@@ -22,7 +22,7 @@ def _inputs(B=3, n=5, d=6, dv=4, seed=0):
 def test_matches_reference(heads, head_dim):
     q, K, V, mask = _inputs()
     att = MultiHeadAttention(6, heads=heads, head_dim=head_dim, value_dim=4, out_dim=5, seed=2)
-    out = att.forward(q, K, V, mask)
+    out, _ = att.forward(q, K, V, mask)
     p = {k: v.astype(np.float64) for k, v in att.params.items()}
     want, W = ref.multi_head(p, q, K, V, mask, heads, head_dim)
     assert out.shape == (3, 5)
@@ -58,10 +58,10 @@ def test_gradients_gather():
 def test_params_update_in_place_changes_output():
     q, K, V, mask = _inputs(dv=6)
     att = MultiHeadAttention(6, heads=2, seed=0)
-    before = att.forward(q, K, V, mask)
+    before, _ = att.forward(q, K, V, mask)
     W = att.params["W_o"]
     W *= 2.0  # optimizers update in place
-    after = att.forward(q, K, V, mask)
+    after, _ = att.forward(q, K, V, mask)
     np.testing.assert_allclose(after, 2 * before, rtol=1e-5, atol=1e-6)
 
 
@@ -72,4 +72,4 @@ def test_errors():
         MultiHeadAttention(8, heads=0)
     q, K, V, mask = _inputs(dv=4)
     with pytest.raises(DimensionMismatchError, match="value_dim"):
-        MultiHeadAttention(6, heads=2).forward(q, K, V, mask)
+        MultiHeadAttention(6, heads=2).forward(q, K, V, mask)[0]

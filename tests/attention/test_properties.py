@@ -37,7 +37,7 @@ def test_finite_outputs_for_finite_inputs_of_any_scale(name, seed, scale, vscale
     mask = rng.random((B, n)) > 0.3
     ctx = ref.make_context(B, n, seed=seed % 1000)
     att = ref.make_mechanism(name, d, dv, seed=1)
-    out = att.forward(q, K, V, mask, context=ctx)
+    out, _ = att.forward(q, K, V, mask, context=ctx)
     assert np.isfinite(out).all()
     w = _weights(att, name, q, K, V, mask, ctx)
     assert np.isfinite(w).all()
@@ -57,10 +57,10 @@ def test_fully_masked_rows_give_zero_output_weights_and_gradients(name, seed, n)
     mask[1] = False
     ctx = ref.make_context(B, n, seed=seed % 1000)
     att = ref.make_mechanism(name, d, dv, dtype=np.float64, seed=2)
-    out = att.forward(q, K, V, mask, context=ctx)
+    out, cache = att.forward(q, K, V, mask, context=ctx)
     assert np.all(out[1] == 0) and np.isfinite(out).all()
     assert np.all(_weights(att, name, q, K, V, mask, ctx)[1] == 0)
-    g = att.backward(np.ones_like(out))
+    g = att.backward(cache, np.ones_like(out))
     assert np.all(g["keys"][1] == 0) and np.all(g["values"][1] == 0)
     assert all(np.isfinite(v).all() for v in g.values())
     # masked items never receive gradient
@@ -82,9 +82,9 @@ def test_identical_keys_give_uniform_weights(name, seed, n, scale):
     ctx = Context(dist=np.full((B, n), 0.7), layer=layer, hops=np.ones((B, n), np.int64))  # same position
     att = ref.make_mechanism(name, d, dv, dtype=np.float64, seed=3)
     if name == "local_global":
-        att.forward(q, K, V, mask, context=ctx)
-        pat = att.last_pattern
-        for w, grp in ((pat.local_weights, layer == 0), (pat.global_weights, layer >= 1)):
+        _, cache = att.forward(q, K, V, mask, context=ctx)
+        ins = cache.inspect
+        for w, grp in ((ins["local_weights"], layer == 0), (ins["global_weights"], layer >= 1)):
             sel = mask & grp
             for b in range(B):
                 if sel[b].any():
@@ -108,7 +108,7 @@ def test_deterministic_given_seed(name, seed):
     ctx = ref.make_context(B, n)
     a = ref.make_mechanism(name, d, dv, seed=seed)
     b = ref.make_mechanism(name, d, dv, seed=seed)
-    np.testing.assert_array_equal(a.forward(q, K, V, context=ctx), b.forward(q, K, V, context=ctx))
+    np.testing.assert_array_equal(a.forward(q, K, V, context=ctx)[0], b.forward(q, K, V, context=ctx)[0])
     for k in a.params:
         np.testing.assert_array_equal(a.params[k], b.params[k])
     other = ref.make_mechanism(name, d, dv, seed=seed + 1)

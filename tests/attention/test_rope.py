@@ -33,7 +33,7 @@ def test_matches_reference(position, scale, base, d):
     att = RoPEAttention(d, position=position, scale=scale, base=base, dtype=np.float64)
     pos = np.asarray(getattr(ctx, position), dtype=np.float64) * scale
     want, W = ref.rope(q, K, V, mask, pos, base)
-    np.testing.assert_allclose(att.forward(q, K, V, mask, context=ctx), want, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(att.forward(q, K, V, mask, context=ctx)[0], want, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(att.weights(q, K, mask, context=ctx), W, rtol=1e-10, atol=1e-12)
 
 
@@ -50,14 +50,14 @@ def test_norms_preserved_and_rotation_changes_keys():
 def test_zero_positions_equal_scaled_dot_exactly(dtype):
     q, K, V, mask, _ = _inputs(B=20, n=30, d=16, dv=5)
     zero = Context(dist=np.zeros((20, 30)))
-    a = RoPEAttention(16, dtype=dtype).forward(q, K, V, mask, context=zero)
-    b = ScaledDotAttention(16, dtype=dtype).forward(q, K, V, mask)
+    a = RoPEAttention(16, dtype=dtype).forward(q, K, V, mask, context=zero)[0]
+    b = ScaledDotAttention(16, dtype=dtype).forward(q, K, V, mask)[0]
     np.testing.assert_array_equal(a, b)
     rng = np.random.default_rng(0)
     table = rng.standard_normal((100, 16))
     ids = rng.integers(-1, 100, size=(20, 30))
-    a = RoPEAttention(16, dtype=dtype).forward(q, table, table, context=zero, ids=ids)
-    b = ScaledDotAttention(16, dtype=dtype).forward(q, table, table, ids=ids)
+    a = RoPEAttention(16, dtype=dtype).forward(q, table, table, context=zero, ids=ids)[0]
+    b = ScaledDotAttention(16, dtype=dtype).forward(q, table, table, ids=ids)[0]
     np.testing.assert_array_equal(a, b)
 
 
@@ -78,7 +78,7 @@ def test_context_errors():
     with pytest.raises(MissingContextError, match=r"context.dist"):
         RoPEAttention(6).forward(q, K, V, mask)
     with pytest.raises(MissingContextError, match=r"context.hops"):
-        RoPEAttention(6, position="hops").forward(q, K, V, mask, context=Context(dist=ctx.dist))
+        RoPEAttention(6, position="hops").forward(q, K, V, mask, context=Context(dist=ctx.dist))[0]
     with pytest.raises(ShapeMismatchError, match=r"context.dist"):
         RoPEAttention(6).forward(q, K, V, mask, context=Context(dist=np.zeros((3, 4))))
     with pytest.raises(ConfigError, match="position"):

@@ -30,7 +30,7 @@ def test_registered():
 def test_matches_reference(temperature):
     q, K, V, mask = _inputs()
     att = ScaledDotAttention(5, temperature=temperature)
-    out = att.forward(q, K, V, mask)
+    out, _ = att.forward(q, K, V, mask)
     want, W = ref.scaled_dot(q, K, V, mask, temperature)
     assert out.dtype == np.float32 and out.shape == (4, 3)
     np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-6)
@@ -41,7 +41,7 @@ def test_matches_reference(temperature):
 def test_float64_path_is_float64_and_exact():
     q, K, V, mask = _inputs()
     att = ScaledDotAttention(5, dtype=np.float64)
-    out = att.forward(q, K, V, mask)
+    out, _ = att.forward(q, K, V, mask)
     assert out.dtype == np.float64
     np.testing.assert_allclose(out, ref.scaled_dot(q, K, V, mask)[0], rtol=1e-12, atol=1e-14)
 
@@ -49,11 +49,11 @@ def test_float64_path_is_float64_and_exact():
 def test_unbatched():
     q, K, V, mask = _inputs()
     att = ScaledDotAttention(5, dtype=np.float64)
-    batched = att.forward(q[1:2], K[1:2], V[1:2], mask[1:2])[0]
-    out = att.forward(q[1], K[1], V[1], mask[1])
+    batched = att.forward(q[1:2], K[1:2], V[1:2], mask[1:2])[0][0]
+    out, cache = att.forward(q[1], K[1], V[1], mask[1])
     assert out.shape == (3,)
     np.testing.assert_allclose(out, batched)
-    g = att.backward(np.ones(3))
+    g = att.backward(cache, np.ones(3))
     assert g["query"].shape == (5,) and g["keys"].shape == (6, 5) and g["values"].shape == (6, 3)
     assert att.weights(q[1], K[1]).shape == (6,)
 
@@ -81,13 +81,13 @@ def test_gather_equals_dense_and_scatters():
     q = rng.standard_normal((5, 8)).astype(np.float32)
     extra = rng.random((5, 9)) > 0.2
     att = ScaledDotAttention(8)
-    out_g = att.forward(q, table, table, mask=extra, ids=ids)
+    out_g, cache = att.forward(q, table, table, mask=extra, ids=ids)
     G = rng.standard_normal(out_g.shape).astype(np.float32)
-    gg = att.backward(G)
+    gg = att.backward(cache, G)
     dense_k = table[np.maximum(ids, 0)]
     m = (ids >= 0) & extra
-    out_d = att.forward(q, dense_k, dense_k, mask=m)
-    gd = att.backward(G)
+    out_d, cache = att.forward(q, dense_k, dense_k, mask=m)
+    gd = att.backward(cache, G)
     np.testing.assert_allclose(out_g, out_d, rtol=1e-6, atol=1e-7)
     assert np.all(out_g[2] == 0)
     for name in ("keys", "values"):
@@ -104,7 +104,7 @@ def test_gather_checks_referenced_rows_only():
     table[7, 1] = np.nan
     q = rng.standard_normal((2, 4))
     att = ScaledDotAttention(4)
-    out = att.forward(q, table, table, ids=np.array([[0, 1, 2], [3, 4, -1]]))  # row 7 untouched: fine
+    out = att.forward(q, table, table, ids=np.array([[0, 1, 2], [3, 4, -1]]))[0]  # row 7 untouched: fine
     assert np.isfinite(out).all()
     with pytest.raises(NonFiniteError, match="attended items"):
         att.forward(q, table, table, ids=np.array([[0, 7, 2], [3, 4, -1]]))
@@ -119,8 +119,8 @@ def test_large_batch_threaded_matches_serial():
     ids = rng.integers(0, 500, size=(600, 40))
     q = rng.standard_normal((600, 32)).astype(np.float32)
     att = ScaledDotAttention(32)
-    a = ref.with_threads(1, lambda: att.forward(q, table, table, ids=ids))
-    b = ref.with_threads(2, lambda: att.forward(q, table, table, ids=ids))
+    a = ref.with_threads(1, lambda: att.forward(q, table, table, ids=ids)[0])
+    b = ref.with_threads(2, lambda: att.forward(q, table, table, ids=ids)[0])
     np.testing.assert_array_equal(a, b)
 
 

@@ -11,8 +11,6 @@ from ruvector_hnsw.eval import metrics as M
 from ruvector_hnsw.search.training_free import graph_topn
 from tests.eval.conftest import ToyDataset, brute_force, make_clustered
 
-HNSWIndex = pytest.importorskip("ruvector_hnsw.index").HNSWIndex
-
 
 def ref_expand(v, neigh, mask, alpha, metric):
     """Loop reference of the alpha-QE / DBA averaging rule."""

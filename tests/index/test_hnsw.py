@@ -14,6 +14,7 @@ from ruvector_hnsw.errors import (
     DimensionMismatchError,
     DuplicateIdError,
     EmptyInputError,
+    FilterError,
     IdExistsError,
     InvalidDTypeError,
     InvalidInputError,
@@ -242,3 +243,70 @@ def test_concurrent_search_with_a_writer_loses_nothing() -> None:
     ids, _dist = index.search(base, k=1, ef=100)
     assert (ids[:, 0] == np.arange(2000)).mean() > 0.99  # every item is there and findable
     np.testing.assert_array_equal(np.sort(index.graph().labels), np.arange(2000))
+
+
+# -- filters: boolean masks and ambiguous input ----------------------------------------------------
+def test_filter_bool_mask_over_ids(idx: HNSWIndex) -> None:
+    q = _x(20, 3)
+    mask = np.arange(500) % 3 == 0
+    ids, dist = idx.search(q, k=5, filter=mask)
+    assert (ids >= 0).all() and ((ids % 3) == 0).all()
+    ref_ids, ref_dist = idx.search(q, k=5, filter=np.flatnonzero(mask))
+    np.testing.assert_array_equal(ids, ref_ids)
+    np.testing.assert_array_equal(dist, ref_dist)
+    # longer than needed is fine; ids beyond the index simply do not exist
+    longer = np.concatenate([mask, np.ones(100, dtype=bool)])
+    np.testing.assert_array_equal(idx.search(q, k=5, filter=longer)[0], ids)
+    # an all-False mask admits nothing: padding only
+    none_ids, none_dist = idx.search(q, k=3, filter=np.zeros(500, dtype=bool))
+    assert (none_ids == -1).all() and np.isinf(none_dist).all()
+
+
+def test_filter_mask_length_is_checked_against_the_largest_live_id(idx: HNSWIndex) -> None:
+    q = _x(2, 4)
+    ok = np.ones(500, dtype=bool)  # ids 0..499: length 500 covers id 499
+    assert (idx.search(q, k=3, filter=ok)[0] >= 0).all()
+    before = _snapshot(idx)
+    with pytest.raises(FilterError, match="499"):
+        idx.search(q, k=3, filter=np.ones(499, dtype=bool))
+    assert _snapshot(idx) == before
+    idx.delete([499])  # deleted ids are never returned, so the mask need not cover them
+    assert (idx.search(q, k=3, filter=np.ones(499, dtype=bool))[0] >= 0).all()
+
+
+@pytest.mark.parametrize(
+    ("bad", "words"),
+    [
+        (np.ones((10, 50), dtype=bool), "1-d"),
+        ([True, False, True], "ambiguous"),
+        ((True,) * 600, "ambiguous"),
+        (True, "ambiguous"),
+        (np.True_, "ambiguous"),
+        (7, "int"),
+        (np.int64(7), "int64"),
+        ("123", "str"),
+        ({"a": 1}, "dict"),
+        ([1, -2], ">= 0"),
+        (np.array([1.5, 2.0]), "integers"),
+        (np.array([[1, 2], [3, 4]]), "1-d"),
+        (np.array(["a", "b"]), "string"),
+    ],
+)
+def test_ambiguous_or_bad_filters_raise_filter_error(idx: HNSWIndex, bad, words) -> None:
+    before = _snapshot(idx)
+    with pytest.raises(FilterError, match=words) as info:
+        idx.search(_x(2, 5), k=3, filter=bad)
+    assert isinstance(info.value, InvalidInputError) and isinstance(info.value, ValueError)
+    assert _snapshot(idx) == before
+
+
+def test_filter_collections_of_every_kind_agree(idx: HNSWIndex) -> None:
+    q = _x(6, 6)
+    allowed = [5, 17, 42, 99, 250, 333, 480]
+    ref, _ = idx.search(q, k=4, filter=np.array(allowed))
+    for form in (allowed, tuple(allowed), set(allowed), frozenset(allowed), dict.fromkeys(allowed).keys(),
+                 np.array(allowed, dtype=np.uint32), np.array(allowed, dtype=np.float64), allowed + allowed):
+        np.testing.assert_array_equal(idx.search(q, k=4, filter=form)[0], ref)
+    assert set(ref.ravel().tolist()) <= set(allowed)
+    np.testing.assert_array_equal(idx.search(q, k=4, filter=range(0, 500, 7))[0],
+                                  idx.search(q, k=4, filter=np.arange(0, 500, 7))[0])

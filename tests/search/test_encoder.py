@@ -67,15 +67,21 @@ def test_training_loss_gradients_match_finite_differences() -> None:
     assert any(k.startswith("att.") for k in grads) and checked > 10
 
 
-def test_codes_do_not_depend_on_the_batch() -> None:
-    enc = ContextEncoder(LocalGlobalAttention(6, seed=1), 6, 4, seed=3)
-    table, _, _, _, _, (uniq, ids_v, mask_v, ctx) = _problem()
-    table = table.astype(np.float32)
-    full = enc.encode(table[uniq], table, ids_v, mask_v, ctx).zhat
-    one = enc.encode(table[uniq[2:3]], table, ids_v[2:3], mask_v[2:3],
-                     Context(dist=ctx.dist[2:3], layer=ctx.layer[2:3])).zhat
-    np.testing.assert_array_equal(full[2:3], one)
-    np.testing.assert_allclose(np.linalg.norm(full, axis=1), 1.0, atol=1e-5)
+@pytest.mark.parametrize("mechanism", ["local_global", "multi_head", "moe", "scaled_dot"])
+def test_database_codes_do_not_depend_on_the_batch(mechanism: str) -> None:
+    """BLAS sums small matrices in another order: encode_rows must hide that (incremental == full)."""
+    from ruvector_hnsw import HNSWIndex
+    from ruvector_hnsw.search import AttentionSearch
+
+    rng = np.random.default_rng(0)
+    idx = HNSWIndex(32, M=8, ef_construction=60, seed=1, num_threads=1)
+    idx.add(rng.standard_normal((1500, 32)).astype(np.float32))
+    s = AttentionSearch(idx, mechanism, k_local=8, k_global=4)
+    db = s.database_state()
+    full = db.encode_rows(s.model.encoder, np.arange(db.n))
+    for size in (1, 2, 5, 17, 100, 300):
+        rows = np.arange(11, 11 + size)
+        np.testing.assert_array_equal(db.encode_rows(s.model.encoder, rows), full[rows], err_msg=str(size))
 
 
 def test_encoder_writes_nothing_during_encode_and_backward() -> None:
