@@ -175,6 +175,7 @@ class MLPAdapter:
         weight_decay: float = 0.0,
         val_fraction: float = 0.1,
         patience: int = 3,
+        val_split: str = "queries",
     ) -> dict[str, Any]:
         """Train the adapter (initialised by :meth:`init_params` if unset); labels < 0 are unknown.
 
@@ -184,6 +185,11 @@ class MLPAdapter:
         is measured before training and after every epoch, training stops after ``patience``
         epochs without improvement and the best adapter (possibly the identity) is kept.
         ``val_fraction=0`` trains for ``epochs`` epochs without validation.
+
+        ``val_split="classes"`` mimics the unseen-class protocol inside the training data: a
+        seeded ``val_fraction`` of the known classes is held out -- their training queries
+        validate, and their database labels are hidden from training (unknown) -- so early
+        stopping picks the epoch that generalises best to classes training did not see.
 
         Returns
         -------
@@ -198,29 +204,54 @@ class MLPAdapter:
             raise ConfigError(f"epochs and batch_size must be >= 1, got {epochs!r}, {batch_size!r}")
         if not 0.0 <= float(val_fraction) < 1.0:
             raise ConfigError(f"val_fraction must lie in [0, 1), got {val_fraction!r}")
-        n_val = round(float(val_fraction) * q.shape[0])
-        if n_val and q.shape[0] - n_val < 1:
-            raise ConfigError(f"val_fraction {val_fraction} leaves no training query")
+        if val_split not in ("queries", "classes"):
+            raise ConfigError(f"val_split must be 'queries' or 'classes', got {val_split!r}")
+        val, train, bl_train = self._validation_split(ql, bl, float(val_fraction), val_split)
         if self.params is None:
             self.init_params()
         assert self.params is not None
         rng = np.random.default_rng([self.seed, 1])  # apart from the initialisation stream
         validate = None
-        train = np.arange(q.shape[0])
-        if n_val:
-            perm = np.random.default_rng([self.seed, 3]).permutation(q.shape[0])
-            val, train = np.sort(perm[:n_val]), np.sort(perm[n_val:])
+        if val.size:
 
             def validate(params: Params) -> float:
                 return held_out_map(lambda v: _adapted(params, v), q[val], ql[val], x, bl)
 
         self.history = fit_contrastive(
-            adapter_loss, self.params, q[train], x, ql[train], bl, cand[train], rng, epochs=int(epochs),
+            adapter_loss, self.params, q[train], x, ql[train], bl_train, cand[train], rng, epochs=int(epochs),
             batch_size=int(batch_size), lr=lr, temperature=temperature, extra_positives=extra_positives,
             random_negatives=random_negatives, weight_decay=weight_decay, no_decay=("b1", "b2"),
             validate=validate, patience=patience)
+        n_val = val.size
+        self.history["val_split"] = val_split if n_val else None
         self.history["n_val_queries"] = int(n_val)
         return self.history
+
+
+    def _validation_split(self, ql: np.ndarray, bl: np.ndarray, frac: float,
+                          how: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Validation rows, training rows and the base labels training sees."""
+        rows = np.arange(ql.shape[0])
+        if frac == 0.0:
+            return rows[:0], rows, bl
+        rng = np.random.default_rng([self.seed, 3])
+        if how == "queries":
+            n_val = round(frac * ql.shape[0])
+            perm = rng.permutation(ql.shape[0])
+            val, train = np.sort(perm[:n_val]), np.sort(perm[n_val:])
+            bl_train = bl
+        else:
+            classes = np.unique(ql[ql >= 0])
+            n_cls = min(max(1, round(frac * classes.size)), classes.size - 1)
+            if n_cls < 1:
+                raise ConfigError("val_split='classes' needs training queries of at least 2 classes")
+            held = rng.choice(classes, n_cls, replace=False)
+            is_val = np.isin(ql, held)
+            val, train = rows[is_val], rows[~is_val]
+            bl_train = np.where(np.isin(bl, held), -1, bl)
+        if val.size and train.size == 0:
+            raise ConfigError(f"val_fraction {frac} leaves no training query")
+        return val, train, bl_train
 
 
 def _adapted(params: Params, x: np.ndarray) -> np.ndarray:
@@ -240,6 +271,7 @@ def make_mlp_adapter(
     weight_decay: float = 0.0,
     val_fraction: float = 0.1,
     patience: int = 3,
+    val_split: str | None = None,
     candidates: int = 100,
     extra_positives: int = 16,
     random_negatives: int = 48,
@@ -253,7 +285,9 @@ def make_mlp_adapter(
     """Factory of ``mlp_adapter``: fit the adapter on the training queries, HNSW over the adapted base.
 
     Early stopping on held-out training queries (``val_fraction``, ``patience``; see
-    :meth:`MLPAdapter.fit`) picks the number of epochs, up to ``epochs``.
+    :meth:`MLPAdapter.fit`) picks the number of epochs, up to ``epochs``; ``val_split``
+    defaults to ``"classes"`` on the unseen-class protocol (held-out *classes*, as the
+    evaluation will judge) and to ``"queries"`` otherwise.
 
     Training data as for ``linear_proj`` (:func:`ruvector_hnsw.eval.attention.training_data`:
     training queries only, hidden labels of the unseen protocol respected); the adapted index
@@ -265,10 +299,12 @@ def make_mlp_adapter(
     seed = ctx.seed if seed is None else int(seed)
     tq, tl, base_labels, info = training_data(ctx.dataset, n_train, seed=seed)
     ds = ctx.dataset
+    if val_split is None:  # validate the way the evaluation judges: on unseen classes under that protocol
+        val_split = "classes" if info.get("protocol") == "unseen" else "queries"
     fit_kw: dict[str, Any] = {"epochs": int(epochs), "batch_size": int(batch_size), "lr": lr,
                               "temperature": temperature, "extra_positives": extra_positives,
                               "random_negatives": random_negatives, "weight_decay": weight_decay,
-                              "val_fraction": val_fraction, "patience": patience}
+                              "val_fraction": val_fraction, "patience": patience, "val_split": val_split}
     # one fit serves every spec that differs only in search options (qe, n, alpha, ef)
     key = f"mlp_adapter:hidden={hidden}:candidates={candidates}:n_train={n_train}:seed={seed}:" + ":".join(
         f"{k}={fit_kw[k]!r}" for k in sorted(fit_kw))
@@ -303,6 +339,7 @@ def make_mlp_adapter(
         "val_map_at_100": [round(v, 5) for v in history.get("val_metric", [])],
         "best_epoch": history.get("best_epoch"),
         "n_val_queries": history["n_val_queries"],
+        "val_split": history["val_split"],
     }
     if qe:
         params.update(n=int(n), alpha=float(alpha))

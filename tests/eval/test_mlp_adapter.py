@@ -170,3 +170,29 @@ def test_hidden_labels_change_what_the_adapter_learns():
                             hidden=8, epochs=1, val_fraction=0)
     assert m2.params["protocol"] == "seen"
     assert not np.array_equal(m.adapter.params["W2"], m2.adapter.params["W2"])
+
+
+def test_class_validation_split_hides_the_held_out_classes():
+    ql = np.repeat(np.arange(10), 6)
+    bl = np.r_[np.repeat(np.arange(10), 5), [-1, -1]]
+    ad = A.MLPAdapter(4, seed=5)
+    val, train, bl_train = ad._validation_split(ql, bl, 0.3, "classes")
+    held = np.unique(ql[val])
+    assert held.size == 3 and not np.isin(ql[train], held).any() and val.size + train.size == ql.size
+    np.testing.assert_array_equal(bl_train, np.where(np.isin(bl, held), -1, bl))
+    val_q, train_q, same = ad._validation_split(ql, bl, 0.25, "queries")
+    assert val_q.size == 15 and same is bl and np.intersect1d(val_q, train_q).size == 0
+    with pytest.raises(ConfigError):
+        ad._validation_split(np.zeros(5, np.int64), bl, 0.3, "classes")
+
+
+def test_unseen_protocol_validates_on_held_out_classes():
+    ds = _labelled(nt=120)
+    ds.train_base_labels = np.where(ds.base_labels == 0, -1, ds.base_labels)  # type: ignore[attr-defined]
+    keep = ds.train_query_labels != 0
+    ds.train_queries, ds.train_query_labels = ds.train_queries[keep], ds.train_query_labels[keep]
+    ctx = MM.BuildContext(ds, ef=100, seed=0, num_threads=1, M=8, ef_construction=100)
+    m = A.make_mlp_adapter(ctx, hidden=8, epochs=2, val_fraction=0.3)
+    assert m.params["val_split"] == "classes" and m.params["protocol"] == "unseen"
+    with pytest.raises(ConfigError):
+        A.make_mlp_adapter(ctx, hidden=8, epochs=1, val_split="random")
