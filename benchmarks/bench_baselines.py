@@ -57,7 +57,7 @@ def _load(name: str, quick: bool) -> Any:
             ds = ds.take_queries(200).replace(train_queries=ds.train_queries[::5],
                                               train_query_labels=ds.train_query_labels[::5])
         return ds
-    return load(name, size="tiny" if quick else None)
+    return load(name, size="tiny") if quick else load(name)
 
 
 def _row(ds: Any, name: str, method: Any, threads: int) -> dict[str, Any]:

@@ -11,8 +11,11 @@ Quick use::
     ev.plot_quality_vs_qps(rows, "out.png", title=ds.name)
 
 Trained methods (one per attention mechanism, e.g. ``local_global:epochs=4:expand=2``, and
-the ``linear_proj`` baseline) fit on ``dataset.train_queries`` only; for a dataset without
-them, split some off the evaluation queries first and evaluate the split dataset::
+the baselines ``linear_proj``, ``mlp_adapter``, ``label_classifier``) fit on
+``dataset.train_queries`` (and the base labels training may see, ``train_base_labels`` under
+the unseen-class protocol of :func:`ruvector_hnsw.datasets.class_split`) only; ``diffusion``
+re-ranks without training. For a dataset without training queries, split some off the
+evaluation queries first and evaluate the split dataset::
 
     ds, info = ev.ensure_train_split(ds, 1000)
     methods = ev.build_methods("hnsw,alpha_qe,local_global,linear_proj", ds)

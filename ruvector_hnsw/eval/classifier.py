@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from ruvector_hnsw.errors import ConfigError, NotFittedError, ShapeMismatchError
+from ruvector_hnsw.errors import ConfigError, InvalidDTypeError, NotFittedError, ShapeMismatchError
 from ruvector_hnsw.eval.methods import BuildContext, SearchMethod, _as_f32, _metric_of, _threads, register_method
 from ruvector_hnsw.eval.metrics import METRICS_ALIASES
 from ruvector_hnsw.threads import thread_limits
@@ -211,7 +211,7 @@ class LabelClassifier:
         if y_raw.shape[0] != xs.shape[0]:
             raise ShapeMismatchError(f"labels has {y_raw.shape[0]} entries for {xs.shape[0]} rows")
         if y_raw.size and y_raw.dtype.kind not in "iu":
-            raise ShapeMismatchError(f"labels must be integers, got dtype {y_raw.dtype}")
+            raise InvalidDTypeError(f"labels must be integers, got dtype {y_raw.dtype}")
         grid = [float(C)] if isinstance(C, (int, float, np.number)) else [float(c) for c in C]
         if not grid or any(not np.isfinite(c) or c <= 0 for c in grid):
             raise ConfigError(f"C must be positive (a value or a non-empty grid), got {C!r}")

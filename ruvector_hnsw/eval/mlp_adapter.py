@@ -174,7 +174,7 @@ class MLPAdapter:
         random_negatives: int = 48,
         weight_decay: float = 0.0,
         val_fraction: float = 0.1,
-        patience: int = 3,
+        patience: int = 5,
         val_split: str = "queries",
     ) -> dict[str, Any]:
         """Train the adapter (initialised by :meth:`init_params` if unset); labels < 0 are unknown.
@@ -270,7 +270,7 @@ def make_mlp_adapter(
     temperature: float = 0.1,
     weight_decay: float = 0.0,
     val_fraction: float = 0.1,
-    patience: int = 3,
+    patience: int = 5,
     val_split: str | None = None,
     candidates: int = 100,
     extra_positives: int = 16,
