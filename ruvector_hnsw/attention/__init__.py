@@ -29,6 +29,7 @@ _SPECS: tuple[tuple[str, str, str], ...] = (
     ("hyperbolic", "hyperbolic", "HyperbolicAttention"),
     ("moe", "moe", "MoEAttention"),
     ("dual_space", "dual_space", "DualSpaceAttention"),
+    ("mixed_curvature", "mixed_curvature", "MixedCurvatureAttention"),
 )
 
 
