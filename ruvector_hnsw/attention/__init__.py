@@ -30,6 +30,8 @@ _SPECS: tuple[tuple[str, str, str], ...] = (
     ("moe", "moe", "MoEAttention"),
     ("dual_space", "dual_space", "DualSpaceAttention"),
     ("mixed_curvature", "mixed_curvature", "MixedCurvatureAttention"),
+    ("topology_gated", "topology_gated", "TopologyGatedAttention"),
+    ("info_bottleneck", "info_bottleneck", "InfoBottleneckAttention"),
 )
 
 
