@@ -68,7 +68,7 @@ def tg_forward(Q, T, Vt, ids, mask, hops, dist, layer, flags, prev, QV, scale, c
     (risk, boundary mass, cut, disagreement, similarity variance), ``row_scale (B,)`` (score
     factor of the mode; 0 for frozen rows) and ``ok``.
     """
-    B, d = Q.shape
+    B = Q.shape[0]
     n = ids.shape[1]
     dv = Vt.shape[1]
     dt = Q.dtype.type
