@@ -45,7 +45,8 @@ The previous modes come with the call: ``Context(extra={"topology_state": state}
 every row starts from stable. The call's modes are ``cache.inspect["mode"]``; the state for the
 next call is :func:`next_state` ``(cache)``. Threading it through a sequence of calls gives the
 mode sequence of the rule above, row by row. ``cache.inspect`` also holds ``risk``,
-``boundary_mass``, ``cut``, ``disagreement`` and ``similarity_variance`` ``(B,)``.
+``boundary_mass``, ``cut``, ``disagreement`` and ``similarity_variance`` ``(B,)`` (float64: the
+raw similarity variance of huge float32 inputs may exceed the float32 range).
 
 Gradients flow through the selected mode (the metrics, the risk and the mode choice are piecewise
 constant in the inputs): softmax attention over the selected items at the mode's temperature, or
@@ -280,11 +281,9 @@ class TopologyGatedAttention(AttentionMechanism):
 
     def _forward(self, batch: AttentionBatch) -> ForwardResult:
         R, W, sel, mode, metrics, row_scale, is_query = self._run(batch, True)
-        dt = self.dtype
         inspect = {
-            "mode": mode, "risk": metrics[:, 0].astype(dt), "boundary_mass": metrics[:, 1].astype(dt),
-            "cut": metrics[:, 2].astype(dt), "disagreement": metrics[:, 3].astype(dt),
-            "similarity_variance": metrics[:, 4].astype(dt),
+            "mode": mode, "risk": metrics[:, 0], "boundary_mass": metrics[:, 1], "cut": metrics[:, 2],
+            "disagreement": metrics[:, 3], "similarity_variance": metrics[:, 4],
         }
         return ForwardResult(R, (batch, W, sel, mode, row_scale, is_query), weights=W, inspect=inspect)
 
