@@ -188,7 +188,7 @@ def test_pickle_round_trip_and_warmup(name):
     att, ctx = make(name, seed=4), context(name)
     out, cache = att.forward(q, K, V, mask, context=ctx)
     clone = pickle.loads(pickle.dumps(att))
-    out2, cache2 = clone.forward(q, K, V, mask, context=ctx)
+    out2, _ = clone.forward(q, K, V, mask, context=ctx)
     np.testing.assert_array_equal(out2, out)
     g = att.backward(cache, np.ones_like(out))
     params = {k: v.copy() for k, v in att.params.items()}

@@ -66,7 +66,7 @@ def test_each_mode_reads_out_as_documented():
     sd = ref.scaled_dot(q, K, V, mask, temperature=0.8)[0]
     np.testing.assert_allclose(stable, sd, rtol=1e-12)
     m = _mech(cautious_threshold=0.0, freeze_threshold=2.0)
-    cautious, cache = m.forward(q, K, V, mask, context=ctx)
+    _, cache = m.forward(q, K, V, mask, context=ctx)
     assert np.all(cache.inspect["mode"] == 1)
     assert np.all((cache.weights > 0).sum(axis=1) == 3)  # top_k items
     frozen, cache = _mech(cautious_threshold=0.0, freeze_threshold=0.0).forward(q, K, V, mask, context=ctx)
@@ -162,7 +162,7 @@ def test_unbatched_calls_and_state():
 
 
 def test_state_errors():
-    q, K, V, mask, ctx = _inputs()
+    q, K, V, mask, _ = _inputs()
     m = _mech()
     with pytest.raises(InvalidInputError, match="TopologyState"):
         m.forward(q, K, V, mask, context=Context(extra={"topology_state": np.zeros(B)}))
