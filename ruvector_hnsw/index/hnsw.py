@@ -101,6 +101,7 @@ class HNSWIndex:
         self._dead: set[int] = set()
         self._lock = RWLock()
         self._graph_cache: HNSWGraph | None = None
+        self._graph_base: HNSWGraph | None = None  # the last snapshot: the next one is derived from it
 
     # ------------------------------------------------------------------ properties
     @property
@@ -178,7 +179,8 @@ class HNSWIndex:
         taken under the read lock, so it is consistent with concurrent writers.
         """
         with self._lock.read():
-            state = {k: v for k, v in self.__dict__.items() if k not in ("_lock", "_graph_cache", "_index")}
+            dropped = ("_lock", "_graph_cache", "_graph_base", "_index")
+            state = {k: v for k, v in self.__dict__.items() if k not in dropped}
             state["_live"] = set(self._live)
             state["_dead"] = set(self._dead)
             state["_hnswlib_state"] = self._index.__getstate__()
@@ -203,6 +205,7 @@ class HNSWIndex:
         self._index.set_num_threads(self._num_threads)
         self._lock = RWLock()
         self._graph_cache = None
+        self._graph_base = None
 
     # ------------------------------------------------------------------ mutation
     def add(self, vectors: Any, ids: Any = None) -> np.ndarray:

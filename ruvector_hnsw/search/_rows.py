@@ -34,7 +34,7 @@ class GrowableRows:
             self._buf[self._n : n] = fill
         self._n = n
 
-    def set_rows(self, rows: np.ndarray, values: np.ndarray) -> None:
+    def set_rows(self, rows: np.ndarray, values: np.ndarray | bool | float) -> None:
         self._buf[rows] = values
 
     def __getstate__(self) -> dict[str, Any]:

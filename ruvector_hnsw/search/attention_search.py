@@ -78,6 +78,12 @@ class AttentionSearch:
     latent : {"auto", "flat", "hnsw"}
         The latent kNN over the codes: exact (``flat``), an hnswlib graph (``hnsw``), or exact up
         to :data:`~ruvector_hnsw.search.codes.FLAT_MAX` rows (``auto``).
+    label_head : bool
+        When ``fit`` gets item labels, also learn the class of a query from its vector and the
+        labels its HNSW neighbours carry (:mod:`ruvector_hnsw.search.labels`), and add
+        ``lam * log p(class(v) | q)`` to the score, ``lam`` calibrated (0 included). Items of the
+        most probable class nearest to the query join the pool (``class_pool`` of them, at least
+        ``k``). Items with unknown labels form their own class.
     num_threads : int
         Threads of every call (index search, FAISS, numba kernels, BLAS), applied for the call's
         duration only (-1 = all cores). The index's own setting is never changed.
@@ -101,6 +107,8 @@ class AttentionSearch:
         latent_k: int = 32,
         walk_top: int = 2,
         latent: str = "auto",
+        label_head: bool = True,
+        class_pool: int = 100,
         num_threads: int = -1,
         **mech_config: Any,
     ) -> None:
@@ -112,7 +120,8 @@ class AttentionSearch:
             mechanism=mechanism, dim=index.dim,
             latent_dim=min(index.dim, 64) if latent_dim is None else latent_dim,
             k_local=k_local, k_global=k_global, spectral=spectral, spectral_time=spectral_time,
-            seed=int(seed), latent=latent, mech_config=dict(mech_config),
+            seed=int(seed), latent=latent, label_head=label_head, class_pool=class_pool,
+            mech_config=dict(mech_config),
         )
         self.index = index
         self.model = SearchModel(config)
@@ -286,7 +295,7 @@ class AttentionSearch:
         C = knobs.candidates
         qb = pipeline.candidates(self.index, db.graph, self.model, q, max(C, k), max(C, k), self._num_threads)
         scorer = self.model.scorer(self.index.space)
-        if scorer.alpha == 0.0 or db.codes is None:
+        if db.codes is None or (scorer.alpha == 0.0 and self.model.lam == 0.0):
             return pipeline.hnsw_ranking(qb, k, scorer.s0, db.graph)
         pool, scores, _ = pipeline.expand_and_score(self.model, db, qb, k, knobs, scorer, self._num_threads)
         return pipeline.finish(qb, pool, scores, k, db.graph)
@@ -356,12 +365,17 @@ class AttentionSearch:
             db = self._synced()
             with self._lock.write():
                 pos_lists = positive_lists(db.graph, q.shape[0], labels, query_labels, positives)
+                classes = None
+                if positives is None:
+                    row_lab, known = row_labels(db.graph, labels)
+                    classes = (row_lab, known, np.asarray(query_labels))
                 opts = training.FitOptions(
                     epochs=epochs, batch_size=batch_size, lr=lr, temperature=temperature,
                     extra_positives=extra_positives, random_negatives=random_negatives,
                     latent_negatives=latent_negatives, val_fraction=val_fraction, patience=patience,
                     weight_decay=weight_decay, progress=progress, checkpoint_dir=checkpoint_dir, resume=resume)
-                return training.fit(self.model, db, self.index, q, pos_lists, self.knobs, opts, self._num_threads)
+                return training.fit(self.model, db, self.index, q, pos_lists, self.knobs, opts, self._num_threads,
+                                    classes)
 
     # ------------------------------------------------------------------ persistence
     def _state_tree(self) -> dict[str, Any]:
@@ -512,6 +526,26 @@ def _index_from_bytes(data: np.ndarray, where: str) -> HNSWIndex:
             raise IndexCorruptedError(f"{where}: the saved latent graph is unreadable ({exc})") from exc
 
 
+def row_labels(g: HNSWGraph, labels: Any) -> tuple[np.ndarray, np.ndarray]:
+    """``(label of every graph row, known mask)``: ``labels`` indexed by id (array) or a mapping.
+
+    Integer labels ``< 0`` mean unknown.
+    """
+    if isinstance(labels, Mapping):
+        try:
+            lab = np.array([labels[int(v)] for v in g.labels.tolist()])
+        except KeyError as exc:
+            raise InvalidInputError(f"labels has no entry for index id {exc.args[0]}") from exc
+    else:
+        arr = np.asarray(labels)
+        if arr.ndim != 1 or arr.shape[0] <= int(g.labels.max(initial=0)):
+            raise ShapeMismatchError(
+                f"labels must be indexed by id (length > {int(g.labels.max(initial=0))}), got shape {arr.shape}")
+        lab = arr[g.labels]
+    known = (lab >= 0) if lab.dtype.kind in "iu" else np.ones(lab.shape, dtype=bool)
+    return lab, np.asarray(known, dtype=bool)
+
+
 def positive_lists(g: HNSWGraph, nq: int, labels: Any, query_labels: Any, positives: Any) -> list[np.ndarray]:
     """Relevant table rows of every training query, from labels or explicit positives.
 
@@ -528,23 +562,11 @@ def positive_lists(g: HNSWGraph, nq: int, labels: Any, query_labels: Any, positi
         return out
     if labels is None or query_labels is None:
         raise InvalidInputError("fit needs labels= and query_labels=, or positives=")
-    if isinstance(labels, Mapping):
-        try:
-            lab = np.array([labels[int(v)] for v in g.labels.tolist()])
-        except KeyError as exc:
-            raise InvalidInputError(f"labels has no entry for index id {exc.args[0]}") from exc
-    else:
-        arr = np.asarray(labels)
-        if arr.ndim != 1 or arr.shape[0] <= int(g.labels.max(initial=0)):
-            raise ShapeMismatchError(
-                f"labels must be indexed by id (length > {int(g.labels.max(initial=0))}), got shape {arr.shape}")
-        lab = arr[g.labels]
+    lab, known = row_labels(g, labels)
     qlab = np.asarray(query_labels)
     if qlab.shape != (nq,):
         raise ShapeMismatchError(f"query_labels must have shape ({nq},), got {qlab.shape}")
-    alive = ~g.deleted
-    if lab.dtype.kind in "iu":
-        alive = alive & (lab >= 0)
+    alive = ~g.deleted & known
     order = np.argsort(lab, kind="stable")
     sorted_lab = lab[order]
     out = []

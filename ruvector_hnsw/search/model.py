@@ -20,6 +20,7 @@ from ruvector_hnsw.attention import MECHANISMS
 from ruvector_hnsw.errors import ConfigError
 from ruvector_hnsw.search.codes import LATENT_KINDS
 from ruvector_hnsw.search.encoder import ContextEncoder
+from ruvector_hnsw.search.labels import LabelHead, LabelSpace
 from ruvector_hnsw.search.scoring import ResidualScorer
 
 __all__ = ["ModelConfig", "Scale", "SearchModel"]
@@ -44,6 +45,8 @@ class ModelConfig:
     spectral_time: int = 32
     seed: int = 0
     latent: str = "auto"
+    label_head: bool = True
+    class_pool: int = 100
     mech_config: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -60,6 +63,9 @@ class ModelConfig:
             raise ConfigError(f"seed must be an int, got {self.seed!r}")
         if self.latent not in LATENT_KINDS:
             raise ConfigError(f"latent must be one of {LATENT_KINDS}, got {self.latent!r}")
+        if not isinstance(self.label_head, bool):
+            raise ConfigError(f"label_head must be a bool, got {self.label_head!r}")
+        check_positive_int(self.class_pool, "class_pool", ConfigError)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -121,6 +127,10 @@ class SearchModel:
         self.alpha = 0.0
         self.beta = 1.0
         self.rho = 0.0
+        #: weight of the label term ``log p(class(v) | q)`` (0: off)
+        self.lam = 0.0
+        self.labels: LabelSpace | None = None
+        self.label_head: LabelHead | None = None
         self.scale: Scale | None = None
         self.fitted = False
 
@@ -145,6 +155,12 @@ class SearchModel:
             "alpha": self.alpha,
             "beta": self.beta,
             "rho": self.rho,
+            "lam": self.lam,
+            "labels": None if self.labels is None or self.label_head is None else {
+                "values": (self.labels.values if self.labels.values.dtype.kind in "biuf"
+                           else [str(v) for v in self.labels.values.tolist()]),
+                "row_class": self.labels.row_class,
+                "has_unknown": self.labels.has_unknown, "head": self.label_head.state()},
             "fitted": self.fitted,
             "scale": None if self.scale is None else {"mu": self.scale.mu, "sigma": self.scale.sigma,
                                                       "s0": self.scale.s0},
@@ -165,6 +181,14 @@ class SearchModel:
         model.alpha = float(state["alpha"])
         model.beta = float(state["beta"])
         model.rho = float(state["rho"])
+        model.lam = float(state["lam"])
+        lab = state["labels"]
+        if lab is not None:
+            model.labels = LabelSpace(values=np.asarray(lab["values"]), row_class=np.asarray(lab["row_class"],
+                                      dtype=np.int64), has_unknown=bool(lab["has_unknown"]))
+            model.label_head = LabelHead(model.config.dim, model.labels.n_classes,
+                                         seed=model.config.seed)
+            model.label_head.load(lab["head"])
         model.fitted = bool(state["fitted"])
         sc = state["scale"]
         if sc is not None:

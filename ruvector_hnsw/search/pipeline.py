@@ -23,6 +23,7 @@ from ruvector_hnsw.errors import ConfigError
 from ruvector_hnsw.index import HNSWGraph, HNSWIndex
 from ruvector_hnsw.search import _kernels, spectral
 from ruvector_hnsw.search.context import query_context
+from ruvector_hnsw.search.labels import class_candidates
 from ruvector_hnsw.search.model import SearchModel
 from ruvector_hnsw.search.scoring import ResidualScorer, append_tail, rank, to_labels
 from ruvector_hnsw.search.state import DIFFUSION_K, DatabaseState
@@ -123,19 +124,54 @@ def encode_queries(model: SearchModel, db: DatabaseState, qb: QueryBatch, ctx_ro
     return db.codes.compose(z, spectral.nystrom(db.codes.phi.view, pos, w))
 
 
-def expand_and_score(model: SearchModel, db: DatabaseState, qb: QueryBatch, k: int, knobs: Knobs,
-                     scorer: ResidualScorer, num_threads: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The re-scored pool of each query: ``(pool rows, scores, distances)``, unsorted."""
+def label_log_proba(model: SearchModel, db: DatabaseState, qb: QueryBatch) -> np.ndarray | None:
+    """``log p(class | q)`` (B, n_classes) from the label head over the query's best candidates (None: no head)."""
+    head, space = model.label_head, model.labels
+    if head is None or space is None:
+        return None
+    kl = db.contexts.k_local
+    rows = qb.hnsw_rows[:, :kl]
+    mask = rows >= 0
+    row_class = space.grown(db.n).row_class
+    cls = np.where(mask, row_class[np.maximum(rows, 0)], 0)
+    d = np.where(mask, qb.hnsw_dist[:, :kl] / np.float32(db.contexts.s0), 0.0)
+    return head.log_proba(qb.standard, cls, d, mask)
+
+
+def with_class_members(model: SearchModel, db: DatabaseState, qb: QueryBatch, pool: np.ndarray, known: np.ndarray,
+                       logp: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
+    """The pool plus the ``m`` members of each query's most probable class nearest to it."""
+    assert model.labels is not None
+    indptr, members = db.class_members(model.labels)
+    top = np.argmax(logp, axis=1)
+    cand = class_candidates(qb.stored, db.graph.vectors, top, indptr, members, m, db.space, ~db.graph.deleted)
+    merged = np.concatenate([pool, cand], axis=1)
+    known = np.concatenate([known, np.full(cand.shape, np.nan, np.float32)], axis=1)
+    return _kernels.unique_rows(merged, known, db.graph.deleted)
+
+
+def label_term(pool: np.ndarray, logp: np.ndarray, row_class: np.ndarray) -> np.ndarray:
+    """``log p(class(v) | q)`` of every pool item (0 on padding)."""
+    cls = row_class[np.maximum(pool, 0)]
+    return np.where(pool >= 0, np.take_along_axis(logp, cls, axis=1), 0.0).astype(np.float32)
+
+
+def metric_pool(model: SearchModel, db: DatabaseState, qb: QueryBatch, k: int, knobs: Knobs, scorer: ResidualScorer,
+                num_threads: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """Candidates + expansion rounds: ``(pool rows, scores, distances, zq)`` (no label term yet)."""
     assert db.codes is not None
     C = knobs.candidates
     vectors = db.graph.vectors
     codes = db.codes.codes
     pool = qb.hnsw_rows[:, :C]
     dist = qb.hnsw_dist[:, :C]
+    if scorer.alpha == 0.0:  # the learned term is off: no code, no latent expansion
+        scores, dist = scorer.score(qb.stored, vectors, None, codes, pool, dist)
+        return pool, scores, dist, None
     zq = encode_queries(model, db, qb, pool, dist)
     if knobs.expand == 0:
         scores, dist = scorer.score(qb.stored, vectors, zq, codes, pool, dist)
-        return pool, scores, dist
+        return pool, scores, dist, zq
     reach = max(knobs.latent_k, k)
     kl = db.contexts.k_local
     scores = np.zeros(pool.shape, dtype=np.float32)
@@ -156,7 +192,27 @@ def expand_and_score(model: SearchModel, db: DatabaseState, qb: QueryBatch, k: i
             ranked = np.argsort(-scores, axis=1, kind="stable")[:, :kl]
             zq = encode_queries(model, db, qb, np.take_along_axis(pool, ranked, axis=1),
                                 np.take_along_axis(dist, ranked, axis=1))
-    return pool, scores, dist
+    return pool, scores, dist, zq
+
+
+def expand_and_score(model: SearchModel, db: DatabaseState, qb: QueryBatch, k: int, knobs: Knobs,
+                     scorer: ResidualScorer, num_threads: int, lam: float | None = None
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The re-scored pool of each query: ``(pool rows, scores, distances)``, unsorted.
+
+    With the label term on (``lam > 0``), the members of each query's most probable class nearest
+    to it join the pool and every item gets ``lam * log p(class(v) | q)`` added.
+    """
+    pool, scores, dist, zq = metric_pool(model, db, qb, k, knobs, scorer, num_threads)
+    lam = model.lam if lam is None else lam
+    logp = label_log_proba(model, db, qb) if lam else None
+    if logp is None or model.labels is None:
+        return pool, scores, dist
+    assert db.codes is not None
+    pool, known = with_class_members(model, db, qb, pool, dist, logp, max(k, model.config.class_pool))
+    scores, dist = scorer.score(qb.stored, db.graph.vectors, zq, db.codes.codes, pool, known)
+    scores = scores + np.float32(lam) * label_term(pool, logp, model.labels.grown(db.n).row_class)
+    return pool, np.where(pool >= 0, scores, -np.inf).astype(np.float32), dist
 
 
 def finish(qb: QueryBatch, pool: np.ndarray, scores: np.ndarray, k: int, graph: HNSWGraph

@@ -28,6 +28,7 @@ from ruvector_hnsw.search._rows import GrowableRows
 from ruvector_hnsw.search.codes import LatentCodes
 from ruvector_hnsw.search.context import RowContexts
 from ruvector_hnsw.search.encoder import ContextEncoder
+from ruvector_hnsw.search.labels import LabelSpace
 from ruvector_hnsw.search.model import Scale, SearchModel
 
 __all__ = ["ENCODE_CHUNK", "DatabaseState"]
@@ -54,6 +55,7 @@ class DatabaseState:
         self.space = space
         self.codes: LatentCodes | None = None
         self.table_state: Any = None
+        self._members: tuple[Any, int, tuple[np.ndarray, np.ndarray]] | None = None
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -73,6 +75,15 @@ class DatabaseState:
     @property
     def n(self) -> int:
         return len(self.graph)
+
+    def class_members(self, labels: LabelSpace) -> tuple[np.ndarray, np.ndarray]:
+        """CSR of each class's rows for this graph (rows added after fit are in the unknown class); cached."""
+        cached = self._members
+        if cached is not None and cached[0] is labels and cached[1] == self.n:
+            return cached[2]
+        value = labels.grown(self.n).members()
+        self._members = (labels, self.n, value)
+        return value
 
     # ------------------------------------------------------------------ diffusion coordinates
     def neighbour_weights(self, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -33,6 +33,7 @@ from ruvector_hnsw.search import _kernels, pipeline
 from ruvector_hnsw.search.codes import LatentCodes
 from ruvector_hnsw.search.context import query_context
 from ruvector_hnsw.search.encoder import ContextEncoder
+from ruvector_hnsw.search.labels import LabelHead, LabelSpace
 from ruvector_hnsw.search.model import SearchModel
 from ruvector_hnsw.search.pipeline import Knobs, QueryBatch
 from ruvector_hnsw.search.scoring import ResidualScorer, append_tail, rank
@@ -60,6 +61,8 @@ ALPHA_GRID = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 512.0
 #: candidate weights of the diffusion coordinates relative to the learned codes; 0 = codes only
 RHO_GRID = (0.0, 0.25, 1.0, 4.0, 16.0)
 _VAL_CAP = 1000
+#: candidate weights of the label term ``log p(class(v) | q)``; 0 = off
+LAM_GRID = (0.0, 0.25, 1.0, 4.0, 16.0, 1000.0)
 #: a non-zero alpha must beat alpha = 0 by this many standard errors of the per-query AP gain
 SIGNIFICANCE = 2.0
 
@@ -136,8 +139,11 @@ class SearchTrainingModel:
     """
 
     def __init__(self, model: SearchModel, db: DatabaseState, state: TrainingState, *, candidates: int,
-                 temperature: float, extra_positives: int, random_negatives: int, latent_negatives: int) -> None:
+                 temperature: float, extra_positives: int, random_negatives: int, latent_negatives: int,
+                 unknown: np.ndarray | None = None) -> None:
         self.model, self.db, self.state = model, db, state
+        #: (N,) rows whose label is unknown: never a positive, never a negative
+        self.unknown = unknown if unknown is not None and unknown.any() else None
         self.candidates = candidates
         self.temperature = temperature
         self.extra_positives = extra_positives
@@ -172,7 +178,8 @@ class SearchTrainingModel:
         if ts.mined.shape[1]:
             parts.append(ts.mined[b])
         merged = np.concatenate(parts, axis=1)
-        pool, _ = _kernels.unique_rows(merged, np.zeros(merged.shape, np.float32), db.graph.deleted)
+        invalid = db.graph.deleted if self.unknown is None else (db.graph.deleted | self.unknown)
+        pool, _ = _kernels.unique_rows(merged, np.zeros(merged.shape, np.float32), invalid)
         valid = pool >= 0
         posmask = _positive_mask(pool, ts.pos_lists, b)
         if not posmask.any():
@@ -244,23 +251,36 @@ class _ValPools:
     pool: np.ndarray
     dist: np.ndarray
     sim: np.ndarray
+    label: np.ndarray  # log p(class(v) | q), 0 without a label head
 
 
-def _val_pools(model: SearchModel, db: DatabaseState, qb: QueryBatch, k: int, knobs: Knobs,
-               num_threads: int) -> _ValPools:
-    """Pools of one expansion round with their index distances and latent similarities (alpha-free)."""
+def _val_pools(model: SearchModel, db: DatabaseState, qb: QueryBatch, k: int, knobs: Knobs, num_threads: int,
+               *, latent: bool) -> _ValPools:
+    """Pools with their index distances, latent similarities and label terms (weight-free).
+
+    ``latent``: the pool of one expansion round (what ``alpha > 0`` serves), else the HNSW
+    candidates only (what ``alpha = 0`` serves); class members join when there is a label head.
+    """
     s0 = db.contexts.s0
-    probe = ResidualScorer(alpha=1.0, beta=0.0, s0=s0, space=db.space)
-    pool, sim, dist = pipeline.expand_and_score(model, db, qb, k, replace(knobs, expand=min(knobs.expand, 1)),
-                                                probe, num_threads)
-    return _ValPools(pool=pool, dist=dist, sim=sim)
+    probe = ResidualScorer(alpha=1.0 if latent else 0.0, beta=0.0, s0=s0, space=db.space)
+    pool, sim, dist, zq = pipeline.metric_pool(model, db, qb, k, replace(knobs, expand=min(knobs.expand, 1)), probe,
+                                               num_threads)
+    label = np.zeros(pool.shape, dtype=np.float32)
+    logp = pipeline.label_log_proba(model, db, qb)
+    if logp is not None and model.labels is not None and db.codes is not None:
+        pool, known = pipeline.with_class_members(model, db, qb, pool, dist, logp, max(k, model.config.class_pool))
+        sim, dist = probe.score(qb.stored, db.graph.vectors, zq, db.codes.codes, pool, known)
+        label = pipeline.label_term(pool, logp, model.labels.grown(db.n).row_class)
+    if not latent:
+        sim = np.zeros(pool.shape, dtype=np.float32)
+    return _ValPools(pool=pool, dist=dist, sim=sim, label=label)
 
 
-def _ranking(qb: QueryBatch, pools: _ValPools, alpha: float, s0: float, k: int) -> np.ndarray:
-    if alpha == 0.0:
+def _ranking(qb: QueryBatch, pools: _ValPools, alpha: float, lam: float, s0: float, k: int) -> np.ndarray:
+    if alpha == 0.0 and lam == 0.0:
         return qb.hnsw_rows[:, :k]
-    scores = np.where(pools.pool >= 0, -pools.dist / np.float32(s0) + np.float32(alpha) * pools.sim,
-                      -np.inf).astype(np.float32)
+    scores = np.where(pools.pool >= 0, -pools.dist / np.float32(s0) + np.float32(alpha) * pools.sim
+                      + np.float32(lam) * pools.label, -np.inf).astype(np.float32)
     pool, scores = rank(pools.pool, scores)
     pool, _ = append_tail(qb.hnsw_rows, pool, scores, k)
     return pool[:, :k]
@@ -268,38 +288,84 @@ def _ranking(qb: QueryBatch, pools: _ValPools, alpha: float, s0: float, k: int) 
 
 def calibrate(model: SearchModel, db: DatabaseState, qb: QueryBatch, pos_lists: list[np.ndarray], knobs: Knobs,
               num_threads: int, *, set_alpha: bool = True) -> tuple[float, float]:
-    """Pick ``alpha`` (``beta = 1``) from :data:`ALPHA_GRID` by validation mAP@R; return ``(value, alpha)``.
+    """Pick ``alpha`` (``beta = 1``) and the label weight by validation mAP@R; return ``(value, alpha)``.
 
-    A non-zero ``alpha`` is taken only when it beats the index's own ranking (``alpha = 0``) by
+    ``alpha`` comes from :data:`ALPHA_GRID`, the label weight from :data:`LAM_GRID` (only 0 without a
+    label head). A non-zero pair is taken only when it beats the index's own ranking (both 0) by
     more than :data:`SIGNIFICANCE` standard errors of the paired per-query AP differences, so a
     model that learned nothing (random labels, unseen classes it cannot help) falls back to the
     index's ranking instead of fitting the validation noise.
     """
     k = max(1, int(min(max(len(r) for r in pos_lists), _VAL_CAP, db.n)))
-    pools = _val_pools(model, db, qb, k, knobs, num_threads)
     s0 = db.contexts.s0
-    base = ap_at_r_of_rows(_ranking(qb, pools, 0.0, s0, k), pos_lists, cap=_VAL_CAP)
+    lams = LAM_GRID if model.label_head is not None else (0.0,)
+    pools = {True: _val_pools(model, db, qb, k, knobs, num_threads, latent=True)}
+    if len(lams) > 1:
+        pools[False] = _val_pools(model, db, qb, k, knobs, num_threads, latent=False)
+    base = ap_at_r_of_rows(qb.hnsw_rows[:, :k], pos_lists, cap=_VAL_CAP)
     ok = np.isfinite(base)
-    best = (float(base[ok].mean()) if ok.any() else 0.0, 0.0)
-    for a in ALPHA_GRID[1:]:
-        ap = ap_at_r_of_rows(_ranking(qb, pools, a, s0, k), pos_lists, cap=_VAL_CAP)
-        diff = (ap - base)[ok]
-        if diff.size == 0:
-            continue
-        value = float(ap[ok].mean())
-        se = float(diff.std(ddof=1) / np.sqrt(diff.size)) if diff.size > 1 else np.inf
-        if value > best[0] + 1e-9 and diff.mean() > SIGNIFICANCE * se:
-            best = (value, a)
+    best = (float(base[ok].mean()) if ok.any() else 0.0, 0.0, 0.0)
+    for lam in lams:
+        for a in ALPHA_GRID:
+            if a == 0.0 and lam == 0.0:
+                continue
+            pp = pools[a != 0.0]
+            ap = ap_at_r_of_rows(_ranking(qb, pp, a, lam, s0, k), pos_lists, cap=_VAL_CAP)
+            diff = (ap - base)[ok]
+            if diff.size < 2:
+                continue
+            value = float(ap[ok].mean())
+            se = float(diff.std(ddof=1) / np.sqrt(diff.size))
+            if value > best[0] + 1e-9 and diff.mean() > SIGNIFICANCE * se:
+                best = (value, a, lam)
     if set_alpha:
-        model.alpha, model.beta = best[1], 1.0
+        model.alpha, model.beta, model.lam = best[1], 1.0, best[2]
     return float(best[0]), float(best[1])
+
+
+def fit_label_head(model: SearchModel, db: DatabaseState, queries: QueryBatch, query_labels: np.ndarray,
+                   row_labels: np.ndarray, known: np.ndarray) -> None:
+    """Train the label head on the training queries (with a known class) and the database rows."""
+    space = LabelSpace.of(row_labels, known)
+    if space.n_known < 2:
+        model.labels, model.label_head = None, None
+        return
+    query_class = space.classes_of(np.asarray(query_labels))
+    query_class = np.where(query_class == space.unknown, -1, query_class)  # not a target
+    kl = db.contexts.k_local
+    s0 = np.float32(db.contexts.s0)
+    q_rows = queries.hnsw_rows[:, :kl]
+    q_mask = q_rows >= 0
+    q_cls = np.where(q_mask, space.row_class[np.maximum(q_rows, 0)], 0)
+    q_dist = np.where(q_mask, queries.hnsw_dist[:, :kl] / s0, 0.0)
+    keep = query_class >= 0
+    v_rows = db.contexts.pos[:, :kl]
+    v_mask = db.contexts.mask[:, :kl]
+    v_cls = np.where(v_mask, space.row_class[np.maximum(v_rows, 0)], 0)
+    v_dist = np.where(v_mask, db.contexts.dist[:, :kl], 0.0)
+    alive = ~db.graph.deleted
+    u = np.concatenate([queries.standard[keep], db.table.view[alive]])
+    cls = np.concatenate([q_cls[keep], v_cls[alive]])
+    dist = np.concatenate([q_dist[keep], v_dist[alive]]).astype(np.float64)
+    mask = np.concatenate([q_mask[keep], v_mask[alive]])
+    target = np.concatenate([query_class[keep], space.row_class[alive]])
+    head = LabelHead(model.config.dim, space.n_classes, seed=model.config.seed)
+    head.train(u, cls, dist, mask, target, seed=model.config.seed)
+    model.labels, model.label_head = space, head
 
 
 # ---------------------------------------------------------------------- fit
 def fit(model: SearchModel, db: DatabaseState, index: HNSWIndex, q: np.ndarray, pos_lists: list[np.ndarray],
-        knobs: Knobs, opts: FitOptions, num_threads: int) -> TrainingHistory:
-    """Train ``model`` in place on ``db`` (best validation epoch restored, codes refreshed); return the history."""
+        knobs: Knobs, opts: FitOptions, num_threads: int,
+        classes: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> TrainingHistory:
+    """Train ``model`` in place on ``db`` (best validation epoch restored, codes refreshed); return the history.
+
+    ``classes`` = ``(row_labels, known, query_labels)`` (per graph row, a mask of known row labels,
+    per training query) trains the label head too (when the config enables it); rows whose label is
+    unknown are left out of the contrastive loss (neither positives nor negatives).
+    """
     cfg = model.config
+    model.labels, model.label_head, model.lam = None, None, 0.0
     rng = np.random.default_rng(cfg.seed)
     nq = q.shape[0]
     perm = rng.permutation(nq)
@@ -318,7 +384,8 @@ def fit(model: SearchModel, db: DatabaseState, index: HNSWIndex, q: np.ndarray, 
                        mined=np.full((tr_idx.shape[0], 0), -1, dtype=np.int64))
     trainable = SearchTrainingModel(model, db, ts, candidates=C, temperature=opts.temperature,
                                     extra_positives=opts.extra_positives, random_negatives=opts.random_negatives,
-                                    latent_negatives=opts.latent_negatives)
+                                    latent_negatives=opts.latent_negatives,
+                                    unknown=None if classes is None else ~classes[1])
     val_pos = [pos_lists[i] for i in val_idx.tolist()]
 
     def validate(_: Any) -> dict[str, float]:
@@ -357,8 +424,10 @@ def fit(model: SearchModel, db: DatabaseState, index: HNSWIndex, q: np.ndarray, 
     assert db.codes is not None
     db.codes = LatentCodes(db.codes.z.view, db.codes.phi.view, model.rho, kind=cfg.latent, seed=cfg.seed,
                            phi_fitted=db.codes.phi_fitted)
+    if classes is not None and cfg.label_head and n_val:
+        fit_label_head(model, db, ts.queries, classes[2][tr_idx], classes[0], classes[1])
     if n_val and val_q is not None:
         calibrate(model, db, val_q, val_pos, knobs, num_threads)
     else:  # nothing to calibrate on: keep the index's ranking (alpha = 0)
-        model.alpha = 0.0
+        model.alpha, model.lam = 0.0, 0.0
     return history

@@ -64,7 +64,8 @@ def index(data) -> HNSWIndex:
 def trained(request, data):
     _base, base_lab, tq, tq_lab, _, _ = data
     idx = _index(data[0], request.param)
-    s = AttentionSearch(idx, "local_global", candidates=40, expand=1, k_local=8, k_global=4, seed=0)
+    s = AttentionSearch(idx, "local_global", candidates=40, expand=1, k_local=8, k_global=4, seed=0,
+                        label_head=False)  # the metric path alone (the label head: tests/search/test_labels.py)
     history = s.fit(tq, labels=base_lab, query_labels=tq_lab, epochs=3, batch_size=64, val_fraction=0.2)
     return s, history, idx
 

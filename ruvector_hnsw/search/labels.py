@@ -1,0 +1,244 @@
+"""The label stage: learned label propagation over the graph, and class-first candidates.
+
+When ``fit`` is given item labels, the model also learns which class a query belongs to, from two
+signals - the query vector itself and the labels its HNSW neighbours carry::
+
+    a_j    = softmax_j(-exp(tau) * dist_j / s0)          over the query's best candidates j
+    h      = sum_j a_j * onehot(class(j))                label propagation (attention over labels)
+    logits = W u + b + g * h                             (u: the standardised query)
+    p      = softmax(logits)
+
+Items whose label is unknown (``labels < 0``; items added after ``fit``) form one more class,
+"unknown", so a query unlike every labelled class is recognised as such and gets the unlabelled
+items first. The head is trained with cross-entropy on the training queries (their candidates as
+context) and on the labelled database rows (their layer-0 links as context), analytic gradients,
+Adam; its inputs are standardised. The score of item ``v`` adds ``lam * log p(class(v))`` to the
+metric score, ``lam`` calibrated on held-out queries (0 included: the head is then off).
+
+Because relevant items of the predicted class can lie far beyond HNSW's top-C, the members of each
+query's most probable class that are nearest to it join the pool (:func:`class_candidates`; exact
+distances, computed per class with BLAS).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ruvector_hnsw.training.optim import Adam
+
+__all__ = ["LabelHead", "LabelSpace", "class_candidates"]
+
+_EPS = 1e-12
+
+
+@dataclass
+class LabelSpace:
+    """Classes of the graph's rows: ``row_class[v]`` in ``[0, n_classes)``; the last class is "unknown".
+
+    Attributes
+    ----------
+    values : ndarray
+        The label value of each known class (``values[c]``), in sorted order.
+    row_class : (N,) int64
+    has_unknown : bool
+        True when some rows' labels are unknown (class ``n_known``; it exists either way).
+    """
+
+    values: np.ndarray
+    row_class: np.ndarray
+    has_unknown: bool
+
+    @property
+    def n_known(self) -> int:
+        return int(self.values.shape[0])
+
+    @property
+    def n_classes(self) -> int:
+        """Known classes + the unknown class (always present: rows added after fit land there)."""
+        return self.n_known + 1
+
+    @property
+    def unknown(self) -> int:
+        """Class id of the unknown-label rows (``n_known``; only meaningful when ``has_unknown``)."""
+        return self.n_known
+
+    @classmethod
+    def of(cls, row_labels: np.ndarray, known: np.ndarray) -> LabelSpace:
+        """Classes from per-row labels (``known`` False where the label is unknown)."""
+        values = np.unique(row_labels[known]) if known.any() else np.zeros(0, dtype=row_labels.dtype)
+        row_class = np.full(row_labels.shape[0], values.shape[0], dtype=np.int64)
+        if known.any():
+            row_class[known] = np.searchsorted(values, row_labels[known])
+        return cls(values=values, row_class=row_class, has_unknown=bool((~known).any()))
+
+    def classes_of(self, labels: np.ndarray) -> np.ndarray:
+        """Class ids of label values (values outside the known classes -> the unknown class)."""
+        pos = np.searchsorted(self.values, labels)
+        pos = np.minimum(pos, max(self.n_known - 1, 0))
+        ok = (self.values.shape[0] > 0) & (self.values[pos] == labels) if self.n_known else np.zeros(
+            labels.shape, dtype=bool)
+        return np.where(ok, pos, self.unknown).astype(np.int64)
+
+    def grown(self, n: int) -> LabelSpace:
+        """Rows added after fit have unknown labels."""
+        if n <= self.row_class.shape[0]:
+            return self
+        extra = np.full(n - self.row_class.shape[0], self.n_known, dtype=np.int64)
+        return LabelSpace(values=self.values, row_class=np.concatenate([self.row_class, extra]), has_unknown=True)
+
+    def members(self) -> tuple[np.ndarray, np.ndarray]:
+        """CSR ``(indptr, rows)`` of each class's rows (ascending)."""
+        order = np.argsort(self.row_class, kind="stable")
+        counts = np.bincount(self.row_class, minlength=self.n_classes)
+        indptr = np.zeros(self.n_classes + 1, dtype=np.int64)
+        np.cumsum(counts, out=indptr[1:])
+        return indptr, order.astype(np.int64)
+
+
+class LabelHead:
+    """``logits = W u + b + g * h(candidates)`` over ``n_classes`` (see the module docstring).
+
+    Parameters
+    ----------
+    dim, n_classes : int
+    seed : int
+    dtype : float32 or float64
+    """
+
+    def __init__(self, dim: int, n_classes: int, *, seed: int = 0, dtype: Any = np.float32) -> None:
+        self.dim = int(dim)
+        self.n_classes = int(n_classes)
+        self.dtype = np.dtype(dtype)
+        rng = np.random.default_rng([int(seed), 7])
+        self.params: dict[str, np.ndarray] = {
+            "W": (0.01 * rng.standard_normal((self.n_classes, self.dim))).astype(self.dtype),
+            "b": np.zeros(self.n_classes, dtype=self.dtype),
+            "g": np.ones(1, dtype=self.dtype),
+            "tau": np.zeros(1, dtype=self.dtype),
+        }
+
+    # ------------------------------------------------------------------ forward / backward
+    def _propagation(self, cand_class: np.ndarray, cand_dist: np.ndarray, mask: np.ndarray
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(h, a, onehot)``: softmax weights over candidates and the weighted label histogram."""
+        t = float(np.exp(self.params["tau"][0]))
+        s = np.where(mask, -t * cand_dist, -np.inf)
+        m = s.max(axis=1, keepdims=True)
+        m = np.where(np.isfinite(m), m, 0.0)
+        e = np.where(mask, np.exp(s - m), 0.0)
+        z = e.sum(axis=1, keepdims=True)
+        a = e / np.maximum(z, _EPS)
+        onehot = np.zeros((*cand_class.shape, self.n_classes), dtype=np.float64)
+        b_idx, j_idx = np.nonzero(mask)
+        onehot[b_idx, j_idx, cand_class[b_idx, j_idx]] = 1.0
+        h = np.einsum("bj,bjc->bc", a, onehot)
+        return h, a, onehot
+
+    def logits(self, u: np.ndarray, cand_class: np.ndarray, cand_dist: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """``(B, n_classes)`` logits; ``cand_dist`` already divided by ``s0``."""
+        h, _, _ = self._propagation(cand_class, cand_dist, mask)
+        p = self.params
+        return (u.astype(np.float64) @ p["W"].T.astype(np.float64) + p["b"] + p["g"][0] * h)
+
+    def log_proba(self, u: np.ndarray, cand_class: np.ndarray, cand_dist: np.ndarray, mask: np.ndarray
+                  ) -> np.ndarray:
+        """Log class probabilities ``(B, n_classes)``."""
+        z = self.logits(u, cand_class, cand_dist, mask)
+        z = z - z.max(axis=1, keepdims=True)
+        return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+    def loss_and_grads(self, u: np.ndarray, cand_class: np.ndarray, cand_dist: np.ndarray, mask: np.ndarray,
+                       target: np.ndarray, weight_decay: float = 0.0) -> tuple[float, dict[str, np.ndarray]]:
+        """Mean cross-entropy of ``target`` classes (+ ``weight_decay/2 * |W|^2``) and its gradients."""
+        p = self.params
+        h, a, onehot = self._propagation(cand_class, cand_dist, mask)
+        uu = u.astype(np.float64)
+        z = uu @ p["W"].T.astype(np.float64) + p["b"] + p["g"][0] * h
+        z = z - z.max(axis=1, keepdims=True)
+        ez = np.exp(z)
+        prob = ez / ez.sum(axis=1, keepdims=True)
+        B = u.shape[0]
+        rows = np.arange(B)
+        loss = float(-np.log(np.maximum(prob[rows, target], 1e-300)).mean())
+        dz = prob.copy()
+        dz[rows, target] -= 1.0
+        dz /= B
+        W = p["W"].astype(np.float64)
+        loss += 0.5 * weight_decay * float((W * W).sum())
+        grads = {
+            "W": (dz.T @ uu + weight_decay * W).astype(self.dtype),
+            "b": dz.sum(axis=0).astype(self.dtype),
+            "g": np.array([(dz * h).sum()], dtype=self.dtype),
+        }
+        # through h: dh = g * dz; h = sum_j a_j onehot_j; a = softmax(-t d); t = exp(tau)
+        dh = p["g"][0] * dz
+        da = np.einsum("bc,bjc->bj", dh, onehot)
+        ds = a * (da - (a * da).sum(axis=1, keepdims=True))
+        t = float(np.exp(p["tau"][0]))
+        grads["tau"] = np.array([float((ds * np.where(mask, -t * cand_dist, 0.0)).sum())], dtype=self.dtype)
+        return loss, grads
+
+    # ------------------------------------------------------------------ training
+    def train(self, u: np.ndarray, cand_class: np.ndarray, cand_dist: np.ndarray, mask: np.ndarray,
+              target: np.ndarray, *, epochs: int = 30, batch_size: int = 1024, lr: float = 0.01,
+              weight_decay: float = 1e-4, seed: int = 0) -> list[float]:
+        """Mini-batch Adam on the cross-entropy; returns the per-epoch mean losses (seeded, deterministic)."""
+        opt = Adam(self.params, lr=lr)
+        rng = np.random.default_rng([int(seed), 11])
+        n = u.shape[0]
+        losses = []
+        for _ in range(epochs):
+            order = rng.permutation(n)
+            total = 0.0
+            for lo in range(0, n, batch_size):
+                idx = np.sort(order[lo : lo + batch_size])
+                loss, grads = self.loss_and_grads(u[idx], cand_class[idx], cand_dist[idx], mask[idx], target[idx],
+                                                  weight_decay)
+                opt.step(grads)
+                total += loss * idx.shape[0]
+            losses.append(total / n)
+        return losses
+
+    def state(self) -> dict[str, Any]:
+        return {k: v.copy() for k, v in self.params.items()}
+
+    def load(self, params: dict[str, Any]) -> None:
+        for k, v in self.params.items():
+            arr = np.asarray(params[k])
+            if arr.shape != v.shape:
+                raise ValueError(f"label head parameter {k} has shape {arr.shape}, expected {v.shape}")
+            v[...] = arr
+
+
+def class_candidates(queries_stored: np.ndarray, vectors: np.ndarray, top_class: np.ndarray, indptr: np.ndarray,
+                     members: np.ndarray, m: int, space: str, allowed: np.ndarray | None = None) -> np.ndarray:
+    """Per query, the ``m`` members of its ``top_class`` nearest to it (index distance; -1 padding).
+
+    Queries are grouped by class, and each group's distances are one BLAS product.
+    ``allowed`` (N,) bool drops rows (deleted items).
+    """
+    B = queries_stored.shape[0]
+    out = np.full((B, m), -1, dtype=np.int64)
+    for c in np.unique(top_class):
+        qi = np.flatnonzero(top_class == c)
+        rows = members[indptr[c] : indptr[c + 1]]
+        if allowed is not None:
+            rows = rows[allowed[rows]]
+        if rows.size == 0:
+            continue
+        x = vectors[rows]
+        q = queries_stored[qi]
+        if space == "l2":
+            d = (q * q).sum(1)[:, None] - 2.0 * (q @ x.T) + (x * x).sum(1)[None, :]
+        else:
+            d = 1.0 - q @ x.T
+        take = min(m, rows.size)
+        part = np.argpartition(d, take - 1, axis=1)[:, :take] if take < rows.size else np.broadcast_to(
+            np.arange(rows.size), (qi.size, rows.size))
+        dd = np.take_along_axis(d, part, axis=1)
+        order = np.argsort(dd, axis=1, kind="stable")
+        out[qi, :take] = rows[np.take_along_axis(part, order, axis=1)]
+    return out
