@@ -37,8 +37,9 @@ _FM = {"reassoc", "contract", "nsz"}
 
 #: smoothing of the distance functions at coinciding / antipodal points
 EPS = 1e-12
+_G0 = math.asinh(math.sqrt(EPS))
 #: items ahead whose key row the coordinate pass prefetches
-PREFETCH_AHEAD = 6
+PREFETCH_AHEAD = 4
 #: the clamp of the hyperbolic tangent arguments ``a = sqrt(kh) sigma |v|`` (ball radius 1 - 2e-13)
 A_MAX = 15.0
 
@@ -75,7 +76,8 @@ def _sq(q):  # pragma: no cover - jit
 
 @njit(cache=True, nogil=True, inline="always")
 def _g(y):  # pragma: no cover - jit
-    return math.asinh(math.sqrt(y + EPS)) - math.asinh(math.sqrt(EPS))
+    # asinh(x) = log(x + sqrt(1 + x^2)) with x^2 = y + EPS (cheaper than the library asinh)
+    return math.log(math.sqrt(y + EPS) + math.sqrt(1.0 + y + EPS)) - _G0
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -186,9 +188,10 @@ def _row_weights(q, T, ids, mask, b, e, h, C, geo, rq, P, s, mx, ct):  # pragma:
     """Per-head softmax weights of row ``b`` into ``s (H, n)``; returns -1 on a bad value, 0 for
     an empty row, 1 otherwise.
 
-    First the coordinate pass over every attended item's key row (sums into ``P``: independent
-    loads the CPU overlaps), then each block's geometry from ``P`` alone (``g(y)`` into ``P[1]``,
-    ``f(u)`` into ``P[3]``), then the scores."""
+    First the coordinate pass over the attended items' key rows (sums into ``P``; the row
+    ``PREFETCH_AHEAD`` items ahead is prefetched), then each block's geometry from ``P`` alone in
+    short loops whose iterations are independent (``g(y)`` into ``P[1]``, ``f(u)`` into ``P[3]``),
+    then the scores and the softmax."""
     H = C.shape[0]
     n = ids.shape[1]
     d = q.shape[0]
@@ -204,26 +207,32 @@ def _row_weights(q, T, ids, mask, b, e, h, C, geo, rq, P, s, mx, ct):  # pragma:
             cnt += 1
             if not _item_sums(q, T[ids[b, j]], e, h, ct, P, j):
                 return -1
-    if cnt == 0:
-        return 0
-    skh_sigma = geo[0] * geo[2]
-    sks_sigma = geo[1] * geo[2]
+    # the block geometry in short loops of independent iterations (pipelined by the CPU):
+    # y into P[2], g(y) into P[1]; u into P[4], f(u) into P[3]
     if h > 0:
+        skh_sigma = geo[0] * geo[2]
         nqh, sh2a, ea, iea = rq[0], rq[2], rq[9], rq[10]
         for j in range(n):
             if mask[b, j]:
-                y = _hyp_item(P[1, j], P[2, j], nqh, sh2a, ea, iea, skh_sigma)[0]
-                P[1, j] = _g(y)
+                P[2, j] = _hyp_item(P[1, j], P[2, j], nqh, sh2a, ea, iea, skh_sigma)[0]
+        for j in range(n):
+            if mask[b, j]:
+                P[1, j] = _g(P[2, j])
     else:
         P[1, :] = 0.0
     if e + h < d:
+        sks_sigma = geo[1] * geo[2]
         nqs, s2A, sA, cA = rq[4], rq[6], rq[11], rq[12]
         for j in range(n):
             if mask[b, j]:
-                u = _sph_item(P[3, j], P[4, j], nqs, s2A, sA, cA, sks_sigma)[0]
-                P[3, j] = _f(u)
+                P[4, j] = _sph_item(P[3, j], P[4, j], nqs, s2A, sA, cA, sks_sigma)[0]
+        for j in range(n):
+            if mask[b, j]:
+                P[3, j] = _f(P[4, j])
     else:
         P[3, :] = 0.0
+    if cnt == 0:
+        return 0
     for hh in range(H):
         mx[hh] = -np.inf
     for j in range(n):
