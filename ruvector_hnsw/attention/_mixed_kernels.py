@@ -334,6 +334,12 @@ def mc_forward(Q, T, Vt, ids, mask, e, h, C, geo, need_readout):  # pragma: no c
     return R, Wm, Wh, ok
 
 
+@njit(cache=True, nogil=True, fastmath=_FM, inline="always")
+def _axpy(acc, c, x):  # pragma: no cover - jit
+    for t in range(acc.shape[0]):
+        acc[t] += c * x[t]
+
+
 @njit(cache=True, nogil=True, fastmath=_FM)
 def mc_backward(Q, T, Vt, ids, mask, e, h, C, geo, Wh, G, comp_w, inv_tau, n_rows,
                 need_table_grads):  # pragma: no cover - jit
@@ -342,7 +348,10 @@ def mc_backward(Q, T, Vt, ids, mask, e, h, C, geo, Wh, G, comp_w, inv_tau, n_row
     ``comp_w (H, 3)`` are the per-head mixing weights (softmax of the mixing logits over the
     present components) and ``inv_tau = 1 / temperature``. Returns ``dQ (B, d)``, ``dT (n_rows, d)``
     and ``dV (n_rows, dv)`` (zero-size unless ``need_table_grads``) and ``dmix (B, H, 3)`` (per
-    row; the logit gradient is their sum over rows).
+    row; the logit gradient is their sum over rows). Per row: a pass over the value rows, the
+    coordinate pass over the key rows, the block geometry and the per-item coefficients in short
+    loops, then one more pass over the key rows accumulating the query gradient (and the table
+    gradients).
     """
     B, d = Q.shape
     n = ids.shape[1]
@@ -352,6 +361,9 @@ def mc_backward(Q, T, Vt, ids, mask, e, h, C, geo, Wh, G, comp_w, inv_tau, n_row
     inv_sqrt_d = geo[3]
     unit_h = geo[4]  # S_H = unit_h * g(y): -2 / (sqrt(kh) sigma)
     unit_s = geo[5]  # S_S = unit_s * f(u)
+    skh_sigma = sk_h * sigma
+    sks_sigma = sk_s * sigma
+    sdim = d - e - h
     rows = n_rows if need_table_grads else 0
     dQ = np.zeros((B, d), dtype=Q.dtype)
     dT = np.zeros((rows, d), dtype=Q.dtype)
@@ -359,22 +371,29 @@ def mc_backward(Q, T, Vt, ids, mask, e, h, C, geo, Wh, G, comp_w, inv_tau, n_row
     dmix = np.zeros((B, H, 3), dtype=np.float64)
     tj = np.empty(n, dtype=np.float64)
     cbar = np.empty(H, dtype=np.float64)
-    dq = np.empty(d, dtype=np.float64)
+    P = np.empty((5, n), dtype=np.float64)
+    HA = np.zeros((7, n), dtype=np.float64)  # y, |k_H|, cos phi, e^b, clamped, g(y), g'(y)
+    SA = np.zeros((7, n), dtype=np.float64)  # u, |k_S|, cos psi, sin B, cos B, f(u), f'(u)
+    CO = np.zeros((5, n), dtype=np.float64)  # coefficients: k_E, k_H, k_H (dk), k_S, k_S (dk)
+    acc = np.empty(d, dtype=np.float64)
     rq = np.zeros(13, dtype=np.float64)
-    P = np.empty((5, 1), dtype=np.float64)
     ct = np.float64
-    sdim = d - e - h
-    skh_sigma = sk_h * sigma
-    sks_sigma = sk_s * sigma
     invH = 1.0 / H
     for b in range(B):
         q = Q[b]
         if not _row_geometry(q, e, h, d, geo, rq):
             continue
+        nqh, sh2a, ch2a, ea, iea = rq[0], rq[2], rq[3], rq[9], rq[10]
+        nqs, s2A, c2A, sA, cA = rq[4], rq[6], rq[7], rq[11], rq[12]
+        a_clamped = rq[8] > 0.0
         cnt = 0
         for hh in range(H):
             cbar[hh] = 0.0
+        # values: t_j = G . v_j, the value gradients
         for j in range(n):
+            jj = j + PREFETCH_AHEAD
+            if jj < n and mask[b, jj]:
+                prefetch_table_row(Vt, ids[b, jj])
             if mask[b, j]:
                 cnt += 1
                 rv = ids[b, j]
@@ -391,31 +410,49 @@ def mc_backward(Q, T, Vt, ids, mask, e, h, C, geo, Wh, G, comp_w, inv_tau, n_row
                         dV[rv, k] += wbar * G[b, k]
         if cnt == 0:
             continue
-        dq[:] = 0.0
+        # keys: coordinate sums
+        for j in range(n):
+            jj = j + PREFETCH_AHEAD
+            if jj < n and mask[b, jj]:
+                prefetch_table_row(T, ids[b, jj])
+            if mask[b, j]:
+                _item_sums(q, T[ids[b, j]], e, h, ct, P, j)
+        # block geometry
+        if h > 0:
+            for j in range(n):
+                if mask[b, j]:
+                    y, nk, cphi, eb, clamped = _hyp_item(P[1, j], P[2, j], nqh, sh2a, ea, iea, skh_sigma)
+                    HA[0, j] = y
+                    HA[1, j] = nk
+                    HA[2, j] = cphi
+                    HA[3, j] = eb
+                    HA[4, j] = 1.0 if clamped else 0.0
+            for j in range(n):
+                if mask[b, j]:
+                    HA[5, j] = _g(HA[0, j])
+                    HA[6, j] = _g_prime(HA[0, j])
+        if sdim > 0:
+            for j in range(n):
+                if mask[b, j]:
+                    u, nk, cpsi, sB, cB = _sph_item(P[3, j], P[4, j], nqs, s2A, sA, cA, sks_sigma)
+                    SA[0, j] = u
+                    SA[1, j] = nk
+                    SA[2, j] = cpsi
+                    SA[3, j] = sB
+                    SA[4, j] = cB
+            for j in range(n):
+                if mask[b, j]:
+                    SA[5, j] = _f(SA[0, j])
+                    SA[6, j] = _f_prime(SA[0, j])
+        # per-item coefficients
         coef_qh = 0.0
         coef_qs = 0.0
-        nqh, sh2a, ch2a = rq[0], rq[2], rq[3]
-        nqs, s2A, c2A = rq[4], rq[6], rq[7]
-        a_clamped = rq[8] > 0.0
         for j in range(n):
             if not mask[b, j]:
                 continue
-            r = ids[b, j]
-            kr = T[r]
-            _item_sums(q, kr, e, h, ct, P, 0)
-            SE = P[0, 0] * inv_sqrt_d
-            gy = 0.0
-            fu = 0.0
-            y, nkh, cphi, eb, b_clamped = 0.0, 0.0, 0.0, 1.0, False
-            u, nks, cpsi, sB, cB = 0.0, 0.0, 0.0, 0.0, 1.0
-            if h > 0:
-                y, nkh, cphi, eb, b_clamped = _hyp_item(P[1, 0], P[2, 0], nqh, sh2a, rq[9], rq[10], skh_sigma)
-                gy = _g(y)
-            if sdim > 0:
-                u, nks, cpsi, sB, cB = _sph_item(P[3, 0], P[4, 0], nqs, s2A, rq[11], rq[12], sks_sigma)
-                fu = _f(u)
-            SH = unit_h * gy
-            SS = unit_s * fu
+            SE = P[0, j] * inv_sqrt_d
+            SH = unit_h * HA[5, j]
+            SS = unit_s * SA[5, j]
             dE = 0.0
             dG = 0.0
             dF = 0.0
@@ -430,18 +467,14 @@ def mc_backward(Q, T, Vt, ids, mask, e, h, C, geo, Wh, G, comp_w, inv_tau, n_row
                 dmix[b, hh, 0] += f * wE * (SE - sbar)
                 dmix[b, hh, 1] += f * wH * (SH - sbar)
                 dmix[b, hh, 2] += f * wS * (SS - sbar)
-            # Euclidean block
-            for k in range(e):
-                dq[k] += dE * kr[k]
-            if need_table_grads:
-                for k in range(e):
-                    dT[r, k] += dE * q[k]
-            # hyperbolic block
+            CO[0, j] = dE
+            ck = 0.0
+            ckk = 0.0
             if h > 0:
-                nk = nkh
-                dy = dG * _g_prime(y)
+                nk, cphi, eb = HA[1, j], HA[2, j], HA[3, j]
+                dy = dG * HA[6, j]
                 ieb = 1.0 / eb
-                e2 = (rq[9] * ieb) ** 2  # e^{2(a - b)}
+                e2 = (ea * ieb) ** 2  # e^{2(a - b)}
                 s2ab = 0.5 * (e2 - 1.0 / e2)
                 sh2b = 0.5 * (eb * eb - ieb * ieb)
                 ch2b = 0.5 * (eb * eb + ieb * ieb)
@@ -449,29 +482,22 @@ def mc_backward(Q, T, Vt, ids, mask, e, h, C, geo, Wh, G, comp_w, inv_tau, n_row
                 da = dy * (s2ab + ch2a * sh2b * one_c)
                 db = dy * (-s2ab + sh2a * ch2b * one_c)
                 dc = dy * (-0.5 * sh2a * sh2b)
-                if nqh > 0.0 and nk > 0.0:
-                    inv_qk = 1.0 / (nqh * nk)
-                    coef_qh += -dc * cphi / (nqh * nqh)
-                    ck = dc * inv_qk
-                    for k in range(e, e + h):
-                        dq[k] += ck * kr[k]
-                    if need_table_grads:
+                if nk > 0.0:
+                    if nqh > 0.0:
+                        coef_qh += -dc * cphi / (nqh * nqh)
+                        ck = dc / (nqh * nk)
                         ckk = -dc * cphi / (nk * nk)
-                        if not b_clamped:
-                            ckk += db * sk_h * sigma / nk
-                        for k in range(e, e + h):
-                            dT[r, k] += ck * q[k] + ckk * kr[k]
-                elif need_table_grads and nk > 0.0 and not b_clamped:
-                    ckk = db * sk_h * sigma / nk
-                    for k in range(e, e + h):
-                        dT[r, k] += ckk * kr[k]
+                    if HA[4, j] == 0.0:
+                        ckk += db * skh_sigma / nk
                 if nqh > 0.0 and not a_clamped:
-                    coef_qh += da * sk_h * sigma / nqh
-            # spherical block
+                    coef_qh += da * skh_sigma / nqh
+            CO[1, j] = ck
+            CO[2, j] = ckk
+            ck = 0.0
+            ckk = 0.0
             if sdim > 0:
-                nk = nks
-                du = dF * _f_prime(u)
-                sA, cA = rq[11], rq[12]
+                nk, cpsi, sB, cB = SA[1, j], SA[2, j], SA[3, j], SA[4, j]
+                du = dF * SA[6, j]
                 s2AB = 2.0 * (sA * cB - cA * sB) * (cA * cB + sA * sB)
                 s2B = 2.0 * sB * cB
                 c2B = cB * cB - sB * sB
@@ -479,27 +505,47 @@ def mc_backward(Q, T, Vt, ids, mask, e, h, C, geo, Wh, G, comp_w, inv_tau, n_row
                 dA = du * (s2AB + c2A * s2B * one_c)
                 dB = du * (-s2AB + s2A * c2B * one_c)
                 dc = du * (-0.5 * s2A * s2B)
-                lo = e + h
-                if nqs > 0.0 and nk > 0.0:
-                    inv_qk = 1.0 / (nqs * nk)
-                    coef_qs += -dc * cpsi / (nqs * nqs)
-                    ck = dc * inv_qk
-                    for k in range(lo, d):
-                        dq[k] += ck * kr[k]
-                    if need_table_grads:
-                        ckk = -dc * cpsi / (nk * nk) + dB * sk_s * sigma / nk
-                        for k in range(lo, d):
-                            dT[r, k] += ck * q[k] + ckk * kr[k]
-                elif need_table_grads and nk > 0.0:
-                    ckk = dB * sk_s * sigma / nk
-                    for k in range(lo, d):
-                        dT[r, k] += ckk * kr[k]
+                if nk > 0.0:
+                    if nqs > 0.0:
+                        coef_qs += -dc * cpsi / (nqs * nqs)
+                        ck = dc / (nqs * nk)
+                        ckk = -dc * cpsi / (nk * nk)
+                    ckk += dB * sks_sigma / nk
                 if nqs > 0.0:
-                    coef_qs += dA * sk_s * sigma / nqs
-        for k in range(e, e + h):
-            dq[k] += coef_qh * q[k]
-        for k in range(e + h, d):
-            dq[k] += coef_qs * q[k]
+                    coef_qs += dA * sks_sigma / nqs
+            CO[3, j] = ck
+            CO[4, j] = ckk
+        # the query gradient (and the key-table gradient) from the key rows
+        acc[:] = 0.0
+        accE = acc[:e]
+        accH = acc[e:e + h]
+        accS = acc[e + h:]
+        qE = q[:e]
+        qH = q[e:e + h]
+        qS = q[e + h:]
+        for j in range(n):
+            if not mask[b, j]:
+                continue
+            r = ids[b, j]
+            kr = T[r]
+            kE = kr[:e]
+            kH = kr[e:e + h]
+            kS = kr[e + h:]
+            _axpy(accE, CO[0, j], kE)
+            _axpy(accH, CO[1, j], kH)
+            _axpy(accS, CO[3, j], kS)
+            if need_table_grads:
+                tr = dT[r]
+                tE = tr[:e]
+                tH = tr[e:e + h]
+                tS = tr[e + h:]
+                _axpy(tE, CO[0, j], qE)
+                _axpy(tH, CO[1, j], qH)
+                _axpy(tH, CO[2, j], kH)
+                _axpy(tS, CO[3, j], qS)
+                _axpy(tS, CO[4, j], kS)
+        _axpy(accH, coef_qh, qH)
+        _axpy(accS, coef_qs, qS)
         for k in range(d):
-            dQ[b, k] = dq[k]
+            dQ[b, k] = acc[k]
     return dQ, dT, dV, dmix

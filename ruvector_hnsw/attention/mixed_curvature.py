@@ -42,8 +42,10 @@ Shapes and cost
 ``query (B, d)``, keys ``(B, n, d)``, values ``(B, n, dv)`` (or tables + ``ids``), output
 ``(B, dv)``; :meth:`weights` / ``cache.weights`` are the head-averaged ``Wbar (B, n)``,
 ``cache.inspect["head_weights"]`` the per-head ``W (B, heads, n)``. Cost per item: one pass
-over the ``d`` key coordinates (dot products and block norms), a few scalar transcendental
-functions per block, ``heads`` exponentials and one pass over the ``dv`` value coordinates.
+over the ``d`` key coordinates (dot products and block norms; the row a few items ahead is
+prefetched), a few scalar transcendental functions per block in short independent loops,
+``heads`` exponentials and one pass over the ``dv`` value coordinates. The params-only backward
+runs rows in chunks on the thread pool.
 Fully masked row: zero weights and zero output. Params: ``mix (heads, 3)`` (mixing logits of
 the E/H/S components, per head). Curvatures are fixed (constructor arguments).
 """
@@ -99,7 +101,7 @@ class MixedCurvatureAttention(AttentionMechanism):
     curvature_s : float
         Curvature ``c_s > 0`` of the spherical factor (default ``1``).
     heads : int
-        Number of mixing heads (default 2).
+        Number of mixing heads (default 1; each further head costs one exponential per item).
     temperature : float
         Softmax temperature (default 1).
     input_scale : float, optional
@@ -119,7 +121,7 @@ class MixedCurvatureAttention(AttentionMechanism):
         dims: tuple[int, int, int] | list[int] | None = None,
         curvature_h: float = -1.0,
         curvature_s: float = 1.0,
-        heads: int = 2,
+        heads: int = 1,
         temperature: float = 1.0,
         input_scale: float | None = None,
         dtype: Any = np.float32,
@@ -214,12 +216,22 @@ class MixedCurvatureAttention(AttentionMechanism):
         assert Vt is not None
         C, geo, w = self._constants()
         e, h, _ = self.dims
-        dQ, dT, dV, dmix = mc_backward(
-            batch.query, T, Vt, ids, batch.mask, e, h, C, geo, Wh, grad_out, w, 1.0 / self.temperature,
-            T.shape[0], input_grads,
-        )
-        return {
-            "mix": np.ascontiguousarray(dmix.sum(axis=0), dtype=self.dtype),
-            "query": dQ,
-            **self._input_grad_entries(batch, dT, dV, input_grads),
-        }
+        q, mask, inv_tau = batch.query, batch.mask, 1.0 / self.temperature
+        if input_grads:  # table gradients: one serial call (the rows scatter into the same tables)
+            dQ, dT, dV, dmix = mc_backward(q, T, Vt, ids, mask, e, h, C, geo, Wh, grad_out, w, inv_tau,
+                                           T.shape[0], True)
+        else:  # rows are independent: chunks on the thread pool
+            work = float(q.shape[0]) * ids.shape[1] * (3 * self.dim + Vt.shape[1] + 60)
+            parts = run_row_chunks(
+                lambda lo, hi: mc_backward(q[lo:hi], T, Vt, ids[lo:hi], mask[lo:hi], e, h, C, geo, Wh[lo:hi],
+                                           grad_out[lo:hi], w, inv_tau, 0, False),
+                q.shape[0], work,
+            )
+            dQ = np.concatenate([p_[0] for p_ in parts]) if len(parts) > 1 else parts[0][0]
+            dmix = np.concatenate([p_[3] for p_ in parts]) if len(parts) > 1 else parts[0][3]
+            dT = dV = None
+        grads = {"mix": np.ascontiguousarray(dmix.sum(axis=0), dtype=self.dtype), "query": dQ}
+        if input_grads:
+            assert dT is not None and dV is not None
+            grads.update(self._input_grad_entries(batch, dT, dV, True))
+        return grads
