@@ -145,8 +145,10 @@ class TopologyGatedAttention(AttentionMechanism):
     top_k : int
         Items the cautious mode attends (default 8).
     cautious_threshold, freeze_threshold : float
-        Risk thresholds of the modes (default 0.6 and 0.85; ``cautious <= freeze``; a threshold
-        above 1 disables its mode, one at or below 0 forces it).
+        Risk thresholds of the modes (default 0.35 and 0.5: about the 85th and the 99.8th
+        percentile of the risk of the HNSW neighbourhood windows of the built-in ``clusters`` and
+        ``hierarchical`` datasets; ``cautious <= freeze``; a threshold above 1 disables its mode,
+        one at or below 0 forces it).
     hysteresis : float
         Margin below a threshold before a row leaves its mode (``>= 0``, default 0.05).
     metric_weights : 4 floats
@@ -167,8 +169,8 @@ class TopologyGatedAttention(AttentionMechanism):
         temperature: float = 1.0,
         cautious_temperature: float = 2.0,
         top_k: int = 8,
-        cautious_threshold: float = 0.6,
-        freeze_threshold: float = 0.85,
+        cautious_threshold: float = 0.35,
+        freeze_threshold: float = 0.5,
         hysteresis: float = 0.05,
         metric_weights: tuple[float, float, float, float] | list[float] = (1.0, 1.0, 1.0, 1.0),
         dtype: Any = np.float32,
