@@ -30,7 +30,7 @@ import math
 import numpy as np
 from numba import njit
 
-from ruvector_hnsw.attention._kernels import _dot64
+from ruvector_hnsw.attention._kernels import _dot64, _dot_as
 from ruvector_hnsw.attention._prefetch import prefetch_table_row
 
 _FM = {"reassoc", "contract", "nsz"}
@@ -42,15 +42,6 @@ _G0 = math.asinh(math.sqrt(EPS))
 PREFETCH_AHEAD = 4
 #: the clamp of the hyperbolic tangent arguments ``a = sqrt(kh) sigma |v|`` (ball radius 1 - 2e-13)
 A_MAX = 15.0
-
-
-@njit(cache=True, nogil=True, fastmath=_FM, inline="always")
-def _dot_as(q, k, ct):  # pragma: no cover - jit
-    """``q . k`` accumulated in ``ct`` (zero-based loop over whole views: LLVM vectorises it)."""
-    s = ct(0.0)
-    for t in range(q.shape[0]):
-        s += ct(q[t]) * ct(k[t])
-    return s
 
 
 @njit(cache=True, nogil=True, fastmath=_FM, inline="always")
