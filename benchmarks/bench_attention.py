@@ -6,7 +6,7 @@ Prints
   3. flash ``attend_all`` tracemalloc peak vs a dense ``Q K^T`` reference (Q = N = 8192, d = 64)
   4. forward and params-only backward (``input_grads=False``) throughput (rows/s) of every mechanism
      in MECHANISMS at n = 100 / 1K / 10K, d = 128 (gather form: ids into a shared table), then each
-     mechanism's forward-time ratio to ``scaled_dot`` measured in the same run at n = 1K
+     mechanism's time relative to scaled_dot's at n = 1K, measured in the same run
 
 JIT compilation is paid in a warm-up call before any timing. ``--quick`` shrinks every size so the
 script finishes in seconds (a smoke run; its figures are not the reported ones). A mechanism that
@@ -142,8 +142,8 @@ def _timed(f: Callable[[], Any], repeats: int, budget: float) -> float:
 
 
 def _bench_one(att: Any, table: np.ndarray, q: np.ndarray, ids: np.ndarray, ctx: Context,
-               repeats: int, budget: float) -> tuple[str, float]:
-    """``("forward rows/s / backward rows/s", forward seconds)`` of one mechanism (params-only backward)."""
+               repeats: int, budget: float) -> tuple[float, float]:
+    """``(forward rows/s, backward rows/s)`` of one mechanism (params-only backward)."""
     B = q.shape[0]
     out, cache = att.forward(q[:2], table, table, context=_rows(ctx, 2), ids=ids[:2])  # warm-up / JIT
     att.backward(cache, np.ones_like(out), input_grads=False)
@@ -151,7 +151,7 @@ def _bench_one(att: Any, table: np.ndarray, q: np.ndarray, ids: np.ndarray, ctx:
     out, cache = att.forward(q, table, table, context=ctx, ids=ids)
     g = np.ones_like(out)
     t_bwd = _timed(lambda: att.backward(cache, g, input_grads=False), repeats, budget)
-    return f"{B / t_fwd:,.0f} / {B / t_bwd:,.0f}", t_fwd
+    return B / t_fwd, B / t_bwd
 
 
 def bench_table(ns: list[int], batch_for: dict[int, int], d: int, rows: int, repeats: int,
@@ -161,7 +161,7 @@ def bench_table(ns: list[int], batch_for: dict[int, int], d: int, rows: int, rep
     table = rng.standard_normal((rows, d), dtype=np.float32)
     names = list(MECHANISMS)
     results: dict[str, dict[int, str]] = {nm: {} for nm in names}
-    forward_s: dict[tuple[str, int], float] = {}
+    speeds: dict[str, dict[int, tuple[float, float]]] = {nm: {} for nm in names}
     failures: list[str] = []
     for n in ns:
         B = batch_for[n]
@@ -176,7 +176,9 @@ def bench_table(ns: list[int], batch_for: dict[int, int], d: int, rows: int, rep
                 att = MECHANISMS[name](d, seed=0)
                 ctx = Context(dist=items.dist, layer=items.layer, hops=items.hops, degree=items.degree,
                               table_state=att.prepare_table(table))
-                results[name][n], forward_s[name, n] = _bench_one(att, table, q, ids, ctx, repeats, budget)
+                fwd, bwd = _bench_one(att, table, q, ids, ctx, repeats, budget)
+                speeds[name][n] = (fwd, bwd)
+                results[name][n] = f"{fwd:,.0f} / {bwd:,.0f}"
             except Exception as exc:  # reported, and the run fails at the end
                 results[name][n] = f"FAILED ({type(exc).__name__})"
                 failures.append(f"{name} n={n}: {type(exc).__name__}: {exc}")
@@ -188,14 +190,20 @@ def bench_table(ns: list[int], batch_for: dict[int, int], d: int, rows: int, rep
     print("|" + "---|" * (len(ns) + 1))
     for name in names:
         print(f"| {name} | " + " | ".join(results[name][n] for n in ns) + " |")
-    at = 1000 if 1000 in ns else ns[-1]
-    ref = forward_s.get(("scaled_dot", at))
-    if ref is not None:
-        print(f"\n[forward time ratio to scaled_dot, n={at}, same run (lower = faster)]")
-        for name in names:
-            if (name, at) in forward_s:
-                print(f"  {name}: {forward_s[name, at] / ref:.2f}x")
+    _print_ratios(speeds, max((n for n in ns if n <= 1000), default=ns[0]))
     return failures
+
+
+def _print_ratios(speeds: dict[str, dict[int, tuple[float, float]]], n: int) -> None:
+    """Each mechanism's time per row relative to scaled_dot's at ``n`` (same run; > 1 = slower)."""
+    base = speeds.get("scaled_dot", {}).get(n)
+    if base is None:
+        return
+    print(f"\n[time ratio to scaled_dot at n={n}, same run: forward / params-only backward]")
+    for name, per_n in speeds.items():
+        if n in per_n:
+            fwd, bwd = per_n[n]
+            print(f"  {name}: {base[0] / fwd:.2f}x / {base[1] / bwd:.2f}x")
 
 
 def _rows(ctx: Context, k: int) -> Context:

@@ -1,4 +1,4 @@
-"""mAP@R of the transport / diffusion attention mechanisms against raw HNSW, in one run.
+"""mAP@R of the attention mechanisms of issue 10 (transport, diffusion, curvature, topology, bottleneck) vs raw HNSW.
 
 For each dataset (``clusters`` and ``hierarchical`` by default) one HNSW index is built and
 shared; every mechanism is fitted with its default settings through ``AttentionSearch.fit`` on
@@ -11,7 +11,7 @@ name (not through the method registry, where another method could carry the same
 
 Usage::
 
-    python benchmarks/bench_new_mechanisms.py                       # both datasets, 3 mechanisms
+    python benchmarks/bench_new_mechanisms.py                       # both datasets, 6 mechanisms
     python benchmarks/bench_new_mechanisms.py --datasets clusters --mechanisms diffusion
     python benchmarks/bench_new_mechanisms.py --quick               # small datasets, 1 epoch
 """
@@ -25,7 +25,7 @@ import time
 from ruvector_hnsw.datasets import load
 from ruvector_hnsw.eval import BuildContext, evaluate, make_attention, make_hnsw
 
-MECHANISMS = ("sliced_wasserstein", "centroid_ot", "diffusion")
+MECHANISMS = ("sliced_wasserstein", "centroid_ot", "diffusion", "mixed_curvature", "topology_gated", "info_bottleneck")
 
 
 def run_dataset(name: str, mechanisms: list[str], *, quick: bool, ef: int, threads: int, seed: int) -> list[str]:

@@ -279,7 +279,10 @@ def _run_eval(
         "ef_construction": args.ef_construction,
         "threads": args.threads,
         "methods": methods_spec,
+        "protocol": getattr(args, "protocol", "seen"),
     }
+    if settings["protocol"] != "seen":
+        settings["unseen_fraction"] = args.unseen_fraction
     names = ",".join([n for n in [_method_names(methods_spec)] if n.strip()] + _model_specs(args))
     parsed = [ev.parse_method_spec(spec)[0] for spec in names.split(",") if spec.strip()]
     unknown = [name for name in parsed if name not in ev.METHODS]
@@ -288,6 +291,9 @@ def _run_eval(
             f"unknown method(s) {', '.join(map(repr, unknown))}; known: {', '.join(sorted(ev.METHODS))}"
             if unknown else "no methods given"
         )
+    if getattr(ds, "train_base_labels", None) is not None and "label_classifier" in parsed:
+        raise ConfigError("label_classifier runs on the seen-class protocol only (it cannot rank classes it "
+                          "never saw); drop it from --methods or use --protocol seen")
     # a saved model gets the split too: with the same --seed/--train-queries as 'train' it is the
     # same split, so its training queries stay out of the evaluation
     if any(name in ev.TRAINED_METHODS or name == "model" for name in parsed):
@@ -494,6 +500,22 @@ def cmd_info(args: argparse.Namespace, con: _Console) -> int:
     return EXIT_OK
 
 
+def _apply_protocol(ds: Any, args: argparse.Namespace, con: _Console) -> Any:
+    """``--protocol unseen``: the class split of :func:`ruvector_hnsw.datasets.class_split` (``--seed``)."""
+    from ruvector_hnsw.datasets import apply_protocol
+
+    protocol = getattr(args, "protocol", "seen")
+    if protocol == "seen":
+        return ds
+    out = apply_protocol(ds, protocol, unseen=args.unseen_fraction, seed=args.seed)
+    rec = out.params["class_split"]
+    con.print(f"unseen-class protocol: {len(rec['unseen_classes'])} of "
+              f"{len(rec['unseen_classes']) + len(rec['seen_classes'])} classes held out (seed {rec['seed']}); "
+              f"{rec['n_eval_queries']} evaluation queries of unseen classes, {rec['n_train_queries']} training "
+              f"queries of seen classes, {rec['n_base_hidden']} base labels hidden from training")
+    return out
+
+
 def cmd_eval(args: argparse.Namespace, con: _Console) -> int:
     from ruvector_hnsw import eval as ev
     from ruvector_hnsw.datasets import load
@@ -501,6 +523,7 @@ def cmd_eval(args: argparse.Namespace, con: _Console) -> int:
     t0 = time.perf_counter()
     ds = load(args.dataset, **_dataset_kwargs(args))
     con.print(_dataset_line(ds) + f"  [{time.perf_counter() - t0:.1f} s]")
+    ds = _apply_protocol(ds, args, con)
     ds, rows, settings = _run_eval(ds, args.methods, args, con)
     threads = ev.available_threads() if args.threads < 1 else args.threads
     con.print(
@@ -933,15 +956,28 @@ def build_parser() -> argparse.ArgumentParser:
         "  ruvector-hnsw eval --dataset clusters --methods exact,hnsw,alpha_qe,dba --json o.json --plot o.png\n"
         "  ruvector-hnsw eval --dataset digits --methods hnsw,alpha_qe,local_global:epochs=4:expand=2,linear_proj\n"
         "  ruvector-hnsw eval --dataset clusters --methods hnsw --model models/lg --index models/lg.rvh\n"
-        "  ruvector-hnsw eval --dataset glove-25-angular.hdf5 --methods hnsw:ef=16,hnsw:ef=64,hnsw:ef=256\n\n"
+        "  ruvector-hnsw eval --dataset glove-25-angular.hdf5 --methods hnsw:ef=16,hnsw:ef=64,hnsw:ef=256\n"
+        "  ruvector-hnsw eval --dataset clusters --protocol unseen --methods hnsw,diffusion,linear_proj,mlp_adapter\n\n"
         "JSON: {\"dataset\": {...}, \"results\": [{\"method\", \"map_at_r\", \"p_at_1\", \"recall_at_10\", \"qps\", "
         "\"p50_ms\", \"p95_ms\", ...}], \"settings\": {...}}\nrecall_at_10 is ANN recall (ann-benchmarks); "
         "hit_rate_at_10 is metric-learning Recall@10.\n\n"
-        "Trained methods (every attention mechanism by name, linear_proj) fit on the dataset's training queries;\n"
-        "a dataset without them gets --train-queries evaluation queries moved into a disjoint training set.",
+        "Trained methods (every attention mechanism by name, linear_proj, mlp_adapter, label_classifier) fit on\n"
+        "the dataset's training queries; a dataset without them gets --train-queries evaluation queries moved\n"
+        "into a disjoint training set. --protocol unseen evaluates on classes whose labels training never sees\n"
+        "(label_classifier refuses it).",
         cmd_eval,
     )
     _add_eval_params(p, None, _DEFAULT_METHODS)
+    p.add_argument(
+        "--protocol", choices=("seen", "unseen"), default="seen",
+        help="seen (default): evaluation and training share the classes; unseen: classes are split with --seed, "
+        "training sees only seen classes (unseen-class base labels hidden), evaluation queries are of unseen "
+        "classes only",
+    )
+    p.add_argument(
+        "--unseen-fraction", type=float, default=0.3, dest="unseen_fraction",
+        help="share of the classes held out by --protocol unseen (default 0.3)",
+    )
     p.add_argument("--json", help="write results to this JSON file")
     p.add_argument("--plot", help="write a quality-vs-QPS plot (PNG) to this file")
     p.add_argument("--index", help="search this saved index (built on the dataset's base) instead of building one")

@@ -342,3 +342,34 @@ def test_demo_tiny_trains_then_reranks(tmp_path, capsys):
     for name in trained:
         assert rows[name]["map_at_r"] > rows["hnsw"]["map_at_r"]
         assert rows[name]["map_at_100"] is not None
+
+
+def test_eval_protocols(tmp_path, capsys):
+    out_json = tmp_path / "u.json"
+    rc = main(["eval", "--dataset", "clusters", "--size", "tiny", "--protocol", "unseen", "--unseen-fraction", "0.4",
+               "--methods", "hnsw,diffusion,linear_proj:epochs=1", "--ef", "64", "--seed", "3", "--json",
+               str(out_json), "--latency-queries", "0", "--threads", "1"])
+    assert rc == 0
+    assert "unseen-class protocol" in capsys.readouterr().out
+    doc = json.loads(out_json.read_text())
+    split = doc["dataset"]["params"]["class_split"]
+    assert split["seed"] == 3 and split["unseen_fraction"] == 0.4 and doc["settings"]["protocol"] == "unseen"
+    full = load("clusters", size="tiny", seed=3)
+    n_classes = int(np.unique(full.base_labels).size)
+    assert len(split["unseen_classes"]) == round(0.4 * n_classes)
+    assert doc["dataset"]["n_queries"] == int(np.isin(full.query_labels, split["unseen_classes"]).sum())
+    rows = {r["method"]: r for r in doc["results"]}
+    assert rows["linear_proj:epochs=1"]["params"]["protocol"] == "unseen"
+    assert rows["linear_proj:epochs=1"]["params"]["class_split"]["unseen_classes"] == split["unseen_classes"]
+    # the classifier cannot rank unseen classes: a one-line error before anything is built
+    rc = main(["eval", "--dataset", "clusters", "--size", "tiny", "--protocol", "unseen", "--methods",
+               "hnsw,label_classifier", "--latency-queries", "0"])
+    assert rc == 2
+    _one_error_line(capsys.readouterr().err, "label_classifier", "seen-class protocol")
+    # the default protocol is 'seen' and keeps every evaluation query
+    rc = main(["eval", "--dataset", "clusters", "--size", "tiny", "--methods", "hnsw", "--json", str(out_json),
+               "--latency-queries", "0", "--threads", "1", "--seed", "3"])
+    assert rc == 0
+    doc = json.loads(out_json.read_text())
+    assert doc["settings"]["protocol"] == "seen" and "class_split" not in doc["dataset"]["params"]
+    assert doc["dataset"]["n_queries"] == full.n_queries

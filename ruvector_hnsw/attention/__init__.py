@@ -32,6 +32,9 @@ _SPECS: tuple[tuple[str, str, str], ...] = (
     ("sliced_wasserstein", "sliced_wasserstein", "SlicedWassersteinAttention"),
     ("centroid_ot", "centroid_ot", "CentroidOTAttention"),
     ("diffusion", "diffusion", "DiffusionAttention"),
+    ("mixed_curvature", "mixed_curvature", "MixedCurvatureAttention"),
+    ("topology_gated", "topology_gated", "TopologyGatedAttention"),
+    ("info_bottleneck", "info_bottleneck", "InfoBottleneckAttention"),
 )
 
 

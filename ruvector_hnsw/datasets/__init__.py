@@ -10,6 +10,8 @@
 * File formats (:mod:`~ruvector_hnsw.datasets.formats`): TEXMEX ``.fvecs/.ivecs/.bvecs``
   readers (memory-mapped, size-validated) and writers, ann-benchmarks HDF5, ``.npz``.
 * Ground truth (:func:`exact_knn`): FAISS flat search, blockwise, in the dataset's metric.
+* Protocols (:mod:`~ruvector_hnsw.datasets.protocols`): :func:`class_split` makes the
+  unseen-class protocol (evaluation on classes whose labels training never sees).
 """
 
 from ruvector_hnsw.datasets.base import METRICS, Dataset, make_split
@@ -30,15 +32,19 @@ from ruvector_hnsw.datasets.formats import (
     write_vecs,
 )
 from ruvector_hnsw.datasets.groundtruth import exact_knn, normalize_rows
+from ruvector_hnsw.datasets.protocols import PROTOCOLS, apply_protocol, class_split
 from ruvector_hnsw.datasets.registry import available, load, register
 from ruvector_hnsw.datasets.synthetic import SCENARIOS, SIZES, make_clusters, make_hierarchical, make_manifolds
 
 __all__ = [
     "METRICS",
+    "PROTOCOLS",
     "SCENARIOS",
     "SIZES",
     "Dataset",
+    "apply_protocol",
     "available",
+    "class_split",
     "exact_knn",
     "load",
     "load_digits_dataset",

@@ -91,6 +91,11 @@ class Dataset:
         Where the data came from (``"synthetic"``, a file path, ``"sklearn.load_digits"``).
     description : str
         One paragraph describing the data.
+    train_base_labels : array_like of int, shape (N,), optional
+        The base labels *training* may see, when they differ from ``base_labels`` (which
+        relevance is judged with): ``-1`` marks an item whose label is hidden from training
+        ("unknown": never a positive, never a label-based negative). Set by
+        :func:`~ruvector_hnsw.datasets.class_split`; None means training sees ``base_labels``.
 
     Raises
     ------
@@ -113,6 +118,7 @@ class Dataset:
     params: dict[str, Any] = field(default_factory=dict)
     source: str = ""
     description: str = ""
+    train_base_labels: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.metric not in METRICS:
@@ -158,6 +164,15 @@ class Dataset:
                 )
         elif self.train_query_labels is not None:
             raise ShapeMismatchError("train_query_labels given without train_queries")
+        if self.train_base_labels is not None:
+            if self.base_labels is None:
+                raise ShapeMismatchError("train_base_labels given without base_labels")
+            self.train_base_labels = _as_labels("train_base_labels", self.train_base_labels, self.base.shape[0])
+
+    @property
+    def training_base_labels(self) -> np.ndarray | None:
+        """The base labels training may use: ``train_base_labels`` if set, else ``base_labels``."""
+        return self.base_labels if self.train_base_labels is None else self.train_base_labels
 
     # ------------------------------------------------------------------ shape facts
     @property
@@ -230,6 +245,8 @@ class Dataset:
             out["n_classes"] = int(np.unique(self.base_labels).size)
             out["mean_relevant"] = float(r.mean()) if r.size else 0.0
             out["max_relevant"] = int(r.max()) if r.size else 0
+        if self.train_base_labels is not None:
+            out["n_base_labels_hidden_from_training"] = int(np.count_nonzero(self.train_base_labels < 0))
         if self.description:
             out["description"] = self.description.strip().splitlines()[0]
         return out

@@ -194,8 +194,9 @@ def load_file(
     if max_base is not None and max_base < base.shape[0]:
         base = base[:max_base]
         truncated = True
-        if fields.get("base_labels") is not None:
-            fields["base_labels"] = fields["base_labels"][:max_base]
+        for fld in ("base_labels", "train_base_labels"):
+            if fields.get(fld) is not None:
+                fields[fld] = fields[fld][:max_base]
     params: dict[str, Any] = {"path": str(p), "max_base": max_base, "seed": seed}
 
     if fields.get("queries") is None:
@@ -211,6 +212,8 @@ def load_file(
             labels = fields["base_labels"]
             fields["query_labels"] = labels[q_idx]
             fields["base_labels"] = labels[b_idx]
+        if fields.get("train_base_labels") is not None:  # labels of rows that became queries are moot
+            fields["train_base_labels"] = fields["train_base_labels"][b_idx]
         truncated = True  # any ground truth in the file refers to the unsplit base
         params["queries_split_from_base"] = nq
     elif n_queries is not None:
@@ -237,6 +240,7 @@ def load_file(
             distances=fields.get("distances"),
             train_queries=fields.get("train_queries"),
             train_query_labels=fields.get("train_query_labels"),
+            train_base_labels=fields.get("train_base_labels"),
             params=params,
             source=str(p),
         )
@@ -255,7 +259,10 @@ def load_file(
 
 
 def save_npz(dataset: Dataset, path: PathLike) -> None:
-    """Write a dataset to ``.npz`` (readable by :func:`load_file`); extras and params are not kept."""
+    """Write a dataset to ``.npz`` (readable by :func:`load_file`); extras and params are not kept.
+
+    ``train_base_labels`` (the unseen-class protocol's hidden labels) is kept when set.
+    """
     formats.write_npz(
         path,
         base=dataset.base,
@@ -266,5 +273,6 @@ def save_npz(dataset: Dataset, path: PathLike) -> None:
         distances=dataset.distances,
         train_queries=dataset.train_queries,
         train_query_labels=dataset.train_query_labels,
+        train_base_labels=dataset.train_base_labels,
         metric=np.array(dataset.metric),
     )

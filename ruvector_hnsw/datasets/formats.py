@@ -342,6 +342,7 @@ NPZ_KEYS: dict[str, tuple[str, ...]] = {
     "distances": ("distances",),
     "train_queries": ("train_queries", "learn"),
     "train_query_labels": ("train_query_labels",),
+    "train_base_labels": ("train_base_labels",),
     "metric": ("metric",),
 }
 

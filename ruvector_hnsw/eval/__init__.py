@@ -11,8 +11,11 @@ Quick use::
     ev.plot_quality_vs_qps(rows, "out.png", title=ds.name)
 
 Trained methods (one per attention mechanism, e.g. ``local_global:epochs=4:expand=2``, and
-the ``linear_proj`` baseline) fit on ``dataset.train_queries`` only; for a dataset without
-them, split some off the evaluation queries first and evaluate the split dataset::
+the baselines ``linear_proj``, ``mlp_adapter``, ``label_classifier``) fit on
+``dataset.train_queries`` (and the base labels training may see, ``train_base_labels`` under
+the unseen-class protocol of :func:`ruvector_hnsw.datasets.class_split`) only; ``diffusion``
+re-ranks without training. For a dataset without training queries, split some off the
+evaluation queries first and evaluate the split dataset::
 
     ds, info = ev.ensure_train_split(ds, 1000)
     methods = ev.build_methods("hnsw,alpha_qe,local_global,linear_proj", ds)
@@ -36,6 +39,8 @@ from ruvector_hnsw.eval.attention import (
     training_data,
 )
 from ruvector_hnsw.eval.baselines import LinearProjection, linear_proj_loss, make_linear_proj
+from ruvector_hnsw.eval.classifier import LabelClassifier, make_label_classifier, rank_by_class
+from ruvector_hnsw.eval.diffusion import DiffusionRanker, diffusion_scores, make_diffusion
 from ruvector_hnsw.eval.methods import (
     METHODS,
     BuildContext,
@@ -63,6 +68,7 @@ from ruvector_hnsw.eval.metrics import (
     r_precision,
     relevance,
 )
+from ruvector_hnsw.eval.mlp_adapter import MLPAdapter, make_mlp_adapter
 from ruvector_hnsw.eval.report import (
     add_relative,
     format_table,
@@ -81,7 +87,10 @@ __all__ = [
     "RESULT_KEYS",
     "TRAINED_METHODS",
     "BuildContext",
+    "DiffusionRanker",
+    "LabelClassifier",
     "LinearProjection",
+    "MLPAdapter",
     "SearchMethod",
     "add_relative",
     "ann_recall_at_k",
@@ -89,6 +98,7 @@ __all__ = [
     "build_hnsw_index",
     "build_methods",
     "dataset_info",
+    "diffusion_scores",
     "ensure_train_split",
     "evaluate",
     "expand_vectors",
@@ -100,9 +110,12 @@ __all__ = [
     "make_alpha_qe",
     "make_attention",
     "make_dba",
+    "make_diffusion",
     "make_exact",
     "make_hnsw",
+    "make_label_classifier",
     "make_linear_proj",
+    "make_mlp_adapter",
     "make_saved_model",
     "map_at_r",
     "measure_latency",
@@ -117,6 +130,7 @@ __all__ = [
     "precision_at_k",
     "print_table",
     "r_precision",
+    "rank_by_class",
     "read_json",
     "register_method",
     "relevance",

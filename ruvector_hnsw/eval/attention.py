@@ -69,7 +69,7 @@ FIT_OPTIONS: tuple[str, ...] = (
 SEARCH_OPTIONS: tuple[str, ...] = ("expand",)
 _CTOR_OPTIONS: tuple[str, ...] = ("candidates", "k_local", "k_global", "seed", "latent_dim")
 #: registered methods that train on the dataset's training queries
-TRAINED_METHODS: frozenset[str] = frozenset(MECHANISMS) | {"linear_proj"}
+TRAINED_METHODS: frozenset[str] = frozenset(MECHANISMS) | {"linear_proj", "mlp_adapter", "label_classifier"}
 
 
 def ensure_train_split(dataset: Any, n_train: int | None = None, *, seed: int = 0) -> tuple[Any, dict[str, Any]]:
@@ -107,9 +107,12 @@ def ensure_train_split(dataset: Any, n_train: int | None = None, *, seed: int = 
 
 def training_data(dataset: Any, n_train: int | None = None, *, seed: int = 0
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
-    """Training queries, their labels and the base labels of a labelled dataset.
+    """Training queries, their labels and the base labels training may see.
 
-    Only ``dataset.train_queries`` are used, never the evaluation queries.
+    Only ``dataset.train_queries`` are used, never the evaluation queries. The base labels are
+    ``dataset.train_base_labels`` when the dataset has them (the unseen-class protocol of
+    :func:`ruvector_hnsw.datasets.class_split`: ``-1`` = hidden from training), else
+    ``dataset.base_labels``; relevance in evaluation always uses ``base_labels``.
 
     Parameters
     ----------
@@ -121,6 +124,8 @@ def training_data(dataset: Any, n_train: int | None = None, *, seed: int = 0
     Returns
     -------
     train_queries (nt, d) float32, train_labels (nt,), base_labels (N,), info dict
+        ``info`` holds ``n_train_queries``, ``train_source``, ``protocol`` ("seen" |
+        "unseen") and, for the unseen protocol, ``class_split`` (seed, fraction, class lists).
 
     Raises
     ------
@@ -149,10 +154,17 @@ def training_data(dataset: Any, n_train: int | None = None, *, seed: int = 0
             keep = np.sort(np.random.default_rng(seed).choice(tq.shape[0], n, replace=False))
             tq, tl = tq[keep], tl[keep]
             info["n_train_queries"] = n
-    split = (getattr(dataset, "params", None) or {}).get("split_queries")
+    params = getattr(dataset, "params", None) or {}
+    split = params.get("split_queries")
     info["train_source"] = "split_queries" if split else "dataset"
     if split:
         info["split_queries"] = dict(split)
+    hidden = getattr(dataset, "train_base_labels", None)
+    info["protocol"] = "seen" if hidden is None else "unseen"
+    if hidden is not None:
+        base_labels = hidden
+        if "class_split" in params:
+            info["class_split"] = dict(params["class_split"])
     return tq, tl, np.asarray(base_labels), info
 
 

@@ -6,14 +6,10 @@ trained with the supervised multi-positive InfoNCE loss on cosine similarities
 alpha query expansion in the projected space.  Whatever the attention rerankers gain must
 clearly beat what this model gets from the same labels.
 
-Training pool of each training query (as in the attention trainer, so positives are not only
-far items -- else the model would learn "far = relevant"):
-
-- its HNSW top-``candidates`` in the original space (near items, relevant or not),
-- ``extra_positives`` random items of its label (relevant items HNSW may have missed),
-- ``random_negatives`` uniformly random items (mostly irrelevant, mostly far).
-
-Relevant = same label.  Duplicates in a pool are dropped.  ``W`` starts at the top-``p``
+Training pools, loss and loop are those of :mod:`ruvector_hnsw.eval.contrastive` (shared with
+``mlp_adapter``): each training query's HNSW top-``candidates``, ``extra_positives`` random
+items of its label and ``random_negatives`` random labelled items; relevant = same label;
+items with a negative ("unknown") training label take no part. ``W`` starts at the top-``p``
 principal axes of the (normalised, for cosine) base vectors -- for ``p = d`` an orthogonal
 matrix, so the untrained projection ranks exactly like cosine search -- and is trained with
 Adam for a fixed number of epochs.
@@ -29,7 +25,15 @@ from typing import Any
 
 import numpy as np
 
-from ruvector_hnsw.errors import ConfigError, NotFittedError, ShapeMismatchError
+from ruvector_hnsw.errors import ConfigError, NotFittedError
+from ruvector_hnsw.eval.contrastive import (
+    check_training_arrays,
+    cosine_info_nce,
+    embedding_index,
+    fit_contrastive,
+    projection_pools,
+    training_candidates,
+)
 from ruvector_hnsw.eval.methods import (
     DEFAULT_ALPHA_QE,
     BuildContext,
@@ -37,13 +41,9 @@ from ruvector_hnsw.eval.methods import (
     _as_f32,
     _index_threads,
     _metric_of,
-    make_alpha_qe,
     register_method,
 )
 from ruvector_hnsw.eval.metrics import METRICS_ALIASES
-from ruvector_hnsw.threads import thread_limits
-from ruvector_hnsw.training.losses import CosineSimilarity, info_nce
-from ruvector_hnsw.training.optim import Adam
 
 __all__ = ["LinearProjection", "linear_proj_loss", "make_linear_proj", "projection_pools"]
 
@@ -81,57 +81,15 @@ def linear_proj_loss(
     """
     zq = queries @ W.T
     zc = pool @ W.T
-    sim_fn = CosineSimilarity(check_finite=False)
-    sim = sim_fn.forward(zq, zc)
-    sim = np.where(valid, sim, 0.0)
-    loss, g = info_nce(sim, positives, temperature=temperature, candidate_mask=valid)
-    grads = sim_fn.backward(g.astype(zq.dtype, copy=False))
-    gc = grads["candidates"]
-    dW = grads["query"].T @ queries + gc.reshape(-1, gc.shape[-1]).T @ pool.reshape(-1, pool.shape[-1])
-    return float(loss), dW.astype(W.dtype, copy=False)
+    loss, gq, gc = cosine_info_nce(zq, zc, valid, positives, temperature=temperature)
+    dW = gq.T @ queries + gc.reshape(-1, gc.shape[-1]).T @ pool.reshape(-1, pool.shape[-1])
+    return loss, dW.astype(W.dtype, copy=False)
 
 
-def _dedup_rows(ids: np.ndarray) -> np.ndarray:
-    """Sort each row and replace repeated ids (and negatives) by -1."""
-    s = np.sort(ids, axis=1)
-    dup = np.zeros(s.shape, dtype=bool)
-    dup[:, 1:] = s[:, 1:] == s[:, :-1]
-    return np.where(dup | (s < 0), -1, s)
-
-
-def projection_pools(
-    candidates: np.ndarray,
-    query_labels: np.ndarray,
-    base_labels: np.ndarray,
-    rng: np.random.Generator,
-    *,
-    extra_positives: int,
-    random_negatives: int,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Pools of item ids for a batch: candidates + random same-label items + random items.
-
-    Returns
-    -------
-    pool : (B, P) int64, -1 padded (duplicates removed)
-    valid : (B, P) bool
-    positives : (B, P) bool (same label as the query)
-    """
-    B = candidates.shape[0]
-    n = base_labels.shape[0]
-    order = np.argsort(base_labels, kind="stable")
-    sorted_lab = base_labels[order]
-    extra = np.full((B, extra_positives), -1, dtype=np.int64)
-    if extra_positives:
-        lo = np.searchsorted(sorted_lab, query_labels, "left")
-        hi = np.searchsorted(sorted_lab, query_labels, "right")
-        cnt = hi - lo
-        draw = (rng.random((B, extra_positives)) * np.maximum(cnt, 1)[:, None]).astype(np.int64)
-        extra = np.where(cnt[:, None] > 0, order[np.minimum(lo[:, None] + draw, n - 1)], -1)
-    rand = rng.integers(0, n, (B, random_negatives)).astype(np.int64)
-    pool = _dedup_rows(np.concatenate([candidates.astype(np.int64), extra, rand], axis=1))
-    valid = pool >= 0
-    positives = valid & (base_labels[np.maximum(pool, 0)] == query_labels[:, None])
-    return pool, valid, positives
+def _linear_loss_fn(params: Any, q: np.ndarray, items: np.ndarray, inv: np.ndarray, valid: np.ndarray,
+                    pos: np.ndarray, temperature: float) -> tuple[float, dict[str, np.ndarray]]:
+    loss, dW = linear_proj_loss(params["W"], q, items[inv], valid, pos, temperature=temperature)
+    return loss, {"W": dW}
 
 
 class LinearProjection:
@@ -227,47 +185,19 @@ class LinearProjection:
         """
         q = self._prep(train_queries, "train_queries")
         x = self._prep(base, "base")
-        ql = np.asarray(train_labels).reshape(-1)
-        bl = np.asarray(base_labels).reshape(-1)
-        cand = np.asarray(candidates, dtype=np.int64)
-        if ql.shape[0] != q.shape[0] or cand.ndim != 2 or cand.shape[0] != q.shape[0]:
-            raise ShapeMismatchError(
-                f"train_labels {ql.shape} and candidates {cand.shape} must have {q.shape[0]} rows")
-        if bl.shape[0] != x.shape[0]:
-            raise ShapeMismatchError(f"base_labels has {bl.shape[0]} entries for {x.shape[0]} base rows")
+        ql, bl, cand = check_training_arrays(q, train_labels, x, base_labels, candidates)
         if isinstance(epochs, bool) or int(epochs) < 1 or int(batch_size) < 1:
             raise ConfigError(f"epochs and batch_size must be >= 1, got {epochs!r}, {batch_size!r}")
         if self.W is None:
             self.init_pca(base)
         assert self.W is not None
         params = {"W": self.W}
-        opt = Adam(params, lr=lr, weight_decay=weight_decay, max_grad_norm=10.0)
-        rng = np.random.default_rng(self.seed)
-        self.history = {"train_loss": [], "epoch_time_s": []}
-        with thread_limits(1):  # small matmuls: more BLAS threads only fight on shared cores
-            self._train(q, x, ql, bl, cand, params, opt, rng, int(epochs), int(batch_size), temperature,
-                        extra_positives, random_negatives)
+        self.history = fit_contrastive(
+            _linear_loss_fn, params, q, x, ql, bl, cand, np.random.default_rng(self.seed), epochs=int(epochs),
+            batch_size=int(batch_size), lr=lr, temperature=temperature, extra_positives=extra_positives,
+            random_negatives=random_negatives, weight_decay=weight_decay)
         self.W = params["W"]
         return self.history
-
-    def _train(self, q: np.ndarray, x: np.ndarray, ql: np.ndarray, bl: np.ndarray, cand: np.ndarray,
-               params: dict[str, np.ndarray], opt: Adam, rng: np.random.Generator, epochs: int, batch_size: int,
-               temperature: float, extra_positives: int, random_negatives: int) -> None:
-        for _ in range(epochs):
-            t0 = time.perf_counter()
-            perm = rng.permutation(q.shape[0])
-            losses, weights = [], []
-            for lo in range(0, perm.shape[0], int(batch_size)):
-                b = perm[lo : lo + int(batch_size)]
-                pool, valid, pos = projection_pools(cand[b], ql[b], bl, rng, extra_positives=extra_positives,
-                                                    random_negatives=random_negatives)
-                pv = x[np.maximum(pool, 0)]
-                loss, dW = linear_proj_loss(params["W"], q[b], pv, valid, pos, temperature=temperature)
-                opt.step({"W": dW})
-                losses.append(loss)
-                weights.append(b.shape[0])
-            self.history["train_loss"].append(float(np.average(losses, weights=weights)))
-            self.history["epoch_time_s"].append(time.perf_counter() - t0)
 
 
 def make_linear_proj(
@@ -295,28 +225,20 @@ def make_linear_proj(
     the run's M / ef_construction / seed and searched at ``ef`` (default the run's).
     """
     from ruvector_hnsw.eval.attention import training_data
-    from ruvector_hnsw.index import HNSWIndex
 
     seed = ctx.seed if seed is None else int(seed)
     tq, tl, base_labels, info = training_data(ctx.dataset, n_train, seed=seed)
     ds = ctx.dataset
     metric = _metric_of(ds)
     t0 = time.perf_counter()
-    cand, _ = ctx.index.search(tq, k=int(candidates), ef=max(ctx.ef, int(candidates)))
+    cand = training_candidates(ctx, tq, int(candidates))
     proj = LinearProjection(int(np.asarray(ds.base).shape[1]), out_dim, metric=metric, seed=seed)
-    history = proj.fit(tq, tl, ds.base, base_labels, np.asarray(cand, dtype=np.int64), epochs=epochs,
-                       batch_size=batch_size, lr=lr, temperature=temperature, extra_positives=extra_positives,
-                       random_negatives=random_negatives)
+    history = proj.fit(tq, tl, ds.base, base_labels, cand, epochs=epochs, batch_size=batch_size, lr=lr,
+                       temperature=temperature, extra_positives=extra_positives, random_negatives=random_negatives)
     fit_s = time.perf_counter() - t0
-    t1 = time.perf_counter()
     z = proj.transform(ds.base)
-    index = HNSWIndex(proj.out_dim, space="cosine", M=ctx.M, ef_construction=ctx.ef_construction, seed=seed,
-                      num_threads=ctx.num_threads)
-    index.add(z)
-    ef_used = int(ef) if ef is not None else ctx.ef
-    index.ef = ef_used
-    inner = make_alpha_qe(index, n=n, alpha=alpha, ef=ef_used, vectors=z)
-    index_s = time.perf_counter() - t1
+    index, inner, index_s = embedding_index(ctx, z, seed=seed, ef=ef, qe=True, n=n, alpha=alpha)
+    ef_used = int(index.ef)
 
     def search(queries: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
         return inner(proj.transform(queries), int(k))

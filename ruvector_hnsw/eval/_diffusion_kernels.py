@@ -1,0 +1,216 @@
+"""numba kernels of the ``diffusion`` method: per-query graph build, CG solve, result merge.
+
+Serial ``nogil`` kernels over a range of query rows (run in row chunks on the kernel pool by
+:mod:`ruvector_hnsw.eval.diffusion`). Labels are base rows ``0..N-1``; ``nbr`` is the
+layer-0 neighbour table in labels (``-1`` padding) with the edge similarities ``nbr_sim``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+
+@njit(cache=True, nogil=True)
+def _gather_nodes(cand: np.ndarray, nbr: np.ndarray) -> np.ndarray:
+    """Candidates (in order) then their neighbours, each label once, in order of first entry."""
+    C = cand.shape[0]
+    K = nbr.shape[1]
+    buf = np.empty(C * (K + 1), dtype=np.int64)
+    m = 0
+    for c in range(C):
+        if cand[c] >= 0:
+            buf[m] = cand[c]
+            m += 1
+    for c in range(C):
+        u = cand[c]
+        if u < 0:
+            continue
+        for j in range(K):
+            v = nbr[u, j]
+            if v >= 0:
+                buf[m] = v
+                m += 1
+    order = np.argsort(buf[:m], kind="mergesort")
+    first = np.empty(m, dtype=np.int64)
+    n = 0
+    for i in range(m):
+        if i == 0 or buf[order[i]] != buf[order[i - 1]]:
+            first[n] = order[i]
+            n += 1
+    keep = np.sort(first[:n])
+    return buf[keep]
+
+
+@njit(cache=True, nogil=True)
+def build_affinity(nodes: np.ndarray, nbr: np.ndarray, nbr_sim: np.ndarray,
+                   gamma: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Symmetric CSR ``W`` over ``nodes``: ``W_ij = max(s_ij, 0) ** gamma`` for layer-0 links i->j or j->i.
+
+    Links between two nodes of the set are kept (from either end; if both ends hold the link,
+    the larger weight); links leaving the set are dropped. Returns ``indptr, indices, data``.
+    """
+    n = nodes.shape[0]
+    K = nbr.shape[1]
+    sidx = np.argsort(nodes)
+    skeys = nodes[sidx]
+    rows = np.empty(2 * n * K, dtype=np.int64)
+    cols = np.empty(2 * n * K, dtype=np.int64)
+    wts = np.empty(2 * n * K, dtype=np.float64)
+    m = 0
+    for i in range(n):
+        u = nodes[i]
+        for j in range(K):
+            v = nbr[u, j]
+            if v < 0:
+                continue
+            p = np.searchsorted(skeys, v)
+            if p >= n or skeys[p] != v:
+                continue
+            jj = sidx[p]
+            if jj == i:
+                continue
+            w = max(float(nbr_sim[u, j]), 0.0) ** gamma
+            rows[m], cols[m], wts[m] = i, jj, w
+            m += 1
+            rows[m], cols[m], wts[m] = jj, i, w
+            m += 1
+    key = rows[:m] * n + cols[:m]
+    order = np.argsort(key, kind="mergesort")
+    indptr = np.zeros(n + 1, dtype=np.int64)
+    indices = np.empty(m, dtype=np.int64)
+    data = np.empty(m, dtype=np.float64)
+    e = 0
+    for t in range(m):
+        o = order[t]
+        if t > 0 and key[o] == key[order[t - 1]]:
+            if wts[o] > data[e - 1]:
+                data[e - 1] = wts[o]
+            continue
+        indices[e] = cols[o]
+        data[e] = wts[o]
+        indptr[rows[o] + 1] += 1
+        e += 1
+    for i in range(n):
+        indptr[i + 1] += indptr[i]
+    return indptr, indices[:e], data[:e]
+
+
+@njit(cache=True, nogil=True)
+def _matvec(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, dinv: np.ndarray, a: float,
+            x: np.ndarray, out: np.ndarray) -> None:
+    """``out = (I - a D^-1/2 W D^-1/2) x``."""
+    n = x.shape[0]
+    for i in range(n):
+        acc = 0.0
+        for t in range(indptr[i], indptr[i + 1]):
+            acc += data[t] * dinv[indices[t]] * x[indices[t]]
+        out[i] = x[i] - a * dinv[i] * acc
+
+
+@njit(cache=True, nogil=True)
+def solve_diffusion(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, y: np.ndarray, a: float,
+                    iterations: int, tol: float) -> tuple[np.ndarray, int]:
+    """Conjugate gradient on ``(I - a S) f = y``, ``S = D^-1/2 W D^-1/2`` (isolated nodes: ``S`` row 0).
+
+    Stops after ``iterations`` steps or when ``|r| <= tol |y|``. Returns ``f`` and the steps taken.
+    """
+    n = y.shape[0]
+    deg = np.zeros(n)
+    for i in range(n):
+        for t in range(indptr[i], indptr[i + 1]):
+            deg[i] += data[t]
+    dinv = np.zeros(n)
+    for i in range(n):
+        if deg[i] > 0.0:
+            dinv[i] = 1.0 / np.sqrt(deg[i])
+    f = np.zeros(n)
+    r = y.copy()
+    p = r.copy()
+    ap = np.empty(n)
+    rr = float(np.dot(r, r))
+    stop = (tol * tol) * rr
+    steps = 0
+    while steps < iterations and rr > stop and rr > 0.0:
+        _matvec(indptr, indices, data, dinv, a, p, ap)
+        step = rr / float(np.dot(p, ap))
+        f += step * p
+        r -= step * ap
+        rr_new = float(np.dot(r, r))
+        p = r + (rr_new / rr) * p
+        rr = rr_new
+        steps += 1
+    return f, steps
+
+
+@njit(cache=True, nogil=True)
+def diffuse_rows(lo: int, hi: int, cand: np.ndarray, cand_sim: np.ndarray, nbr: np.ndarray, nbr_sim: np.ndarray,
+                 n_seeds: int, gamma: float, a: float, iterations: int, tol: float, out_ids: np.ndarray,
+                 out_n: np.ndarray, out_steps: np.ndarray) -> None:
+    """Rows ``lo..hi`` of ``cand`` (nq, C): diffusion ranking of candidates + neighbours into ``out_ids``.
+
+    The seed of row ``q`` is ``y_c = max(cand_sim[q, c], 0) ** gamma`` on its first ``n_seeds``
+    candidates; nodes are ranked by ``f`` (ties: order of entry, candidates first in HNSW order).
+    """
+    for q in range(lo, hi):
+        nodes = _gather_nodes(cand[q], nbr)
+        n = nodes.shape[0]
+        indptr, indices, data = build_affinity(nodes, nbr, nbr_sim, gamma)
+        y = np.zeros(n)
+        c_valid = 0
+        for c in range(cand.shape[1]):
+            if cand[q, c] >= 0:
+                if c_valid < n_seeds:
+                    y[c_valid] = max(float(cand_sim[q, c]), 0.0) ** gamma
+                c_valid += 1
+        f, steps = solve_diffusion(indptr, indices, data, y, a, iterations, tol)
+        order = np.argsort(-f, kind="mergesort")
+        for i in range(n):
+            out_ids[q, i] = nodes[order[i]]
+        out_n[q] = n
+        out_steps[q] = steps
+
+
+@njit(cache=True, nogil=True)
+def merge_rows(lo: int, hi: int, diff_ids: np.ndarray, diff_n: np.ndarray, tail: np.ndarray, tail_dist: np.ndarray,
+               queries: np.ndarray, vectors: np.ndarray, l2: bool, out_ids: np.ndarray,
+               out_dist: np.ndarray) -> None:
+    """Rows ``lo..hi``: the diffusion list, then the HNSW ``tail`` items not in it, cut at ``k``.
+
+    Distances are the index distances to the query (``1 - dot`` or squared L2 from
+    ``vectors``, the HNSW distance for tail items).
+    """
+    k = out_ids.shape[1]
+    d = vectors.shape[1]
+    for q in range(lo, hi):
+        n = diff_n[q]
+        take = min(n, k)
+        for i in range(take):
+            v = diff_ids[q, i]
+            out_ids[q, i] = v
+            acc = 0.0
+            if l2:
+                for t in range(d):
+                    diff = float(queries[q, t]) - float(vectors[v, t])
+                    acc += diff * diff
+                out_dist[q, i] = acc
+            else:
+                for t in range(d):
+                    acc += float(queries[q, t]) * float(vectors[v, t])
+                out_dist[q, i] = 1.0 - acc
+        if take == k:
+            continue
+        seen = np.sort(diff_ids[q, :n])
+        pos = take
+        for j in range(tail.shape[1]):
+            if pos >= k:
+                break
+            v = tail[q, j]
+            if v < 0:
+                continue
+            p = np.searchsorted(seen, v)
+            if p < n and seen[p] == v:
+                continue
+            out_ids[q, pos] = v
+            out_dist[q, pos] = tail_dist[q, j]
+            pos += 1
