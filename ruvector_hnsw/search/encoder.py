@@ -10,8 +10,8 @@ Everything is pure: :meth:`ContextEncoder.encode` returns an :class:`EncodedBatc
 attention's own cache, and :meth:`ContextEncoder.backward` turns ``dL/dzhat`` into parameter
 gradients from it, without re-running any forward (attention protocol v2). The projection is a
 BLAS product; BLAS sums small matrices in another order than large ones, so callers that need a
-row's code to be independent of its batch (the database codes) pad small batches
-(:data:`ruvector_hnsw.search.state.MIN_ENCODE_BATCH`).
+row's code to be independent of its batch (the database codes) encode fixed-size blocks
+(:data:`ruvector_hnsw.search.state.ENCODE_BLOCK`).
 """
 
 from __future__ import annotations
