@@ -6,7 +6,8 @@ Prints
   3. flash ``attend_all`` tracemalloc peak vs a dense ``Q K^T`` reference (Q = N = 8192, d = 64)
   4. forward and params-only backward (``input_grads=False``) throughput (rows/s) of every mechanism
      in MECHANISMS at n = 100 / 1K / 10K, d = 128 (gather form: ids into a shared table), then each
-     mechanism's time relative to scaled_dot's at n = 1K, measured in the same run
+     mechanism's time relative to scaled_dot's at n = 1K: calls of the two alternate, best of 5 each
+     (on a shared machine the load drifts between the table's separate measurements)
 
 JIT compilation is paid in a warm-up call before any timing. ``--quick`` shrinks every size so the
 script finishes in seconds (a smoke run; its figures are not the reported ones). A mechanism that
@@ -161,7 +162,9 @@ def bench_table(ns: list[int], batch_for: dict[int, int], d: int, rows: int, rep
     table = rng.standard_normal((rows, d), dtype=np.float32)
     names = list(MECHANISMS)
     results: dict[str, dict[int, str]] = {nm: {} for nm in names}
-    speeds: dict[str, dict[int, tuple[float, float]]] = {nm: {} for nm in names}
+    ratio_n = max((n for n in ns if n <= 1000), default=ns[0])
+    ratios: dict[str, tuple[float, float]] = {}
+    reference = ScaledDotAttention(d)
     failures: list[str] = []
     for n in ns:
         B = batch_for[n]
@@ -177,8 +180,9 @@ def bench_table(ns: list[int], batch_for: dict[int, int], d: int, rows: int, rep
                 ctx = Context(dist=items.dist, layer=items.layer, hops=items.hops, degree=items.degree,
                               table_state=att.prepare_table(table))
                 fwd, bwd = _bench_one(att, table, q, ids, ctx, repeats, budget)
-                speeds[name][n] = (fwd, bwd)
                 results[name][n] = f"{fwd:,.0f} / {bwd:,.0f}"
+                if n == ratio_n:
+                    ratios[name] = _ratio_to(reference, att, table, q, ids, ctx)
             except Exception as exc:  # reported, and the run fails at the end
                 results[name][n] = f"FAILED ({type(exc).__name__})"
                 failures.append(f"{name} n={n}: {type(exc).__name__}: {exc}")
@@ -190,20 +194,32 @@ def bench_table(ns: list[int], batch_for: dict[int, int], d: int, rows: int, rep
     print("|" + "---|" * (len(ns) + 1))
     for name in names:
         print(f"| {name} | " + " | ".join(results[name][n] for n in ns) + " |")
-    _print_ratios(speeds, max((n for n in ns if n <= 1000), default=ns[0]))
+    print(f"\n[time ratio to scaled_dot at n={ratio_n} (B={batch_for[ratio_n]}), alternating calls, best of 5: "
+          "forward / params-only backward; > 1 = slower]")
+    for name, (rf, rb) in ratios.items():
+        print(f"  {name}: {rf:.2f}x / {rb:.2f}x")
     return failures
 
 
-def _print_ratios(speeds: dict[str, dict[int, tuple[float, float]]], n: int) -> None:
-    """Each mechanism's time per row relative to scaled_dot's at ``n`` (same run; > 1 = slower)."""
-    base = speeds.get("scaled_dot", {}).get(n)
-    if base is None:
-        return
-    print(f"\n[time ratio to scaled_dot at n={n}, same run: forward / params-only backward]")
-    for name, per_n in speeds.items():
-        if n in per_n:
-            fwd, bwd = per_n[n]
-            print(f"  {name}: {base[0] / fwd:.2f}x / {base[1] / bwd:.2f}x")
+def _ratio_to(reference: Any, att: Any, table: np.ndarray, q: np.ndarray, ids: np.ndarray, ctx: Context,
+              rounds: int = 5) -> tuple[float, float]:
+    """``(forward, params-only backward)`` time of ``att`` over ``reference``'s on the same inputs.
+
+    The two are called alternately, ``rounds`` times each, and the best times compared, so a load
+    change on the machine hits both alike.
+    """
+    ref_ctx = Context(dist=ctx.dist, layer=ctx.layer, hops=ctx.hops, degree=ctx.degree)
+    best = {"rf": np.inf, "af": np.inf, "rb": np.inf, "ab": np.inf}
+    for _ in range(rounds):
+        for key, mech, c in (("r", reference, ref_ctx), ("a", att, ctx)):
+            t0 = time.perf_counter()
+            out, cache = mech.forward(q, table, table, context=c, ids=ids)
+            best[key + "f"] = min(best[key + "f"], time.perf_counter() - t0)
+            g = np.ones_like(out)
+            t0 = time.perf_counter()
+            mech.backward(cache, g, input_grads=False)
+            best[key + "b"] = min(best[key + "b"], time.perf_counter() - t0)
+    return best["af"] / best["rf"], best["ab"] / best["rb"]
 
 
 def _rows(ctx: Context, k: int) -> Context:

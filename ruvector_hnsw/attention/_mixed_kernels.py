@@ -1,23 +1,23 @@
 """numba kernels of the ``mixed_curvature`` mechanism (plain functions, no state).
 
 Every item's key row is split into a Euclidean block ``[0, e)``, a hyperbolic block
-``[e, e + h)`` and a spherical block ``[e + h, d)``. The query and key blocks are tangent
-vectors at the origin of each factor, mapped there by the exponential map (scaled by ``sigma``),
-so each factor's geodesic distance follows from the law of cosines in three scalars per block -
-the two norms and the dot product - that one pass over the coordinates accumulates::
+``[e, e + h)`` and a spherical block ``[e + h, d)``. Scaled by ``sigma``, the hyperbolic block is
+a point ``x`` of the Poincare ball of curvature ``-kh`` (radially pulled inside the radius
+``R / sqrt(kh)``, ``R = 1 - 1e-5``, when it lies beyond) and the spherical block a point of the
+stereographic model of the sphere of curvature ``ks``. Each factor's geodesic distance is a
+function of three scalars per block - the two squared norms and the dot product, which one pass
+over the coordinates accumulates - through::
 
-    y = sinh^2(a - b) + sinh(2a) sinh(2b) (1 - cos phi) / 2      (hyperbolic, curvature -kh)
-    u = sin^2(A - B)  + sin(2A)  sin(2B)  (1 - cos psi) / 2      (spherical, curvature ks)
+    t_H = kh |x - y|^2 / ((1 - kh |x|^2)(1 - kh |y|^2)),   d_H = (2/sqrt(kh)) asinh(sqrt(t_H))
+    t_S = ks |x - y|^2 / ((1 + ks |x|^2)(1 + ks |y|^2)),   d_S = (2/sqrt(ks)) asin(sqrt(t_S))
 
-with ``a = min(sqrt(kh) sigma |q_H|, A_MAX)``, ``b`` likewise for the key, ``A = sqrt(ks)
-sigma |q_S|``, ``phi``/``psi`` the angles between the blocks. Then ``cosh(sqrt(kh) d_H) = 1 + 2y``
-and ``cos(sqrt(ks) d_S) = 1 - 2u``, i.e. ``d_H = (2/sqrt(kh)) asinh(sqrt(y))`` and ``d_S =
-(2/sqrt(ks)) atan(sqrt(u / (1 - u)))``. The kernels use the smoothed forms
-``g(y) = asinh(sqrt(y + EPS)) - asinh(sqrt(EPS))`` and ``f(u) = atan(sqrt((u + EPS) / (1 - u +
-EPS))) - f0`` (``EPS = 1e-12``): within ``1e-6`` of the exact distances, with bounded derivatives
-at coinciding and antipodal points.
+(``cosh(sqrt(kh) d_H) = 1 + 2 t_H``; ``t_S = sin^2`` of half the spherical angle). The kernels use
+the smoothed forms ``g(t) = asinh(sqrt(t + EPS)) - asinh(sqrt(EPS))`` and ``f(t) = atan(sqrt((t +
+EPS) / (1 - t + EPS))) - f0`` (``EPS = 1e-12``): within ``1e-6`` of the exact distances, with
+bounded derivatives at coinciding and antipodal points. No transcendental function of a single
+item's norm is needed, only ``g`` and ``f`` per item.
 
-Head ``eta``'s score is ``s = C[eta, 0] * (q_E . k_E) + C[eta, 1] * g(y) + C[eta, 2] * f(u)``
+Head ``eta``'s score is ``s = C[eta, 0] * (q_E . k_E) + C[eta, 1] * g(t_H) + C[eta, 2] * f(t_S)``
 (the caller folds mixing weights, temperature and units into ``C``). The Euclidean dot product
 accumulates in the storage dtype (float64 when it overflows), the hyperbolic/spherical sums and
 all scalar geometry in float64. Softmax per head; the read-out uses the head-averaged weights.
@@ -40,8 +40,8 @@ EPS = 1e-12
 _G0 = math.asinh(math.sqrt(EPS))
 #: items ahead whose key row the coordinate pass prefetches
 PREFETCH_AHEAD = 4
-#: the clamp of the hyperbolic tangent arguments ``a = sqrt(kh) sigma |v|`` (ball radius 1 - 2e-13)
-A_MAX = 15.0
+#: hyperbolic points are kept within ``BALL_R / sqrt(kh)`` of the origin
+BALL_R = 1.0 - 1e-5
 
 
 @njit(cache=True, nogil=True, fastmath=_FM, inline="always")
@@ -65,7 +65,7 @@ def _sq(q):  # pragma: no cover - jit
     return s
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True, fastmath=_FM, inline="always")
 def _g(y):  # pragma: no cover - jit
     # asinh(x) = log(x + sqrt(1 + x^2)) with x^2 = y + EPS (cheaper than the library asinh)
     return math.log(math.sqrt(y + EPS) + math.sqrt(1.0 + y + EPS)) - _G0
@@ -76,7 +76,7 @@ def _g_prime(y):  # pragma: no cover - jit
     return 0.5 / (math.sqrt(y + EPS) * math.sqrt(1.0 + y + EPS))
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True, fastmath=_FM, inline="always")
 def _f(u):  # pragma: no cover - jit
     return math.atan(math.sqrt((u + EPS) / (1.0 - u + EPS))) - math.atan(math.sqrt(EPS / (1.0 + EPS)))
 
@@ -87,44 +87,28 @@ def _f_prime(u):  # pragma: no cover - jit
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _cos_angle(dot, nq, nk):  # pragma: no cover - jit
-    if nq <= 0.0 or nk <= 0.0:
-        return 0.0
-    c = dot / (nq * nk)
-    return min(1.0, max(-1.0, c))
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _clamp_arg(x):  # pragma: no cover - jit
-    return x if x < A_MAX else A_MAX
+def _ball_factor(r2):  # pragma: no cover - jit
+    """Scale that pulls a point with ``kh |x|^2 = r2`` inside the ball radius (1 when inside)."""
+    return BALL_R / math.sqrt(r2) if r2 > BALL_R * BALL_R else 1.0
 
 
 @njit(cache=True, nogil=True, inline="always")
 def _row_geometry(q, e, h, d, geo, rq):  # pragma: no cover - jit
-    """Query-side scalars of a row into ``rq``: |q_H|, a, sinh 2a, cosh 2a, |q_S|, A, sin 2A, cos 2A,
-    and whether a was clamped (1.0) - returns False when a norm overflows."""
-    sk_h, sk_s, sigma = geo[0], geo[1], geo[2]
-    nqh = math.sqrt(_sq(q[e:e + h])) if h > 0 else 0.0
-    nqs = math.sqrt(_sq(q[e + h:])) if e + h < d else 0.0
-    if not (np.isfinite(nqh) and np.isfinite(nqs)):
+    """Query-side scalars of a row into ``rq``: |q_H|, ball factor p_q, |x_q|^2 (hyperbolic),
+    projected (1.0), |q_S|, |x_q|^2 (spherical). Returns False when a norm overflows."""
+    kh, sigma = geo[0] * geo[0], geo[2]
+    q2h = _sq(q[e:e + h]) if h > 0 else 0.0
+    q2s = _sq(q[e + h:]) if e + h < d else 0.0
+    if not (np.isfinite(q2h) and np.isfinite(q2s)):
         return False
-    a_raw = sk_h * sigma * nqh
-    a = _clamp_arg(a_raw)
-    A = sk_s * sigma * nqs
-    rq[0] = nqh
-    rq[1] = a
-    rq[2] = math.sinh(2.0 * a)
-    rq[3] = math.cosh(2.0 * a)
-    rq[4] = nqs
-    rq[5] = A
-    rq[6] = math.sin(2.0 * A)
-    rq[7] = math.cos(2.0 * A)
-    rq[8] = 1.0 if a_raw >= A_MAX else 0.0
-    ea = math.exp(a)
-    rq[9] = ea
-    rq[10] = 1.0 / ea
-    rq[11] = math.sin(A)
-    rq[12] = math.cos(A)
+    r2 = kh * sigma * sigma * q2h
+    p = _ball_factor(r2)
+    rq[0] = math.sqrt(q2h)
+    rq[1] = p
+    rq[2] = sigma * sigma * p * p * q2h
+    rq[3] = 1.0 if p < 1.0 else 0.0
+    rq[4] = math.sqrt(q2s)
+    rq[5] = sigma * sigma * q2s
     return True
 
 
@@ -146,32 +130,27 @@ def _item_sums(q, kr, e, h, ct, P, j):  # pragma: no cover - jit
     return np.isfinite(de) and np.isfinite(dh) and np.isfinite(kh2) and np.isfinite(ds) and np.isfinite(ks2)
 
 
-@njit(cache=True, nogil=True)
-def _hyp_item(dot, k2, nqh, sh2a, ea, iea, skh_sigma):  # pragma: no cover - jit
-    """Hyperbolic item scalars: ``(y, |k_H|, cos phi, e^b, b clamped)`` (scalars only)."""
-    nk = math.sqrt(k2)
-    b_raw = skh_sigma * nk
-    b = _clamp_arg(b_raw)
-    cphi = _cos_angle(dot, nqh, nk)
-    eb = math.exp(b)
-    ieb = 1.0 / eb
-    sab = 0.5 * (ea * ieb - eb * iea)  # sinh(a - b)
-    sh2b = 0.5 * (eb * eb - ieb * ieb)
-    y = sab * sab + 0.5 * sh2a * sh2b * (1.0 - cphi)
-    return max(y, 0.0), nk, cphi, eb, b_raw >= A_MAX
+@njit(cache=True, nogil=True, fastmath=_FM, inline="always")
+def _hyp_item(dot, k2, X2, pq, kh, s2):  # pragma: no cover - jit
+    """Hyperbolic item scalars ``(t_H, |y|^2, x.y, p_k)`` from the key's sums (scalars only).
+
+    ``X2`` = |x_q|^2, ``pq`` the query's ball factor, ``s2 = sigma^2``."""
+    pk = _ball_factor(kh * s2 * k2)
+    Y2 = s2 * pk * pk * k2
+    XY = s2 * pq * pk * dot
+    D2 = max(X2 + Y2 - 2.0 * XY, 0.0)
+    t = kh * D2 / ((1.0 - kh * X2) * (1.0 - kh * Y2))
+    return t, Y2, XY, pk
 
 
-@njit(cache=True, nogil=True)
-def _sph_item(dot, k2, nqs, s2A, sA, cA, sks_sigma):  # pragma: no cover - jit
-    """Spherical item scalars: ``(u, |k_S|, cos psi, sin B, cos B)`` (scalars only)."""
-    nk = math.sqrt(k2)
-    B = sks_sigma * nk
-    cpsi = _cos_angle(dot, nqs, nk)
-    sB = math.sin(B)
-    cB = math.cos(B)
-    sAB = sA * cB - cA * sB  # sin(A - B)
-    u = sAB * sAB + 0.5 * s2A * (2.0 * sB * cB) * (1.0 - cpsi)
-    return min(1.0, max(0.0, u)), nk, cpsi, sB, cB
+@njit(cache=True, nogil=True, fastmath=_FM, inline="always")
+def _sph_item(dot, k2, X2, ks, s2):  # pragma: no cover - jit
+    """Spherical item scalars ``(t_S, |y|^2, x.y)`` from the key's sums (scalars only)."""
+    Y2 = s2 * k2
+    XY = s2 * dot
+    D2 = max(X2 + Y2 - 2.0 * XY, 0.0)
+    t = ks * D2 / ((1.0 + ks * X2) * (1.0 + ks * Y2))
+    return min(t, 1.0), Y2, XY
 
 
 @njit(cache=True, nogil=True, fastmath=_FM, inline="always")
@@ -200,23 +179,22 @@ def _row_weights(q, T, ids, mask, b, e, h, C, geo, rq, P, s, mx, ct):  # pragma:
                 return -1
     # the block geometry in short loops of independent iterations (pipelined by the CPU):
     # y into P[2], g(y) into P[1]; u into P[4], f(u) into P[3]
+    s2 = geo[2] * geo[2]
     if h > 0:
-        skh_sigma = geo[0] * geo[2]
-        nqh, sh2a, ea, iea = rq[0], rq[2], rq[9], rq[10]
+        kh, X2, pq = geo[0] * geo[0], rq[2], rq[1]
         for j in range(n):
             if mask[b, j]:
-                P[2, j] = _hyp_item(P[1, j], P[2, j], nqh, sh2a, ea, iea, skh_sigma)[0]
+                P[2, j] = _hyp_item(P[1, j], P[2, j], X2, pq, kh, s2)[0]
         for j in range(n):
             if mask[b, j]:
                 P[1, j] = _g(P[2, j])
     else:
         P[1, :] = 0.0
     if e + h < d:
-        sks_sigma = geo[1] * geo[2]
-        nqs, s2A, sA, cA = rq[4], rq[6], rq[11], rq[12]
+        ks, X2s = geo[1] * geo[1], rq[5]
         for j in range(n):
             if mask[b, j]:
-                P[4, j] = _sph_item(P[3, j], P[4, j], nqs, s2A, sA, cA, sks_sigma)[0]
+                P[4, j] = _sph_item(P[3, j], P[4, j], X2s, ks, s2)[0]
         for j in range(n):
             if mask[b, j]:
                 P[3, j] = _f(P[4, j])
@@ -269,7 +247,7 @@ def mc_forward(Q, T, Vt, ids, mask, e, h, C, geo, need_readout):  # pragma: no c
     s = np.empty((H, n), dtype=np.float64)
     P = np.empty((5, n), dtype=np.float64)
     mx = np.empty(H, dtype=np.float64)
-    rq = np.zeros(13, dtype=np.float64)
+    rq = np.zeros(6, dtype=np.float64)
     acc = np.empty(dv, dtype=Q.dtype)
     acc64 = np.empty(dv, dtype=np.float64)
     invH = 1.0 / H
@@ -348,12 +326,11 @@ def mc_backward(Q, T, Vt, ids, mask, e, h, C, geo, Wh, G, comp_w, inv_tau, n_row
     n = ids.shape[1]
     H = C.shape[0]
     dv = Vt.shape[1]
-    sk_h, sk_s, sigma = geo[0], geo[1], geo[2]
+    kh, ks, sigma = geo[0] * geo[0], geo[1] * geo[1], geo[2]
+    s2 = sigma * sigma
     inv_sqrt_d = geo[3]
-    unit_h = geo[4]  # S_H = unit_h * g(y): -2 / (sqrt(kh) sigma)
-    unit_s = geo[5]  # S_S = unit_s * f(u)
-    skh_sigma = sk_h * sigma
-    sks_sigma = sk_s * sigma
+    unit_h = geo[4]  # S_H = unit_h * g(t_H): -2 / (sqrt(kh) sigma)
+    unit_s = geo[5]  # S_S = unit_s * f(t_S)
     sdim = d - e - h
     rows = n_rows if need_table_grads else 0
     dQ = np.zeros((B, d), dtype=Q.dtype)
@@ -363,20 +340,20 @@ def mc_backward(Q, T, Vt, ids, mask, e, h, C, geo, Wh, G, comp_w, inv_tau, n_row
     tj = np.empty(n, dtype=np.float64)
     cbar = np.empty(H, dtype=np.float64)
     P = np.empty((5, n), dtype=np.float64)
-    HA = np.zeros((7, n), dtype=np.float64)  # y, |k_H|, cos phi, e^b, clamped, g(y), g'(y)
-    SA = np.zeros((7, n), dtype=np.float64)  # u, |k_S|, cos psi, sin B, cos B, f(u), f'(u)
-    CO = np.zeros((5, n), dtype=np.float64)  # coefficients: k_E, k_H, k_H (dk), k_S, k_S (dk)
+    HA = np.zeros((6, n), dtype=np.float64)  # t, |y|^2, x.y, p_k, g(t), g'(t)
+    SA = np.zeros((5, n), dtype=np.float64)  # t, |y|^2, x.y, f(t), f'(t)
+    # coefficients: k_E (dq; q_E in dk), k_H in dq, k_H in dk, q_H in dk, k_S in dq, k_S in dk, q_S in dk
+    CO = np.zeros((7, n), dtype=np.float64)
     acc = np.empty(d, dtype=np.float64)
-    rq = np.zeros(13, dtype=np.float64)
+    rq = np.zeros(6, dtype=np.float64)
     ct = np.float64
     invH = 1.0 / H
     for b in range(B):
         q = Q[b]
         if not _row_geometry(q, e, h, d, geo, rq):
             continue
-        nqh, sh2a, ch2a, ea, iea = rq[0], rq[2], rq[3], rq[9], rq[10]
-        nqs, s2A, c2A, sA, cA = rq[4], rq[6], rq[7], rq[11], rq[12]
-        a_clamped = rq[8] > 0.0
+        pq, X2, q_projected = rq[1], rq[2], rq[3] > 0.0
+        X2s = rq[5]
         cnt = 0
         for hh in range(H):
             cbar[hh] = 0.0
@@ -412,38 +389,35 @@ def mc_backward(Q, T, Vt, ids, mask, e, h, C, geo, Wh, G, comp_w, inv_tau, n_row
         if h > 0:
             for j in range(n):
                 if mask[b, j]:
-                    y, nk, cphi, eb, clamped = _hyp_item(P[1, j], P[2, j], nqh, sh2a, ea, iea, skh_sigma)
-                    HA[0, j] = y
-                    HA[1, j] = nk
-                    HA[2, j] = cphi
-                    HA[3, j] = eb
-                    HA[4, j] = 1.0 if clamped else 0.0
+                    t, Y2, XY, pk = _hyp_item(P[1, j], P[2, j], X2, pq, kh, s2)
+                    HA[0, j] = t
+                    HA[1, j] = Y2
+                    HA[2, j] = XY
+                    HA[3, j] = pk
             for j in range(n):
                 if mask[b, j]:
-                    HA[5, j] = _g(HA[0, j])
-                    HA[6, j] = _g_prime(HA[0, j])
+                    HA[4, j] = _g(HA[0, j])
+                    HA[5, j] = _g_prime(HA[0, j])
         if sdim > 0:
             for j in range(n):
                 if mask[b, j]:
-                    u, nk, cpsi, sB, cB = _sph_item(P[3, j], P[4, j], nqs, s2A, sA, cA, sks_sigma)
-                    SA[0, j] = u
-                    SA[1, j] = nk
-                    SA[2, j] = cpsi
-                    SA[3, j] = sB
-                    SA[4, j] = cB
+                    t, Y2, XY = _sph_item(P[3, j], P[4, j], X2s, ks, s2)
+                    SA[0, j] = t
+                    SA[1, j] = Y2
+                    SA[2, j] = XY
             for j in range(n):
                 if mask[b, j]:
-                    SA[5, j] = _f(SA[0, j])
-                    SA[6, j] = _f_prime(SA[0, j])
+                    SA[3, j] = _f(SA[0, j])
+                    SA[4, j] = _f_prime(SA[0, j])
         # per-item coefficients
-        coef_qh = 0.0
-        coef_qs = 0.0
+        cx2h = 0.0  # sum_j dL/d|x_q|^2 (hyperbolic)
+        cx2s = 0.0
         for j in range(n):
             if not mask[b, j]:
                 continue
             SE = P[0, j] * inv_sqrt_d
-            SH = unit_h * HA[5, j]
-            SS = unit_s * SA[5, j]
+            SH = unit_h * HA[4, j]
+            SS = unit_s * SA[3, j]
             dE = 0.0
             dG = 0.0
             dF = 0.0
@@ -459,53 +433,34 @@ def mc_backward(Q, T, Vt, ids, mask, e, h, C, geo, Wh, G, comp_w, inv_tau, n_row
                 dmix[b, hh, 1] += f * wH * (SH - sbar)
                 dmix[b, hh, 2] += f * wS * (SS - sbar)
             CO[0, j] = dE
-            ck = 0.0
-            ckk = 0.0
             if h > 0:
-                nk, cphi, eb = HA[1, j], HA[2, j], HA[3, j]
-                dy = dG * HA[6, j]
-                ieb = 1.0 / eb
-                e2 = (ea * ieb) ** 2  # e^{2(a - b)}
-                s2ab = 0.5 * (e2 - 1.0 / e2)
-                sh2b = 0.5 * (eb * eb - ieb * ieb)
-                ch2b = 0.5 * (eb * eb + ieb * ieb)
-                one_c = 1.0 - cphi
-                da = dy * (s2ab + ch2a * sh2b * one_c)
-                db = dy * (-s2ab + sh2a * ch2b * one_c)
-                dc = dy * (-0.5 * sh2a * sh2b)
-                if nk > 0.0:
-                    if nqh > 0.0:
-                        coef_qh += -dc * cphi / (nqh * nqh)
-                        ck = dc / (nqh * nk)
-                        ckk = -dc * cphi / (nk * nk)
-                    if HA[4, j] == 0.0:
-                        ckk += db * skh_sigma / nk
-                if nqh > 0.0 and not a_clamped:
-                    coef_qh += da * skh_sigma / nqh
-            CO[1, j] = ck
-            CO[2, j] = ckk
-            ck = 0.0
-            ckk = 0.0
+                t, Y2, XY, pk = HA[0, j], HA[1, j], HA[2, j], HA[3, j]
+                dt = dG * HA[5, j]
+                al = 1.0 - kh * X2
+                be = 1.0 - kh * Y2
+                base = kh / (al * be)
+                cx2h += dt * (base + t * kh / al)
+                cy2 = dt * (base + t * kh / be)
+                cxy = dt * (-2.0 * base)
+                CO[1, j] = s2 * cxy * pk  # k_H in dq (before the query's ball factor)
+                cq = s2 * cxy * pq * pk  # q_H in dk
+                CO[3, j] = cq
+                if pk < 1.0:  # the key was pulled inside the ball: |y| fixed, only its direction moves
+                    CO[2, j] = -cq * P[1, j] / P[2, j]
+                else:
+                    CO[2, j] = 2.0 * s2 * cy2
             if sdim > 0:
-                nk, cpsi, sB, cB = SA[1, j], SA[2, j], SA[3, j], SA[4, j]
-                du = dF * SA[6, j]
-                s2AB = 2.0 * (sA * cB - cA * sB) * (cA * cB + sA * sB)
-                s2B = 2.0 * sB * cB
-                c2B = cB * cB - sB * sB
-                one_c = 1.0 - cpsi
-                dA = du * (s2AB + c2A * s2B * one_c)
-                dB = du * (-s2AB + s2A * c2B * one_c)
-                dc = du * (-0.5 * s2A * s2B)
-                if nk > 0.0:
-                    if nqs > 0.0:
-                        coef_qs += -dc * cpsi / (nqs * nqs)
-                        ck = dc / (nqs * nk)
-                        ckk = -dc * cpsi / (nk * nk)
-                    ckk += dB * sks_sigma / nk
-                if nqs > 0.0:
-                    coef_qs += dA * sks_sigma / nqs
-            CO[3, j] = ck
-            CO[4, j] = ckk
+                t, Y2, XY = SA[0, j], SA[1, j], SA[2, j]
+                dt = dF * SA[4, j]
+                al = 1.0 + ks * X2s
+                be = 1.0 + ks * Y2
+                base = ks / (al * be)
+                cx2s += dt * (base - t * ks / al)
+                cy2 = dt * (base - t * ks / be)
+                cxy = dt * (-2.0 * base)
+                CO[4, j] = s2 * cxy
+                CO[5, j] = 2.0 * s2 * cy2
+                CO[6, j] = s2 * cxy
         # the query gradient (and the key-table gradient) from the key rows
         acc[:] = 0.0
         accE = acc[:e]
@@ -524,19 +479,29 @@ def mc_backward(Q, T, Vt, ids, mask, e, h, C, geo, Wh, G, comp_w, inv_tau, n_row
             kS = kr[e + h:]
             _axpy(accE, CO[0, j], kE)
             _axpy(accH, CO[1, j], kH)
-            _axpy(accS, CO[3, j], kS)
+            _axpy(accS, CO[4, j], kS)
             if need_table_grads:
                 tr = dT[r]
                 tE = tr[:e]
                 tH = tr[e:e + h]
                 tS = tr[e + h:]
                 _axpy(tE, CO[0, j], qE)
-                _axpy(tH, CO[1, j], qH)
+                _axpy(tH, CO[3, j], qH)
                 _axpy(tH, CO[2, j], kH)
-                _axpy(tS, CO[3, j], qS)
-                _axpy(tS, CO[4, j], kS)
-        _axpy(accH, coef_qh, qH)
-        _axpy(accS, coef_qs, qS)
+                _axpy(tS, CO[6, j], qS)
+                _axpy(tS, CO[5, j], kS)
+        if h > 0:
+            if q_projected:  # |x_q| fixed: keep the tangential part of p_q * sum_j c_j k_j
+                nq2 = rq[0] * rq[0]
+                proj = 0.0
+                for t_ in range(h):
+                    proj += accH[t_] * qH[t_]
+                proj /= nq2
+                for t_ in range(h):
+                    accH[t_] = pq * (accH[t_] - proj * qH[t_])
+            else:
+                _axpy(accH, 2.0 * s2 * cx2h, qH)
+        _axpy(accS, 2.0 * s2 * cx2s, qS)
         for k in range(d):
             dQ[b, k] = acc[k]
     return dQ, dT, dV, dmix

@@ -4,24 +4,24 @@ Geometry
 --------
 The ``d`` coordinates of queries and keys are split into blocks: ``[0, e)`` Euclidean,
 ``[e, e + h)`` hyperbolic (curvature ``c_h < 0``, ``kh = -c_h``), ``[e + h, d)`` spherical
-(curvature ``c_s > 0``, ``ks = c_s``). Each block is a tangent vector at the origin of its
-factor, scaled by ``sigma`` (``input_scale``, default ``1/sqrt(d)`` so standardised vectors of
-norm about ``sqrt(d)`` land well inside the ball) and mapped onto the factor by the exponential
-map of the stereographic model (conformal factor 2 at the origin, so ``d(0, exp_0(v)) = 2|v|``):
-``exp_0(v) = tanh(sqrt(kh) |v|) v / (sqrt(kh) |v|)`` on the Poincare ball,
-``tan(sqrt(ks) |v|) v / (sqrt(ks) |v|)`` on the stereographic sphere. Per-component similarities:
+(curvature ``c_s > 0``, ``ks = c_s``). Scaled by ``sigma`` (``input_scale``, default
+``1/sqrt(d)``, so standardised vectors of norm about ``sqrt(d)`` land well inside the ball), the
+hyperbolic block is a point of the Poincare ball ``|x| < 1/sqrt(kh)`` - a point at or beyond
+``(1 - 1e-5)/sqrt(kh)`` is pulled radially back to that radius (its norm then gets no
+gradient) - and the spherical block a point of the stereographic model of the sphere of radius
+``1/sqrt(ks)`` (every point of ``R^s`` is one). Per-component similarities:
 
 * ``S_E = q_E . k_E / sqrt(d)``  (the scaled dot product);
-* ``S_H = -d_H(x_q, x_k) / sigma``  (minus the Poincare distance at curvature ``c_h``);
-* ``S_S = -d_S(x_q, x_k) / sigma``  (minus the spherical geodesic distance, the spherical angle
+* ``S_H = -d_H(x_q, x_k) / sigma``  (minus the Poincare distance at curvature ``c_h``,
+  ``d_H = (1/sqrt(kh)) arcosh(1 + 2 kh |x - y|^2 / ((1 - kh|x|^2)(1 - kh|y|^2)))``);
+* ``S_S = -d_S(x_q, x_k) / sigma``  (minus the spherical geodesic distance: the spherical angle
   between the two points divided by ``sqrt(ks)``),
 
-divided by ``sigma`` to be measured in input units (for small inputs ``d_H / sigma`` tends to
-``2 |q_H - k_H|``). With exp-mapped points each distance is a function of the two tangent norms
-and their angle (law of cosines; the kernels in :mod:`ruvector_hnsw.attention._mixed_kernels`
-work in that tangent-space form, so one pass over the coordinates gives all three blocks).
-Hyperbolic tangent arguments ``sqrt(kh) sigma |v|`` are clamped at 15 (ball points within
-``2e-13`` of the boundary), so every finite input gives finite scores.
+divided by ``sigma`` to be measured in input units (for small inputs ``d_H / sigma`` and
+``d_S / sigma`` tend to ``2 |q - k|`` over the block, the conformal factor 2 of both models at
+the origin). Each distance is a function of the blocks' squared norms and dot product, so the
+kernels in :mod:`ruvector_hnsw.attention._mixed_kernels` get all three blocks from one pass over
+the coordinates. Every finite input gives finite scores.
 
 Scores, mixing and read-out
 ---------------------------
@@ -32,9 +32,10 @@ Head ``eta`` (``heads`` of them) mixes the components with learned weights
     W_eta   = softmax_j(s_eta)  over the attended items
     out     = sum_j Wbar_j v_j,    Wbar = mean_eta W_eta
 
-The values are read out in the tangent space at the origin: they are tangent vectors there
-(``log_0(exp_0(v)) = v``), so the read-out is the weighted sum of the value rows themselves,
-in input units, of width ``dv``. With ``h = s = 0`` the only component is Euclidean, ``w_E = 1``
+The read-out is the tangent-space aggregation at the origin (the log map at the origin takes the
+product manifold to one vector space, where the weighted mean is a plain sum): the value rows are
+taken as tangent vectors at the origin, in input units, so the read-out is the weighted sum of
+the value rows themselves, of width ``dv``, in one loop. With ``h = s = 0`` the only component is Euclidean, ``w_E = 1``
 for any params, and the mechanism equals ``scaled_dot`` at the same temperature.
 
 Shapes and cost

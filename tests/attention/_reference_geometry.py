@@ -30,6 +30,12 @@ def exp0(v: np.ndarray, kappa: float) -> np.ndarray:
     return v.copy() if r == 0 else tan_k(r, kappa) * v / r
 
 
+def ball(x: np.ndarray, kappa: float, radius: float = 1 - 1e-5) -> np.ndarray:
+    """``x`` pulled radially inside ``radius / sqrt(-kappa)`` when it lies beyond."""
+    r = np.sqrt(-kappa) * np.linalg.norm(x)
+    return x * (radius / r) if r > radius else x
+
+
 def mobius_add(x: np.ndarray, y: np.ndarray, kappa: float) -> np.ndarray:
     xy, x2, y2 = x @ y, x @ x, y @ y
     num = (1 - 2 * kappa * xy - kappa * y2) * x + (1 + kappa * x2) * y
@@ -58,11 +64,10 @@ def mixed_curvature(q, K, V, mask, dims, mix, curvature_h=-1.0, curvature_s=1.0,
             qv, kv = q[b], K[b, j]
             comp[j, 0] = qv[:e] @ kv[:e] / np.sqrt(d)
             if h:
-                xq, xk = exp0(sig * qv[e:e + h], curvature_h), exp0(sig * kv[e:e + h], curvature_h)
+                xq, xk = ball(sig * qv[e:e + h], curvature_h), ball(sig * kv[e:e + h], curvature_h)
                 comp[j, 1] = -dist_k(xq, xk, curvature_h) / sig
             if s:
-                xq, xk = exp0(sig * qv[e + h:], curvature_s), exp0(sig * kv[e + h:], curvature_s)
-                comp[j, 2] = -dist_k(xq, xk, curvature_s) / sig
+                comp[j, 2] = -dist_k(sig * qv[e + h:], sig * kv[e + h:], curvature_s) / sig
         for eta in range(H):
             z = np.where(present, mix[eta], -np.inf)
             w = np.exp(z - z.max())

@@ -107,15 +107,33 @@ def test_mixing_weights_are_a_softmax_over_the_present_blocks():
 
 
 def test_distances_are_geodesic_on_each_factor():
-    """A key on the ray of the query: every block distance is the difference of the radii (2 sigma |v| apart)."""
-    d = 6
-    m = MixedCurvatureAttention(d, dims=(0, 6, 0), heads=1, input_scale=0.1, dtype=np.float64)
+    """Points on one ray through the origin: the distances are differences of distances to the origin."""
+    d, sig = 6, 0.1
     q = np.full((1, d), 1.0)
     K = np.stack([q[0] * 2.0, q[0] * 3.0])[None]
-    w = m.weights(q, K)[0]
-    # S_H = -d_H / sigma = -2 |q - k| exactly along a ray through the origin
-    s = np.array([-2 * np.linalg.norm(q[0] - K[0, j]) for j in range(2)])
-    np.testing.assert_allclose(w, np.exp(s - s.max()) / np.exp(s - s.max()).sum(), rtol=1e-9)
+    r = sig * np.linalg.norm(np.stack([q[0], K[0, 0], K[0, 1]]), axis=1)
+    for dims, dist0 in (((0, 6, 0), lambda x: 2 * np.arctanh(x)), ((0, 0, 6), lambda x: 2 * np.arctan(x))):
+        m = MixedCurvatureAttention(d, dims=dims, input_scale=sig, dtype=np.float64)
+        s = -np.abs(dist0(r[1:]) - dist0(r[0])) / sig
+        np.testing.assert_allclose(m.weights(q, K)[0], np.exp(s - s.max()) / np.exp(s - s.max()).sum(), rtol=1e-9)
+
+
+def test_points_beyond_the_ball_are_pulled_inside():
+    rng = np.random.default_rng(6)
+    q = rng.standard_normal((3, 9)) * 3
+    K = rng.standard_normal((3, 6, 9)) * 3
+    K[:, ::2] *= 0.1  # some keys inside the ball, some beyond
+    q[1] *= 0.05
+    V = rng.standard_normal((3, 6, 4))
+    m = _mech(9, (3, 3, 3), input_scale=0.5)
+    assert (0.5 * np.linalg.norm(q[:, 3:6], axis=1) > 1).sum() == 2
+    want = rg.mixed_curvature(q, K, V, np.ones((3, 6), bool), (3, 3, 3), m.params["mix"], input_scale=0.5)[0]
+    np.testing.assert_allclose(m.forward(q, K, V)[0], want, rtol=1e-6, atol=1e-8)
+    ref.check_gradients(m, q, K, V, tol=1e-6)
+    # a pulled-in point's norm gets no gradient: scaling the query's block does not change the output
+    q2 = q.copy()
+    q2[0, 3:6] *= 1.5
+    np.testing.assert_allclose(m.forward(q2, K, V)[0][0], m.forward(q, K, V)[0][0], rtol=1e-12)
 
 
 def test_config_errors():
