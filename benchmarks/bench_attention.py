@@ -5,7 +5,9 @@ Prints
   2. flash batched vs the same numpy softmax on dense (B, n, d) arrays
   3. flash ``attend_all`` tracemalloc peak vs a dense ``Q K^T`` reference (Q = N = 8192, d = 64)
   4. forward and params-only backward (``input_grads=False``) throughput (rows/s) of every mechanism
-     in MECHANISMS at n = 100 / 1K / 10K, d = 128 (gather form: ids into a shared table)
+     in MECHANISMS at n = 100 / 1K / 10K, d = 128 (gather form: ids into a shared table), then each
+     mechanism's time relative to scaled_dot's at n = 1K: calls of the two alternate, best of 5 each
+     (on a shared machine the load drifts between the table's separate measurements)
 
 JIT compilation is paid in a warm-up call before any timing. ``--quick`` shrinks every size so the
 script finishes in seconds (a smoke run; its figures are not the reported ones). A mechanism that
@@ -141,8 +143,8 @@ def _timed(f: Callable[[], Any], repeats: int, budget: float) -> float:
 
 
 def _bench_one(att: Any, table: np.ndarray, q: np.ndarray, ids: np.ndarray, ctx: Context,
-               repeats: int, budget: float) -> str:
-    """``"forward rows/s / backward rows/s"`` of one mechanism (params-only backward)."""
+               repeats: int, budget: float) -> tuple[float, float]:
+    """``(forward rows/s, backward rows/s)`` of one mechanism (params-only backward)."""
     B = q.shape[0]
     out, cache = att.forward(q[:2], table, table, context=_rows(ctx, 2), ids=ids[:2])  # warm-up / JIT
     att.backward(cache, np.ones_like(out), input_grads=False)
@@ -150,7 +152,7 @@ def _bench_one(att: Any, table: np.ndarray, q: np.ndarray, ids: np.ndarray, ctx:
     out, cache = att.forward(q, table, table, context=ctx, ids=ids)
     g = np.ones_like(out)
     t_bwd = _timed(lambda: att.backward(cache, g, input_grads=False), repeats, budget)
-    return f"{B / t_fwd:,.0f} / {B / t_bwd:,.0f}"
+    return B / t_fwd, B / t_bwd
 
 
 def bench_table(ns: list[int], batch_for: dict[int, int], d: int, rows: int, repeats: int,
@@ -160,6 +162,9 @@ def bench_table(ns: list[int], batch_for: dict[int, int], d: int, rows: int, rep
     table = rng.standard_normal((rows, d), dtype=np.float32)
     names = list(MECHANISMS)
     results: dict[str, dict[int, str]] = {nm: {} for nm in names}
+    ratio_n = max((n for n in ns if n <= 1000), default=ns[0])
+    ratios: dict[str, tuple[float, float]] = {}
+    reference = ScaledDotAttention(d)
     failures: list[str] = []
     for n in ns:
         B = batch_for[n]
@@ -174,7 +179,10 @@ def bench_table(ns: list[int], batch_for: dict[int, int], d: int, rows: int, rep
                 att = MECHANISMS[name](d, seed=0)
                 ctx = Context(dist=items.dist, layer=items.layer, hops=items.hops, degree=items.degree,
                               table_state=att.prepare_table(table))
-                results[name][n] = _bench_one(att, table, q, ids, ctx, repeats, budget)
+                fwd, bwd = _bench_one(att, table, q, ids, ctx, repeats, budget)
+                results[name][n] = f"{fwd:,.0f} / {bwd:,.0f}"
+                if n == ratio_n:
+                    ratios[name] = _ratio_to(reference, att, table, q, ids, ctx)
             except Exception as exc:  # reported, and the run fails at the end
                 results[name][n] = f"FAILED ({type(exc).__name__})"
                 failures.append(f"{name} n={n}: {type(exc).__name__}: {exc}")
@@ -186,7 +194,32 @@ def bench_table(ns: list[int], batch_for: dict[int, int], d: int, rows: int, rep
     print("|" + "---|" * (len(ns) + 1))
     for name in names:
         print(f"| {name} | " + " | ".join(results[name][n] for n in ns) + " |")
+    print(f"\n[time ratio to scaled_dot at n={ratio_n} (B={batch_for[ratio_n]}), alternating calls, best of 5: "
+          "forward / params-only backward; > 1 = slower]")
+    for name, (rf, rb) in ratios.items():
+        print(f"  {name}: {rf:.2f}x / {rb:.2f}x")
     return failures
+
+
+def _ratio_to(reference: Any, att: Any, table: np.ndarray, q: np.ndarray, ids: np.ndarray, ctx: Context,
+              rounds: int = 5) -> tuple[float, float]:
+    """``(forward, params-only backward)`` time of ``att`` over ``reference``'s on the same inputs.
+
+    The two are called alternately, ``rounds`` times each, and the best times compared, so a load
+    change on the machine hits both alike.
+    """
+    ref_ctx = Context(dist=ctx.dist, layer=ctx.layer, hops=ctx.hops, degree=ctx.degree)
+    best = {"rf": np.inf, "af": np.inf, "rb": np.inf, "ab": np.inf}
+    for _ in range(rounds):
+        for key, mech, c in (("r", reference, ref_ctx), ("a", att, ctx)):
+            t0 = time.perf_counter()
+            out, cache = mech.forward(q, table, table, context=c, ids=ids)
+            best[key + "f"] = min(best[key + "f"], time.perf_counter() - t0)
+            g = np.ones_like(out)
+            t0 = time.perf_counter()
+            mech.backward(cache, g, input_grads=False)
+            best[key + "b"] = min(best[key + "b"], time.perf_counter() - t0)
+    return best["af"] / best["rf"], best["ab"] / best["rb"]
 
 
 def _rows(ctx: Context, k: int) -> Context:

@@ -6,7 +6,7 @@ for shapes, the gather-by-ids form, the fully-masked-row convention and the floa
 
     from ruvector_hnsw.attention import MECHANISMS, Context
     att = MECHANISMS["scaled_dot"](128, temperature=1.0)
-    ctx = Context(dist=dist, layer=layer, table_state=att.prepare_table(table))  # state: dual_space only
+    ctx = Context(dist=dist, layer=layer, table_state=att.prepare_table(table))  # None for most
     out, cache = att.forward(query, table, table, context=ctx, ids=ids)     # pure: nothing kept on att
     grads = att.backward(cache, grad_out, input_grads=False)                  # params + "query" only
 """
@@ -29,6 +29,12 @@ _SPECS: tuple[tuple[str, str, str], ...] = (
     ("hyperbolic", "hyperbolic", "HyperbolicAttention"),
     ("moe", "moe", "MoEAttention"),
     ("dual_space", "dual_space", "DualSpaceAttention"),
+    ("sliced_wasserstein", "sliced_wasserstein", "SlicedWassersteinAttention"),
+    ("centroid_ot", "centroid_ot", "CentroidOTAttention"),
+    ("diffusion", "diffusion", "DiffusionAttention"),
+    ("mixed_curvature", "mixed_curvature", "MixedCurvatureAttention"),
+    ("topology_gated", "topology_gated", "TopologyGatedAttention"),
+    ("info_bottleneck", "info_bottleneck", "InfoBottleneckAttention"),
 )
 
 

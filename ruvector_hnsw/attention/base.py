@@ -4,7 +4,7 @@ and shared input validation.
 Every mechanism in :data:`ruvector_hnsw.attention.MECHANISMS` follows one calling convention::
 
     att = MECHANISMS[name](dim, **config)     # dtype=np.float32 (default) or np.float64, seed=...
-    state = att.prepare_table(table)          # per-table state; None except for dual_space
+    state = att.prepare_table(table)          # per-table state (None for most mechanisms)
     ctx = Context(dist=..., layer=..., table_state=state)
     out, cache = att.forward(query, keys, values, mask=None, context=ctx, ids=None)
     grads = att.backward(cache, grad_out, input_grads=True)
@@ -34,9 +34,10 @@ all (training a searcher needs only the param gradients: the table is data).
 
 ``prepare_table(table)`` builds whatever a mechanism needs per database table, only when the
 caller asks (after training steps or table changes), never as a side effect of a forward; the
-caller hands it back through ``Context(table_state=...)``. Only dual_space needs one (its latent
+caller hands it back through ``Context(table_state=...)``. dual_space needs one (its latent
 neighbour index; its first call also PCA-initialises the projection, see
-:mod:`ruvector_hnsw.attention.dual_space`); the others return None.
+:mod:`ruvector_hnsw.attention.dual_space`), centroid_ot too (its key clusters), sliced_wasserstein
+uses one when given (cached key projections); the others return None.
 
 Shapes
 ------
@@ -72,7 +73,7 @@ finite-difference test path, then everything - params, kernels, outputs - is flo
 Integer and bool inputs are converted; complex, object and string arrays raise
 :class:`~ruvector_hnsw.errors.InvalidDTypeError`; NaN/inf raise
 :class:`~ruvector_hnsw.errors.NonFiniteError`. Mechanisms with ``checks_table_rows = True``
-(all ten) check keys/values inside their kernels, only for the items they attend: NaN/inf in a
+(all of them) check keys/values inside their kernels, only for the items they attend: NaN/inf in a
 masked slot or an unreferenced table row is never read and not reported (this saves a full scan
 of a 100k-row table per call). Float32 kernels compute each row in float32 and redo a row in
 float64 when a score or read-out overflows, so finite float32 inputs of any magnitude give
@@ -285,8 +286,9 @@ class Context:
     extra : dict
         Mechanism-specific extras (documented by the mechanism that reads them).
     table_state : object, optional
-        What :meth:`AttentionMechanism.prepare_table` returned for the database table (only
-        dual_space needs one); passed through unchanged, checked by the mechanism that reads it.
+        What :meth:`AttentionMechanism.prepare_table` returned for the database table
+        (dual_space, centroid_ot, sliced_wasserstein); passed through unchanged, checked by the
+        mechanism that reads it.
 
     Unbatched calls may pass ``(n,)`` / ``(n, f)`` fields; they are lifted to a batch of one.
     """
@@ -557,7 +559,8 @@ class AttentionMechanism(ABC):
 
         Call it when the database table is set or changed, and after training steps that change
         what the state depends on; forward never builds or refreshes it. The default returns
-        None (no state needed); dual_space returns its latent-neighbour structure.
+        None (no state needed); dual_space returns its latent-neighbour structure, centroid_ot
+        its key clusters, sliced_wasserstein its cached key projections.
         """
         return None
 

@@ -31,6 +31,7 @@ Two different "recall"s are reported, under distinct names:
 from __future__ import annotations
 
 from ruvector_hnsw.eval.attention import (
+    ATTENTION_METHODS,
     TRAINED_METHODS,
     ensure_train_split,
     fit_attention,
@@ -83,6 +84,7 @@ from ruvector_hnsw.eval.run import RESULT_KEYS, dataset_info, evaluate
 from ruvector_hnsw.eval.timing import available_threads, measure_latency, measure_qps
 
 __all__ = [
+    "ATTENTION_METHODS",
     "METHODS",
     "RESULT_KEYS",
     "TRAINED_METHODS",

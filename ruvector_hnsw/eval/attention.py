@@ -42,6 +42,7 @@ from ruvector_hnsw.errors import ConfigError
 from ruvector_hnsw.eval.methods import BuildContext, SearchMethod, _index_threads, register_method
 
 __all__ = [
+    "ATTENTION_METHODS",
     "FIT_OPTIONS",
     "SEARCH_OPTIONS",
     "TRAINED_METHODS",
@@ -68,8 +69,15 @@ FIT_OPTIONS: tuple[str, ...] = (
 #: options that only act at search time (a fitted model is shared across their values)
 SEARCH_OPTIONS: tuple[str, ...] = ("expand",)
 _CTOR_OPTIONS: tuple[str, ...] = ("candidates", "k_local", "k_global", "seed", "latent_dim")
+#: method names the training-free methods hold; a mechanism of the same name is registered as ``NAME_attention``
+_TRAINING_FREE_NAMES = frozenset({"exact", "hnsw", "alpha_qe", "dba", "diffusion"})
+#: eval method name -> attention mechanism (``diffusion_attention`` is the ``diffusion`` mechanism; ``diffusion``
+#: is the training-free diffusion re-ranking baseline)
+ATTENTION_METHODS: dict[str, str] = {
+    (f"{m}_attention" if m in _TRAINING_FREE_NAMES else m): m for m in MECHANISMS
+}
 #: registered methods that train on the dataset's training queries
-TRAINED_METHODS: frozenset[str] = frozenset(MECHANISMS) | {"linear_proj", "mlp_adapter", "label_classifier"}
+TRAINED_METHODS: frozenset[str] = frozenset(ATTENTION_METHODS) | {"linear_proj", "mlp_adapter", "label_classifier"}
 
 
 def ensure_train_split(dataset: Any, n_train: int | None = None, *, seed: int = 0) -> tuple[Any, dict[str, Any]]:
@@ -246,7 +254,7 @@ def _attention_search_fn(model: Any, **knobs: int) -> Any:
     return search
 
 
-def make_attention(ctx: BuildContext, mechanism: str, **options: Any) -> SearchMethod:
+def make_attention(ctx: BuildContext, mechanism: str, name: str | None = None, **options: Any) -> SearchMethod:
     """Factory of the trained attention methods: fit (or reuse) a model, return its search.
 
     Returned scores are similarities (higher = better), as :meth:`AttentionSearch.search`
@@ -265,8 +273,8 @@ def make_attention(ctx: BuildContext, mechanism: str, **options: Any) -> SearchM
         "alpha": float(model.alpha),
         **info,
     }
-    return SearchMethod(name=mechanism, fn=_attention_search_fn(model, **knobs), threads=_index_threads(ctx.index),
-                        params=params)
+    return SearchMethod(name=name or mechanism, fn=_attention_search_fn(model, **knobs),
+                        threads=_index_threads(ctx.index), params=params)
 
 
 def make_saved_model(ctx: BuildContext, path: str, **options: Any) -> SearchMethod:
@@ -285,6 +293,6 @@ def make_saved_model(ctx: BuildContext, path: str, **options: Any) -> SearchMeth
                         params=params)
 
 
-for _name in MECHANISMS:
-    register_method(_name, partial(make_attention, mechanism=_name), overwrite=True)
+for _method, _mech in ATTENTION_METHODS.items():
+    register_method(_method, partial(make_attention, mechanism=_mech, name=_method), overwrite=True)
 register_method("model", make_saved_model, overwrite=True)

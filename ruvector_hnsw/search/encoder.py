@@ -8,9 +8,10 @@ database row, its best HNSW candidates plus hub links for a query) the encoder c
 
 Everything is pure: :meth:`ContextEncoder.encode` returns an :class:`EncodedBatch` holding the
 attention's own cache, and :meth:`ContextEncoder.backward` turns ``dL/dzhat`` into parameter
-gradients from it, without re-running any forward (attention protocol v2). The projection runs in
-a row-wise numba kernel, so a row's code does not depend on which other rows share its batch: a
-code computed incrementally after ``index.add`` equals the one a full refresh computes.
+gradients from it, without re-running any forward (attention protocol v2). The projection is a
+BLAS product; BLAS sums small matrices in another order than large ones, so callers that need a
+row's code to be independent of its batch (the database codes) encode fixed-size blocks
+(:data:`ruvector_hnsw.search.state.ENCODE_BLOCK`).
 """
 
 from __future__ import annotations
@@ -18,38 +19,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import numba as nb
 import numpy as np
 
 from ruvector_hnsw.attention import AttentionMechanism, Context
-from ruvector_hnsw.threads import run_row_chunks
 
 __all__ = ["ContextEncoder", "EncodedBatch"]
 
 _EPS = 1e-12
-
-
-@nb.njit(cache=True, nogil=True)
-def _project_rows(u: np.ndarray, a: np.ndarray, w_u: np.ndarray, w_a: np.ndarray, zhat: np.ndarray,
-                  norm: np.ndarray, lo: int, hi: int) -> None:
-    """Rows ``lo:hi``: ``z = W_u u + W_a a``, ``zhat = z / (||z|| + eps)`` in a fixed summation order."""
-    p, d = w_u.shape
-    da = w_a.shape[1]
-    z = np.empty(p, dtype=zhat.dtype)
-    for b in range(lo, hi):
-        ss = 0.0
-        for i in range(p):
-            acc = 0.0
-            for t in range(d):
-                acc += w_u[i, t] * u[b, t]
-            for t in range(da):
-                acc += w_a[i, t] * a[b, t]
-            z[i] = acc
-            ss += acc * acc
-        nrm = np.sqrt(ss) + _EPS
-        norm[b, 0] = nrm
-        for i in range(p):
-            zhat[b, i] = z[i] / nrm
 
 
 @dataclass(frozen=True)
@@ -118,16 +94,9 @@ class ContextEncoder:
         a, cache = self.mechanism.forward(u, table, table, mask=mask, context=context, ids=ids)
         a = np.ascontiguousarray(a, dtype=self.dtype)
         uu = np.ascontiguousarray(u, dtype=self.dtype)
-        B = uu.shape[0]
-        zhat = np.empty((B, self.latent_dim), dtype=self.dtype)
-        norm = np.empty((B, 1), dtype=self.dtype)
-        w_u, w_a = self.own["W_u"], self.own["W_a"]
-
-        def run(lo: int, hi: int) -> None:
-            _project_rows(uu, a, w_u, w_a, zhat, norm, lo, hi)
-
-        run_row_chunks(run, B, float(B) * self.latent_dim * (uu.shape[1] + a.shape[1]))
-        return EncodedBatch(zhat=zhat, norm=norm, u=uu, a=a, att_cache=cache)
+        z = uu @ self.own["W_u"].T + a @ self.own["W_a"].T
+        norm = np.sqrt((z * z).sum(axis=1, keepdims=True)) + self.dtype.type(_EPS)
+        return EncodedBatch(zhat=(z / norm).astype(self.dtype, copy=False), norm=norm, u=uu, a=a, att_cache=cache)
 
     def backward(self, enc: EncodedBatch, grad_zhat: np.ndarray, grads: dict[str, np.ndarray]) -> None:
         """Accumulate the parameter gradients of ``enc`` given ``dL/dzhat`` into ``grads`` (pure)."""

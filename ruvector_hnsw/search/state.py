@@ -31,13 +31,13 @@ from ruvector_hnsw.search.encoder import ContextEncoder
 from ruvector_hnsw.search.labels import LabelSpace
 from ruvector_hnsw.search.model import Scale, SearchModel
 
-__all__ = ["ENCODE_CHUNK", "DatabaseState"]
+__all__ = ["ENCODE_BLOCK", "DatabaseState"]
 
-#: rows encoded per call when (re)computing database codes
-ENCODE_CHUNK = 4096
-#: smaller batches are padded to this many rows: BLAS takes other code paths (other summation
-#: orders) for small matrices, and a row's code must not depend on how many rows share its batch
-MIN_ENCODE_BATCH = 256
+#: database codes are computed in blocks of exactly this many rows (the last block padded by repeating
+#: rows): BLAS sums small matrices and the remainder rows of a matrix in other orders, so only a fixed
+#: block shape makes a row's code independent of which rows are encoded with it. Small blocks also keep
+#: BLAS on the calling thread (a multi-threaded product of a few hundred rows can wait ms for its threads)
+ENCODE_BLOCK = 64
 #: neighbours whose affinities define the diffusion graph and the Nystrom rule
 DIFFUSION_K = 10
 
@@ -111,16 +111,16 @@ class DatabaseState:
     def encode_rows(self, encoder: ContextEncoder, rows: np.ndarray) -> np.ndarray:
         """Unit codes ``(len(rows), p)`` of table rows, attending over their graph contexts.
 
-        A row's code is the same whichever rows are encoded with it (batches are padded to
-        :data:`MIN_ENCODE_BATCH` rows), so incremental updates equal a full refresh exactly.
+        A row's code is the same whichever rows are encoded with it (fixed blocks of
+        :data:`ENCODE_BLOCK` rows), so incremental updates equal a full refresh exactly.
         """
         out = np.empty((rows.shape[0], encoder.latent_dim), dtype=np.float32)
         table = self.table.view
-        for lo in range(0, rows.shape[0], ENCODE_CHUNK):
-            r = rows[lo : lo + ENCODE_CHUNK]
+        for lo in range(0, rows.shape[0], ENCODE_BLOCK):
+            r = rows[lo : lo + ENCODE_BLOCK]
             m = r.shape[0]
-            if m < MIN_ENCODE_BATCH and self.n >= 1:
-                r = np.resize(r, MIN_ENCODE_BATCH)  # repeats the rows; only the first m are kept
+            if m < ENCODE_BLOCK:
+                r = np.resize(r, ENCODE_BLOCK)  # repeats the rows; only the first m are kept
             ids, mask, ctx = self.contexts.of_rows(r)
             if self.table_state is not None:
                 ctx.table_state = self.table_state

@@ -198,6 +198,18 @@ class SearchTrainingModel:
         return loss, grads
 
 
+def _sum_by_row(values: np.ndarray, rows: np.ndarray, n: int, dtype: np.dtype) -> np.ndarray:
+    """``out[r] = sum of values[i] with rows[i] == r`` (summed in occurrence order, like ``np.add.at``)."""
+    out = np.zeros((n, values.shape[1]), dtype=dtype)
+    if rows.size == 0:
+        return out
+    order = np.argsort(rows, kind="stable")
+    sr = rows[order]
+    starts = np.flatnonzero(np.concatenate([[True], sr[1:] != sr[:-1]]))
+    out[sr[starts]] = np.add.reduceat(values[order], starts, axis=0)
+    return out
+
+
 def contrastive_loss(enc: ContextEncoder, table: np.ndarray, queries: np.ndarray,
                      query_ctx: tuple[np.ndarray, np.ndarray, Context], pool: np.ndarray, posmask: np.ndarray,
                      rows_ctx: tuple[np.ndarray, np.ndarray, np.ndarray, Context], temperature: float
@@ -237,8 +249,7 @@ def contrastive_loss(enc: ContextEncoder, table: np.ndarray, queries: np.ndarray
     g_sim = np.asarray(g_sim, dtype=dt)
     gzq = np.einsum("bc,bcp->bp", g_sim, zv)
     gzv = g_sim[:, :, None] * enc_q.zhat[:, None, :]
-    gzv_rows = np.zeros((uniq.shape[0], enc.latent_dim), dtype=dt)
-    np.add.at(gzv_rows, inv, gzv[valid])
+    gzv_rows = _sum_by_row(gzv[valid], inv, uniq.shape[0], dt)
     grads = enc.zero_grads()
     enc.backward(enc_v, gzv_rows, grads)
     enc.backward(enc_q, gzq.astype(dt), grads)

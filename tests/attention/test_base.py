@@ -31,7 +31,7 @@ def _data(seed=0):
 
 def test_registry_has_all_names():
     for name in ("scaled_dot", "multi_head", "local_global", "rope", "dual_space", "edge_featured",
-                 "hyperbolic", "linear", "flash", "moe"):
+                 "hyperbolic", "linear", "flash", "moe", "mixed_curvature", "topology_gated", "info_bottleneck"):
         assert issubclass(MECHANISMS[name], AttentionMechanism), name
         assert MECHANISMS[name].name == name
 

@@ -94,9 +94,15 @@ def test_cache_is_immutable_and_describes_the_forward(name: str) -> None:
         cache.aux_losses["x"] = 1.0  # type: ignore[index]
     with pytest.raises(TypeError):
         cache.inspect["x"] = np.zeros(1)  # type: ignore[index]
-    assert dict(cache.aux_losses) == ({"load_balance": cache.aux_losses["load_balance"]} if name == "moe" else {})
+    expected_aux = {"moe": {"load_balance"}, "info_bottleneck": {"kl"}}
+    assert set(cache.aux_losses) == expected_aux.get(name, set())
+    assert all(isinstance(v, float) for v in cache.aux_losses.values())
     expected_inspect = {"local_global": {"local_weights", "global_weights", "gate", "local_count", "global_count"},
-                        "moe": {"gates", "router_probs"}, "dual_space": {"latent_ids", "gate"}}
+                        "moe": {"gates", "router_probs"}, "dual_space": {"latent_ids", "gate"},
+                        "mixed_curvature": {"head_weights"},
+                        "topology_gated": {"mode", "risk", "boundary_mass", "cut", "disagreement",
+                                           "similarity_variance"},
+                        "info_bottleneck": {"mu", "logvar", "kl", "beta"}}
     assert set(cache.inspect) == expected_inspect.get(name, set())
     for arr in cache.inspect.values():
         assert not arr.flags.writeable and arr.shape[0] == out.shape[0]
@@ -206,7 +212,9 @@ def test_dual_space_gather_form_without_table_state_names_prepare_table() -> Non
     T = p["table"]
     with pytest.raises(MissingContextError, match="prepare_table"):
         mech.forward(p["q"], T, T, context=Context(**p["items"]), ids=p["ids"])
-    assert all(MECHANISMS[n](8).prepare_table(T) is None for n in NAMES if n != "dual_space")
+    stateful = {"dual_space", "sliced_wasserstein", "centroid_ot"}  # mechanisms with a per-table state
+    assert all(MECHANISMS[n](8).prepare_table(T) is None for n in NAMES if n not in stateful)
+    assert all(MECHANISMS[n](8).prepare_table(T) is not None for n in stateful)
 
 
 def test_backward_rejects_foreign_caches() -> None:
