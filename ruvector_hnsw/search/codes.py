@@ -74,7 +74,7 @@ class LatentCodes:
         self.phi = GrowableRows(np.ascontiguousarray(phi, dtype=np.float32))
         #: rows whose diffusion coordinates come from the sketch (later rows: Nystrom from these)
         self.phi_fitted = int(self.phi.view.shape[0] if phi_fitted is None else phi_fitted)
-        self._codes = GrowableRows(self._compose(self.z.view, self.phi.view))
+        self._codes = GrowableRows(self.compose(self.z.view, self.phi.view))
         self._graph: HNSWIndex | None = None
         #: (N, 1) rows whose code the latent graph does not hold (answered by the exact delta search)
         self._stale = GrowableRows(np.zeros((len(self.z), 1), dtype=bool))
@@ -105,10 +105,7 @@ class LatentCodes:
         return len(self.z)
 
     def compose(self, z: np.ndarray, phi: np.ndarray | None) -> np.ndarray:
-        """Codes of query rows: ``[z, sqrt(rho) phi]`` (``z`` alone when the diffusion part is off)."""
-        return self._compose(z, phi)
-
-    def _compose(self, z: np.ndarray, phi: np.ndarray | None) -> np.ndarray:
+        """Codes of rows: ``[z, sqrt(rho) phi]`` (``z`` alone when the diffusion part is off)."""
         if self.rho == 0.0 or phi is None or phi.shape[1] == 0:
             return np.ascontiguousarray(z, dtype=np.float32)
         return np.ascontiguousarray(np.concatenate([z, np.float32(np.sqrt(self.rho)) * phi], axis=1),
@@ -183,7 +180,7 @@ class LatentCodes:
         self._stale.resize(n, True)
         if rows.size:
             self.z.set_rows(rows, z_rows)
-            self._codes.set_rows(rows, self._compose(self.z.view[rows], self.phi.view[rows]
+            self._codes.set_rows(rows, self.compose(self.z.view[rows], self.phi.view[rows]
                                                      if self.phi.view.shape[1] else None))
             self._stale.set_rows(rows, True)
         if self.kind == "auto" and self._graph is None and self.resolved_kind == "hnsw":
@@ -220,7 +217,7 @@ class LatentCodes:
         obj.z = GrowableRows(np.ascontiguousarray(state["z"], dtype=np.float32))
         obj.phi = GrowableRows(np.ascontiguousarray(state["phi"], dtype=np.float32))
         obj.phi_fitted = int(state["phi_fitted"])
-        obj._codes = GrowableRows(obj._compose(obj.z.view, obj.phi.view))
+        obj._codes = GrowableRows(obj.compose(obj.z.view, obj.phi.view))
         graph = state.get("graph")
         obj._stale = GrowableRows(np.zeros((len(obj.z), 1), dtype=bool))
         if graph is not None:

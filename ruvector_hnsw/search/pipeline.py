@@ -19,7 +19,7 @@ import numpy as np
 
 from ruvector_hnsw._validation import check_positive_int
 from ruvector_hnsw.attention import Context
-from ruvector_hnsw.errors import ConfigError
+from ruvector_hnsw.errors import ConfigError, UnknownIdError
 from ruvector_hnsw.index import HNSWGraph, HNSWIndex
 from ruvector_hnsw.search import _kernels, spectral
 from ruvector_hnsw.search.context import query_context
@@ -89,7 +89,12 @@ def rows_of(graph: HNSWGraph, labels: np.ndarray) -> np.ndarray:
     if not ok.any():
         return rows
     lab = labels[ok]
-    known = np.isin(lab, graph.labels) if len(graph) else np.zeros(lab.shape, dtype=bool)
+    try:  # the usual case: every label is in the snapshot (one table lookup)
+        rows[ok] = graph.positions(lab)
+        return rows
+    except UnknownIdError:  # the index has grown since the snapshot was taken
+        pass
+    known = np.isin(lab, graph.labels)
     sub = np.full(lab.shape, -1, dtype=np.int64)
     if known.any():
         sub[known] = graph.positions(lab[known])
@@ -132,7 +137,7 @@ def label_log_proba(model: SearchModel, db: DatabaseState, qb: QueryBatch) -> np
     kl = db.contexts.k_local
     rows = qb.hnsw_rows[:, :kl]
     mask = rows >= 0
-    row_class = space.grown(db.n).row_class
+    row_class = db.row_class(space)
     cls = np.where(mask, row_class[np.maximum(rows, 0)], 0)
     d = np.where(mask, qb.hnsw_dist[:, :kl] / np.float32(db.contexts.s0), 0.0)
     return head.log_proba(qb.standard, cls, d, mask)
@@ -211,7 +216,7 @@ def expand_and_score(model: SearchModel, db: DatabaseState, qb: QueryBatch, k: i
     assert db.codes is not None
     pool, known = with_class_members(model, db, qb, pool, dist, logp, max(k, model.config.class_pool))
     scores, dist = scorer.score(qb.stored, db.graph.vectors, zq, db.codes.codes, pool, known)
-    scores = scores + np.float32(lam) * label_term(pool, logp, model.labels.grown(db.n).row_class)
+    scores = scores + np.float32(lam) * label_term(pool, logp, db.row_class(model.labels))
     return pool, np.where(pool >= 0, scores, -np.inf).astype(np.float32), dist
 
 

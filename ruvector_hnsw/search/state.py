@@ -55,7 +55,7 @@ class DatabaseState:
         self.space = space
         self.codes: LatentCodes | None = None
         self.table_state: Any = None
-        self._members: tuple[Any, int, tuple[np.ndarray, np.ndarray]] | None = None
+        self._labels: tuple[Any, int, LabelSpace, tuple[np.ndarray, np.ndarray]] | None = None
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -76,14 +76,24 @@ class DatabaseState:
     def n(self) -> int:
         return len(self.graph)
 
+    def _grown(self, labels: LabelSpace) -> LabelSpace:
+        """``labels`` over this graph's rows (rows added after fit are in the unknown class); cached."""
+        cached = self._labels
+        if cached is None or cached[0] is not labels or cached[1] != self.n:
+            grown = labels.grown(self.n)
+            cached = (labels, self.n, grown, grown.members())
+            self._labels = cached
+        return cached[2]
+
+    def row_class(self, labels: LabelSpace) -> np.ndarray:
+        """Class of every row of this graph (rows added after fit are in the unknown class)."""
+        return self._grown(labels).row_class
+
     def class_members(self, labels: LabelSpace) -> tuple[np.ndarray, np.ndarray]:
-        """CSR of each class's rows for this graph (rows added after fit are in the unknown class); cached."""
-        cached = self._members
-        if cached is not None and cached[0] is labels and cached[1] == self.n:
-            return cached[2]
-        value = labels.grown(self.n).members()
-        self._members = (labels, self.n, value)
-        return value
+        """CSR of each class's rows for this graph (rows added after fit are in the unknown class)."""
+        self._grown(labels)
+        assert self._labels is not None
+        return self._labels[3]
 
     # ------------------------------------------------------------------ diffusion coordinates
     def neighbour_weights(self, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

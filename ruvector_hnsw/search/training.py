@@ -281,7 +281,7 @@ def _val_pools(model: SearchModel, db: DatabaseState, qb: QueryBatch, k: int, kn
     if logp is not None and model.labels is not None and db.codes is not None:
         pool, known = pipeline.with_class_members(model, db, qb, pool, dist, logp, max(k, model.config.class_pool))
         sim, dist = probe.score(qb.stored, db.graph.vectors, zq, db.codes.codes, pool, known)
-        label = pipeline.label_term(pool, logp, model.labels.grown(db.n).row_class)
+        label = pipeline.label_term(pool, logp, db.row_class(model.labels))
     if not latent:
         sim = np.zeros(pool.shape, dtype=np.float32)
     return _ValPools(pool=pool, dist=dist, sim=sim, label=label)
