@@ -123,7 +123,11 @@ class LabelHead:
     # ------------------------------------------------------------------ forward / backward
     def _propagation(self, cand_class: np.ndarray, cand_dist: np.ndarray, mask: np.ndarray
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(h, a, onehot)``: softmax weights over candidates and the weighted label histogram."""
+        """``(h, a, slot)``: softmax weights over candidates and the weighted label histogram.
+
+        ``h[b, c] = sum_j a[b, j] [class(b, j) = c]`` is one ``bincount`` over the flat slots
+        ``slot = b * n_classes + class`` (no (B, k, n_classes) one-hot array).
+        """
         t = float(np.exp(self.params["tau"][0]))
         s = np.where(mask, -t * cand_dist, -np.inf)
         m = s.max(axis=1, keepdims=True)
@@ -131,11 +135,10 @@ class LabelHead:
         e = np.where(mask, np.exp(s - m), 0.0)
         z = e.sum(axis=1, keepdims=True)
         a = e / np.maximum(z, _EPS)
-        onehot = np.zeros((*cand_class.shape, self.n_classes), dtype=np.float64)
-        b_idx, j_idx = np.nonzero(mask)
-        onehot[b_idx, j_idx, cand_class[b_idx, j_idx]] = 1.0
-        h = np.einsum("bj,bjc->bc", a, onehot)
-        return h, a, onehot
+        B, C = cand_class.shape[0], self.n_classes
+        slot = np.arange(B, dtype=np.int64)[:, None] * C + np.where(mask, cand_class, 0).astype(np.int64)
+        h = np.bincount(slot.ravel(), weights=np.where(mask, a, 0.0).ravel(), minlength=B * C).reshape(B, C)
+        return h, a, slot
 
     def logits(self, u: np.ndarray, cand_class: np.ndarray, cand_dist: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """``(B, n_classes)`` logits; ``cand_dist`` already divided by ``s0``."""
@@ -154,7 +157,7 @@ class LabelHead:
                        target: np.ndarray, weight_decay: float = 0.0) -> tuple[float, dict[str, np.ndarray]]:
         """Mean cross-entropy of ``target`` classes (+ ``weight_decay/2 * |W|^2``) and its gradients."""
         p = self.params
-        h, a, onehot = self._propagation(cand_class, cand_dist, mask)
+        h, a, slot = self._propagation(cand_class, cand_dist, mask)
         uu = u.astype(np.float64)
         z = uu @ p["W"].T.astype(np.float64) + p["b"] + p["g"][0] * h
         z = z - z.max(axis=1, keepdims=True)
@@ -175,7 +178,7 @@ class LabelHead:
         }
         # through h: dh = g * dz; h = sum_j a_j onehot_j; a = softmax(-t d); t = exp(tau)
         dh = p["g"][0] * dz
-        da = np.einsum("bc,bjc->bj", dh, onehot)
+        da = np.where(mask, dh.ravel()[slot], 0.0)
         ds = a * (da - (a * da).sum(axis=1, keepdims=True))
         t = float(np.exp(p["tau"][0]))
         grads["tau"] = np.array([float((ds * np.where(mask, -t * cand_dist, 0.0)).sum())], dtype=self.dtype)

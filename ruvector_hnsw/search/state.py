@@ -31,15 +31,40 @@ from ruvector_hnsw.search.encoder import ContextEncoder
 from ruvector_hnsw.search.labels import LabelSpace
 from ruvector_hnsw.search.model import Scale, SearchModel
 
-__all__ = ["ENCODE_BLOCK", "DatabaseState"]
+__all__ = ["ENCODE_BLOCK", "DatabaseState", "aligned_blocks"]
 
-#: database codes are computed in blocks of exactly this many rows (the last block padded by repeating
-#: rows): BLAS sums small matrices and the remainder rows of a matrix in other orders, so only a fixed
-#: block shape makes a row's code independent of which rows are encoded with it. Small blocks also keep
-#: BLAS on the calling thread (a multi-threaded product of a few hundred rows can wait ms for its threads)
+#: database codes are computed in blocks of exactly this many rows, row ``r`` at position ``r % ENCODE_BLOCK``
+#: (:func:`aligned_blocks`): BLAS sums small matrices, the remainder rows of a matrix and the rows of a tile
+#: at different positions in other orders, so only a fixed block shape and a fixed position make a row's
+#: code independent of which rows are encoded with it. Small blocks also keep BLAS on the calling thread
+#: (a multi-threaded product of a few hundred rows can wait ms for its threads)
 ENCODE_BLOCK = 64
 #: neighbours whose affinities define the diffusion graph and the Nystrom rule
 DIFFUSION_K = 10
+
+
+def aligned_blocks(rows: np.ndarray, size: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Pack ``rows`` into blocks of ``size`` rows with row ``r`` at position ``r % size``.
+
+    Returns ``(at, block)`` pairs: ``block`` (size,) holds the rows ``rows[at]`` at their
+    positions and copies of ``rows[0]`` elsewhere. ``arange(n)`` packs into the aligned blocks
+    ``[0, size), [size, 2 size), ...``; ``m`` rows with distinct residues need one block.
+    """
+    residue = rows % size
+    order = np.argsort(residue, kind="stable")
+    sr = residue[order]
+    starts = np.flatnonzero(np.concatenate([[True], sr[1:] != sr[:-1]]))
+    rank = np.empty(rows.shape[0], dtype=np.int64)
+    rank[order] = np.arange(rows.shape[0]) - np.repeat(starts, np.diff(np.append(starts, rows.shape[0])))
+    by_block = np.argsort(rank, kind="stable")
+    bounds = np.searchsorted(rank[by_block], np.arange(int(rank.max()) + 2))
+    out = []
+    for b in range(bounds.shape[0] - 1):
+        at = by_block[bounds[b] : bounds[b + 1]]
+        block = np.full(size, rows[0], dtype=np.int64)
+        block[residue[at]] = rows[at]
+        out.append((at, block))
+    return out
 
 
 class DatabaseState:
@@ -121,20 +146,22 @@ class DatabaseState:
     def encode_rows(self, encoder: ContextEncoder, rows: np.ndarray) -> np.ndarray:
         """Unit codes ``(len(rows), p)`` of table rows, attending over their graph contexts.
 
-        A row's code is the same whichever rows are encoded with it (fixed blocks of
-        :data:`ENCODE_BLOCK` rows), so incremental updates equal a full refresh exactly.
+        A row's code is the same whichever rows are encoded with it, so incremental updates
+        equal a full refresh exactly: rows are encoded in blocks of :data:`ENCODE_BLOCK`, and
+        row ``r`` always sits at position ``r % ENCODE_BLOCK`` of its block (BLAS kernels treat
+        the rows of a tile differently by position; the other rows of a block never matter).
         """
+        rows = np.asarray(rows, dtype=np.int64)
         out = np.empty((rows.shape[0], encoder.latent_dim), dtype=np.float32)
+        if rows.shape[0] == 0:
+            return out
         table = self.table.view
-        for lo in range(0, rows.shape[0], ENCODE_BLOCK):
-            r = rows[lo : lo + ENCODE_BLOCK]
-            m = r.shape[0]
-            if m < ENCODE_BLOCK:
-                r = np.resize(r, ENCODE_BLOCK)  # repeats the rows; only the first m are kept
-            ids, mask, ctx = self.contexts.of_rows(r)
+        for at, block in aligned_blocks(rows, ENCODE_BLOCK):
+            ids, mask, ctx = self.contexts.of_rows(block)
             if self.table_state is not None:
                 ctx.table_state = self.table_state
-            out[lo : lo + m] = encoder.encode(table[r], table, ids, mask, ctx).zhat[:m]
+            z = encoder.encode(table[block], table, ids, mask, ctx).zhat
+            out[at] = z[rows[at] % ENCODE_BLOCK]
         return out
 
     def refresh_codes(self, model: SearchModel, *, kind: str | None = None, phi: np.ndarray | None = None,

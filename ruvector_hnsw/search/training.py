@@ -54,6 +54,7 @@ __all__ = [
     "contrastive_loss",
     "fit",
     "map_at_r_of_rows",
+    "rows_in_lists",
 ]
 
 #: candidate weights of the latent term; 0 keeps the index's ranking
@@ -81,6 +82,7 @@ class FitOptions:
     val_fraction: float = 0.1
     patience: int = 3
     weight_decay: float = 1e-4
+    fresh_rows: int | None = 2048
     progress: bool = False
     checkpoint_dir: str | os.PathLike[str] | None = None
     resume: bool | str | os.PathLike[str] = False
@@ -88,9 +90,7 @@ class FitOptions:
 
 def ap_at_r_of_rows(result_rows: np.ndarray, pos_lists: list[np.ndarray], cap: int | None = None) -> np.ndarray:
     """Per-query AP@R of ranked table rows against each query's relevant rows (NaN without relevant rows)."""
-    rel = np.zeros(result_rows.shape, dtype=bool)
-    for i, rows in enumerate(pos_lists):
-        rel[i] = np.isin(result_rows[i], rows) & (result_rows[i] >= 0)
+    rel = rows_in_lists(result_rows, pos_lists, np.arange(result_rows.shape[0]))
     n_rel = np.array([len(r) for r in pos_lists])
     return np.asarray(map_at_r(rel, n_rel, cap=cap, per_query=True), dtype=np.float64)
 
@@ -120,11 +120,25 @@ def _sample_positives(rng: np.random.Generator, pos_lists: list[np.ndarray], idx
     return out
 
 
-def _positive_mask(pool: np.ndarray, pos_lists: list[np.ndarray], idx: np.ndarray) -> np.ndarray:
-    mask = np.zeros(pool.shape, dtype=bool)
-    for r, i in enumerate(idx.tolist()):
-        mask[r] = np.isin(pool[r], pos_lists[i]) & (pool[r] >= 0)
-    return mask
+def rows_in_lists(rows: np.ndarray, lists: list[np.ndarray], idx: np.ndarray) -> np.ndarray:
+    """``out[r, j] = rows[r, j] >= 0 and rows[r, j] in lists[idx[r]]`` for a (B, m) array of table rows.
+
+    One sorted membership test over ``(query, row)`` keys instead of one ``np.isin`` per query.
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    B = rows.shape[0]
+    if B == 0 or rows.size == 0:
+        return np.zeros(rows.shape, dtype=bool)
+    chosen = [np.asarray(lists[i], dtype=np.int64) for i in idx.tolist()]
+    span = np.int64(max(int(rows.max()), max((int(c.max()) for c in chosen if c.size), default=0)) + 1)
+    sizes = np.array([c.size for c in chosen], dtype=np.int64)
+    keys = np.unique(np.concatenate(chosen) + np.repeat(np.arange(B, dtype=np.int64) * span, sizes)) \
+        if sizes.sum() else np.zeros(0, dtype=np.int64)
+    probe = rows + np.arange(B, dtype=np.int64)[:, None] * span
+    if keys.size == 0:
+        return np.zeros(rows.shape, dtype=bool)
+    at = np.minimum(np.searchsorted(keys, probe), keys.size - 1)
+    return (keys[at] == probe) & (rows >= 0)
 
 
 def _subset(qb: QueryBatch, idx: np.ndarray) -> QueryBatch:
@@ -140,8 +154,10 @@ class SearchTrainingModel:
 
     def __init__(self, model: SearchModel, db: DatabaseState, state: TrainingState, *, candidates: int,
                  temperature: float, extra_positives: int, random_negatives: int, latent_negatives: int,
-                 unknown: np.ndarray | None = None) -> None:
+                 unknown: np.ndarray | None = None, fresh_rows: int | None = None) -> None:
         self.model, self.db, self.state = model, db, state
+        #: distinct pool rows per step encoded with the current parameters (None: all)
+        self.fresh_rows = fresh_rows
         #: (N,) rows whose label is unknown: never a positive, never a negative
         self.unknown = unknown if unknown is not None and unknown.any() else None
         self.candidates = candidates
@@ -180,21 +196,25 @@ class SearchTrainingModel:
         merged = np.concatenate(parts, axis=1)
         invalid = db.graph.deleted if self.unknown is None else (db.graph.deleted | self.unknown)
         pool, _ = _kernels.unique_rows(merged, np.zeros(merged.shape, np.float32), invalid)
-        valid = pool >= 0
-        posmask = _positive_mask(pool, ts.pos_lists, b)
+        posmask = rows_in_lists(pool, ts.pos_lists, b)
         if not posmask.any():
             return 0.0, enc.zero_grads()
         table = db.table.view
         ids_q, mask_q, ctx_q = query_context(qb.stored, db.graph.vectors, qb.hnsw_rows[:, : self.candidates],
                                              qb.hnsw_dist[:, : self.candidates], db.contexts, db.space)
-        uniq = np.unique(pool[valid])
-        ids_v, mask_v, ctx_v = db.contexts.of_rows(uniq)
         if db.table_state is not None:
             ctx_q.table_state = db.table_state
-            ctx_v.table_state = db.table_state
+
+        def row_context(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, Context]:
+            ids_v, mask_v, ctx_v = db.contexts.of_rows(rows)
+            if db.table_state is not None:
+                ctx_v.table_state = db.table_state
+            return ids_v, mask_v, ctx_v
+
         temperature = state.temperature if state.temperature is not None else self.temperature
+        stale = db.codes.z.view if (self.fresh_rows is not None and db.codes is not None) else None
         loss, grads = contrastive_loss(enc, table, qb.standard, (ids_q, mask_q, ctx_q), pool, posmask,
-                                       (uniq, ids_v, mask_v, ctx_v), temperature)
+                                       row_context, temperature, stale=stale, fresh_rows=self.fresh_rows)
         return loss, grads
 
 
@@ -210,10 +230,21 @@ def _sum_by_row(values: np.ndarray, rows: np.ndarray, n: int, dtype: np.dtype) -
     return out
 
 
+def _importance_rows(g_sim: np.ndarray, pool: np.ndarray, valid: np.ndarray, uniq: np.ndarray, inv: np.ndarray,
+                     budget: int) -> np.ndarray:
+    """The ``budget`` distinct pool rows with the largest summed ``|dL/dsim|`` (sorted row ids).
+
+    Ties go to the lower row (stable order), so the choice is deterministic.
+    """
+    weight = np.bincount(inv, weights=np.abs(g_sim[valid]).astype(np.float64), minlength=uniq.shape[0])
+    top = np.argsort(-weight, kind="stable")[:budget]
+    return np.sort(uniq[top])
+
+
 def contrastive_loss(enc: ContextEncoder, table: np.ndarray, queries: np.ndarray,
                      query_ctx: tuple[np.ndarray, np.ndarray, Context], pool: np.ndarray, posmask: np.ndarray,
-                     rows_ctx: tuple[np.ndarray, np.ndarray, np.ndarray, Context], temperature: float
-                     ) -> tuple[float, dict[str, np.ndarray]]:
+                     row_context: Any, temperature: float, *, stale: np.ndarray | None = None,
+                     fresh_rows: int | None = None) -> tuple[float, dict[str, np.ndarray]]:
     """Multi-positive InfoNCE over each query's pool of table rows, and its parameter gradients.
 
     Parameters
@@ -225,9 +256,15 @@ def contrastive_loss(enc: ContextEncoder, table: np.ndarray, queries: np.ndarray
         Standardised queries; their ``(ids, mask, Context)`` (``query_ctx``).
     pool : (B, P)
         Table rows per query (-1 = empty slot); ``posmask`` (B, P) marks the positives.
-    rows_ctx : (rows, ids, mask, Context)
-        The distinct rows of ``pool`` (sorted) with their graph contexts.
+    row_context : callable
+        ``row_context(rows) -> (ids, mask, Context)``: the graph contexts of sorted table rows.
     temperature : float
+    stale, fresh_rows : (N, p) array and int, optional
+        With both given and more than ``fresh_rows`` distinct rows in the pool, only the
+        ``fresh_rows`` rows with the largest gradient ``|dL/dsim|`` under the ``stale`` codes
+        (the codes of the last refresh) are encoded with the current parameters and
+        back-propagated; the other rows score with their stale codes, as constants. Without
+        them every distinct row is encoded (the exact gradient).
 
     Returns
     -------
@@ -236,20 +273,31 @@ def contrastive_loss(enc: ContextEncoder, table: np.ndarray, queries: np.ndarray
         One entry per encoder param (one forward and one backward per side, from the caches).
     """
     ids_q, mask_q, ctx_q = query_ctx
-    uniq, ids_v, mask_v, ctx_v = rows_ctx
     valid = pool >= 0
     dt = enc.dtype
     enc_q = enc.encode(queries, table, ids_q, mask_q, ctx_q)
-    enc_v = enc.encode(table[uniq], table, ids_v, mask_v, ctx_v)
+    uniq = np.unique(pool[valid])
     inv = np.searchsorted(uniq, pool[valid])
-    zv = np.zeros((*pool.shape, enc.latent_dim), dtype=enc_v.zhat.dtype)
-    zv[valid] = enc_v.zhat[inv]
+    zv = np.zeros((*pool.shape, enc.latent_dim), dtype=enc_q.zhat.dtype)
+    fresh = uniq
+    if stale is not None and fresh_rows is not None and uniq.shape[0] > fresh_rows:
+        zv[valid] = stale[pool[valid]]
+        sim0 = np.where(valid, np.einsum("bp,bcp->bc", enc_q.zhat, zv), 0.0)
+        _, g0 = info_nce(sim0, posmask, temperature=temperature, candidate_mask=valid)
+        fresh = _importance_rows(np.asarray(g0), pool, valid, uniq, inv, int(fresh_rows))
+    ids_v, mask_v, ctx_v = row_context(fresh)
+    enc_v = enc.encode(table[fresh], table, ids_v, mask_v, ctx_v)
+    at = np.minimum(np.searchsorted(fresh, pool[valid]), fresh.shape[0] - 1)
+    is_fresh = fresh[at] == pool[valid]
+    vz = zv[valid]
+    vz[is_fresh] = enc_v.zhat[at[is_fresh]]
+    zv[valid] = vz
     sim = np.where(valid, np.einsum("bp,bcp->bc", enc_q.zhat, zv), 0.0)
     loss, g_sim = info_nce(sim, posmask, temperature=temperature, candidate_mask=valid)
     g_sim = np.asarray(g_sim, dtype=dt)
     gzq = np.einsum("bc,bcp->bp", g_sim, zv)
-    gzv = g_sim[:, :, None] * enc_q.zhat[:, None, :]
-    gzv_rows = _sum_by_row(gzv[valid], inv, uniq.shape[0], dt)
+    gzv = (g_sim[:, :, None] * enc_q.zhat[:, None, :])[valid][is_fresh]
+    gzv_rows = _sum_by_row(gzv, at[is_fresh], fresh.shape[0], dt)
     grads = enc.zero_grads()
     enc.backward(enc_v, gzv_rows, grads)
     enc.backward(enc_q, gzq.astype(dt), grads)
@@ -395,7 +443,7 @@ def fit(model: SearchModel, db: DatabaseState, index: HNSWIndex, q: np.ndarray, 
                        mined=np.full((tr_idx.shape[0], 0), -1, dtype=np.int64))
     trainable = SearchTrainingModel(model, db, ts, candidates=C, temperature=opts.temperature,
                                     extra_positives=opts.extra_positives, random_negatives=opts.random_negatives,
-                                    latent_negatives=opts.latent_negatives,
+                                    latent_negatives=opts.latent_negatives, fresh_rows=opts.fresh_rows,
                                     unknown=None if classes is None else ~classes[1])
     val_pos = [pos_lists[i] for i in val_idx.tolist()]
 

@@ -28,7 +28,13 @@ def _problem(seed: int = 0):
     layer_v = rng.integers(0, 2, (uniq.shape[0], K)).astype(np.int8)
     q = table[:B] * 0.7 + 0.1
     q_in = (ids_q, ids_q >= 0, Context(dist=np.abs(rng.standard_normal((B, K))), layer=layer_q))
-    v_in = (uniq, ids_v, ids_v >= 0, Context(dist=np.abs(rng.standard_normal((uniq.shape[0], K))), layer=layer_v))
+    dist_v = np.abs(rng.standard_normal((uniq.shape[0], K)))
+
+    def v_in(rows: np.ndarray):
+        at = np.searchsorted(uniq, rows)
+        assert np.array_equal(uniq[at], rows)
+        return ids_v[at], ids_v[at] >= 0, Context(dist=dist_v[at], layer=layer_v[at])
+
     return table, q, q_in, pool, posmask, v_in
 
 
@@ -42,12 +48,19 @@ def _encoder() -> ContextEncoder:
     return enc
 
 
-def test_training_loss_gradients_match_finite_differences() -> None:
+@pytest.mark.parametrize("fresh_rows", [None, 5])
+def test_training_loss_gradients_match_finite_differences(fresh_rows: int | None) -> None:
+    """Exact gradient, and with a fresh-row budget (the other rows' stale codes are constants)."""
     enc = _encoder()
     assert enc.mechanism.params, "the test needs a mechanism with parameters"
     prob = _problem()
     table, q, q_in, pool, posmask, v_in = prob
-    loss, grads = contrastive_loss(enc, table, q, q_in, pool, posmask, v_in, 0.5)
+    stale = None
+    if fresh_rows is not None:
+        stale = np.random.default_rng(9).standard_normal((table.shape[0], enc.latent_dim))
+        stale /= np.linalg.norm(stale, axis=1, keepdims=True)
+    kw = {"stale": stale, "fresh_rows": fresh_rows}
+    loss, grads = contrastive_loss(enc, table, q, q_in, pool, posmask, v_in, 0.5, **kw)
     assert np.isfinite(loss)
     eps = 1e-6
     checked = 0
@@ -57,14 +70,42 @@ def test_training_loss_gradients_match_finite_differences() -> None:
         for i in idx:
             old = flat[i]
             flat[i] = old + eps
-            up, _ = contrastive_loss(enc, table, q, q_in, pool, posmask, v_in, 0.5)
+            up, _ = contrastive_loss(enc, table, q, q_in, pool, posmask, v_in, 0.5, **kw)
             flat[i] = old - eps
-            down, _ = contrastive_loss(enc, table, q, q_in, pool, posmask, v_in, 0.5)
+            down, _ = contrastive_loss(enc, table, q, q_in, pool, posmask, v_in, 0.5, **kw)
             flat[i] = old
             num = (up - down) / (2 * eps)
             np.testing.assert_allclose(grads[name].reshape(-1)[i], num, rtol=1e-4, atol=1e-7, err_msg=name)
             checked += 1
     assert any(k.startswith("att.") for k in grads) and checked > 10
+
+
+def test_fresh_row_budget() -> None:
+    """A budget covering the pool is the exact loss; a small one encodes only the rows with the largest gradient."""
+    enc = _encoder()
+    table, q, q_in, pool, posmask, v_in = _problem()
+    exact, g_exact = contrastive_loss(enc, table, q, q_in, pool, posmask, v_in, 0.5)
+    n_rows = np.unique(pool[pool >= 0]).size
+    stale = np.zeros((table.shape[0], enc.latent_dim))
+    same, g_same = contrastive_loss(enc, table, q, q_in, pool, posmask, v_in, 0.5, stale=stale, fresh_rows=n_rows)
+    assert same == exact
+    for k in g_exact:
+        np.testing.assert_array_equal(g_same[k], g_exact[k])
+    # stale codes equal to the current ones: the same loss value, but only the budget's rows get a gradient
+    seen: list[np.ndarray] = []
+
+    def spy(rows: np.ndarray):
+        seen.append(rows.copy())
+        return v_in(rows)
+
+    uniq = np.unique(pool[pool >= 0])
+    ids, mask, ctx = v_in(uniq)
+    current = np.zeros((table.shape[0], enc.latent_dim))
+    current[uniq] = enc.encode(table[uniq], table, ids, mask, ctx).zhat
+    part, g_part = contrastive_loss(enc, table, q, q_in, pool, posmask, spy, 0.5, stale=current, fresh_rows=4)
+    np.testing.assert_allclose(part, exact, rtol=1e-12)
+    assert seen[-1].size == 4 and np.all(np.diff(seen[-1]) > 0)
+    assert any(not np.allclose(g_part[k], g_exact[k]) for k in g_exact)
 
 
 @pytest.mark.parametrize("mechanism", ["local_global", "multi_head", "moe", "scaled_dot"])
@@ -82,6 +123,24 @@ def test_database_codes_do_not_depend_on_the_batch(mechanism: str) -> None:
     for size in (1, 2, 5, 17, 100, 300):
         rows = np.arange(11, 11 + size)
         np.testing.assert_array_equal(db.encode_rows(s.model.encoder, rows), full[rows], err_msg=str(size))
+    for seed in range(3):  # scattered rows, in any order, with repeats
+        rows = np.random.default_rng(seed).integers(0, db.n, 150)
+        np.testing.assert_array_equal(db.encode_rows(s.model.encoder, rows), full[rows], err_msg=f"seed {seed}")
+
+
+def test_aligned_blocks_put_each_row_at_its_residue() -> None:
+    from ruvector_hnsw.search.state import aligned_blocks
+
+    rows = np.array([5, 69, 3, 133, 7, 5, 64])
+    blocks = aligned_blocks(rows, 64)
+    covered = np.concatenate([at for at, _ in blocks])
+    assert sorted(covered.tolist()) == list(range(rows.size))
+    for at, block in blocks:
+        assert block.shape == (64,)
+        np.testing.assert_array_equal(block[rows[at] % 64], rows[at])
+    assert len(blocks) == 4  # residue 5 holds 5, 69, 133, 5
+    full = aligned_blocks(np.arange(130), 64)
+    assert [b.tolist() for _, b in full[:2]] == [list(range(64)), list(range(64, 128))]
 
 
 def test_encoder_writes_nothing_during_encode_and_backward() -> None:
