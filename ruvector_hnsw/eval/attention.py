@@ -65,6 +65,7 @@ FIT_OPTIONS: tuple[str, ...] = (
     "val_fraction",
     "patience",
     "weight_decay",
+    "fresh_rows",
 )
 #: options that only act at search time (a fitted model is shared across their values)
 SEARCH_OPTIONS: tuple[str, ...] = ("expand",)

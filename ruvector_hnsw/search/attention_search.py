@@ -16,6 +16,7 @@ a query touches only its candidates, its own context and its expansion.
 from __future__ import annotations
 
 import tempfile
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -318,6 +319,7 @@ class AttentionSearch:
         val_fraction: float = 0.1,
         patience: int = 3,
         weight_decay: float = 1e-4,
+        fresh_rows: int | None = 2048,
         progress: bool = False,
         checkpoint_dir: str | Path | None = None,
         resume: bool | str | Path = False,
@@ -345,8 +347,13 @@ class AttentionSearch:
             Held-out share of the training queries (seeded split); early stopping on their mAP@R.
             ``alpha`` and the diffusion weight are calibrated on them over grids that include 0,
             so the fitted model is never below the index's ranking there.
+        fresh_rows : int or None
+            Distinct pool rows per step encoded with the current parameters and back-propagated:
+            those with the largest gradient under the codes of the last refresh (refreshed every
+            epoch); the other pool rows score with those codes, as constants. ``None`` encodes
+            every pool row each step (the exact gradient; several times slower on large pools).
         progress : bool
-            Show a progress bar (needs tqdm).
+            Show a progress bar (needs tqdm): per-epoch loss, validation mAP@R and seconds.
         checkpoint_dir, resume
             Trainer checkpoints and resuming from them.
 
@@ -354,15 +361,21 @@ class AttentionSearch:
         -------
         TrainingHistory
             Per-epoch loss, validation mAP@R (and calibrated alpha), lr and times; the best
-            epoch's parameters are restored.
+            epoch's parameters are restored. ``time_split`` gives the wall seconds per phase
+            (sync, candidates, sampling, mining, forward, backward, code_refresh, validation,
+            calibration, latent_index, label_head, total).
         """
         from ruvector_hnsw.search import training
 
         epochs = check_positive_int(epochs, "epochs")
         batch_size = check_positive_int(batch_size, "batch_size")
+        if fresh_rows is not None:
+            fresh_rows = check_positive_int(fresh_rows, "fresh_rows")
         q = as_matrix(train_queries, "train_queries", self.index.dim)
         with thread_limits(self._num_threads):
+            t_sync = time.perf_counter()
             db = self._synced()
+            t_sync = time.perf_counter() - t_sync
             with self._lock.write():
                 pos_lists = positive_lists(db.graph, q.shape[0], labels, query_labels, positives)
                 classes = None
@@ -373,9 +386,14 @@ class AttentionSearch:
                     epochs=epochs, batch_size=batch_size, lr=lr, temperature=temperature,
                     extra_positives=extra_positives, random_negatives=random_negatives,
                     latent_negatives=latent_negatives, val_fraction=val_fraction, patience=patience,
-                    weight_decay=weight_decay, progress=progress, checkpoint_dir=checkpoint_dir, resume=resume)
-                return training.fit(self.model, db, self.index, q, pos_lists, self.knobs, opts, self._num_threads,
-                                    classes)
+                    weight_decay=weight_decay, fresh_rows=fresh_rows, progress=progress,
+                    checkpoint_dir=checkpoint_dir, resume=resume)
+                history = training.fit(self.model, db, self.index, q, pos_lists, self.knobs, opts,
+                                       self._num_threads, classes)
+        split = {"sync": round(t_sync, 3), **history.time_split}
+        split["total"] = round(split["total"] + split["sync"], 3)
+        history.time_split = split
+        return history
 
     # ------------------------------------------------------------------ persistence
     def _state_tree(self) -> dict[str, Any]:

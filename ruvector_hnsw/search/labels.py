@@ -158,8 +158,11 @@ class LabelHead:
         """Mean cross-entropy of ``target`` classes (+ ``weight_decay/2 * |W|^2``) and its gradients."""
         p = self.params
         h, a, slot = self._propagation(cand_class, cand_dist, mask)
-        uu = u.astype(np.float64)
-        z = uu @ p["W"].T.astype(np.float64) + p["b"] + p["g"][0] * h
+        dt = self.dtype
+        uu = np.asarray(u, dtype=dt)
+        # the two products in the head's dtype (float32 in training: half the time of float64); the
+        # softmax and everything after it in float64
+        z = (uu @ p["W"].T).astype(np.float64) + p["b"] + p["g"][0] * h
         z = z - z.max(axis=1, keepdims=True)
         ez = np.exp(z)
         prob = ez / ez.sum(axis=1, keepdims=True)
@@ -172,7 +175,7 @@ class LabelHead:
         W = p["W"].astype(np.float64)
         loss += 0.5 * weight_decay * float((W * W).sum())
         grads = {
-            "W": (dz.T @ uu + weight_decay * W).astype(self.dtype),
+            "W": ((dz.astype(dt).T @ uu).astype(np.float64) + weight_decay * W).astype(dt),
             "b": dz.sum(axis=0).astype(self.dtype),
             "g": np.array([(dz * h).sum()], dtype=self.dtype),
         }

@@ -21,7 +21,10 @@ is calibrated jointly once, after training. The loop is :class:`ruvector_hnsw.tr
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -47,6 +50,7 @@ __all__ = [
     "ALPHA_GRID",
     "RHO_GRID",
     "FitOptions",
+    "PhaseClock",
     "SearchTrainingModel",
     "TrainingState",
     "ap_at_r_of_rows",
@@ -103,6 +107,28 @@ def map_at_r_of_rows(result_rows: np.ndarray, pos_lists: list[np.ndarray], cap: 
 
 
 @dataclass
+class PhaseClock:
+    """Wall seconds spent per named phase (what ``fit`` reports as ``history.time_split``)."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Time the ``with`` body and add it to ``name``."""
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
+
+    def rounded(self) -> dict[str, float]:
+        """The phases in seconds, rounded to ms, with their ``total``."""
+        out = {k: round(v, 3) for k, v in self.seconds.items()}
+        out["total"] = round(sum(self.seconds.values()), 3)
+        return out
+
+
+@dataclass
 class TrainingState:
     """What the trainer keeps between steps (none of it lives on the searcher)."""
 
@@ -132,7 +158,7 @@ def rows_in_lists(rows: np.ndarray, lists: list[np.ndarray], idx: np.ndarray) ->
     chosen = [np.asarray(lists[i], dtype=np.int64) for i in idx.tolist()]
     span = np.int64(max(int(rows.max()), max((int(c.max()) for c in chosen if c.size), default=0)) + 1)
     sizes = np.array([c.size for c in chosen], dtype=np.int64)
-    keys = np.unique(np.concatenate(chosen) + np.repeat(np.arange(B, dtype=np.int64) * span, sizes)) \
+    keys = np.sort(np.concatenate(chosen) + np.repeat(np.arange(B, dtype=np.int64) * span, sizes)) \
         if sizes.sum() else np.zeros(0, dtype=np.int64)
     probe = rows + np.arange(B, dtype=np.int64)[:, None] * span
     if keys.size == 0:
@@ -158,6 +184,7 @@ class SearchTrainingModel:
         self.model, self.db, self.state = model, db, state
         #: distinct pool rows per step encoded with the current parameters (None: all)
         self.fresh_rows = fresh_rows
+        self.clock = PhaseClock()
         #: (N,) rows whose label is unknown: never a positive, never a negative
         self.unknown = unknown if unknown is not None and unknown.any() else None
         self.candidates = candidates
@@ -171,20 +198,31 @@ class SearchTrainingModel:
     # -- trainer hooks ------------------------------------------------------------------------
     def on_epoch_start(self, state: EpochState) -> None:
         if self.latent_negatives and self.db.codes is not None:
-            qb = self.state.queries
-            zq = pipeline.encode_queries(self.model, self.db, qb, qb.hnsw_rows[:, : self.candidates],
-                                         qb.hnsw_dist[:, : self.candidates])
-            self.state.mined = self.db.codes.search(zq, self.latent_negatives)
+            with self.clock.phase("mining"):
+                qb = self.state.queries
+                zq = pipeline.encode_queries(self.model, self.db, qb, qb.hnsw_rows[:, : self.candidates],
+                                             qb.hnsw_dist[:, : self.candidates])
+                self.state.mined = self.db.codes.search(zq, self.latent_negatives)
 
     def on_epoch_end(self, state: EpochState) -> None:
-        self.db.refresh_codes(self.model, kind="flat")
+        with self.clock.phase("code_refresh"):
+            self.db.refresh_codes(self.model, kind="flat")
 
     def on_params_loaded(self) -> None:
-        self.db.refresh_codes(self.model, kind="flat")
+        with self.clock.phase("code_refresh"):
+            self.db.refresh_codes(self.model, kind="flat")
 
     # -- one step -----------------------------------------------------------------------------
     def loss_and_grads(self, batch: Batch, state: EpochState) -> tuple[float, dict[str, np.ndarray]]:
-        enc, db, ts = self.model.encoder, self.db, self.state
+        with self.clock.phase("sampling"):
+            pools = self._sample(batch, state)
+        if pools is None:
+            return 0.0, self.model.encoder.zero_grads()
+        return self._loss(pools, state)
+
+    def _sample(self, batch: Batch, state: EpochState) -> tuple[Any, ...] | None:
+        """The pool of each query of the batch, its positives and the query contexts (None: no positive)."""
+        db, ts = self.db, self.state
         b = np.asarray(batch["query"], dtype=np.int64)
         rng = state.rng
         qb = _subset(ts.queries, b)
@@ -198,12 +236,17 @@ class SearchTrainingModel:
         pool, _ = _kernels.unique_rows(merged, np.zeros(merged.shape, np.float32), invalid)
         posmask = rows_in_lists(pool, ts.pos_lists, b)
         if not posmask.any():
-            return 0.0, enc.zero_grads()
-        table = db.table.view
+            return None
         ids_q, mask_q, ctx_q = query_context(qb.stored, db.graph.vectors, qb.hnsw_rows[:, : self.candidates],
                                              qb.hnsw_dist[:, : self.candidates], db.contexts, db.space)
         if db.table_state is not None:
             ctx_q.table_state = db.table_state
+        return qb, (ids_q, mask_q, ctx_q), pool, posmask
+
+    def _loss(self, pools: tuple[Any, ...], state: EpochState) -> tuple[float, dict[str, np.ndarray]]:
+        enc, db = self.model.encoder, self.db
+        qb, query_ctx, pool, posmask = pools
+        table = db.table.view
 
         def row_context(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, Context]:
             ids_v, mask_v, ctx_v = db.contexts.of_rows(rows)
@@ -213,8 +256,8 @@ class SearchTrainingModel:
 
         temperature = state.temperature if state.temperature is not None else self.temperature
         stale = db.codes.z.view if (self.fresh_rows is not None and db.codes is not None) else None
-        loss, grads = contrastive_loss(enc, table, qb.standard, (ids_q, mask_q, ctx_q), pool, posmask,
-                                       row_context, temperature, stale=stale, fresh_rows=self.fresh_rows)
+        loss, grads = contrastive_loss(enc, table, qb.standard, query_ctx, pool, posmask, row_context, temperature,
+                                       stale=stale, fresh_rows=self.fresh_rows, clock=self.clock)
         return loss, grads
 
 
@@ -244,7 +287,8 @@ def _importance_rows(g_sim: np.ndarray, pool: np.ndarray, valid: np.ndarray, uni
 def contrastive_loss(enc: ContextEncoder, table: np.ndarray, queries: np.ndarray,
                      query_ctx: tuple[np.ndarray, np.ndarray, Context], pool: np.ndarray, posmask: np.ndarray,
                      row_context: Any, temperature: float, *, stale: np.ndarray | None = None,
-                     fresh_rows: int | None = None) -> tuple[float, dict[str, np.ndarray]]:
+                     fresh_rows: int | None = None, clock: PhaseClock | None = None
+                     ) -> tuple[float, dict[str, np.ndarray]]:
     """Multi-positive InfoNCE over each query's pool of table rows, and its parameter gradients.
 
     Parameters
@@ -265,6 +309,8 @@ def contrastive_loss(enc: ContextEncoder, table: np.ndarray, queries: np.ndarray
         (the codes of the last refresh) are encoded with the current parameters and
         back-propagated; the other rows score with their stale codes, as constants. Without
         them every distinct row is encoded (the exact gradient).
+    clock : PhaseClock, optional
+        Receives the ``forward`` and ``backward`` seconds.
 
     Returns
     -------
@@ -272,6 +318,8 @@ def contrastive_loss(enc: ContextEncoder, table: np.ndarray, queries: np.ndarray
     grads : dict
         One entry per encoder param (one forward and one backward per side, from the caches).
     """
+    clock = clock if clock is not None else PhaseClock()
+    t0 = time.perf_counter()
     ids_q, mask_q, ctx_q = query_ctx
     valid = pool >= 0
     dt = enc.dtype
@@ -299,8 +347,10 @@ def contrastive_loss(enc: ContextEncoder, table: np.ndarray, queries: np.ndarray
     gzv = (g_sim[:, :, None] * enc_q.zhat[:, None, :])[valid][is_fresh]
     gzv_rows = _sum_by_row(gzv, at[is_fresh], fresh.shape[0], dt)
     grads = enc.zero_grads()
-    enc.backward(enc_v, gzv_rows, grads)
-    enc.backward(enc_q, gzq.astype(dt), grads)
+    clock.seconds["forward"] = clock.seconds.get("forward", 0.0) + time.perf_counter() - t0
+    with clock.phase("backward"):
+        enc.backward(enc_v, gzv_rows, grads)
+        enc.backward(enc_q, gzq.astype(dt), grads)
     return float(loss), grads
 
 
@@ -432,24 +482,29 @@ def fit(model: SearchModel, db: DatabaseState, index: HNSWIndex, q: np.ndarray, 
     val_idx, tr_idx = np.sort(perm[:n_val]), np.sort(perm[n_val:])
     C = knobs.candidates
     n_cand = max(C, 1)
-    all_q = pipeline.candidates(index, db.graph, model, q, n_cand, n_cand, num_threads)
-    val_k = max(1, int(min(max((len(pos_lists[i]) for i in val_idx.tolist()), default=1), _VAL_CAP, db.n)))
-    val_q = pipeline.candidates(index, db.graph, model, q[val_idx], max(C, val_k), max(C, val_k), num_threads) \
-        if n_val else None
+    clock = PhaseClock()
+    with clock.phase("candidates"):
+        all_q = pipeline.candidates(index, db.graph, model, q, n_cand, n_cand, num_threads)
+        val_k = max(1, int(min(max((len(pos_lists[i]) for i in val_idx.tolist()), default=1), _VAL_CAP, db.n)))
+        val_q = pipeline.candidates(index, db.graph, model, q[val_idx], max(C, val_k), max(C, val_k),
+                                    num_threads) if n_val else None
     model.fitted = True  # codes are needed for mining and validation
     model.rho = 0.0
-    db.refresh_codes(model, kind="flat")
+    with clock.phase("code_refresh"):
+        db.refresh_codes(model, kind="flat")
     ts = TrainingState(queries=_subset(all_q, tr_idx), pos_lists=[pos_lists[i] for i in tr_idx.tolist()],
                        mined=np.full((tr_idx.shape[0], 0), -1, dtype=np.int64))
     trainable = SearchTrainingModel(model, db, ts, candidates=C, temperature=opts.temperature,
                                     extra_positives=opts.extra_positives, random_negatives=opts.random_negatives,
                                     latent_negatives=opts.latent_negatives, fresh_rows=opts.fresh_rows,
                                     unknown=None if classes is None else ~classes[1])
+    trainable.clock = clock
     val_pos = [pos_lists[i] for i in val_idx.tolist()]
 
     def validate(_: Any) -> dict[str, float]:
         assert val_q is not None
-        value, alpha = calibrate(model, db, val_q, val_pos, knobs, num_threads)
+        with clock.phase("validation"):
+            value, alpha = calibrate(model, db, val_q, val_pos, knobs, num_threads)
         return {"map_at_r": value, "alpha": alpha}
 
     steps = max(1, int(np.ceil(tr_idx.shape[0] / opts.batch_size)))
@@ -466,7 +521,9 @@ def fit(model: SearchModel, db: DatabaseState, index: HNSWIndex, q: np.ndarray, 
         progress=opts.progress,
     )
     history = trainer.fit({"query": np.arange(tr_idx.shape[0])}, resume=opts.resume)
-    db.refresh_codes(model, kind="flat")  # the restored (best) parameters
+    with clock.phase("code_refresh"):
+        db.refresh_codes(model, kind="flat")  # the restored (best) parameters
+    t_cal = time.perf_counter()
     if n_val and val_q is not None and cfg.spectral and db.codes is not None:
         # weight of the diffusion coordinates: joint grid with alpha on exact latent search
         base = db.codes
@@ -479,14 +536,19 @@ def fit(model: SearchModel, db: DatabaseState, index: HNSWIndex, q: np.ndarray, 
                 best = (value, rho)
         model.rho = best[1]
         db.codes = base
+    clock.seconds["calibration"] = clock.seconds.get("calibration", 0.0) + time.perf_counter() - t_cal
     # the serving codes and latent index, then alpha for them
     assert db.codes is not None
-    db.codes = LatentCodes(db.codes.z.view, db.codes.phi.view, model.rho, kind=cfg.latent, seed=cfg.seed,
-                           phi_fitted=db.codes.phi_fitted)
+    with clock.phase("latent_index"):
+        db.codes = LatentCodes(db.codes.z.view, db.codes.phi.view, model.rho, kind=cfg.latent, seed=cfg.seed,
+                               phi_fitted=db.codes.phi_fitted)
     if classes is not None and cfg.label_head and n_val:
-        fit_label_head(model, db, ts.queries, classes[2][tr_idx], classes[0], classes[1])
-    if n_val and val_q is not None:
-        calibrate(model, db, val_q, val_pos, knobs, num_threads)
-    else:  # nothing to calibrate on: keep the index's ranking (alpha = 0)
-        model.alpha, model.lam = 0.0, 0.0
+        with clock.phase("label_head"):
+            fit_label_head(model, db, ts.queries, classes[2][tr_idx], classes[0], classes[1])
+    with clock.phase("calibration"):
+        if n_val and val_q is not None:
+            calibrate(model, db, val_q, val_pos, knobs, num_threads)
+        else:  # nothing to calibrate on: keep the index's ranking (alpha = 0)
+            model.alpha, model.lam = 0.0, 0.0
+    history.time_split = clock.rounded()
     return history

@@ -158,6 +158,9 @@ class TrainingHistory:
     epoch_time_s: list[float] = field(default_factory=list)
     val_time_s: list[float] = field(default_factory=list)
     steps: list[int] = field(default_factory=list)
+    #: wall seconds per phase of the whole run, when the model reports them (e.g. mining, forward,
+    #: backward, validation, code refresh)
+    time_split: dict[str, float] = field(default_factory=dict)
     initial_metric: float | None = None
     best_epoch: int | None = None
     best_metric: float | None = None
@@ -613,7 +616,8 @@ class Trainer:
         h.best_epoch, h.best_metric = self.best_epoch, self.best_metric
         if bar is not None:
             bar.set_postfix(
-                epoch=epoch + 1, loss=f"{h.train_loss[-1]:.4f}", val="-" if value is None else f"{value:.4f}"
+                epoch=epoch + 1, loss=f"{h.train_loss[-1]:.4f}", val="-" if value is None else f"{value:.4f}",
+                epoch_s=f"{train_time + val_time:.1f}",
             )
 
         if self.checkpoint_dir is not None:
