@@ -194,7 +194,7 @@ class SearchTrainingModel:
             ctx_v.table_state = db.table_state
         temperature = state.temperature if state.temperature is not None else self.temperature
         loss, grads = contrastive_loss(enc, table, qb.standard, (ids_q, mask_q, ctx_q), pool, posmask,
-                                       (uniq, ids_v, mask_v, ctx_v), temperature)
+                                       (uniq, ids_v, mask_v, ctx_v), temperature, rng=rng)
         return loss, grads
 
 
@@ -212,8 +212,8 @@ def _sum_by_row(values: np.ndarray, rows: np.ndarray, n: int, dtype: np.dtype) -
 
 def contrastive_loss(enc: ContextEncoder, table: np.ndarray, queries: np.ndarray,
                      query_ctx: tuple[np.ndarray, np.ndarray, Context], pool: np.ndarray, posmask: np.ndarray,
-                     rows_ctx: tuple[np.ndarray, np.ndarray, np.ndarray, Context], temperature: float
-                     ) -> tuple[float, dict[str, np.ndarray]]:
+                     rows_ctx: tuple[np.ndarray, np.ndarray, np.ndarray, Context], temperature: float,
+                     *, rng: np.random.Generator | None = None) -> tuple[float, dict[str, np.ndarray]]:
     """Multi-positive InfoNCE over each query's pool of table rows, and its parameter gradients.
 
     Parameters
@@ -228,6 +228,8 @@ def contrastive_loss(enc: ContextEncoder, table: np.ndarray, queries: np.ndarray
     rows_ctx : (rows, ids, mask, Context)
         The distinct rows of ``pool`` (sorted) with their graph contexts.
     temperature : float
+    rng : numpy.random.Generator, optional
+        Draws the encoder's dropout masks (only when its ``dropout > 0``; nothing is drawn otherwise).
 
     Returns
     -------
@@ -239,8 +241,8 @@ def contrastive_loss(enc: ContextEncoder, table: np.ndarray, queries: np.ndarray
     uniq, ids_v, mask_v, ctx_v = rows_ctx
     valid = pool >= 0
     dt = enc.dtype
-    enc_q = enc.encode(queries, table, ids_q, mask_q, ctx_q)
-    enc_v = enc.encode(table[uniq], table, ids_v, mask_v, ctx_v)
+    enc_q = enc.encode(queries, table, ids_q, mask_q, ctx_q, rng=rng)
+    enc_v = enc.encode(table[uniq], table, ids_v, mask_v, ctx_v, rng=rng)
     inv = np.searchsorted(uniq, pool[valid])
     zv = np.zeros((*pool.shape, enc.latent_dim), dtype=enc_v.zhat.dtype)
     zv[valid] = enc_v.zhat[inv]
