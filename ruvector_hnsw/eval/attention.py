@@ -272,6 +272,8 @@ def make_attention(ctx: BuildContext, mechanism: str, name: str | None = None, *
         "expand": knobs.get("expand", model.expand),
         "k_local": model.k_local,
         "k_global": model.k_global,
+        "layers": model.model.config.layers,
+        "norm": model.model.config.norm,
         "alpha": float(model.alpha),
         **info,
     }
