@@ -8,7 +8,8 @@ with :meth:`AttentionSearch.search`.  Options come from the method spec, e.g.
 ``local_global:epochs=4:candidates=200:expand=2``:
 
 - constructor options: ``candidates``, ``expand``, ``k_local``, ``k_global``, ``seed``,
-  ``latent_dim``, ``num_threads`` and any mechanism option (``heads``, ``temperature`` of the
+  ``latent_dim``, ``num_threads``, the encoder stack ``layers``, ``norm``, ``dropout`` (e.g.
+  ``local_global:layers=2:norm=rms``) and any mechanism option (``heads``, ``temperature`` of the
   mechanism is spelled ``mech_temperature`` to keep it apart from the loss temperature);
 - :meth:`~AttentionSearch.fit` options: ``epochs``, ``batch_size``, ``lr``, ``temperature``,
   ``extra_positives``, ``random_negatives``, ``latent_negatives``, ``val_fraction``,
@@ -69,7 +70,8 @@ FIT_OPTIONS: tuple[str, ...] = (
 )
 #: options that only act at search time (a fitted model is shared across their values)
 SEARCH_OPTIONS: tuple[str, ...] = ("expand",)
-_CTOR_OPTIONS: tuple[str, ...] = ("candidates", "k_local", "k_global", "seed", "latent_dim")
+_CTOR_OPTIONS: tuple[str, ...] = ("candidates", "k_local", "k_global", "seed", "latent_dim", "layers", "norm",
+                                   "dropout")
 #: method names the training-free methods hold; a mechanism of the same name is registered as ``NAME_attention``
 _TRAINING_FREE_NAMES = frozenset({"exact", "hnsw", "alpha_qe", "dba", "diffusion"})
 #: eval method name -> attention mechanism (``diffusion_attention`` is the ``diffusion`` mechanism; ``diffusion``
@@ -271,6 +273,8 @@ def make_attention(ctx: BuildContext, mechanism: str, name: str | None = None, *
         "expand": knobs.get("expand", model.expand),
         "k_local": model.k_local,
         "k_global": model.k_global,
+        "layers": model.model.config.layers,
+        "norm": model.model.config.norm,
         "alpha": float(model.alpha),
         **info,
     }

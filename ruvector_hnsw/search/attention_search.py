@@ -88,6 +88,14 @@ class AttentionSearch:
     num_threads : int
         Threads of every call (index search, FAISS, numba kernels, BLAS), applied for the call's
         duration only (-1 = all cores). The index's own setting is never changed.
+    layers : int
+        Stacked encoder blocks (``norm -> attention -> dropout -> residual``, each with its own
+        mechanism; every block attends over the raw context rows): 1 is the single-block encoder.
+        See :mod:`ruvector_hnsw.search.encoder`.
+    norm : {"layer", "rms"} or None
+        Each block's input normalisation (learnable gain, and bias for ``"layer"``).
+    dropout : float
+        Dropout rate on each block's attention read-out during ``fit`` (inference: identity).
     **mech_config
         Passed to the mechanism's constructor (e.g. ``temperature``, ``heads``).
     """
@@ -111,6 +119,9 @@ class AttentionSearch:
         label_head: bool = True,
         class_pool: int = 100,
         num_threads: int = -1,
+        layers: int = 1,
+        norm: str | None = None,
+        dropout: float = 0.0,
         **mech_config: Any,
     ) -> None:
         if not isinstance(index, HNSWIndex):
@@ -122,7 +133,7 @@ class AttentionSearch:
             latent_dim=min(index.dim, 64) if latent_dim is None else latent_dim,
             k_local=k_local, k_global=k_global, spectral=spectral, spectral_time=spectral_time,
             seed=int(seed), latent=latent, label_head=label_head, class_pool=class_pool,
-            mech_config=dict(mech_config),
+            mech_config=dict(mech_config), layers=layers, norm=norm, dropout=dropout,
         )
         self.index = index
         self.model = SearchModel(config)

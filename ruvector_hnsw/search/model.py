@@ -17,6 +17,7 @@ import numpy as np
 
 from ruvector_hnsw._validation import check_positive_int
 from ruvector_hnsw.attention import MECHANISMS
+from ruvector_hnsw.attention.norms import NORMS
 from ruvector_hnsw.errors import ConfigError
 from ruvector_hnsw.search.codes import LATENT_KINDS
 from ruvector_hnsw.search.encoder import ContextEncoder
@@ -24,6 +25,9 @@ from ruvector_hnsw.search.labels import LabelHead, LabelSpace
 from ruvector_hnsw.search.scoring import ResidualScorer
 
 __all__ = ["ModelConfig", "Scale", "SearchModel"]
+
+#: seed offset between the mechanisms of consecutive encoder blocks
+_BLOCK_SEED_STRIDE = 1009
 
 
 def _nonneg_int(value: Any, name: str) -> int:
@@ -48,6 +52,12 @@ class ModelConfig:
     label_head: bool = True
     class_pool: int = 100
     mech_config: dict[str, Any] = field(default_factory=dict)
+    #: stacked encoder blocks (norm -> attention -> dropout -> residual); 1 = the single-block encoder
+    layers: int = 1
+    #: each block's input normalisation: "layer", "rms" or None
+    norm: str | None = None
+    #: dropout rate on each block's attention read-out during training, in [0, 1)
+    dropout: float = 0.0
 
     def __post_init__(self) -> None:
         if self.mechanism not in MECHANISMS:
@@ -66,6 +76,12 @@ class ModelConfig:
         if not isinstance(self.label_head, bool):
             raise ConfigError(f"label_head must be a bool, got {self.label_head!r}")
         check_positive_int(self.class_pool, "class_pool", ConfigError)
+        check_positive_int(self.layers, "layers", ConfigError)
+        if self.norm is not None and self.norm not in NORMS:
+            raise ConfigError(f"norm must be one of {NORMS} or None, got {self.norm!r}")
+        if (isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float, np.integer, np.floating))
+                or not 0.0 <= float(self.dropout) < 1.0):
+            raise ConfigError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -117,13 +133,17 @@ class SearchModel:
     def __init__(self, config: ModelConfig) -> None:
         self.config = config
         cls = MECHANISMS[config.mechanism]
-        cfg = dict(config.mech_config)
-        cfg.setdefault("seed", config.seed)
-        try:
-            mech = cls(config.dim, **cfg)
-        except TypeError as exc:
-            raise ConfigError(f"{config.mechanism}: bad configuration ({exc})") from exc
-        self.encoder = ContextEncoder(mech, config.dim, config.latent_dim, seed=config.seed)
+        mechs = []
+        for block in range(config.layers):
+            cfg = dict(config.mech_config)
+            cfg.setdefault("seed", config.seed)
+            cfg["seed"] = int(cfg["seed"]) + _BLOCK_SEED_STRIDE * block  # block 1 keeps the model's seed
+            try:
+                mechs.append(cls(config.dim, **cfg))
+            except TypeError as exc:
+                raise ConfigError(f"{config.mechanism}: bad configuration ({exc})") from exc
+        self.encoder = ContextEncoder(mechs[0] if config.layers == 1 else mechs, config.dim, config.latent_dim,
+                                      seed=config.seed, norm=config.norm, dropout=config.dropout)
         self.alpha = 0.0
         self.beta = 1.0
         self.rho = 0.0

@@ -257,7 +257,7 @@ class SearchTrainingModel:
         temperature = state.temperature if state.temperature is not None else self.temperature
         stale = db.codes.z.view if (self.fresh_rows is not None and db.codes is not None) else None
         loss, grads = contrastive_loss(enc, table, qb.standard, query_ctx, pool, posmask, row_context, temperature,
-                                       stale=stale, fresh_rows=self.fresh_rows, clock=self.clock)
+                                       stale=stale, fresh_rows=self.fresh_rows, clock=self.clock, rng=state.rng)
         return loss, grads
 
 
@@ -287,7 +287,8 @@ def _importance_rows(g_sim: np.ndarray, pool: np.ndarray, valid: np.ndarray, uni
 def contrastive_loss(enc: ContextEncoder, table: np.ndarray, queries: np.ndarray,
                      query_ctx: tuple[np.ndarray, np.ndarray, Context], pool: np.ndarray, posmask: np.ndarray,
                      row_context: Any, temperature: float, *, stale: np.ndarray | None = None,
-                     fresh_rows: int | None = None, clock: PhaseClock | None = None
+                     fresh_rows: int | None = None, clock: PhaseClock | None = None,
+                     rng: np.random.Generator | None = None
                      ) -> tuple[float, dict[str, np.ndarray]]:
     """Multi-positive InfoNCE over each query's pool of table rows, and its parameter gradients.
 
@@ -311,6 +312,8 @@ def contrastive_loss(enc: ContextEncoder, table: np.ndarray, queries: np.ndarray
         them every distinct row is encoded (the exact gradient).
     clock : PhaseClock, optional
         Receives the ``forward`` and ``backward`` seconds.
+    rng : numpy.random.Generator, optional
+        Draws the encoder's dropout masks (only when its ``dropout > 0``; nothing is drawn otherwise).
 
     Returns
     -------
@@ -323,7 +326,7 @@ def contrastive_loss(enc: ContextEncoder, table: np.ndarray, queries: np.ndarray
     ids_q, mask_q, ctx_q = query_ctx
     valid = pool >= 0
     dt = enc.dtype
-    enc_q = enc.encode(queries, table, ids_q, mask_q, ctx_q)
+    enc_q = enc.encode(queries, table, ids_q, mask_q, ctx_q, rng=rng)
     uniq = np.unique(pool[valid])
     inv = np.searchsorted(uniq, pool[valid])
     zv = np.zeros((*pool.shape, enc.latent_dim), dtype=enc_q.zhat.dtype)
@@ -334,7 +337,7 @@ def contrastive_loss(enc: ContextEncoder, table: np.ndarray, queries: np.ndarray
         _, g0 = info_nce(sim0, posmask, temperature=temperature, candidate_mask=valid)
         fresh = _importance_rows(np.asarray(g0), pool, valid, uniq, inv, int(fresh_rows))
     ids_v, mask_v, ctx_v = row_context(fresh)
-    enc_v = enc.encode(table[fresh], table, ids_v, mask_v, ctx_v)
+    enc_v = enc.encode(table[fresh], table, ids_v, mask_v, ctx_v, rng=rng)
     at = np.minimum(np.searchsorted(fresh, pool[valid]), fresh.shape[0] - 1)
     is_fresh = fresh[at] == pool[valid]
     vz = zv[valid]

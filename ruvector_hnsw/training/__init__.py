@@ -6,8 +6,9 @@
   turn embeddings into score matrices and back-propagate.
 - :mod:`~ruvector_hnsw.training.miners`: hard / semi-hard / random negatives from HNSW
   candidate lists with false-negative filtering by label.
-- :mod:`~ruvector_hnsw.training.optim`: in-place ``SGD`` / ``Adam`` / ``AdamW`` over a params
-  dict, ``clip_grad_norm``.
+- :mod:`~ruvector_hnsw.training.optim`: in-place ``SGD`` / ``Adam`` / ``AdamW`` /
+  ``NaturalGradient`` (CG over Fisher-vector products, or a diagonal Fisher) over a params
+  dict, ``clip_grad_norm``, ``softmax_fisher_vector_product``.
 - :mod:`~ruvector_hnsw.training.schedules`: ``WarmupCosineSchedule``, ``StepSchedule``,
   ``ConstantSchedule``, ``Curriculum``.
 - :mod:`~ruvector_hnsw.training.objectives`: ``CandidateContrastive``, the composed
@@ -42,7 +43,17 @@ from ruvector_hnsw.training.miners import (
     lookup_labels,
 )
 from ruvector_hnsw.training.objectives import CandidateContrastive
-from ruvector_hnsw.training.optim import SGD, Adam, AdamW, Optimizer, clip_grad_norm, global_grad_norm, make_optimizer
+from ruvector_hnsw.training.optim import (
+    SGD,
+    Adam,
+    AdamW,
+    NaturalGradient,
+    Optimizer,
+    clip_grad_norm,
+    global_grad_norm,
+    make_optimizer,
+    softmax_fisher_vector_product,
+)
 from ruvector_hnsw.training.regularizers import LaplacianRegularizer, laplacian_smoothness
 from ruvector_hnsw.training.schedules import (
     ConstantSchedule,
@@ -77,6 +88,7 @@ __all__ = [
     "LaplacianRegularizer",
     "MinedNegatives",
     "Miner",
+    "NaturalGradient",
     "Optimizer",
     "RandomNegativeMiner",
     "RowGrad",
@@ -101,5 +113,6 @@ __all__ = [
     "retrieval_validator",
     "sample_non_neighbors",
     "save_checkpoint",
+    "softmax_fisher_vector_product",
     "triplet",
 ]

@@ -22,6 +22,10 @@ and optionally any of these hooks (looked up by name, all may be omitted):
 ``get_extra_state() -> dict`` / ``set_extra_state(dict)``
     Extra model state saved in checkpoints (e.g. a miner's ``state_dict()``): a tree of
     JSON scalars and numpy arrays (see :mod:`~ruvector_hnsw.training.checkpoint`).
+``fisher_vector_product(batch, state) -> fvp``
+    Needed only by an optimizer that declares ``wants_fvp`` (``NaturalGradient(mode="exact")``):
+    called after ``loss_and_grads`` on the same batch, it returns ``fvp(v) -> F v`` (dicts of
+    arrays shaped like the parameters), handed to ``optimizer.step(grads, lr=lr, fvp=fvp)``.
 
 Validation
 ----------
@@ -274,6 +278,12 @@ class Trainer:
         self.optimizer = optimizer if optimizer is not None else Adam(params, lr=1e-3)
         if self.optimizer.params is not params:
             raise ConfigError("optimizer: must be built over the model's own params dict")
+        self._wants_fvp = bool(getattr(self.optimizer, "wants_fvp", False))
+        if self._wants_fvp and not callable(getattr(model, "fisher_vector_product", None)):
+            raise ConfigError(
+                f"optimizer: {type(self.optimizer).__name__} needs Fisher-vector products; the model has no "
+                "`fisher_vector_product(batch, state)` method (use NaturalGradient(mode='diagonal'))"
+            )
         if curriculum is not None and not isinstance(curriculum, Curriculum):
             raise ConfigError("curriculum: expected a Curriculum")
         self.curriculum = curriculum
@@ -572,7 +582,11 @@ class Trainer:
             loss = _to_float(loss, "loss_and_grads() loss")
             if not math.isfinite(loss):
                 raise NonFiniteError(f"loss: non-finite value {loss} at epoch {epoch}, step {self.step}")
-            self.optimizer.step(grads, lr=lr)
+            if self._wants_fvp:
+                fvp = self.model.fisher_vector_product(batch, state)  # type: ignore[attr-defined]
+                self.optimizer.step(grads, lr=lr, fvp=fvp)  # type: ignore[call-arg]
+            else:
+                self.optimizer.step(grads, lr=lr)
             self.step += 1
             loss_sum += loss * len(idx)
             rows += len(idx)

@@ -119,3 +119,15 @@ def test_saved_model_method_round_trip(tiny, tiny_index, tmp_path):
     ids_a, _ = method(tiny.queries, 20)
     ids_b, _ = restored(tiny.queries, 20)
     np.testing.assert_array_equal(ids_a, ids_b)
+
+
+def test_encoder_stack_options_reach_the_model(tiny, tiny_index):
+    methods = ev.build_methods("local_global:epochs=1:n_train=60:layers=2:norm=rms:dropout=0.1", tiny,
+                               index=tiny_index, num_threads=1)
+    p = next(iter(methods.values())).params
+    assert (p["layers"], p["norm"]) == (2, "rms")
+    ctx = ev.BuildContext(tiny, tiny_index, num_threads=1)
+    model, _ = ev.fit_attention(ctx, "local_global", epochs=1, n_train=60, layers=2, norm="layer")
+    cfg = model.model.config
+    assert (cfg.layers, cfg.norm, cfg.dropout) == (2, "layer", 0.0)
+    assert "block2.norm.bias" in model.model.encoder.params

@@ -417,3 +417,51 @@ def test_pipeline_rows_of_unknown_labels_are_padding(index: HNSWIndex) -> None:
     g = index.graph()
     rows = pipeline.rows_of(g, np.array([[0, 5, -1, 10**9]]))
     np.testing.assert_array_equal(rows, [[g.positions([0])[0], g.positions([5])[0], -1, -1]])
+
+
+# ---------------------------------------------------------------------- stacked encoder blocks
+def test_layers_two_fits_saves_and_loads(index: HNSWIndex, data, tmp_path: Path) -> None:
+    _base, base_lab, tq, tq_lab, eq, _ = data
+    s = AttentionSearch(index, "local_global", candidates=30, k_local=8, k_global=4, seed=0, label_head=False,
+                        layers=2, norm="rms", dropout=0.1)
+    names = set(s.model.encoder.params)
+    assert {"block1.norm.gain", "block2.norm.gain"} <= names and any(k.startswith("block2.att.") for k in names)
+    before = {k: v.copy() for k, v in s.model.encoder.params.items()}
+    history = s.fit(tq[:120], labels=base_lab, query_labels=tq_lab[:120], epochs=1, batch_size=64,
+                    val_fraction=0.2, patience=1)
+    assert len(history.epoch) == 1 and np.isfinite(history.train_loss[0])
+    after = s.model.encoder.params
+    assert not np.array_equal(after["block2.norm.gain"], before["block2.norm.gain"])  # the new blocks train
+    s.model.alpha, s.model.fitted = max(s.model.alpha, 0.5), True  # rank by the codes whatever calibration chose
+    s.refresh()
+    ref = s.search(eq[:40], k=10)
+    s.save(tmp_path / "deep")
+    loaded = AttentionSearch.load(tmp_path / "deep", index)
+    cfg = loaded.model.config
+    assert (cfg.layers, cfg.norm, cfg.dropout) == (2, "rms", 0.1)
+    got = loaded.search(eq[:40], k=10)
+    np.testing.assert_array_equal(ref[0], got[0])
+    np.testing.assert_allclose(ref[1], got[1], rtol=0, atol=1e-6)
+
+
+def test_models_saved_without_layers_load_as_one_block(index: HNSWIndex) -> None:
+    from ruvector_hnsw.search.model import ModelConfig, SearchModel
+
+    s = AttentionSearch(index, "local_global", k_local=8, k_global=4, seed=2)
+    state = s.model.state()
+    for key in ("layers", "norm", "dropout"):
+        del state["config"][key]  # what a model saved before the field existed holds
+    model = SearchModel.from_state(state)
+    assert (model.config.layers, model.config.norm, model.config.dropout) == (1, None, 0.0)
+    assert set(model.encoder.params) == set(s.model.encoder.params)
+    for k, v in model.encoder.params.items():
+        np.testing.assert_array_equal(v, s.model.encoder.params[k])
+    # a one-block model's parameters are those of a mechanism built with the model's seed, as before
+    ref = MECHANISMS["local_global"](DIM, seed=2)
+    for k, v in ref.params.items():
+        np.testing.assert_array_equal(model.encoder.params[f"att.{k}"], v)
+    for bad in ({"layers": 0}, {"norm": "batch"}, {"dropout": 1.0}, {"dropout": -0.1}):
+        with pytest.raises(ConfigError):
+            ModelConfig(mechanism="local_global", dim=DIM, latent_dim=8, **bad)
+    with pytest.raises(ConfigError, match="layers"):
+        AttentionSearch(index, "local_global", layers=0)

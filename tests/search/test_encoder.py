@@ -161,3 +161,148 @@ def test_untrained_projection_is_the_normalised_map(seed: int) -> None:
     out = enc.encode(u, table, ids, mask, ctx)
     z = u @ enc.own["W_u"].T + out.a @ enc.own["W_a"].T
     np.testing.assert_allclose(out.zhat, z / np.linalg.norm(z, axis=1, keepdims=True), rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------------- stacked blocks
+def _stacked(norm: str | None, dropout: float = 0.0, layers: int = 2) -> ContextEncoder:
+    rng = np.random.default_rng(7)
+    mechs = []
+    for i in range(layers):
+        m = LocalGlobalAttention(6, dtype=np.float64, seed=1 + i)
+        for v in m.params.values():
+            v[...] += 0.3 * rng.standard_normal(v.shape)
+        mechs.append(m)
+    enc = ContextEncoder(mechs, 6, 4, seed=3, dtype=np.float64, norm=norm, dropout=dropout)
+    enc.own["W_a"][...] += 0.2 * rng.standard_normal(enc.own["W_a"].shape)
+    for nrm in enc.norms:  # move the norms off gain = 1, bias = 0
+        for v in (nrm.params.values() if nrm is not None else ()):
+            v[...] += 0.3 * rng.standard_normal(v.shape)
+    return enc
+
+
+@pytest.mark.parametrize(("norm", "dropout"), [(None, 0.0), ("layer", 0.0), ("rms", 0.0), ("layer", 0.3)])
+def test_stacked_encoder_gradients_match_finite_differences(norm, dropout) -> None:
+    enc = _stacked(norm, dropout)
+    names = set(enc.params)
+    assert {"W_u", "W_a"} <= names and any(k.startswith("att.") for k in names)
+    assert any(k.startswith("block2.att.") for k in names)
+    if norm is not None:
+        assert {"block1.norm.gain", "block2.norm.gain"} <= names
+        assert ("block2.norm.bias" in names) == (norm == "layer")
+    table, q, q_in, pool, posmask, v_in = _problem()
+
+    def run():  # the same dropout masks at every evaluation
+        return contrastive_loss(enc, table, q, q_in, pool, posmask, v_in, 0.5, rng=np.random.default_rng(11))
+
+    loss, grads = run()
+    if dropout:
+        assert loss != contrastive_loss(enc, table, q, q_in, pool, posmask, v_in, 0.5)[0]  # dropout acted
+    eps = 1e-6
+    checked = set()
+    for name, param in enc.params.items():
+        flat = param.reshape(-1)
+        idx = np.random.default_rng(4).choice(flat.size, min(flat.size, 4), replace=False)
+        for i in idx:
+            old = flat[i]
+            flat[i] = old + eps
+            up, _ = run()
+            flat[i] = old - eps
+            down, _ = run()
+            flat[i] = old
+            num = (up - down) / (2 * eps)
+            np.testing.assert_allclose(grads[name].reshape(-1)[i], num, rtol=1e-4, atol=1e-7, err_msg=name)
+        checked.add(name)
+    assert checked == names
+
+
+def _old_encoder_reference(enc: ContextEncoder, u, table, ids, mask, ctx, grad_zhat):
+    """The single-block encoder as it was before blocks existed (same numpy operations)."""
+    a, cache = enc.mechanism.forward(u, table, table, mask=mask, context=ctx, ids=ids)
+    a = np.ascontiguousarray(a, dtype=enc.dtype)
+    uu = np.ascontiguousarray(u, dtype=enc.dtype)
+    z = uu @ enc.own["W_u"].T + a @ enc.own["W_a"].T
+    norm = np.sqrt((z * z).sum(axis=1, keepdims=True)) + enc.dtype.type(1e-12)
+    zhat = (z / norm).astype(enc.dtype, copy=False)
+    g = np.asarray(grad_zhat, dtype=enc.dtype)
+    gz = (g - zhat * (zhat * g).sum(axis=1, keepdims=True)) / norm
+    grads = {"W_u": gz.T @ uu, "W_a": gz.T @ a}
+    att = enc.mechanism.backward(cache, np.ascontiguousarray(gz @ enc.own["W_a"], dtype=enc.mechanism.dtype),
+                                 input_grads=False)
+    for k in enc.mechanism.params:
+        grads[f"att.{k}"] = att[k]
+    return zhat, grads
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_single_block_is_the_old_encoder_bit_for_bit(dtype) -> None:
+    mech = LocalGlobalAttention(6, dtype=dtype, seed=1)
+    for v in mech.params.values():
+        v[...] += 0.3 * np.random.default_rng(0).standard_normal(v.shape)
+    enc = ContextEncoder(mech, 6, 4, seed=3, dtype=dtype, dropout=0.5)  # no rng: inference, identity
+    assert set(enc.params) == {"W_u", "W_a", *(f"att.{k}" for k in mech.params)} and enc.layers == 1
+    table, q, (ids, mask, ctx), _, _, _ = _problem()
+    table = table.astype(dtype)
+    gzh = np.random.default_rng(3).standard_normal((q.shape[0], 4))
+    ref_z, ref_g = _old_encoder_reference(enc, q, table, ids, mask, ctx, gzh)
+    out = enc.encode(q, table, ids, mask, ctx)
+    np.testing.assert_array_equal(out.zhat, ref_z)
+    grads = enc.zero_grads()
+    enc.backward(out, gzh, grads)
+    assert set(grads) == set(ref_g)
+    for k in ref_g:
+        np.testing.assert_array_equal(grads[k], ref_g[k], err_msg=k)
+
+
+def test_dropout_draws_only_in_training_and_is_seeded() -> None:
+    enc = _stacked("rms", dropout=0.4)
+    plain = _stacked("rms", dropout=0.0)
+    table, q, (ids, mask, ctx), _, _, _ = _problem()
+    rng = np.random.default_rng(5)
+    before = rng.bit_generator.state
+    np.testing.assert_array_equal(enc.encode(q, table, ids, mask, ctx).zhat,
+                                  plain.encode(q, table, ids, mask, ctx, rng=rng).zhat)
+    assert rng.bit_generator.state == before  # dropout = 0 draws nothing
+    a = enc.encode(q, table, ids, mask, ctx, rng=np.random.default_rng(1))
+    b = enc.encode(q, table, ids, mask, ctx, rng=np.random.default_rng(1))
+    np.testing.assert_array_equal(a.zhat, b.zhat)
+    assert not np.allclose(a.zhat, enc.encode(q, table, ids, mask, ctx).zhat)
+    keep = a.blocks[0].keep
+    assert keep is not None and set(np.unique(keep)) <= {0.0, 1.0 / 0.6}
+
+
+def test_stacked_encoder_bad_configuration() -> None:
+    from ruvector_hnsw.attention.info_bottleneck import InfoBottleneckAttention
+    from ruvector_hnsw.errors import ConfigError
+
+    m1, m2 = LocalGlobalAttention(6, seed=1), LocalGlobalAttention(6, seed=2)
+    with pytest.raises(ConfigError, match="norm"):
+        ContextEncoder([m1, m2], 6, 4, norm="batch")
+    with pytest.raises(ConfigError, match="dropout"):
+        ContextEncoder([m1, m2], 6, 4, dropout=1.0)
+    with pytest.raises(ConfigError, match="own mechanism"):
+        ContextEncoder([m1, m1], 6, 4)
+    with pytest.raises(ConfigError, match="mechanism"):
+        ContextEncoder([], 6, 4)
+    with pytest.raises(ConfigError, match="residual"):
+        ContextEncoder([InfoBottleneckAttention(6, bottleneck_dim=3, seed=0), m2], 6, 4)
+    ContextEncoder([m1, InfoBottleneckAttention(6, bottleneck_dim=3, seed=0)], 6, 4)  # the last may change width
+
+
+@pytest.mark.parametrize("layers", [2, 3])
+def test_stacked_forward_is_the_documented_formula(layers) -> None:
+    enc = _stacked("layer", layers=layers)
+    table, q, (ids, mask, ctx), _, _, _ = _problem()
+
+    def ln(x, nrm):
+        mu = x.mean(axis=1, keepdims=True)
+        var = ((x - mu) ** 2).mean(axis=1, keepdims=True)
+        return nrm.params["gain"] * (x - mu) / np.sqrt(var + 1e-5) + nrm.params["bias"]
+
+    h = q.copy()
+    for i, (mech, nrm) in enumerate(zip(enc.mechanisms, enc.norms, strict=True)):
+        a, _ = mech.forward(ln(h, nrm), table, table, mask=mask, context=ctx, ids=ids)
+        if i < layers - 1:
+            h = h + a
+    z = h @ enc.own["W_u"].T + a @ enc.own["W_a"].T
+    np.testing.assert_allclose(enc.encode(q, table, ids, mask, ctx).zhat, z / np.linalg.norm(z, axis=1, keepdims=True),
+                               rtol=1e-10, atol=1e-12)
