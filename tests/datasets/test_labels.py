@@ -43,7 +43,7 @@ def test_read_labels_errors(tmp_path):
     with pytest.raises(FileFormatError, match="integers"):
         read_labels(tmp_path / "frac.npy")
     (tmp_path / "bad.npy").write_bytes(b"not numpy")
-    with pytest.raises(FileFormatError, match="bad.npy"):
+    with pytest.raises(FileFormatError, match=r"bad\.npy"):
         read_labels(tmp_path / "bad.npy")
     (tmp_path / "bin.txt").write_bytes(b"\xff\xfe\x00")
     with pytest.raises(FileFormatError, match="UTF-8"):
