@@ -430,7 +430,7 @@ def cmd_build(args: argparse.Namespace, con: _Console) -> int:
 
 def _in_chunks(search: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]], queries: np.ndarray,
                desc: str, progress: bool) -> tuple[np.ndarray, np.ndarray]:
-    """``search(queries)``; with a progress bar, in ~50 chunks of queries (each query is searched alone)."""
+    """``search(queries)``; with a progress bar, in ~50 chunks (for searches whose queries are independent)."""
     n = queries.shape[0]
     chunk = max(256, -(-n // 50))
     bar = _tqdm(n, desc, progress and n > chunk, unit="query")
@@ -446,16 +446,19 @@ def _in_chunks(search: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]], qu
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
-def _query_model(args: argparse.Namespace, index: Any, queries: np.ndarray, progress: bool
-                 ) -> tuple[np.ndarray, np.ndarray, str]:
-    """Re-rank with a saved model that must belong to ``index`` (dim, space, items): ids, scores, settings."""
+def _query_model(args: argparse.Namespace, index: Any, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
+    """Re-rank with a saved model that must belong to ``index`` (dim, space, items): ids, scores, settings.
+
+    One batch call, no progress chunks: the scores are then bit-identical to
+    ``AttentionSearch.load(...).search(queries)`` (batched BLAS rounds differently per batch size).
+    """
     from ruvector_hnsw.search import AttentionSearch
 
     if args.ef is not None:
         raise ConfigError("--ef sets plain HNSW search; with --model the HNSW breadth is --candidates")
     model = AttentionSearch.load(args.model, index, num_threads=args.threads, same_items=True)
     knobs = {"candidates": args.candidates, "expand": args.expand}
-    ids, scores = _in_chunks(lambda q: model.search(q, k=args.k, **knobs), queries, "rerank", progress)
+    ids, scores = model.search(queries, k=args.k, **knobs)
     return ids, scores, (f"model {args.model}, {model.mechanism_name}, candidates={args.candidates or model.candidates}"
                          f", expand={model.expand if args.expand is None else args.expand}")
 
@@ -495,7 +498,7 @@ def cmd_query(args: argparse.Namespace, con: _Console) -> int:
         )
     t0 = time.perf_counter()
     if args.model is not None:
-        ids, values, how = _query_model(args, index, queries, con.progress)
+        ids, values, how = _query_model(args, index, queries)
     else:
         ids, values = _in_chunks(lambda q: index.search(q, k=args.k, ef=args.ef), queries, "search", con.progress)
         how = f"ef={args.ef or index.ef}"
