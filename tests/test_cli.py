@@ -573,7 +573,8 @@ def test_query_model_refuses_another_index(files, capsys):
 
 # ---------------------------------------------------------------------------- info --plot, progress
 def test_info_plot_writes_a_png(vecs, tmp_path, capsys):
-    mpimg = pytest.importorskip("matplotlib.image")
+    pytest.importorskip("matplotlib")
+    import matplotlib.image as mpimg
     d, _, _ = vecs
     assert main(["build", str(d / "base.fvecs"), "-o", str(d / "i.rvh"), "--threads", "1"]) == 0
     png = d / "graph.png"
