@@ -474,11 +474,15 @@ def _capture_fit(monkeypatch):
 def test_train_on_files_passes_what_the_files_say(files, monkeypatch, capsys):
     d, _, bl, learn, ql, _ = files
     seen = _capture_fit(monkeypatch)
-    assert main(_train_files_args(d, d / "m")) == 0
+    odd = np.where(ql % 2 == 0, ql + 1, ql)  # the queries use half of the names: one vocabulary must serve both
+    (d / "odd_labels.txt").write_text("\n".join(_NAMES[odd]) + "\n")
+    args = _train_files_args(d, d / "m")
+    args[args.index("--query-labels") + 1] = str(d / "odd_labels.txt")
+    assert main(args) == 0
     np.testing.assert_array_equal(seen["queries"], learn)
     lab, qlab = seen["labels"], seen["query_labels"]
     # string labels mapped to ints consistently: equal ints exactly where the names are equal
-    np.testing.assert_array_equal(lab[:, None] == qlab[None, :], bl[:, None] == ql[None, :])
+    np.testing.assert_array_equal(lab[:, None] == qlab[None, :], bl[:, None] == odd[None, :])
     assert seen["positives"] is None
 
     # positives as text (one id list per line, a blank line = none), with --n-train (a seeded subset)
