@@ -17,6 +17,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -73,14 +74,15 @@ def _progress_enabled(args: argparse.Namespace) -> bool:
     return bool(getattr(sys.stderr, "isatty", lambda: False)())
 
 
-def _tqdm(total: int, desc: str, enabled: bool) -> Any:
+def _tqdm(total: int, desc: str, enabled: bool, unit: str = "vec") -> Any:
+    """A tqdm bar on stderr (with rates), or None when disabled or tqdm is not installed."""
     if not enabled:
         return None
     try:
         from tqdm.auto import tqdm
     except ImportError:
         return None
-    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
+    return tqdm(total=total, desc=desc, unit=unit, unit_scale=True, leave=False, dynamic_ncols=True)
 
 
 def _is_dataset_name(spec: str) -> bool:
@@ -426,9 +428,68 @@ def cmd_build(args: argparse.Namespace, con: _Console) -> int:
     return EXIT_OK
 
 
+def _in_chunks(search: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]], queries: np.ndarray,
+               desc: str, progress: bool) -> tuple[np.ndarray, np.ndarray]:
+    """``search(queries)``; with a progress bar, in ~50 chunks (for searches whose queries are independent)."""
+    n = queries.shape[0]
+    chunk = max(256, -(-n // 50))
+    bar = _tqdm(n, desc, progress and n > chunk, unit="query")
+    if bar is None:
+        return search(queries)
+    parts = []
+    try:
+        for start in range(0, n, chunk):
+            parts.append(search(queries[start:start + chunk]))
+            bar.update(min(chunk, n - start))
+    finally:
+        bar.close()
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def _query_model(args: argparse.Namespace, index: Any, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
+    """Re-rank with a saved model that must belong to ``index`` (dim, space, items): ids, scores, settings.
+
+    One batch call, no progress chunks: the scores are then bit-identical to
+    ``AttentionSearch.load(...).search(queries)`` (batched BLAS rounds differently per batch size).
+    """
+    from ruvector_hnsw.search import AttentionSearch
+
+    if args.ef is not None:
+        raise ConfigError("--ef sets plain HNSW search; with --model the HNSW breadth is --candidates")
+    model = AttentionSearch.load(args.model, index, num_threads=args.threads, same_items=True)
+    knobs = {"candidates": args.candidates, "expand": args.expand}
+    ids, scores = model.search(queries, k=args.k, **knobs)
+    return ids, scores, (f"model {args.model}, {model.mechanism_name}, candidates={args.candidates or model.candidates}"
+                         f", expand={model.expand if args.expand is None else args.expand}")
+
+
+def _check_output(out: Path, name: str) -> None:
+    if out.suffix.lower() not in (".npz", ".npy"):
+        raise ConfigError(f"--output must end in .npz (ids + {name}) or .npy (ids; {name} beside), got {out}")
+
+
+def _write_results(out: Path, ids: np.ndarray, values: np.ndarray, name: str) -> list[Path]:
+    """``OUT.npz`` (ids + ``name``) or ``OUT.npy`` (ids; ``OUT_<name>.npy`` beside)."""
+    _check_output(out, name)
+    if out.suffix.lower() == ".npz":
+        from ruvector_hnsw.datasets.formats import write_npz
+
+        write_npz(out, ids=ids, **{name: values})
+        return [out]
+    beside = out.with_name(f"{out.stem}_{name}.npy")
+    np.save(out, ids)
+    np.save(beside, values)
+    return [out, beside]
+
+
 def cmd_query(args: argparse.Namespace, con: _Console) -> int:
     from ruvector_hnsw.index import HNSWIndex
 
+    if args.model is None and (args.candidates is not None or args.expand is not None):
+        raise ConfigError("--candidates and --expand apply to --model only")
+    name = "scores" if args.model is not None else "distances"
+    if args.output:
+        _check_output(Path(args.output), name)  # before the search
     index = HNSWIndex.load(args.index, num_threads=args.threads)
     queries, _ = _read_vectors(args.queries, "queries")
     if queries.shape[1] != index.dim:
@@ -436,36 +497,37 @@ def cmd_query(args: argparse.Namespace, con: _Console) -> int:
             f"{args.queries}: queries have dimension {queries.shape[1]}, the index {args.index} has {index.dim}"
         )
     t0 = time.perf_counter()
-    ids, dists = index.search(queries, k=args.k, ef=args.ef)
+    if args.model is not None:
+        ids, values, how = _query_model(args, index, queries)
+    else:
+        ids, values = _in_chunks(lambda q: index.search(q, k=args.k, ef=args.ef), queries, "search", con.progress)
+        how = f"ef={args.ef or index.ef}"
     elapsed = time.perf_counter() - t0
     if args.output:
-        out = Path(args.output)
-        if out.suffix.lower() == ".npz":
-            from ruvector_hnsw.datasets.formats import write_npz
-
-            write_npz(out, ids=ids, distances=dists)
-            written = [out]
-        elif out.suffix.lower() == ".npy":
-            dist_path = out.with_name(out.stem + "_distances.npy")
-            np.save(out, ids)
-            np.save(dist_path, dists)
-            written = [out, dist_path]
-        else:
-            raise ConfigError(f"--output must end in .npz (ids + distances) or .npy (ids; distances beside), got {out}")
-        print(
-            f"searched {len(queries)} queries (k={args.k}, ef={args.ef or index.ef}) in {elapsed * 1e3:.1f} ms; "
-            f"wrote {', '.join(map(str, written))}",
-            file=sys.stderr,
-        )
+        written = _write_results(Path(args.output), ids, values, name)
+        print(f"searched {len(queries)} queries (k={args.k}, {how}) in {elapsed * 1e3:.1f} ms; "
+              f"wrote {', '.join(map(str, written))}", file=sys.stderr)
         return EXIT_OK
     if args.format == "json":
-        con.print(json.dumps({"ids": ids.tolist(), "distances": [[float(v) for v in row] for row in dists]}))
+        con.print(json.dumps({"ids": ids.tolist(), name: [[float(v) for v in row] for row in values]}))
     else:
         for i in range(ids.shape[0]):
             con.print(
-                f"{i}\t" + " ".join(str(int(v)) for v in ids[i]) + "\t" + " ".join(f"{float(v):.6g}" for v in dists[i])
+                f"{i}\t" + " ".join(str(int(v)) for v in ids[i]) + "\t" + " ".join(f"{float(v):.6g}" for v in values[i])
             )
     return EXIT_OK
+
+
+def _plot_graph(index: Any, path: Path, out: Path, con: _Console, quiet: bool) -> None:
+    """``info --plot``: levels, degrees per layer, upper-layer layout (needs matplotlib)."""
+    from ruvector_hnsw.eval.graph_plot import plot_graph
+
+    plot_graph(index.graph(), out, title=f"{path.name}: {len(index)} vectors x {index.dim} dims, space={index.space},"
+               f" M={index.M}")
+    if not quiet:  # --json keeps stdout pure JSON
+        con.print(f"wrote {out}")
+    else:
+        print(f"wrote {out}", file=sys.stderr)
 
 
 def cmd_info(args: argparse.Namespace, con: _Console) -> int:
@@ -487,6 +549,8 @@ def cmd_info(args: argparse.Namespace, con: _Console) -> int:
         "seed": index.seed,
         "graph": stats,
     }
+    if args.plot:
+        _plot_graph(index, path, Path(args.plot), con, quiet=args.json)
     if args.json:
         con.print(json.dumps(summary, indent=2))
         return EXIT_OK
@@ -547,17 +611,28 @@ def _print_epoch(con: _Console, history: Any, i: int, epochs: int) -> None:
               + (f" (+ validation {history.val_time_s[i]:.1f} s)" if i < len(history.val_time_s) else ""))
 
 
-def cmd_train(args: argparse.Namespace, con: _Console) -> int:
+@dataclass
+class _TrainData:
+    """What ``train`` fits on, from a dataset or from the user's files."""
+
+    queries: np.ndarray
+    labels: np.ndarray | None
+    query_labels: np.ndarray | None
+    positives: np.ndarray | None
+    index: Any
+    index_path: Path | None  # the index file (built here, or --index)
+    record: dict[str, Any]  # "dataset" + "training_queries" of MODEL.history.json
+    title: str
+    next_step: str  # the command line that uses the model
+
+
+_FILE_OPTIONS = ("vectors", "labels", "queries", "query_labels", "positives")
+
+
+def _train_from_dataset(args: argparse.Namespace, con: _Console, out: Path) -> _TrainData:
     from ruvector_hnsw import eval as ev
     from ruvector_hnsw.datasets import load
-    from ruvector_hnsw.search import AttentionSearch
 
-    t_all = time.perf_counter()
-    out = Path(args.out)
-    if out.suffix in (".npz", ".json"):
-        out = out.with_suffix("")
-    if out.parent and not out.parent.exists():
-        out.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     ds = load(args.dataset, **_dataset_kwargs(args))
     con.print(_dataset_line(ds) + f"  [{time.perf_counter() - t0:.1f} s]")
@@ -566,32 +641,134 @@ def cmd_train(args: argparse.Namespace, con: _Console) -> int:
     source = ("of the dataset's training queries" if split["train_source"] == "dataset"
               else f"training queries split off the evaluation set (seed {args.seed})")
     con.print(f"training on {info['n_train_queries']} {source}; the evaluation queries are not used")
+    index, index_path = _train_index(args, con, out, ds.base, ds.metric, f"the dataset has {ds.n_base} x {ds.dim}")
+    size = f" --size {args.size}" if args.size else ""
+    if args.train_queries:
+        size += f" --train-queries {args.train_queries}"
+    return _TrainData(
+        tq, base_labels, tl, None, index, index_path,
+        {"dataset": ev.dataset_info(ds), "training_queries": {**split, **info}},
+        f"{args.mechanism} on {ds.name}: {info['n_train_queries']} training queries",
+        f"ruvector-hnsw eval --dataset {args.dataset}{size} --seed {args.seed} --methods hnsw,alpha_qe "
+        f"--model {out} --index {index_path}")
 
-    index_path: Path | None = None
+
+def _train_index(args: argparse.Namespace, con: _Console, out: Path, vectors: np.ndarray | None,
+                 space: str | None, what: str) -> tuple[Any, Path]:
+    """``--index`` (checked against ``vectors`` when given), else an index built over ``vectors`` -> MODEL.rvh."""
     if args.index:
         from ruvector_hnsw.index import HNSWIndex
 
         index = HNSWIndex.load(args.index, num_threads=args.threads)
-        if index.dim != ds.dim or len(index) != ds.n_base:
-            raise DimensionMismatchError(
-                f"--index {args.index}: {len(index)} vectors x {index.dim} dims, the dataset has "
-                f"{ds.n_base} x {ds.dim}")
-        con.print(f"loaded index {args.index}")
-    else:
-        t0 = time.perf_counter()
-        index = _build_index(ds.base, space=ds.metric, M=args.M, ef_construction=args.ef_construction,
-                             seed=args.seed, num_threads=args.threads, ef=None, progress=con.progress)
-        index_path = out.with_name(out.name + ".rvh")
-        index.save(index_path)
-        con.print(f"built HNSW index over {ds.n_base} vectors in {time.perf_counter() - t0:.2f} s -> {index_path}")
+        if vectors is not None and (index.dim != vectors.shape[1] or len(index) != vectors.shape[0]):
+            raise DimensionMismatchError(f"--index {args.index}: {len(index)} vectors x {index.dim} dims, {what}")
+        con.print(f"loaded index {args.index} ({len(index)} vectors x {index.dim} dims, space={index.space})")
+        return index, Path(args.index)
+    assert vectors is not None
+    t0 = time.perf_counter()
+    index = _build_index(vectors, space=space or "l2", M=args.M, ef_construction=args.ef_construction,
+                         seed=args.seed, num_threads=args.threads, ef=None, progress=con.progress)
+    index_path = out.with_name(out.name + ".rvh")
+    index.save(index_path)
+    con.print(f"built HNSW index over {len(index)} vectors (space={index.space}) in "
+              f"{time.perf_counter() - t0:.2f} s -> {index_path}")
+    return index, index_path
 
-    model = AttentionSearch(index, args.mechanism, candidates=args.candidates, expand=args.expand,
+
+def _train_from_files(args: argparse.Namespace, con: _Console, out: Path) -> _TrainData:
+    """``--vectors``/``--index``, ``--queries`` and ``--labels`` + ``--query-labels`` or ``--positives``."""
+    from ruvector_hnsw.datasets import encode_labels, read_labels, read_positives
+    from ruvector_hnsw.errors import ShapeMismatchError, UnknownIdError
+
+    if args.queries is None:
+        raise ConfigError("training on files needs --queries FILE (the training queries)")
+    if args.positives is not None and (args.labels or args.query_labels):
+        raise ConfigError("give either --positives, or --labels with --query-labels, not both")
+    if args.positives is None and not (args.labels and args.query_labels):
+        raise ConfigError("training on files needs --labels and --query-labels (one label per vector and per "
+                          "query), or --positives (the relevant ids of each query)")
+    if args.vectors is None and not args.index:
+        raise ConfigError("training on files needs --vectors FILE (an index is built over them) or --index FILE")
+    if args.size is not None or args.train_queries is not None:
+        raise ConfigError("--size and --train-queries apply to --dataset only")
+    vectors, declared = _read_vectors(args.vectors, "base") if args.vectors else (None, None)
+    queries, _ = _read_vectors(args.queries, "queries")
+    what = f"--vectors {args.vectors} has {vectors.shape[0]} x {vectors.shape[1]}" if vectors is not None else ""
+    index, index_path = _train_index(args, con, out, vectors, args.metric or declared, what)
+    if queries.shape[1] != index.dim:
+        raise DimensionMismatchError(
+            f"--queries {args.queries}: queries have dimension {queries.shape[1]}, the index has {index.dim}")
+    nq, ids = queries.shape[0], index.graph().labels
+    labels = query_labels = positives = None
+    vocab: list[str] | None = None
+    if args.positives is not None:
+        positives = read_positives(args.positives)
+        if positives.shape[0] != nq:
+            raise ShapeMismatchError(f"--positives {args.positives} has {positives.shape[0]} lines (queries), "
+                                     f"--queries {args.queries} has {nq} queries")
+        unknown = np.setdiff1d(positives[positives >= 0], ids)
+        if unknown.size:
+            raise UnknownIdError(f"--positives {args.positives}: id {int(unknown[0])} is not in the index "
+                                 f"({len(index)} items)")
+    else:
+        raw, qraw = read_labels(args.labels), read_labels(args.query_labels)
+        n_items = vectors.shape[0] if vectors is not None else int(ids.max(initial=-1)) + 1
+        if raw.shape[0] != n_items:
+            where = (f"--vectors {args.vectors} has {n_items} vectors" if vectors is not None
+                     else f"the index has ids 0..{n_items - 1}")
+            raise ShapeMismatchError(f"--labels {args.labels} has {raw.shape[0]} labels, {where}")
+        if qraw.shape[0] != nq:
+            raise ShapeMismatchError(f"--query-labels {args.query_labels} has {qraw.shape[0]} labels, "
+                                     f"--queries {args.queries} has {nq} queries")
+        (labels, query_labels), vocab = encode_labels(raw, qraw)
+    keep = np.arange(nq)
+    if args.n_train is not None and args.n_train < nq:
+        keep = np.sort(np.random.default_rng(args.seed).choice(nq, args.n_train, replace=False))
+    kind = "positives" if positives is not None else "labels"
+    con.print(f"training on {keep.size} of {nq} queries of {args.queries} ({kind}"
+              + (f"; {len(vocab)} string labels mapped to 0..{len(vocab) - 1}" if vocab else "") + ")")
+    files = {name: getattr(args, name) for name in (*_FILE_OPTIONS, "index") if getattr(args, name)}
+    record = {"dataset": {"name": "files", "files": files, "n_base": len(index), "dim": index.dim,
+                          "metric": index.space},
+              "training_queries": {"train_source": "files", "n_train_queries": int(keep.size),
+                                   "n_queries_in_file": nq, "relevance": kind, "label_vocabulary": vocab}}
+    return _TrainData(
+        queries[keep], labels, None if query_labels is None else query_labels[keep],
+        None if positives is None else positives[keep], index, index_path, record,
+        f"{args.mechanism} on {Path(args.queries).name}: {keep.size} training queries",
+        f"ruvector-hnsw query {index_path} QUERIES --model {out} -k 10")
+
+
+def _train_data(args: argparse.Namespace, con: _Console, out: Path) -> _TrainData:
+    from_files = [f"--{name.replace('_', '-')}" for name in _FILE_OPTIONS if getattr(args, name) is not None]
+    if args.dataset and from_files:
+        raise ConfigError(f"--dataset or your own files ({', '.join(from_files)}), not both")
+    if args.dataset:
+        return _train_from_dataset(args, con, out)
+    if not from_files:
+        raise ConfigError("train needs --dataset NAME_OR_FILE, or your own files: --vectors (or --index), "
+                          "--queries, and --labels + --query-labels or --positives")
+    return _train_from_files(args, con, out)
+
+
+def cmd_train(args: argparse.Namespace, con: _Console) -> int:
+    from ruvector_hnsw import eval as ev
+    from ruvector_hnsw.search import AttentionSearch
+
+    t_all = time.perf_counter()
+    out = Path(args.out)
+    if out.suffix in (".npz", ".json"):
+        out = out.with_suffix("")
+    if out.parent and not out.parent.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+    data = _train_data(args, con, out)
+    model = AttentionSearch(data.index, args.mechanism, candidates=args.candidates, expand=args.expand,
                             seed=args.seed, num_threads=args.threads)
     con.print(f"fitting {args.mechanism} (candidates={args.candidates}, expand={args.expand}, "
               f"epochs={args.epochs}, batch={args.batch_size}, lr={args.lr}, threads={model.num_threads})")
     t0 = time.perf_counter()
-    history = model.fit(tq, labels=base_labels, query_labels=tl, epochs=args.epochs, batch_size=args.batch_size,
-                        lr=args.lr, progress=con.progress)
+    history = model.fit(data.queries, labels=data.labels, query_labels=data.query_labels, positives=data.positives,
+                        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, progress=con.progress)
     fit_s = time.perf_counter() - t0
     if history.initial_metric is not None:
         con.print(f"  before training: val mAP@R {history.initial_metric:.4f} (the HNSW ranking)")
@@ -606,14 +783,14 @@ def cmd_train(args: argparse.Namespace, con: _Console) -> int:
     model.save(out)
     con.print(f"wrote model {out}.npz + {out}.json")
     doc = {
-        "dataset": ev.dataset_info(ds),
+        "dataset": data.record["dataset"],
         "mechanism": args.mechanism,
         "model": str(out),
-        "index": str(index_path or args.index),
+        "index": str(data.index_path),
         "settings": {"candidates": args.candidates, "expand": args.expand, "epochs": args.epochs,
                      "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed, "threads": model.num_threads,
                      "M": args.M, "ef_construction": args.ef_construction},
-        "training_queries": {**split, **info},
+        "training_queries": data.record["training_queries"],
         "fit_s": fit_s,
         "time_per_epoch_s": per_epoch,
         "history": history.to_dict(),
@@ -633,16 +810,11 @@ def cmd_train(args: argparse.Namespace, con: _Console) -> int:
     if not args.no_plot:
         curve = out.with_name(out.name + ".curve.png")
         try:
-            ev.plot_training_curve(history.to_dict(), curve,
-                                   title=f"{args.mechanism} on {ds.name}: {info['n_train_queries']} training queries")
+            ev.plot_training_curve(history.to_dict(), curve, title=data.title)
             con.print(f"wrote {curve}")
         except RuvectorError as exc:
             con.print(f"no plot: {exc}")
-    size = f" --size {args.size}" if args.size else ""
-    if args.train_queries:
-        size += f" --train-queries {args.train_queries}"
-    con.print(f"evaluate it: ruvector-hnsw eval --dataset {args.dataset}{size} --seed {args.seed} "
-              f"--methods hnsw,alpha_qe --model {out} --index {index_path or args.index}")
+    con.print(f"use it: {data.next_step}")
     con.print(f"done in {time.perf_counter() - t_all:.1f} s")
     return EXIT_OK
 
@@ -890,7 +1062,12 @@ def build_parser() -> argparse.ArgumentParser:
         )
         c.add_argument(
             "--progress", choices=("auto", "always", "never"), default="auto" if top else argparse.SUPPRESS,
-            help="progress bars on stderr (default auto: when stderr is a terminal, and tqdm is installed)",
+            help="progress bars with rates on stderr for build, fit, eval and search (default auto: when stderr "
+            "is a terminal and tqdm is installed)",
+        )
+        c.add_argument(
+            "--no-progress", dest="progress", action="store_const", const="never", default=argparse.SUPPRESS,
+            help="no progress bars (same as --progress never)",
         )
         return c
 
@@ -933,22 +1110,32 @@ def build_parser() -> argparse.ArgumentParser:
     p = add(
         "query", "search a saved index; write ids/distances to .npz/.npy or print them",
         "examples:\n  ruvector-hnsw query sift.rvh data/sift_query.fvecs -k 10 -o result.npz\n"
-        "  ruvector-hnsw query sift.rvh q.npy -k 5            # prints: query<TAB>ids<TAB>distances",
+        "  ruvector-hnsw query sift.rvh q.npy -k 5            # prints: query<TAB>ids<TAB>distances\n"
+        "  ruvector-hnsw query models/lg.rvh q.npy --model models/lg -k 10 -o reranked.npz   # ids + scores\n\n"
+        "with --model the scores are the model's (higher = better), else distances (lower = better).",
         cmd_query,
     )
     p.add_argument("index", help="index file written by 'build'")
     p.add_argument("queries", help="query vectors (same formats as build; .npz uses 'queries', .hdf5 'test')")
     p.add_argument("-k", "--k", type=_positive_int, default=10, help="neighbours per query (default 10)")
     p.add_argument("--ef", type=_positive_int, help="search breadth (default: the index's ef)")
-    p.add_argument("-o", "--output", help="OUT.npz (ids + distances) or OUT.npy (ids; OUT_distances.npy beside)")
+    p.add_argument("-o", "--output", help="OUT.npz (ids + distances, or + scores with --model) or OUT.npy (ids; "
+                   "OUT_distances.npy / OUT_scores.npy beside)")
     p.add_argument("--format", choices=("tsv", "json"), default="tsv", help="stdout format without -o")
+    m = p.add_argument_group("re-ranking with a trained model")
+    m.add_argument("--model", help="MODEL saved by 'train' (MODEL.npz + MODEL.json): re-rank with it; it must "
+                   "belong to INDEX (same dimension, space and items), else an error")
+    m.add_argument("--candidates", type=_positive_int, help="HNSW candidates re-scored (default: the model's)")
+    m.add_argument("--expand", type=int, help="expansion rounds (default: the model's)")
 
     p = add(
         "info", "print index parameters and graph statistics (levels, degrees, memory)",
-        "example:\n  ruvector-hnsw info sift.rvh --json", cmd_info,
+        "examples:\n  ruvector-hnsw info sift.rvh --json\n  ruvector-hnsw info sift.rvh --plot graph.png", cmd_info,
     )
     p.add_argument("index", help="index file written by 'build'")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--plot", metavar="PNG", help="also draw the graph: levels histogram, degree distribution per "
+                   "layer, 2-D layout (PCA) of the upper layers with their links (needs matplotlib)")
 
     p = add(
         "eval", "evaluate search methods on a dataset: table, JSON, plot",
@@ -987,24 +1174,43 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     p = add(
-        "train", "fit an attention reranker on a dataset's training queries; save model, history, curve",
+        "train", "fit an attention reranker on training queries (a dataset's, or your own files); save the model",
         "examples:\n"
         "  ruvector-hnsw train --dataset clusters --mechanism local_global --epochs 4 --out models/lg\n"
-        "  ruvector-hnsw train --dataset digits --mechanism rope --index digits.rvh --out models/rope\n\n"
+        "  ruvector-hnsw train --dataset digits --mechanism rope --index digits.rvh --out models/rope\n"
+        "  ruvector-hnsw train --vectors base.fvecs --labels base_labels.txt --queries learn.npy \\\n"
+        "      --query-labels learn_labels.txt --out models/mine      # builds models/mine.rvh\n"
+        "  ruvector-hnsw train --index sift.rvh --queries learn.fvecs --positives relevant.txt --out models/sift\n\n"
+        "Training data: either --dataset (a built-in name or a labelled dataset file), or your own files:\n"
+        "  --vectors (the items; item i has id i) and/or --index (train against this saved index instead of\n"
+        "  building one; with --vectors too, they must be its items), --queries (training queries), and\n"
+        "  either --labels + --query-labels (relevant = same label) or --positives (relevant ids per query).\n"
+        "Labels: .npy, or a text file with one label per line (strings allowed: mapped to integers with one\n"
+        "vocabulary over both files; integer labels < 0 mean unknown). Positives: .npy (n_queries, p) of ids\n"
+        "with -1 padding, or a text file with one whitespace-separated id list per line.\n\n"
         "writes MODEL.npz + MODEL.json (AttentionSearch.save), MODEL.rvh (the index, when built here),\n"
         "MODEL.history.json (per-epoch loss, validation mAP@R, times) and MODEL.curve.png.\n"
-        "Evaluation queries are never used: training uses the dataset's training queries (or, if it has\n"
-        "none, queries split off the evaluation set with the same --seed that 'eval' uses).",
+        "With --dataset, evaluation queries are never used: training uses the dataset's training queries (or,\n"
+        "if it has none, queries split off the evaluation set with the same --seed that 'eval' uses).",
         cmd_train,
     )
     g = p.add_argument_group("dataset")
-    g.add_argument("--dataset", required=True, help="clusters | hierarchical | manifolds | digits or a labelled file")
+    g.add_argument("--dataset", help="clusters | hierarchical | manifolds | digits or a labelled file")
     g.add_argument("--size", choices=("tiny", "small", "default", "large"), help="size of a built-in dataset")
     g.add_argument("--n-queries", type=_positive_int, dest="n_queries", help="number of evaluation queries")
-    g.add_argument("--metric", choices=_SPACES, help="override the dataset metric")
+    g.add_argument("--metric", choices=_SPACES, help="override the dataset metric (files: the index space, "
+                   "default the file's own or l2)")
     _add_train_split(g)
     g.add_argument("--n-train", type=_positive_int, dest="n_train",
                    help="use a seeded random subset of at most N training queries")
+    f = p.add_argument_group("your own files (instead of --dataset)")
+    f.add_argument("--vectors", help="item vectors (.fvecs/.bvecs/.npy/.npz/.hdf5); an index is built over them "
+                   "unless --index is given")
+    f.add_argument("--labels", help="one label per item (.npy or text, one per line)")
+    f.add_argument("--queries", help="training queries (same formats as --vectors; .npz 'queries', .hdf5 'test')")
+    f.add_argument("--query-labels", dest="query_labels", help="one label per training query (.npy or text)")
+    f.add_argument("--positives", help="instead of labels: relevant ids per query (.npy (nq, p), -1 padded, or "
+                   "text: one id list per line)")
     t = p.add_argument_group("model")
     from ruvector_hnsw.attention import MECHANISMS
 
@@ -1015,7 +1221,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--expand", type=int, default=1, help="expansion rounds at search time (default 1)")
     t.add_argument("--batch-size", type=_positive_int, default=128, dest="batch_size", help="default 128")
     t.add_argument("--lr", type=float, default=1e-2, help="Adam learning rate (default 0.01)")
-    t.add_argument("--index", help="a saved index over the dataset's base (default: build one, save MODEL.rvh)")
+    t.add_argument("--index", help="train against this saved index (over the dataset's base or --vectors); "
+                   "default: build one and save it as MODEL.rvh")
     t.add_argument("--out", "-o", required=True, help="model path stem (MODEL -> MODEL.npz, MODEL.json, ...)")
     t.add_argument("--no-plot", action="store_true", dest="no_plot", help="skip the validation-curve PNG")
     _add_index_params(p, 0)

@@ -16,6 +16,7 @@ __all__ = [
     "FilterError",
     "IdExistsError",
     "IndexCorruptedError",
+    "IndexMismatchError",
     "InvalidDTypeError",
     "InvalidInputError",
     "LayoutError",
@@ -47,6 +48,10 @@ class DimensionMismatchError(InvalidInputError):
 
 class ShapeMismatchError(InvalidInputError):
     """Arrays that must agree in shape (batch, neighbours, mask) do not."""
+
+
+class IndexMismatchError(ShapeMismatchError):
+    """A saved model does not belong to the index it is loaded onto (dimension, space or items differ)."""
 
 
 class InvalidDTypeError(InvalidInputError):

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 import textwrap
 
 import numpy as np
 import pytest
 
 from ruvector_hnsw.cli import main
-from ruvector_hnsw.datasets import load, write_fvecs
+from ruvector_hnsw.datasets import load, read_fvecs, write_fvecs
 
 
 def _one_error_line(err: str, *fragments: str) -> None:
@@ -373,3 +374,294 @@ def test_eval_protocols(tmp_path, capsys):
     doc = json.loads(out_json.read_text())
     assert doc["settings"]["protocol"] == "seen" and "class_split" not in doc["dataset"]["params"]
     assert doc["dataset"]["n_queries"] == full.n_queries
+
+
+# ---------------------------------------------------------------------------- your own files
+_NAMES = np.array(["ant", "bee", "cat", "dog", "eel", "fox"])
+
+
+@pytest.fixture
+def files(tmp_path):
+    """Labelled items and queries as a user would have them: .fvecs/.npy vectors, text labels (strings)."""
+    rng = np.random.default_rng(5)
+    centers = rng.standard_normal((6, 12)) * 2.0
+    bl, ql, el = rng.integers(0, 6, 400), rng.integers(0, 6, 90), rng.integers(0, 6, 30)
+    base = (centers[bl] + rng.standard_normal((400, 12))).astype(np.float32)
+    learn = (centers[ql] + rng.standard_normal((90, 12))).astype(np.float32)
+    evalq = (centers[el] + rng.standard_normal((30, 12))).astype(np.float32)
+    write_fvecs(tmp_path / "base.fvecs", base)
+    np.save(tmp_path / "learn.npy", learn)
+    write_fvecs(tmp_path / "eval.fvecs", evalq)
+    (tmp_path / "base_labels.txt").write_text("\n".join(_NAMES[bl]) + "\n")
+    (tmp_path / "learn_labels.txt").write_text("\n".join(_NAMES[ql]) + "\n")
+    return tmp_path, base, bl, learn, ql, evalq
+
+
+def _train_files_args(d, out, *extra):
+    return ["train", "--vectors", str(d / "base.fvecs"), "--labels", str(d / "base_labels.txt"),
+            "--queries", str(d / "learn.npy"), "--query-labels", str(d / "learn_labels.txt"), "--epochs", "1",
+            "--candidates", "40", "--out", str(out), "--no-plot", "--threads", "1", *extra]
+
+
+def test_build_train_on_files_query_model_equals_the_library(files, capsys):
+    from ruvector_hnsw.index import HNSWIndex
+    from ruvector_hnsw.search import AttentionSearch
+
+    d, *_ = files
+    idx = d / "i.rvh"
+    assert main(["build", str(d / "base.fvecs"), "-o", str(idx), "--threads", "1"]) == 0
+    assert main(_train_files_args(d, d / "m", "--index", str(idx))) == 0
+    out = capsys.readouterr().out
+    assert "6 string labels" in out and f"loaded index {idx}" in out and f"query {idx}" in out
+    assert not (d / "m.rvh").exists()  # trained against the given index: none built
+    hist = json.loads((d / "m.history.json").read_text())
+    assert hist["training_queries"]["label_vocabulary"] == sorted(_NAMES.tolist())
+    assert hist["training_queries"]["n_train_queries"] == 90 and hist["index"] == str(idx)
+
+    assert main(["query", str(idx), str(d / "eval.fvecs"), "--model", str(d / "m"), "-k", "10",
+                 "-o", str(d / "r.npz"), "--threads", "1"]) == 0
+    with np.load(d / "r.npz") as z:
+        ids, scores = z["ids"], z["scores"]
+    model = AttentionSearch.load(d / "m", HNSWIndex.load(idx), num_threads=1)
+    assert model.fitted and model.candidates == 40
+    ref_ids, ref_scores = model.search(np.asarray(read_fvecs(d / "eval.fvecs")), k=10)
+    np.testing.assert_array_equal(ids, ref_ids)
+    np.testing.assert_array_equal(scores, ref_scores)
+    hnsw_ids, _ = HNSWIndex.load(idx).search(read_fvecs(d / "eval.fvecs"), k=10)
+    assert not np.array_equal(ids, hnsw_ids)  # re-ranked, not the plain HNSW lists
+
+    # stdout and .npy outputs carry the same results; knob overrides reach the search
+    capsys.readouterr()
+    assert main(["query", str(idx), str(d / "eval.fvecs"), "--model", str(d / "m"), "-k", "3", "--format", "json",
+                 "--threads", "1"]) == 0
+    js = json.loads(capsys.readouterr().out)
+    assert js["ids"] == ids[:, :3].tolist() and np.allclose(js["scores"], scores[:, :3])
+    assert main(["query", str(idx), str(d / "eval.fvecs"), "--model", str(d / "m"), "-k", "10", "--expand", "0",
+                 "--candidates", "20", "-o", str(d / "r0.npy"), "--threads", "1"]) == 0
+    ref0 = model.search(read_fvecs(d / "eval.fvecs"), k=10, expand=0, candidates=20)
+    np.testing.assert_array_equal(np.load(d / "r0.npy"), ref0[0])
+    np.testing.assert_array_equal(np.load(d / "r0_scores.npy"), ref0[1])
+
+
+def test_train_on_files_builds_its_index(files, capsys):
+    from ruvector_hnsw.index import HNSWIndex
+
+    d, base, *_ = files
+    assert main(_train_files_args(d, d / "models" / "own", "--metric", "cosine", "--seed", "4")) == 0
+    assert "built HNSW index over 400 vectors (space=cosine)" in capsys.readouterr().out
+    index = HNSWIndex.load(d / "models" / "own.rvh")
+    assert len(index) == 400 and index.space == "cosine" and index.seed == 4
+    unit = base[:5] / np.linalg.norm(base[:5], axis=1, keepdims=True)
+    np.testing.assert_allclose(index.get_vectors(np.arange(5)), unit, rtol=0, atol=1e-6)  # item i = row i
+    assert main(["query", str(d / "models" / "own.rvh"), str(d / "eval.fvecs"), "--model", str(d / "models" / "own"),
+                 "-o", str(d / "r.npz"), "--threads", "1"]) == 0
+
+
+def _capture_fit(monkeypatch):
+    from ruvector_hnsw.search import AttentionSearch
+
+    seen: dict = {}
+    original = AttentionSearch.fit
+
+    def spy(self, train_queries, labels=None, query_labels=None, **kw):
+        seen.update(queries=np.asarray(train_queries), labels=labels, query_labels=query_labels, **kw)
+        return original(self, train_queries, labels, query_labels, **kw)
+
+    monkeypatch.setattr(AttentionSearch, "fit", spy)
+    return seen
+
+
+def test_train_on_files_passes_what_the_files_say(files, monkeypatch, capsys):
+    d, _, bl, learn, ql, _ = files
+    seen = _capture_fit(monkeypatch)
+    odd = np.where(ql % 2 == 0, ql + 1, ql)  # the queries use half of the names: one vocabulary must serve both
+    (d / "odd_labels.txt").write_text("\n".join(_NAMES[odd]) + "\n")
+    args = _train_files_args(d, d / "m")
+    args[args.index("--query-labels") + 1] = str(d / "odd_labels.txt")
+    assert main(args) == 0
+    np.testing.assert_array_equal(seen["queries"], learn)
+    lab, qlab = seen["labels"], seen["query_labels"]
+    # string labels mapped to ints consistently: equal ints exactly where the names are equal
+    np.testing.assert_array_equal(lab[:, None] == qlab[None, :], bl[:, None] == odd[None, :])
+    assert seen["positives"] is None
+
+    # positives as text (one id list per line, a blank line = none), with --n-train (a seeded subset)
+    lines = [" ".join(map(str, np.flatnonzero(bl == q)[:5])) for q in ql]
+    lines[1] = ""
+    (d / "pos.txt").write_text("\n".join(lines) + "\n")
+    assert main(["train", "--vectors", str(d / "base.fvecs"), "--queries", str(d / "learn.npy"), "--positives",
+                 str(d / "pos.txt"), "--epochs", "1", "--out", str(d / "p"), "--no-plot", "--threads", "1",
+                 "--n-train", "60"]) == 0
+    pos = seen["positives"]
+    assert seen["labels"] is None and pos.shape == (60, 5) and seen["queries"].shape == (60, 12)
+    rows = [int(np.flatnonzero((learn == q).all(1))[0]) for q in seen["queries"]]
+    for r, got in zip(rows, pos, strict=True):
+        want = [int(t) for t in lines[r].split()]
+        assert got[got >= 0].tolist() == want
+    assert json.loads((d / "p.history.json").read_text())["training_queries"]["relevance"] == "positives"
+    # .npy positives, -1 padded
+    np.save(d / "pos.npy", np.array([np.flatnonzero(bl == q)[:3] for q in ql]))
+    assert main(["train", "--vectors", str(d / "base.fvecs"), "--queries", str(d / "learn.npy"), "--positives",
+                 str(d / "pos.npy"), "--epochs", "1", "--out", str(d / "p2"), "--no-plot", "--threads", "1"]) == 0
+    assert seen["positives"].shape == (90, 3)
+
+
+def test_train_on_files_errors(files, capsys):
+    d, *_ = files
+    (d / "short.txt").write_text("ant\nbee\n")
+    (d / "broken.npy").write_bytes(b"\x93NUMPY garbage")
+    (d / "pos_bad.txt").write_text("1 2\n" * 89 + "1 99999\n")
+    (d / "pos_short.txt").write_text("1 2\n" * 10)
+    base = ["--vectors", str(d / "base.fvecs"), "--queries", str(d / "learn.npy")]
+    labels = ["--labels", str(d / "base_labels.txt"), "--query-labels", str(d / "learn_labels.txt")]
+    cases = [
+        (["--labels", str(d / "short.txt"), "--query-labels", str(d / "learn_labels.txt")],
+         ("short.txt", "2 labels", "400 vectors")),
+        (["--labels", str(d / "base_labels.txt"), "--query-labels", str(d / "short.txt")],
+         ("short.txt", "2 labels", "90 queries")),
+        (["--labels", str(d / "broken.npy"), "--query-labels", str(d / "learn_labels.txt")], ("broken.npy",)),
+        (["--labels", str(d / "nothere.txt"), "--query-labels", str(d / "learn_labels.txt")],
+         ("nothere.txt", "No such file")),
+        (["--positives", str(d / "pos_short.txt")], ("pos_short.txt", "10 lines", "90 queries")),
+        (["--positives", str(d / "pos_bad.txt")], ("99999", "not in the index")),
+        ([*labels, "--positives", str(d / "pos_bad.txt")], ("either --positives",)),
+        (["--labels", str(d / "base_labels.txt")], ("--query-labels",)),
+    ]
+    for extra, fragments in cases:
+        assert main(["train", *base, *extra, "--out", str(d / "x"), "--no-plot", "--epochs", "1"]) == 2, extra
+        _one_error_line(capsys.readouterr().err, *fragments)
+    assert main(["train", "--dataset", "clusters:tiny", *base, *labels, "--out", str(d / "x")]) == 2
+    _one_error_line(capsys.readouterr().err, "--dataset or your own files", "--vectors")
+    assert main(["train", "--vectors", str(d / "base.fvecs"), *labels, "--out", str(d / "x")]) == 2
+    _one_error_line(capsys.readouterr().err, "--queries")
+    assert main(["train", "--out", str(d / "x")]) == 2
+    _one_error_line(capsys.readouterr().err, "--dataset", "--vectors")
+    write_fvecs(d / "q7.fvecs", np.ones((90, 7)))
+    assert main(["train", "--vectors", str(d / "base.fvecs"), "--queries", str(d / "q7.fvecs"), *labels,
+                 "--out", str(d / "x")]) == 2
+    _one_error_line(capsys.readouterr().err, "dimension 7")
+    assert not (d / "x.npz").exists()
+
+
+def test_query_model_refuses_another_index(files, capsys):
+    d, *_ = files
+    assert main(_train_files_args(d, d / "m")) == 0
+    rng = np.random.default_rng(9)
+    write_fvecs(d / "other_items.fvecs", rng.standard_normal((400, 12)))
+    write_fvecs(d / "d10.fvecs", rng.standard_normal((400, 10)))
+    write_fvecs(d / "q10.fvecs", rng.standard_normal((5, 10)))
+    for name, src, extra in (("items.rvh", "other_items.fvecs", []), ("dim.rvh", "d10.fvecs", []),
+                             ("space.rvh", "base.fvecs", ["--space", "ip"]),
+                             ("fewer.rvh", "base.fvecs", ["--max-rows", "399"]),
+                             ("relinked.rvh", "base.fvecs", ["--seed", "77", "--M", "8"])):
+        assert main(["build", str(d / src), "-o", str(d / name), "--threads", "1", *extra]) == 0
+    capsys.readouterr()
+    cases = {"items.rvh": ("other items",), "dim.rvh": ("dim=12", "dim=10"), "space.rvh": ("space='l2'", "'ip'"),
+             "fewer.rvh": ("400 items", "399")}
+    for name, fragments in cases.items():
+        q = "q10.fvecs" if name == "dim.rvh" else "eval.fvecs"
+        assert main(["query", str(d / name), str(d / q), "--model", str(d / "m"), "-o", str(d / "r.npz")]) == 2
+        _one_error_line(capsys.readouterr().err, str(d / "m"), *fragments)
+    assert not (d / "r.npz").exists()
+    # the same items under other links (another seed and M): the model belongs to it
+    assert main(["query", str(d / "relinked.rvh"), str(d / "eval.fvecs"), "--model", str(d / "m"), "-k", "4",
+                 "--threads", "1"]) == 0
+    capsys.readouterr()
+    assert main(["query", str(d / "m.rvh"), str(d / "eval.fvecs"), "--model", str(d / "nothere")]) == 2
+    _one_error_line(capsys.readouterr().err, "nothere")
+    assert main(["query", str(d / "m.rvh"), str(d / "eval.fvecs"), "--model", str(d / "m"), "--ef", "50"]) == 2
+    _one_error_line(capsys.readouterr().err, "--candidates")
+    assert main(["query", str(d / "m.rvh"), str(d / "eval.fvecs"), "--expand", "0"]) == 2
+    _one_error_line(capsys.readouterr().err, "--model")
+
+
+# ---------------------------------------------------------------------------- info --plot, progress
+def test_info_plot_writes_a_png(vecs, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    import matplotlib.image as mpimg
+    d, _, _ = vecs
+    assert main(["build", str(d / "base.fvecs"), "-o", str(d / "i.rvh"), "--threads", "1"]) == 0
+    png = d / "graph.png"
+    assert main(["info", str(d / "i.rvh"), "--plot", str(png)]) == 0
+    assert f"wrote {png}" in capsys.readouterr().out
+    raw = png.read_bytes()
+    assert raw[:8] == b"\x89PNG\r\n\x1a\n" and len(raw) > 20_000
+    img = mpimg.imread(png)
+    assert img.ndim == 3 and img.shape[0] > 300 and img.shape[1] > 3 * img.shape[0]  # three panels side by side
+    rgb = img[..., :3].reshape(-1, 3)
+    assert (rgb.std(axis=0) > 0.05).all()
+    assert len(np.unique((rgb * 255).astype(np.uint8), axis=0)) > 50  # drawn, not a blank canvas
+    # --json keeps stdout JSON
+    assert main(["info", str(d / "i.rvh"), "--json", "--plot", str(d / "g2.png")]) == 0
+    assert json.loads(capsys.readouterr().out)["count"] == 400 and (d / "g2.png").exists()
+
+
+def test_info_plot_layout_is_the_upper_layers(vecs):
+    from ruvector_hnsw.eval import upper_layout
+    from ruvector_hnsw.index import HNSWIndex
+
+    _, base, _ = vecs
+    index = HNSWIndex(8, M=4, seed=1, num_threads=1)
+    index.add(base)
+    g = index.graph()
+    rows, xy, links = upper_layout(g)
+    np.testing.assert_array_equal(rows, np.flatnonzero(g.levels >= 1))
+    centred = base[rows].astype(np.float64) - base[rows].mean(0)
+    _, s, _ = np.linalg.svd(centred, full_matrices=False)
+    np.testing.assert_allclose(np.sort(np.linalg.svd(xy, compute_uv=False))[::-1], s[:2], rtol=1e-6)
+    assert [layer for layer, _ in links] == list(range(1, g.num_layers))
+    for layer, pairs in links:
+        indptr, nbr = g.layer(layer)
+        want = {(int(g.labels[r]), int(v)) for r in rows for v in nbr[indptr[r]:indptr[r + 1]]}
+        got = {(int(g.labels[rows[a]]), int(g.labels[rows[b]])) for a, b in pairs}
+        assert got == want and len(pairs) == len(want)
+
+
+def test_info_plot_without_matplotlib(vecs, monkeypatch, capsys):
+    import sys
+
+    d, _, _ = vecs
+    assert main(["build", str(d / "base.fvecs"), "-o", str(d / "i.rvh"), "--threads", "1"]) == 0
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    assert main(["info", str(d / "i.rvh"), "--plot", str(d / "g.png")]) == 2
+    _one_error_line(capsys.readouterr().err, "matplotlib", "ruvector-hnsw[plot]")
+
+
+def test_progress_switch(monkeypatch):
+    from ruvector_hnsw import cli
+
+    parser = cli.build_parser()
+    monkeypatch.setattr(cli.sys, "stderr", type("Tty", (), {"isatty": lambda self: True})())
+    assert cli._progress_enabled(parser.parse_args(["info", "x"]))  # auto on a terminal
+    assert not cli._progress_enabled(parser.parse_args(["info", "x", "--no-progress"]))
+    assert not cli._progress_enabled(parser.parse_args(["--no-progress", "info", "x"]))
+    monkeypatch.setattr(cli.sys, "stderr", type("Pipe", (), {"isatty": lambda self: False})())
+    assert not cli._progress_enabled(parser.parse_args(["info", "x"]))  # auto, not a terminal
+    assert cli._progress_enabled(parser.parse_args(["info", "x", "--progress", "always"]))
+
+
+def test_progress_bars_show_rates_and_keep_results(files, capsys):
+    pytest.importorskip("tqdm")
+    from ruvector_hnsw.index import HNSWIndex
+
+    d, *_ = files
+    rng = np.random.default_rng(3)
+    write_fvecs(d / "big.fvecs", rng.standard_normal((4100, 12)))
+    assert main(["build", str(d / "big.fvecs"), "-o", str(d / "big.rvh"), "--threads", "1", "--M", "4",
+                 "--ef-construction", "20", "--progress", "always"]) == 0
+    assert re.search(r"vec/s|s/vec", capsys.readouterr().err)  # a bar with its rate
+    assert main(["build", str(d / "big.fvecs"), "-o", str(d / "big2.rvh"), "--threads", "1", "--M", "4",
+                 "--ef-construction", "20", "--no-progress"]) == 0
+    assert "vec" not in capsys.readouterr().err
+    q = rng.standard_normal((600, 12)).astype(np.float32)  # 600 queries: searched in chunks under a bar
+    np.save(d / "q600.npy", q)
+    assert main(["query", str(d / "big.rvh"), str(d / "q600.npy"), "-k", "7", "-o", str(d / "r.npz"),
+                 "--threads", "1", "--progress", "always"]) == 0
+    assert re.search(r"query/s|s/query", capsys.readouterr().err)
+    ref = HNSWIndex.load(d / "big.rvh").search(q, k=7)
+    with np.load(d / "r.npz") as z:
+        np.testing.assert_array_equal(z["ids"], ref[0])
+        np.testing.assert_array_equal(z["distances"], ref[1])
+    # training shows the trainer's bar (batches, with a rate)
+    assert main([*_train_files_args(d, d / "m"), "--progress", "always"]) == 0
+    assert re.search(r"batch/s|s/batch", capsys.readouterr().err)

@@ -10,6 +10,8 @@
 * File formats (:mod:`~ruvector_hnsw.datasets.formats`): TEXMEX ``.fvecs/.ivecs/.bvecs``
   readers (memory-mapped, size-validated) and writers, ann-benchmarks HDF5, ``.npz``.
 * Ground truth (:func:`exact_knn`): FAISS flat search, blockwise, in the dataset's metric.
+* Users' label files (:mod:`~ruvector_hnsw.datasets.labels`): :func:`read_labels` (``.npy`` or
+  one label per line, strings allowed), :func:`encode_labels`, :func:`read_positives`.
 * Protocols (:mod:`~ruvector_hnsw.datasets.protocols`): :func:`class_split` makes the
   unseen-class protocol (evaluation on classes whose labels training never sees).
 """
@@ -32,6 +34,7 @@ from ruvector_hnsw.datasets.formats import (
     write_vecs,
 )
 from ruvector_hnsw.datasets.groundtruth import exact_knn, normalize_rows
+from ruvector_hnsw.datasets.labels import encode_labels, read_labels, read_positives
 from ruvector_hnsw.datasets.protocols import PROTOCOLS, apply_protocol, class_split
 from ruvector_hnsw.datasets.registry import available, load, register
 from ruvector_hnsw.datasets.synthetic import SCENARIOS, SIZES, make_clusters, make_hierarchical, make_manifolds
@@ -45,6 +48,7 @@ __all__ = [
     "apply_protocol",
     "available",
     "class_split",
+    "encode_labels",
     "exact_knn",
     "load",
     "load_digits_dataset",
@@ -58,7 +62,9 @@ __all__ = [
     "read_bvecs",
     "read_fvecs",
     "read_ivecs",
+    "read_labels",
     "read_npz",
+    "read_positives",
     "read_vecs",
     "register",
     "save_npz",

@@ -42,6 +42,7 @@ from ruvector_hnsw.eval.attention import (
 from ruvector_hnsw.eval.baselines import LinearProjection, linear_proj_loss, make_linear_proj
 from ruvector_hnsw.eval.classifier import LabelClassifier, make_label_classifier, rank_by_class
 from ruvector_hnsw.eval.diffusion import DiffusionRanker, diffusion_scores, make_diffusion
+from ruvector_hnsw.eval.graph_plot import plot_graph, upper_layout
 from ruvector_hnsw.eval.methods import (
     METHODS,
     BuildContext,
@@ -127,6 +128,7 @@ __all__ = [
     "mrr",
     "ndcg_at_k",
     "parse_method_spec",
+    "plot_graph",
     "plot_quality_vs_qps",
     "plot_training_curve",
     "precision_at_k",
@@ -138,5 +140,6 @@ __all__ = [
     "relevance",
     "to_jsonable",
     "training_data",
+    "upper_layout",
     "write_json",
 ]

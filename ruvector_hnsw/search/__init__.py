@@ -5,10 +5,11 @@
 - :class:`AlphaQESearch`, :class:`DBASearch`: the training-free baselines, same ``search`` protocol.
 """
 
-from ruvector_hnsw.search.attention_search import AttentionSearch
+from ruvector_hnsw.search.attention_search import AttentionSearch, check_model_index, items_checksum
 from ruvector_hnsw.search.model import ModelConfig, SearchModel
 from ruvector_hnsw.search.pipeline import Knobs
 from ruvector_hnsw.search.state import DatabaseState
 from ruvector_hnsw.search.training_free import AlphaQESearch, DBASearch
 
-__all__ = ["AlphaQESearch", "AttentionSearch", "DBASearch", "DatabaseState", "Knobs", "ModelConfig", "SearchModel"]
+__all__ = ["AlphaQESearch", "AttentionSearch", "DBASearch", "DatabaseState", "Knobs", "ModelConfig", "SearchModel",
+           "check_model_index", "items_checksum"]

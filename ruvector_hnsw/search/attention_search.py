@@ -27,6 +27,7 @@ from ruvector_hnsw._validation import as_ids, as_matrix, check_positive_int
 from ruvector_hnsw.errors import (
     ConfigError,
     IndexCorruptedError,
+    IndexMismatchError,
     InvalidInputError,
     ShapeMismatchError,
 )
@@ -40,7 +41,7 @@ from ruvector_hnsw.threads import RWLock, resolve_threads, thread_limits
 from ruvector_hnsw.training.checkpoint import load_checkpoint, save_checkpoint
 from ruvector_hnsw.training.trainer import TrainingHistory
 
-__all__ = ["AttentionSearch"]
+__all__ = ["AttentionSearch", "check_model_index", "items_checksum"]
 
 FORMAT_VERSION = 2
 _MODEL_KIND = "attention_search"
@@ -413,7 +414,7 @@ class AttentionSearch:
             "format_version": FORMAT_VERSION,
             "model": self.model.state(),
             "knobs": dict(self.knobs.__dict__),
-            "index": {"dim": self.index.dim, "space": self.index.space},
+            "index": _index_meta(self.index),
             "database": None,
         }
         if db is not None and db.codes is not None:
@@ -436,12 +437,26 @@ class AttentionSearch:
         save_checkpoint(path, state, kind=_MODEL_KIND)
 
     @classmethod
-    def load(cls, path: str | Path, index: HNSWIndex, *, num_threads: int = -1) -> AttentionSearch:
+    def load(cls, path: str | Path, index: HNSWIndex, *, num_threads: int = -1,
+             same_items: bool = False) -> AttentionSearch:
         """Load a model written by :meth:`save` onto ``index`` (which must match its dim and space).
 
         When ``index`` still holds the graph the model was saved with, its saved codes and latent
         graph are reused (exact equality with the saved object); otherwise they are recomputed,
         and rows added since get diffusion coordinates by the Nystrom rule.
+
+        Parameters
+        ----------
+        path : str or Path
+            The stem given to :meth:`save`.
+        index : HNSWIndex
+            The index to search.
+        num_threads : int
+            Threads of each call (-1 = all cores).
+        same_items : bool
+            Also require ``index`` to hold exactly the items the model was saved with (same ids,
+            same vectors; see :func:`check_model_index`). Off by default, so that a model can be
+            loaded onto an index that grew since.
 
         Raises
         ------
@@ -449,10 +464,13 @@ class AttentionSearch:
             If the files are missing.
         IndexCorruptedError, FileFormatError
             Checksum mismatch, another kind of file, a newer format, malformed state.
-        ShapeMismatchError
-            If the index's dim/space differ from the model's.
+        IndexMismatchError
+            If the index's dim/space differ from the model's (a :class:`ShapeMismatchError`), or,
+            with ``same_items``, its items do.
         """
         state = load_checkpoint(path, kind=_MODEL_KIND)
+        if same_items:
+            check_model_index(state, index, where=str(path))
         return cls._from_state(state, index, num_threads, str(path))
 
     @classmethod
@@ -463,11 +481,7 @@ class AttentionSearch:
                 raise IndexCorruptedError(f"{where}: model format {version} is newer than supported")
             if version < FORMAT_VERSION:
                 raise IndexCorruptedError(f"{where}: model format {version} is from an older release; retrain")
-            meta = state["index"]
-            if int(meta["dim"]) != index.dim or meta["space"] != index.space:
-                raise ShapeMismatchError(
-                    f"model was trained for dim={meta['dim']} space={meta['space']!r}, "
-                    f"the index has dim={index.dim} space={index.space!r}")
+            _check_dim_space(state["index"], index, where)
             model = SearchModel.from_state(state["model"])
             obj = cls.__new__(cls)
             obj.index = index
@@ -524,6 +538,90 @@ class AttentionSearch:
 
 
 # ---------------------------------------------------------------------- helpers
+def items_checksum(graph: HNSWGraph) -> str:
+    """SHA-256 over the live items of a snapshot: their ids (sorted) and their stored vectors.
+
+    Unlike :func:`graph_fingerprint` it ignores the links, so two indexes built over the same
+    ids and vectors with other parameters (``M``, seed, insertion order) have the same checksum.
+    """
+    import hashlib
+
+    live = np.flatnonzero(~np.asarray(graph.deleted, dtype=bool))
+    labels = np.asarray(graph.labels)[live]
+    order = live[np.argsort(labels, kind="stable")]
+    h = hashlib.sha256()
+    h.update(np.ascontiguousarray(np.asarray(graph.labels)[order], dtype=np.int64).tobytes())
+    h.update(np.ascontiguousarray(np.asarray(graph.vectors)[order], dtype=np.float32).tobytes())
+    return h.hexdigest()
+
+
+def _index_meta(index: HNSWIndex) -> dict[str, Any]:
+    g = index.graph()
+    return {"dim": index.dim, "space": index.space, "count": int(len(g) - int(np.count_nonzero(g.deleted))),
+            "items_sha256": items_checksum(g)}
+
+
+def _check_dim_space(meta: Mapping[str, Any], index: HNSWIndex, where: str) -> None:
+    if int(meta["dim"]) != index.dim or meta["space"] != index.space:
+        raise IndexMismatchError(
+            f"{where}: the model was trained for dim={meta['dim']} space={meta['space']!r}, "
+            f"the index has dim={index.dim} space={index.space!r}")
+
+
+def check_model_index(model: str | Path | Mapping[str, Any], index: HNSWIndex, *, where: str | None = None) -> None:
+    """Check that a saved model belongs to ``index``: same dimension, space and items.
+
+    Parameters
+    ----------
+    model : str, Path or mapping
+        The stem of a model written by :meth:`AttentionSearch.save`, or its loaded state.
+    index : HNSWIndex
+        The index it is meant for.
+    where : str, optional
+        How to name the model in messages (default: the path).
+
+    Raises
+    ------
+    IndexMismatchError
+        If the dimension or space differ, if the index holds another number of live items, or
+        other ids/vectors (:func:`items_checksum`), or if the model records neither the item
+        checksum nor the graph fingerprint (saved by an older release) and so cannot be checked.
+    FileNotFoundError, IndexCorruptedError
+        If ``model`` is a path whose files are missing or invalid.
+    """
+    if isinstance(model, Mapping):
+        state: Mapping[str, Any] = model
+        where = where or "model"
+    else:
+        state = load_checkpoint(model, kind=_MODEL_KIND)
+        where = where or str(model)
+    try:
+        meta = state["index"]
+        _check_dim_space(meta, index, where)
+        g = index.graph()
+        count = int(len(g) - int(np.count_nonzero(g.deleted)))
+        if "count" in meta and int(meta["count"]) != count:
+            raise IndexMismatchError(
+                f"{where}: the model was trained on an index of {int(meta['count'])} items, this index has {count}")
+        if "items_sha256" in meta:
+            if str(meta["items_sha256"]) != items_checksum(g):
+                raise IndexMismatchError(
+                    f"{where}: the model was trained on other items (ids or vectors differ) than this "
+                    f"index's {count}")
+            return
+        saved = state.get("database")
+        if saved is not None and "fingerprint" in saved:
+            if saved["fingerprint"] != graph_fingerprint(g):
+                raise IndexMismatchError(f"{where}: the model was saved with another graph than this index's")
+            return
+    except (KeyError, TypeError, ValueError) as exc:
+        if isinstance(exc, (ShapeMismatchError, IndexCorruptedError)):
+            raise
+        raise IndexCorruptedError(f"{where}: invalid model state ({exc})") from exc
+    raise IndexMismatchError(f"{where}: the model records no item checksum (an older release saved it); "
+                             "its items cannot be checked against the index")
+
+
 def graph_fingerprint(graph: HNSWGraph) -> str:
     """SHA-256 over a snapshot's labels, levels, deleted flags, links and vectors."""
     import hashlib

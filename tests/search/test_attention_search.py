@@ -15,10 +15,19 @@ from ruvector_hnsw.errors import (
     ConfigError,
     DimensionMismatchError,
     FileFormatError,
+    IndexMismatchError,
     InvalidInputError,
     ShapeMismatchError,
 )
-from ruvector_hnsw.search import AlphaQESearch, AttentionSearch, DatabaseState, DBASearch, pipeline
+from ruvector_hnsw.search import (
+    AlphaQESearch,
+    AttentionSearch,
+    DatabaseState,
+    DBASearch,
+    check_model_index,
+    items_checksum,
+    pipeline,
+)
 from ruvector_hnsw.search.context import index_distances, query_context
 from ruvector_hnsw.search.training import map_at_r_of_rows
 
@@ -249,6 +258,43 @@ def test_load_on_a_grown_index_recomputes_codes(data, tmp_path: Path) -> None:
     got = loaded.search(eq[:30], k=10)
     np.testing.assert_array_equal(live[0], got[0])
     np.testing.assert_allclose(live[1], got[1], atol=1e-6)
+
+
+def test_model_checks_it_belongs_to_the_index(data, tmp_path: Path) -> None:
+    base = data[0]
+    idx = _index(base[:300])
+    AttentionSearch(idx, "scaled_dot", candidates=20, k_local=8, k_global=4).save(tmp_path / "m")
+    # same ids and vectors, other links (another seed): the same items
+    relinked = _index(base[:300], seed=11)
+    assert items_checksum(relinked.graph()) == items_checksum(idx.graph())
+    check_model_index(tmp_path / "m", relinked)
+    assert AttentionSearch.load(tmp_path / "m", relinked, same_items=True).index is relinked
+    cases = {
+        "other items": _index(base[1:301]),  # same count and dim, other vectors
+        "301": _index(base[:301]),  # one more item
+        "space='ip'": _index(base[:300], space="ip"),
+    }
+    other_dim = HNSWIndex(DIM + 1)
+    other_dim.add(np.zeros((3, DIM + 1)))
+    cases[f"dim={DIM + 1}"] = other_dim
+    for fragment, other in cases.items():
+        with pytest.raises(IndexMismatchError, match=fragment):
+            check_model_index(tmp_path / "m", other)
+        with pytest.raises(IndexMismatchError, match=fragment):
+            AttentionSearch.load(tmp_path / "m", other, same_items=True)
+    # without same_items only dim/space are checked (a model may serve a grown index)
+    assert AttentionSearch.load(tmp_path / "m", cases["301"]).index is cases["301"]
+    with pytest.raises(ShapeMismatchError):  # the mismatch is a ShapeMismatchError too
+        AttentionSearch.load(tmp_path / "m", cases["space='ip'"])
+    # deleting an item changes the items
+    grown = _index(base[:300])
+    grown.delete([5])
+    with pytest.raises(IndexMismatchError, match="299"):
+        check_model_index(tmp_path / "m", grown)
+    # a state without the item record (older release) cannot be checked
+    old = {"index": {"dim": DIM, "space": "l2"}, "database": None}
+    with pytest.raises(IndexMismatchError, match="cannot be checked"):
+        check_model_index(old, idx)
 
 
 # ---------------------------------------------------------------------- live updates
