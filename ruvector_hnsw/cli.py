@@ -751,6 +751,13 @@ def _train_data(args: argparse.Namespace, con: _Console, out: Path) -> _TrainDat
     return _train_from_files(args, con, out)
 
 
+def _toolkit_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The training-toolkit flags of ``train`` as :meth:`AttentionSearch.fit` keywords."""
+    return {"loss": args.loss, "margin": args.margin, "local_weight": args.local_weight, "miner": args.miner,
+            "curriculum": args.curriculum, "regularizer": args.regularizer, "reg_weight": args.reg_weight,
+            "optimizer": args.optimizer}
+
+
 def cmd_train(args: argparse.Namespace, con: _Console) -> int:
     from ruvector_hnsw import eval as ev
     from ruvector_hnsw.search import AttentionSearch
@@ -768,7 +775,8 @@ def cmd_train(args: argparse.Namespace, con: _Console) -> int:
               f"epochs={args.epochs}, batch={args.batch_size}, lr={args.lr}, threads={model.num_threads})")
     t0 = time.perf_counter()
     history = model.fit(data.queries, labels=data.labels, query_labels=data.query_labels, positives=data.positives,
-                        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, progress=con.progress)
+                        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, progress=con.progress,
+                        **_toolkit_options(args))
     fit_s = time.perf_counter() - t0
     if history.initial_metric is not None:
         con.print(f"  before training: val mAP@R {history.initial_metric:.4f} (the HNSW ranking)")
@@ -789,7 +797,7 @@ def cmd_train(args: argparse.Namespace, con: _Console) -> int:
         "index": str(data.index_path),
         "settings": {"candidates": args.candidates, "expand": args.expand, "epochs": args.epochs,
                      "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed, "threads": model.num_threads,
-                     "M": args.M, "ef_construction": args.ef_construction},
+                     "M": args.M, "ef_construction": args.ef_construction, **_toolkit_options(args)},
         "training_queries": data.record["training_queries"],
         "fit_s": fit_s,
         "time_per_epoch_s": per_epoch,
@@ -1220,7 +1228,20 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--candidates", type=_positive_int, default=100, help="HNSW candidates re-scored (default 100)")
     t.add_argument("--expand", type=int, default=1, help="expansion rounds at search time (default 1)")
     t.add_argument("--batch-size", type=_positive_int, default=128, dest="batch_size", help="default 128")
-    t.add_argument("--lr", type=float, default=1e-2, help="Adam learning rate (default 0.01)")
+    t.add_argument("--lr", type=float, default=1e-2, help="learning rate (default 0.01)")
+    k = p.add_argument_group("training toolkit (see AttentionSearch.fit)")
+    k.add_argument("--loss", default="infonce", choices=("infonce", "triplet", "local_contrastive"),
+                   help="pool loss (default infonce)")
+    k.add_argument("--margin", type=float, default=0.2, help="triplet / semi-hard margin (default 0.2)")
+    k.add_argument("--local-weight", type=float, default=1.0, dest="local_weight",
+                   help="weight of the graph-local term of --loss local_contrastive (default 1)")
+    k.add_argument("--miner", default="hard", choices=("hard", "semihard", "random"),
+                   help="hard-negative miner of each epoch (default hard)")
+    k.add_argument("--curriculum", help="stages 'epochs/temperature/negatives' joined by '+', e.g. 2/0.2/8+4/0.07/32")
+    k.add_argument("--regularizer", choices=("laplacian",), help="term on the codes (laplacian: smooth over links)")
+    k.add_argument("--reg-weight", type=float, default=0.1, dest="reg_weight", help="regularizer weight (default 0.1)")
+    k.add_argument("--optimizer", default="adam", choices=("adam", "adamw", "sgd", "natural"),
+                   help="default adam; natural = diagonal-Fisher natural gradient")
     t.add_argument("--index", help="train against this saved index (over the dataset's base or --vectors); "
                    "default: build one and save it as MODEL.rvh")
     t.add_argument("--out", "-o", required=True, help="model path stem (MODEL -> MODEL.npz, MODEL.json, ...)")

@@ -506,6 +506,25 @@ def test_train_on_files_passes_what_the_files_say(files, monkeypatch, capsys):
     assert seen["positives"].shape == (90, 3)
 
 
+def test_train_toolkit_flags_reach_fit(files, monkeypatch, capsys):
+    from ruvector_hnsw.training import Curriculum
+
+    d, *_ = files
+    seen = _capture_fit(monkeypatch)
+    assert main(_train_files_args(d, d / "k", "--loss", "triplet", "--margin", "0.3", "--miner", "semihard",
+                                  "--curriculum", "1/0.2/4", "--regularizer", "laplacian", "--reg-weight", "0.5",
+                                  "--optimizer", "adamw")) == 0
+    assert (seen["loss"], seen["margin"], seen["miner"], seen["optimizer"]) == ("triplet", 0.3, "semihard", "adamw")
+    assert (seen["regularizer"], seen["reg_weight"], seen["curriculum"]) == ("laplacian", 0.5, "1/0.2/4")
+    doc = json.loads((d / "k.history.json").read_text())
+    assert doc["settings"]["loss"] == "triplet" and doc["history"]["train_terms"][0].keys() >= {"triplet",
+                                                                                                 "laplacian"}
+    assert Curriculum.parse("1/0.2/4+2/0.07/16").to_list()[1]["num_negatives"] == 16
+    capsys.readouterr()
+    assert main(_train_files_args(d, d / "k2", "--curriculum", "1/0.2")) == 2
+    _one_error_line(capsys.readouterr().err, "curriculum")
+
+
 def test_train_on_files_errors(files, capsys):
     d, *_ = files
     (d / "short.txt").write_text("ant\nbee\n")

@@ -441,6 +441,9 @@ class ForwardResult:
         on demand (for mechanisms that do not keep them, e.g. flash), or None.
     aux_losses : mapping str -> float
         Auxiliary losses of this forward (moe's load balance).
+    aux_weights : mapping str -> float
+        The weight of each auxiliary loss in the objective whose gradient ``_backward`` returns
+        (``sum(grad_out * out) + sum_k aux_weights[k] * aux_losses[k]``); one entry per aux loss.
     inspect : mapping str -> ndarray
         Mechanism-specific arrays with the batch axis first.
     """
@@ -449,6 +452,7 @@ class ForwardResult:
     data: Any
     weights: np.ndarray | Callable[[], np.ndarray] | None = None
     aux_losses: Mapping[str, float] = field(default_factory=dict)
+    aux_weights: Mapping[str, float] = field(default_factory=dict)
     inspect: Mapping[str, np.ndarray] = field(default_factory=dict)
 
 
@@ -468,7 +472,12 @@ class AttentionCache:
     unbatched : bool
         True when the forward was called without a batch axis.
     aux_losses : mapping str -> float
-        Auxiliary losses of the forward (moe: ``{"load_balance": value}``; ``{}`` otherwise).
+        Auxiliary losses of the forward (moe: ``{"load_balance": value}``, info_bottleneck:
+        ``{"kl": value}``; ``{}`` otherwise), unweighted.
+    aux_weights : mapping str -> float
+        The weight :meth:`AttentionMechanism.backward` gives each auxiliary loss: its gradients
+        are those of ``sum(grad_out * out) + sum_k aux_weights[k] * aux_losses[k]``, so a trainer
+        adds ``sum_k aux_weights[k] * aux_losses[k]`` to the loss it reports.
     inspect : mapping str -> ndarray
         Mechanism-specific arrays of the forward (local_global: ``local_weights``,
         ``global_weights``, ``gate``, ``local_count``, ``global_count``; moe: ``gates``,
@@ -481,6 +490,7 @@ class AttentionCache:
     output_shape: tuple[int, ...]
     unbatched: bool
     aux_losses: Mapping[str, float]
+    aux_weights: Mapping[str, float]
     inspect: Mapping[str, np.ndarray]
     #: the weights array, a callable computing it (batched), or None
     _weights: Any = field(repr=False)
@@ -623,6 +633,7 @@ class AttentionMechanism(ABC):
             output_shape=tuple(out.shape),
             unbatched=batch.unbatched,
             aux_losses=MappingProxyType({k: float(v) for k, v in res.aux_losses.items()}),
+            aux_weights=MappingProxyType({k: float(res.aux_weights.get(k, 0.0)) for k in res.aux_losses}),
             inspect=MappingProxyType({k: _readonly(v, batch.unbatched) for k, v in res.inspect.items()}),
             _weights=res.weights,
             _data=res.data,

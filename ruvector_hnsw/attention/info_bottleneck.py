@@ -220,7 +220,7 @@ class InfoBottleneckAttention(AttentionMechanism):
         data = (batch, W, a, mu, lv, np.abs(raw_lv) <= LOGVAR_CLIP, eps, beta)
         return ForwardResult(
             np.ascontiguousarray(z, dtype=self.dtype), data, weights=W,
-            aux_losses={"kl": float(kl_rows.mean())},
+            aux_losses={"kl": float(kl_rows.mean())}, aux_weights={"kl": float(beta)},
             inspect={"mu": mu.astype(self.dtype), "logvar": lv.astype(self.dtype),
                      "kl": kl_rows.astype(self.dtype), "beta": np.full(B, beta, dtype=self.dtype)},
         )

@@ -262,6 +262,7 @@ class MoEAttention(AttentionMechanism):
         load_balance = float(E * np.sum(f * P))
         return ForwardResult(
             out, (batch, p, sel, g, f, ys), weights=w, aux_losses={"load_balance": load_balance},
+            aux_weights={"load_balance": self.aux_weight},
             inspect={"gates": g, "router_probs": p},
         )
 

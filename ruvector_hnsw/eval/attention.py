@@ -67,6 +67,14 @@ FIT_OPTIONS: tuple[str, ...] = (
     "patience",
     "weight_decay",
     "fresh_rows",
+    "loss",
+    "margin",
+    "local_weight",
+    "miner",
+    "curriculum",
+    "regularizer",
+    "reg_weight",
+    "optimizer",
 )
 #: options that only act at search time (a fitted model is shared across their values)
 SEARCH_OPTIONS: tuple[str, ...] = ("expand",)

@@ -35,10 +35,13 @@ from ruvector_hnsw.index import HNSWGraph, HNSWIndex
 from ruvector_hnsw.search import pipeline
 from ruvector_hnsw.search.codes import LatentCodes
 from ruvector_hnsw.search.model import ModelConfig, SearchModel
+from ruvector_hnsw.search.objectives import check_toolkit
 from ruvector_hnsw.search.pipeline import Knobs
 from ruvector_hnsw.search.state import DatabaseState
 from ruvector_hnsw.threads import RWLock, resolve_threads, thread_limits
 from ruvector_hnsw.training.checkpoint import load_checkpoint, save_checkpoint
+from ruvector_hnsw.training.miners import Miner
+from ruvector_hnsw.training.schedules import Curriculum
 from ruvector_hnsw.training.trainer import TrainingHistory
 
 __all__ = ["AttentionSearch", "check_model_index", "items_checksum"]
@@ -332,6 +335,14 @@ class AttentionSearch:
         patience: int = 3,
         weight_decay: float = 1e-4,
         fresh_rows: int | None = 2048,
+        loss: str = "infonce",
+        margin: float = 0.2,
+        local_weight: float = 1.0,
+        miner: str | Miner = "hard",
+        curriculum: Curriculum | str | None = None,
+        regularizer: Any = None,
+        reg_weight: float = 0.1,
+        optimizer: str = "adam",
         progress: bool = False,
         checkpoint_dir: str | Path | None = None,
         resume: bool | str | Path = False,
@@ -364,6 +375,26 @@ class AttentionSearch:
             those with the largest gradient under the codes of the last refresh (refreshed every
             epoch); the other pool rows score with those codes, as constants. ``None`` encodes
             every pool row each step (the exact gradient; several times slower on large pools).
+        loss : {"infonce", "triplet", "local_contrastive"}
+            The pool loss: multi-positive InfoNCE; the margin triplet loss over every
+            (relevant, other) pair of a pool (``margin`` on the code cosine); or InfoNCE plus a
+            graph-local contrastive term on the encoded rows' codes (their layer-0 HNSW
+            neighbours are positives), weighted by ``local_weight``.
+            See :mod:`ruvector_hnsw.search.objectives`.
+        miner : {"hard", "semihard", "random"} or Miner
+            How the ``latent_negatives`` of each epoch are chosen among the latent top-``4m`` of
+            the current codes (relevant rows never): the highest-scoring, the semi-hard ones
+            (below the weakest relevant row by less than ``margin``), uniformly random, or by
+            your :class:`~ruvector_hnsw.training.Miner`.
+        curriculum : Curriculum or str, optional
+            Per-epoch stages of temperature and mined negatives
+            (:class:`~ruvector_hnsw.training.Curriculum`, or its text form ``"E/T/N+E/T/N"``, see
+            :meth:`~ruvector_hnsw.training.Curriculum.parse`); epochs past the last stage stay in it.
+        regularizer : None, "laplacian" or CodeTerm
+            A term on the encoded rows' codes: ``"laplacian"`` is ``reg_weight`` times the mean
+            squared code distance over their layer-0 links (smooth codes along the graph).
+        optimizer : {"adam", "adamw", "sgd", "natural"}
+            ``sgd`` has momentum 0.9; ``natural`` is the diagonal-Fisher natural gradient.
         progress : bool
             Show a progress bar (needs tqdm): per-epoch loss, validation mAP@R and seconds.
         checkpoint_dir, resume
@@ -383,6 +414,10 @@ class AttentionSearch:
         batch_size = check_positive_int(batch_size, "batch_size")
         if fresh_rows is not None:
             fresh_rows = check_positive_int(fresh_rows, "fresh_rows")
+        if isinstance(curriculum, str):
+            curriculum = Curriculum.parse(curriculum)
+        check_toolkit(loss=loss, miner=miner, curriculum=curriculum, regularizer=regularizer, optimizer=optimizer,
+                      margin=margin, local_weight=local_weight, reg_weight=reg_weight)
         q = as_matrix(train_queries, "train_queries", self.index.dim)
         with thread_limits(self._num_threads):
             t_sync = time.perf_counter()
@@ -398,7 +433,9 @@ class AttentionSearch:
                     epochs=epochs, batch_size=batch_size, lr=lr, temperature=temperature,
                     extra_positives=extra_positives, random_negatives=random_negatives,
                     latent_negatives=latent_negatives, val_fraction=val_fraction, patience=patience,
-                    weight_decay=weight_decay, fresh_rows=fresh_rows, progress=progress,
+                    weight_decay=weight_decay, fresh_rows=fresh_rows, loss=loss, margin=margin,
+                    local_weight=local_weight, miner=miner, curriculum=curriculum, regularizer=regularizer,
+                    reg_weight=reg_weight, optimizer=optimizer, progress=progress,
                     checkpoint_dir=checkpoint_dir, resume=resume)
                 history = training.fit(self.model, db, self.index, q, pos_lists, self.knobs, opts,
                                        self._num_threads, classes)

@@ -260,6 +260,23 @@ class ContextEncoder:
                 g_h = g_h + gx      # dL/d h_i, complete
                 g_a = g_h           # h_i = h_{i-1} + a_{i-1}
 
+    def aux_terms(self, enc: EncodedBatch) -> dict[str, tuple[float, float]]:
+        """The auxiliary losses of ``enc``'s forward: ``name -> (value, weight)``.
+
+        One entry per auxiliary loss of every block's mechanism (moe's ``load_balance``,
+        info_bottleneck's ``kl``; names of blocks after the first get a ``block<l>.`` prefix).
+        :meth:`backward` already includes ``weight * d value``; a training loss adds
+        ``weight * value`` to report the objective it differentiates.
+        """
+        blocks = enc.blocks or (BlockCache(norm_cache=None, att_cache=enc.att_cache, keep=None),)
+        out: dict[str, tuple[float, float]] = {}
+        for i, blk in enumerate(blocks):
+            cache = blk.att_cache
+            prefix = "" if i == 0 else f"block{i + 1}."
+            for name, value in getattr(cache, "aux_losses", {}).items():
+                out[prefix + name] = (float(value), float(cache.aux_weights.get(name, 0.0)))
+        return out
+
     def zero_grads(self) -> dict[str, np.ndarray]:
         """A zero gradient for every param."""
         return {k: np.zeros_like(v) for k, v in self.params.items()}

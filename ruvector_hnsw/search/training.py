@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -38,12 +38,19 @@ from ruvector_hnsw.search.context import query_context
 from ruvector_hnsw.search.encoder import ContextEncoder
 from ruvector_hnsw.search.labels import LabelHead, LabelSpace
 from ruvector_hnsw.search.model import SearchModel
+from ruvector_hnsw.search.objectives import (
+    CodeTerm,
+    LocalContrastiveTerm,
+    make_fit_optimizer,
+    make_miner,
+    make_regularizer,
+    pool_objective,
+)
 from ruvector_hnsw.search.pipeline import Knobs, QueryBatch
 from ruvector_hnsw.search.scoring import ResidualScorer, append_tail, rank
 from ruvector_hnsw.search.state import DatabaseState
-from ruvector_hnsw.training.losses import info_nce
-from ruvector_hnsw.training.optim import Adam
-from ruvector_hnsw.training.schedules import WarmupCosineSchedule
+from ruvector_hnsw.training.miners import Miner
+from ruvector_hnsw.training.schedules import Curriculum, WarmupCosineSchedule
 from ruvector_hnsw.training.trainer import Batch, EpochState, Trainer, TrainingHistory
 
 __all__ = [
@@ -87,6 +94,14 @@ class FitOptions:
     patience: int = 3
     weight_decay: float = 1e-4
     fresh_rows: int | None = 2048
+    loss: str = "infonce"
+    margin: float = 0.2
+    local_weight: float = 1.0
+    miner: str | Miner = "hard"
+    curriculum: Curriculum | None = None
+    regularizer: Any = None
+    reg_weight: float = 0.1
+    optimizer: str = "adam"
     progress: bool = False
     checkpoint_dir: str | os.PathLike[str] | None = None
     resume: bool | str | os.PathLike[str] = False
@@ -180,8 +195,13 @@ class SearchTrainingModel:
 
     def __init__(self, model: SearchModel, db: DatabaseState, state: TrainingState, *, candidates: int,
                  temperature: float, extra_positives: int, random_negatives: int, latent_negatives: int,
-                 unknown: np.ndarray | None = None, fresh_rows: int | None = None) -> None:
+                 unknown: np.ndarray | None = None, fresh_rows: int | None = None, objective: str = "infonce",
+                 margin: float = 0.2, code_terms: Sequence[CodeTerm] = (), miner: Miner | None = None) -> None:
         self.model, self.db, self.state = model, db, state
+        #: the pool loss, its triplet margin and the terms on the encoded rows' codes
+        self.objective, self.margin, self.code_terms = objective, float(margin), tuple(code_terms)
+        #: re-mines the hard negatives of every epoch from the current codes (None: no mining)
+        self.miner = miner
         #: distinct pool rows per step encoded with the current parameters (None: all)
         self.fresh_rows = fresh_rows
         self.clock = PhaseClock()
@@ -197,12 +217,28 @@ class SearchTrainingModel:
 
     # -- trainer hooks ------------------------------------------------------------------------
     def on_epoch_start(self, state: EpochState) -> None:
-        if self.latent_negatives and self.db.codes is not None:
+        m = self.latent_negatives if state.num_negatives is None else int(state.num_negatives)
+        if m and self.miner is not None and self.db.codes is not None:
             with self.clock.phase("mining"):
-                qb = self.state.queries
+                qb, ts = self.state.queries, self.state
                 zq = pipeline.encode_queries(self.model, self.db, qb, qb.hnsw_rows[:, : self.candidates],
                                              qb.hnsw_dist[:, : self.candidates])
-                self.state.mined = self.db.codes.search(zq, self.latent_negatives)
+                cand = self.db.codes.search(zq, 4 * m)
+                z = self.db.codes.z.view
+                scores = np.where(cand >= 0, np.einsum("bp,bcp->bc", zq, z[np.maximum(cand, 0)]), -np.inf)
+                positive = rows_in_lists(cand, ts.pos_lists, np.arange(cand.shape[0]))
+                mined = self.miner(cand, positive_mask=positive, scores=scores.astype(np.float32), num_negatives=m)
+                ts.mined = mined.ids
+        elif not m:
+            self.state.mined = np.full((self.state.mined.shape[0], 0), -1, dtype=np.int64)
+
+    def get_extra_state(self) -> dict[str, Any]:
+        """The miner's state (checkpointed by the trainer, so a resumed run mines the same negatives)."""
+        return {"miner": self.miner.state_dict()} if self.miner is not None else {}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        if self.miner is not None and "miner" in state:
+            self.miner.load_state_dict(state["miner"])
 
     def on_epoch_end(self, state: EpochState) -> None:
         with self.clock.phase("code_refresh"):
@@ -213,12 +249,23 @@ class SearchTrainingModel:
             self.db.refresh_codes(self.model, kind="flat")
 
     # -- one step -----------------------------------------------------------------------------
-    def loss_and_grads(self, batch: Batch, state: EpochState) -> tuple[float, dict[str, np.ndarray]]:
+    def loss_and_grads(self, batch: Batch, state: EpochState
+                       ) -> tuple[float, dict[str, np.ndarray], dict[str, float]]:
+        """Loss, gradients and the loss's parts (``"infonce"`` and the mechanisms' aux losses)."""
         with self.clock.phase("sampling"):
             pools = self._sample(batch, state)
         if pools is None:
-            return 0.0, self.model.encoder.zero_grads()
+            return 0.0, self.model.encoder.zero_grads(), {}
         return self._loss(pools, state)
+
+    def _extra(self, state: EpochState, side: int) -> dict[str, Any]:
+        """``Context.extra`` of a training forward: the step (annealing schedules) and a sample seed.
+
+        The seed (info_bottleneck's reparameterised sample) comes from ``(model seed, step, side)``,
+        not from ``state.rng``, so mechanisms that do not sample leave the random stream unchanged.
+        """
+        seq = np.random.SeedSequence([int(self.model.config.seed), int(state.step), side])
+        return {"step": int(state.step), "sample_seed": int(seq.generate_state(1, np.uint32)[0])}
 
     def _sample(self, batch: Batch, state: EpochState) -> tuple[Any, ...] | None:
         """The pool of each query of the batch, its positives and the query contexts (None: no positive)."""
@@ -241,24 +288,31 @@ class SearchTrainingModel:
                                              qb.hnsw_dist[:, : self.candidates], db.contexts, db.space)
         if db.table_state is not None:
             ctx_q.table_state = db.table_state
+        ctx_q.extra = {**ctx_q.extra, **self._extra(state, 0)}
         return qb, (ids_q, mask_q, ctx_q), pool, posmask
 
-    def _loss(self, pools: tuple[Any, ...], state: EpochState) -> tuple[float, dict[str, np.ndarray]]:
+    def _loss(self, pools: tuple[Any, ...], state: EpochState
+              ) -> tuple[float, dict[str, np.ndarray], dict[str, float]]:
         enc, db = self.model.encoder, self.db
         qb, query_ctx, pool, posmask = pools
         table = db.table.view
+        row_extra = self._extra(state, 1)
 
         def row_context(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, Context]:
             ids_v, mask_v, ctx_v = db.contexts.of_rows(rows)
             if db.table_state is not None:
                 ctx_v.table_state = db.table_state
+            ctx_v.extra = {**ctx_v.extra, **row_extra}
             return ids_v, mask_v, ctx_v
 
         temperature = state.temperature if state.temperature is not None else self.temperature
         stale = db.codes.z.view if (self.fresh_rows is not None and db.codes is not None) else None
+        terms: dict[str, float] = {}
         loss, grads = contrastive_loss(enc, table, qb.standard, query_ctx, pool, posmask, row_context, temperature,
-                                       stale=stale, fresh_rows=self.fresh_rows, clock=self.clock, rng=state.rng)
-        return loss, grads
+                                       stale=stale, fresh_rows=self.fresh_rows, clock=self.clock, rng=state.rng,
+                                       terms=terms, objective=self.objective, margin=self.margin,
+                                       code_terms=self.code_terms)
+        return loss, grads, terms
 
 
 def _sum_by_row(values: np.ndarray, rows: np.ndarray, n: int, dtype: np.dtype) -> np.ndarray:
@@ -288,9 +342,10 @@ def contrastive_loss(enc: ContextEncoder, table: np.ndarray, queries: np.ndarray
                      query_ctx: tuple[np.ndarray, np.ndarray, Context], pool: np.ndarray, posmask: np.ndarray,
                      row_context: Any, temperature: float, *, stale: np.ndarray | None = None,
                      fresh_rows: int | None = None, clock: PhaseClock | None = None,
-                     rng: np.random.Generator | None = None
+                     rng: np.random.Generator | None = None, terms: dict[str, float] | None = None,
+                     objective: str = "infonce", margin: float = 0.2, code_terms: Sequence[CodeTerm] = ()
                      ) -> tuple[float, dict[str, np.ndarray]]:
-    """Multi-positive InfoNCE over each query's pool of table rows, and its parameter gradients.
+    """The pool loss (multi-positive InfoNCE by default) over each query's table rows, and its gradients.
 
     Parameters
     ----------
@@ -313,11 +368,26 @@ def contrastive_loss(enc: ContextEncoder, table: np.ndarray, queries: np.ndarray
     clock : PhaseClock, optional
         Receives the ``forward`` and ``backward`` seconds.
     rng : numpy.random.Generator, optional
-        Draws the encoder's dropout masks (only when its ``dropout > 0``; nothing is drawn otherwise).
+        Draws the encoder's dropout masks (only when its ``dropout > 0``) and whatever the
+        ``code_terms`` sample (the local term's negatives); nothing is drawn otherwise.
+    objective, margin : str, float
+        The pool loss (:func:`~ruvector_hnsw.search.objectives.pool_objective`: ``"infonce"``,
+        ``"triplet"`` with ``margin``, ``"local_contrastive"``).
+    code_terms : sequence of CodeTerm
+        Terms on the codes of the encoded rows (the graph-local contrastive term, the link
+        Laplacian), added to the loss under their ``name``; their neighbours are the rows'
+        layer-0 context columns from ``row_context``.
+    terms : dict, optional
+        Receives the loss's parts: the pool loss under its name, each code term's value, and per
+        auxiliary loss of the mechanisms
+        (moe's ``load_balance``, info_bottleneck's ``kl``) its value summed over the query and
+        row sides and ``"<name>.weight"``, the weight it enters the loss with.
 
     Returns
     -------
     loss : float
+        InfoNCE plus every auxiliary loss of the two encoder forwards times its weight (the
+        objective whose gradient ``grads`` is: the mechanisms' backward includes the aux terms).
     grads : dict
         One entry per encoder param (one forward and one backward per side, from the caches).
     """
@@ -334,7 +404,7 @@ def contrastive_loss(enc: ContextEncoder, table: np.ndarray, queries: np.ndarray
     if stale is not None and fresh_rows is not None and uniq.shape[0] > fresh_rows:
         zv[valid] = stale[pool[valid]]
         sim0 = np.where(valid, np.einsum("bp,bcp->bc", enc_q.zhat, zv), 0.0)
-        _, g0 = info_nce(sim0, posmask, temperature=temperature, candidate_mask=valid)
+        _, g0 = pool_objective(objective, sim0, posmask, valid, temperature=temperature, margin=margin)
         fresh = _importance_rows(np.asarray(g0), pool, valid, uniq, inv, int(fresh_rows))
     ids_v, mask_v, ctx_v = row_context(fresh)
     enc_v = enc.encode(table[fresh], table, ids_v, mask_v, ctx_v, rng=rng)
@@ -344,17 +414,33 @@ def contrastive_loss(enc: ContextEncoder, table: np.ndarray, queries: np.ndarray
     vz[is_fresh] = enc_v.zhat[at[is_fresh]]
     zv[valid] = vz
     sim = np.where(valid, np.einsum("bp,bcp->bc", enc_q.zhat, zv), 0.0)
-    loss, g_sim = info_nce(sim, posmask, temperature=temperature, candidate_mask=valid)
+    loss, g_sim = pool_objective(objective, sim, posmask, valid, temperature=temperature, margin=margin)
     g_sim = np.asarray(g_sim, dtype=dt)
     gzq = np.einsum("bc,bcp->bp", g_sim, zv)
     gzv = (g_sim[:, :, None] * enc_q.zhat[:, None, :])[valid][is_fresh]
     gzv_rows = _sum_by_row(gzv, at[is_fresh], fresh.shape[0], dt)
+    parts: dict[str, float] = {"infonce" if objective == "local_contrastive" else objective: float(loss)}
+    total = float(loss)
+    if code_terms:
+        linked = mask_v & (np.asarray(ctx_v.layer) == 0) if ctx_v.layer is not None else mask_v
+        for term in code_terms:
+            value, g_codes = term(enc_v.zhat, fresh, ids_v, linked, rng)
+            total += float(value)
+            parts[term.name] = float(value)
+            gzv_rows += np.asarray(g_codes, dtype=dt)
     grads = enc.zero_grads()
     clock.seconds["forward"] = clock.seconds.get("forward", 0.0) + time.perf_counter() - t0
     with clock.phase("backward"):
         enc.backward(enc_v, gzv_rows, grads)
         enc.backward(enc_q, gzq.astype(dt), grads)
-    return float(loss), grads
+    for side in (enc_q, enc_v):
+        for name, (value, weight) in enc.aux_terms(side).items():
+            total += weight * value
+            parts[name] = parts.get(name, 0.0) + value
+            parts[f"{name}.weight"] = weight
+    if terms is not None:
+        terms.update(parts)
+    return total, grads
 
 
 # ---------------------------------------------------------------------- calibration
@@ -497,10 +583,19 @@ def fit(model: SearchModel, db: DatabaseState, index: HNSWIndex, q: np.ndarray, 
         db.refresh_codes(model, kind="flat")
     ts = TrainingState(queries=_subset(all_q, tr_idx), pos_lists=[pos_lists[i] for i in tr_idx.tolist()],
                        mined=np.full((tr_idx.shape[0], 0), -1, dtype=np.int64))
+    code_terms: list[CodeTerm] = []
+    if opts.loss == "local_contrastive":
+        code_terms.append(LocalContrastiveTerm(weight=opts.local_weight, temperature=opts.temperature))
+    reg = make_regularizer(opts.regularizer, opts.reg_weight)
+    if reg is not None:
+        code_terms.append(reg)
+    miner = make_miner(opts.miner, max(opts.latent_negatives, 1), margin=opts.margin, seed=cfg.seed) \
+        if opts.latent_negatives or opts.curriculum is not None else None
     trainable = SearchTrainingModel(model, db, ts, candidates=C, temperature=opts.temperature,
                                     extra_positives=opts.extra_positives, random_negatives=opts.random_negatives,
                                     latent_negatives=opts.latent_negatives, fresh_rows=opts.fresh_rows,
-                                    unknown=None if classes is None else ~classes[1])
+                                    unknown=None if classes is None else ~classes[1], objective=opts.loss,
+                                    margin=opts.margin, code_terms=code_terms, miner=miner)
     trainable.clock = clock
     val_pos = [pos_lists[i] for i in val_idx.tolist()]
 
@@ -513,8 +608,9 @@ def fit(model: SearchModel, db: DatabaseState, index: HNSWIndex, q: np.ndarray, 
     steps = max(1, int(np.ceil(tr_idx.shape[0] / opts.batch_size)))
     trainer = Trainer(
         trainable,
-        Adam(trainable.params, lr=opts.lr, weight_decay=opts.weight_decay, max_grad_norm=10.0),
+        make_fit_optimizer(opts.optimizer, trainable.params, lr=opts.lr, weight_decay=opts.weight_decay),
         epochs=opts.epochs,
+        curriculum=opts.curriculum,
         batch_size=opts.batch_size,
         schedule=WarmupCosineSchedule(opts.lr, total_steps=opts.epochs * steps, warmup_steps=min(steps, 50)),
         validate=validate if n_val else None,

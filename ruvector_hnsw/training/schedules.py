@@ -182,6 +182,27 @@ class Curriculum:
             acc += int(st.epochs)
             self._ends.append(acc)
 
+    @classmethod
+    def parse(cls, text: str) -> Curriculum:
+        """Stages from ``"E/T/N+E/T/N..."``: epochs, temperature and negatives of each stage.
+
+        Examples
+        --------
+        >>> Curriculum.parse("2/0.2/8+3/0.07/32").to_list()[1]
+        {'epochs': 3, 'temperature': 0.07, 'num_negatives': 32, 'extra': {}}
+        """
+        stages = []
+        for part in str(text).split("+"):
+            fields = part.strip().split("/")
+            if len(fields) != 3:
+                raise ConfigError(f"curriculum: expected stages 'epochs/temperature/negatives' joined by '+', "
+                                  f"got {text!r}")
+            try:
+                stages.append(CurriculumStage(int(fields[0]), float(fields[1]), int(fields[2])))
+            except ValueError as exc:
+                raise ConfigError(f"curriculum: bad stage {part!r} in {text!r} ({exc})") from exc
+        return cls(stages)
+
     @property
     def total_epochs(self) -> int:
         """Sum of the stage lengths."""

@@ -8,7 +8,9 @@ The trainer drives any object that has
     The trainable arrays, updated **in place** by the optimizer.
 ``loss_and_grads(batch: Batch, state: EpochState) -> tuple[float, Mapping[str, numpy.ndarray]]``
     Loss of one mini-batch and its gradients, one per parameter name (extra keys, such
-    as input gradients, are ignored; missing names are not updated). Use ``state.rng``
+    as input gradients, are ignored; missing names are not updated). It may return a
+    third item, a mapping of named loss parts (e.g. ``{"infonce": ..., "kl": ...}``): their
+    per-epoch means (weighted by batch rows) are recorded in ``history.train_terms``. Use ``state.rng``
     for any randomness (negative sampling, dropout) so that runs are reproducible and
     resumable, and ``state.temperature`` / ``state.num_negatives`` / ``state.extra`` for
     the curriculum.
@@ -142,7 +144,7 @@ class TrainableModel(Protocol):
 
     params: dict[str, np.ndarray]
 
-    def loss_and_grads(self, batch: Batch, state: EpochState) -> tuple[float, Mapping[str, np.ndarray]]: ...
+    def loss_and_grads(self, batch: Batch, state: EpochState) -> tuple[Any, ...]: ...
 
 
 @dataclass
@@ -155,6 +157,9 @@ class TrainingHistory:
 
     epoch: list[int] = field(default_factory=list)
     train_loss: list[float] = field(default_factory=list)
+    #: per epoch: mean of each named loss part the model reports (``{}`` when it reports none),
+    #: e.g. ``infonce`` and the mechanisms' auxiliary losses with their weights
+    train_terms: list[dict[str, float]] = field(default_factory=list)
     val_metric: list[float | None] = field(default_factory=list)
     val_metrics: list[dict[str, float]] = field(default_factory=list)
     lr: list[float] = field(default_factory=list)
@@ -180,6 +185,17 @@ class TrainingHistory:
         """Inverse of :meth:`to_dict` (unknown keys ignored)."""
         names = set(cls.__dataclass_fields__)
         return cls(**{k: copy.deepcopy(v) for k, v in d.items() if k in names})
+
+
+def _unpack_step(result: Any) -> tuple[float, Mapping[str, np.ndarray], Mapping[str, Any]]:
+    """``(loss, grads)`` or ``(loss, grads, parts)`` from ``loss_and_grads``, checked."""
+    if not isinstance(result, tuple) or len(result) not in (2, 3):
+        raise InvalidInputError("loss_and_grads(): expected (loss, grads) or (loss, grads, parts)")
+    loss = _to_float(result[0], "loss_and_grads() loss")
+    parts = result[2] if len(result) == 3 else {}
+    if not isinstance(parts, Mapping):
+        raise InvalidInputError(f"loss_and_grads(): the loss parts must be a mapping, got {type(parts).__name__}")
+    return loss, result[1], parts
 
 
 def _to_float(value: Any, what: str) -> float:
@@ -574,12 +590,15 @@ class Trainer:
             hook(state)
         t0 = time.perf_counter()
         loss_sum, rows = 0.0, 0
+        term_sums: dict[str, float] = {}
         for idx in self._batches(n):
             lr = float(self.schedule(self.step)) if self.schedule is not None else self.optimizer.lr
             state.step, state.lr = self.step, lr
             batch = Batch(indices=idx, data={k: v[idx] for k, v in arrays.items()})
-            loss, grads = self.model.loss_and_grads(batch, state)
-            loss = _to_float(loss, "loss_and_grads() loss")
+            result = self.model.loss_and_grads(batch, state)
+            loss, grads, terms = _unpack_step(result)
+            for name, value in terms.items():
+                term_sums[name] = term_sums.get(name, 0.0) + _to_float(value, f"loss part {name!r}") * len(idx)
             if not math.isfinite(loss):
                 raise NonFiniteError(f"loss: non-finite value {loss} at epoch {epoch}, step {self.step}")
             if self._wants_fvp:
@@ -604,6 +623,7 @@ class Trainer:
         h = self.history
         h.epoch.append(epoch)
         h.train_loss.append(loss_sum / max(rows, 1))
+        h.train_terms.append({k: v / max(rows, 1) for k, v in term_sums.items()})
         h.val_metric.append(value)
         h.val_metrics.append(metrics)
         h.lr.append(state.lr)

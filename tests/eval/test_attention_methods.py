@@ -131,3 +131,21 @@ def test_encoder_stack_options_reach_the_model(tiny, tiny_index):
     cfg = model.model.config
     assert (cfg.layers, cfg.norm, cfg.dropout) == (2, "layer", 0.0)
     assert "block2.norm.bias" in model.model.encoder.params
+
+
+def test_training_toolkit_options_reach_fit(tiny, tiny_index, monkeypatch):
+    seen: dict = {}
+    original = AttentionSearch.fit
+
+    def spy(self, train_queries, *a, **kw):
+        seen.update(kw)
+        return original(self, train_queries, *a, **kw)
+
+    monkeypatch.setattr(AttentionSearch, "fit", spy)
+    methods = ev.build_methods("local_global:epochs=1:n_train=60:loss=triplet:margin=0.3:miner=random"
+                               ":curriculum=1/0.2/4:regularizer=laplacian:reg_weight=0.5:optimizer=sgd", tiny,
+                               index=tiny_index, num_threads=1)
+    want = {"loss": "triplet", "margin": 0.3, "miner": "random", "curriculum": "1/0.2/4",
+            "regularizer": "laplacian", "reg_weight": 0.5, "optimizer": "sgd"}
+    assert {k: seen[k] for k in want} == want
+    assert next(iter(methods.values())).params["fit_options"] == {"epochs": 1, **want}
