@@ -225,9 +225,13 @@ class SearchTrainingModel:
                                              qb.hnsw_dist[:, : self.candidates])
                 cand = self.db.codes.search(zq, 4 * m)
                 z = self.db.codes.z.view
-                scores = np.where(cand >= 0, np.einsum("bp,bcp->bc", zq, z[np.maximum(cand, 0)]), -np.inf)
+                scores = np.empty(cand.shape, dtype=np.float32)
+                for lo in range(0, cand.shape[0], 1024):  # bounded (B, 4m, p) gathers
+                    c = cand[lo: lo + 1024]
+                    scores[lo: lo + 1024] = np.where(
+                        c >= 0, np.einsum("bp,bcp->bc", zq[lo: lo + 1024], z[np.maximum(c, 0)]), -np.inf)
                 positive = rows_in_lists(cand, ts.pos_lists, np.arange(cand.shape[0]))
-                mined = self.miner(cand, positive_mask=positive, scores=scores.astype(np.float32), num_negatives=m)
+                mined = self.miner(cand, positive_mask=positive, scores=scores, num_negatives=m)
                 ts.mined = mined.ids
         elif not m:
             self.state.mined = np.full((self.state.mined.shape[0], 0), -1, dtype=np.int64)
