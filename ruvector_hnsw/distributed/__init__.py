@@ -14,8 +14,9 @@ single-process one (tested against a real local cluster):
 """
 
 from ruvector_hnsw.distributed.cluster import ROW_ALIGN, connect, resolve_workers, shard_bounds, shutdown
+from ruvector_hnsw.distributed.data_parallel import DataParallel, fit
 from ruvector_hnsw.distributed.encoding import encode_rows
 from ruvector_hnsw.distributed.evaluation import evaluate, search
 from ruvector_hnsw.distributed.sharded import ShardedAttentionSearch, ShardedIndex, merge_topk
 
-__all__ = ["ROW_ALIGN", "ShardedAttentionSearch", "ShardedIndex", "connect", "encode_rows", "evaluate", "merge_topk", "resolve_workers", "search", "shard_bounds", "shutdown"]
+__all__ = ["ROW_ALIGN", "DataParallel", "ShardedAttentionSearch", "ShardedIndex", "connect", "encode_rows", "evaluate", "fit", "merge_topk", "resolve_workers", "search", "shard_bounds", "shutdown"]

@@ -134,6 +134,8 @@ class EvalWorker:
         if isinstance(methods, (str, os.PathLike)):
             with open(methods, "rb") as fh:
                 methods = pickle.load(fh)
+        elif isinstance(methods, bytes):
+            methods = pickle.loads(methods)
         self.methods = methods
         self.data = data
 
@@ -163,9 +165,10 @@ def _as_methods(methods: Mapping[str, Callable[..., Any]] | Sequence[Any]) -> di
 
 def _ship_methods(methods: dict[str, Any], shared_dir: str | os.PathLike[str] | None) -> tuple[Any, Path | None]:
     """An object-store reference to the methods, or the path of their pickle in ``shared_dir``."""
-    if shared_dir is None:
-        return _remote.put(methods), None
     from ray import cloudpickle  # closures of the method factories need cloudpickle
+
+    if shared_dir is None:  # as bytes: each worker unpickles its own (writable) copy once
+        return _remote.put(cloudpickle.dumps(methods, protocol=pickle.HIGHEST_PROTOCOL)), None
 
     d = Path(shared_dir)
     d.mkdir(parents=True, exist_ok=True)

@@ -335,6 +335,7 @@ class AttentionSearch:
         progress: bool = False,
         checkpoint_dir: str | Path | None = None,
         resume: bool | str | Path = False,
+        step_runner: Any = None,
     ) -> TrainingHistory:
         """Train the attention encoder contrastively on labelled queries.
 
@@ -368,6 +369,9 @@ class AttentionSearch:
             Show a progress bar (needs tqdm): per-epoch loss, validation mAP@R and seconds.
         checkpoint_dir, resume
             Trainer checkpoints and resuming from them.
+        step_runner : callable, optional
+            ``step_runner(trainable, pools, state) -> (loss, grads)`` computes every step's loss and
+            gradients from the sampled pools (e.g. :class:`ruvector_hnsw.distributed.DataParallel`).
 
         Returns
         -------
@@ -399,7 +403,7 @@ class AttentionSearch:
                     extra_positives=extra_positives, random_negatives=random_negatives,
                     latent_negatives=latent_negatives, val_fraction=val_fraction, patience=patience,
                     weight_decay=weight_decay, fresh_rows=fresh_rows, progress=progress,
-                    checkpoint_dir=checkpoint_dir, resume=resume)
+                    checkpoint_dir=checkpoint_dir, resume=resume, step_runner=step_runner)
                 history = training.fit(self.model, db, self.index, q, pos_lists, self.knobs, opts,
                                        self._num_threads, classes)
         split = {"sync": round(t_sync, 3), **history.time_split}

@@ -90,6 +90,9 @@ class FitOptions:
     progress: bool = False
     checkpoint_dir: str | os.PathLike[str] | None = None
     resume: bool | str | os.PathLike[str] = False
+    #: ``step_runner(trainable, pools, state) -> (loss, grads)`` computes each step's loss and gradients
+    #: from the sampled pools instead of :meth:`SearchTrainingModel.pool_loss` (data-parallel training)
+    step_runner: Any = None
 
 
 def ap_at_r_of_rows(result_rows: np.ndarray, pos_lists: list[np.ndarray], cap: int | None = None) -> np.ndarray:
@@ -180,8 +183,10 @@ class SearchTrainingModel:
 
     def __init__(self, model: SearchModel, db: DatabaseState, state: TrainingState, *, candidates: int,
                  temperature: float, extra_positives: int, random_negatives: int, latent_negatives: int,
-                 unknown: np.ndarray | None = None, fresh_rows: int | None = None) -> None:
+                 unknown: np.ndarray | None = None, fresh_rows: int | None = None, step_runner: Any = None) -> None:
         self.model, self.db, self.state = model, db, state
+        #: optional ``step_runner(self, pools, state) -> (loss, grads)`` replacing :meth:`pool_loss`
+        self.step_runner = step_runner
         #: distinct pool rows per step encoded with the current parameters (None: all)
         self.fresh_rows = fresh_rows
         self.clock = PhaseClock()
@@ -218,6 +223,12 @@ class SearchTrainingModel:
             pools = self._sample(batch, state)
         if pools is None:
             return 0.0, self.model.encoder.zero_grads()
+        if self.step_runner is not None:
+            return self.step_runner(self, pools, state)
+        return self._loss(pools, state)
+
+    def pool_loss(self, pools: tuple[Any, ...], state: EpochState) -> tuple[float, dict[str, np.ndarray]]:
+        """Loss and gradients of sampled ``pools`` (what a step runner's workers compute on their slices)."""
         return self._loss(pools, state)
 
     def _sample(self, batch: Batch, state: EpochState) -> tuple[Any, ...] | None:
@@ -500,7 +511,7 @@ def fit(model: SearchModel, db: DatabaseState, index: HNSWIndex, q: np.ndarray, 
     trainable = SearchTrainingModel(model, db, ts, candidates=C, temperature=opts.temperature,
                                     extra_positives=opts.extra_positives, random_negatives=opts.random_negatives,
                                     latent_negatives=opts.latent_negatives, fresh_rows=opts.fresh_rows,
-                                    unknown=None if classes is None else ~classes[1])
+                                    unknown=None if classes is None else ~classes[1], step_runner=opts.step_runner)
     trainable.clock = clock
     val_pos = [pos_lists[i] for i in val_idx.tolist()]
 
