@@ -19,4 +19,5 @@ from ruvector_hnsw.distributed.encoding import encode_rows
 from ruvector_hnsw.distributed.evaluation import evaluate, search
 from ruvector_hnsw.distributed.sharded import ShardedAttentionSearch, ShardedIndex, merge_topk
 
-__all__ = ["ROW_ALIGN", "DataParallel", "ShardedAttentionSearch", "ShardedIndex", "connect", "encode_rows", "evaluate", "fit", "merge_topk", "resolve_workers", "search", "shard_bounds", "shutdown"]
+__all__ = ["ROW_ALIGN", "DataParallel", "ShardedAttentionSearch", "ShardedIndex", "connect", "encode_rows", "evaluate",
+           "fit", "merge_topk", "resolve_workers", "search", "shard_bounds", "shutdown"]

@@ -43,7 +43,7 @@ from ruvector_hnsw.search.pipeline import QueryBatch
 from ruvector_hnsw.search.training import PhaseClock, SearchTrainingModel
 from ruvector_hnsw.training.trainer import EpochState, TrainingHistory
 
-__all__ = ["DataParallel", "GradWorker", "fit", "slice_pools"]
+__all__ = ["DataParallel", "GradWorker", "fit", "slice_pools", "slice_weights"]
 
 BACKENDS = ("ray", "local")
 _ITEM_FIELDS = ("dist", "layer", "edge_features", "hops", "degree", "node_ids")
@@ -73,13 +73,20 @@ def _replica(trainable: SearchTrainingModel) -> SearchTrainingModel:
     db = copy.copy(trainable.db)
     db.codes, db.table_state = None, None
     rep = copy.copy(trainable)
-    rep.db, rep.state, rep.step_runner, rep.clock = db, None, None, PhaseClock()
+    rep.db, rep.step_runner, rep.clock = db, None, PhaseClock()
+    rep.state = None  # type: ignore[assignment]  # the training queries stay on the driver
     return rep
 
 
 def _stale_view(z: np.ndarray | None) -> Any:
     """An object with ``.z.view`` (what :meth:`SearchTrainingModel.pool_loss` reads of the codes), or None."""
     return None if z is None else types.SimpleNamespace(z=types.SimpleNamespace(view=z))
+
+
+def slice_weights(active: list[int]) -> np.ndarray:
+    """Weight of each slice's mean loss/gradient in the batch's: its share of the queries InfoNCE averages."""
+    w = np.asarray(active, dtype=np.float64)
+    return w / w.sum()
 
 
 class GradWorker:
@@ -91,7 +98,7 @@ class GradWorker:
 
     def set_database(self, table_state: Any, stale: np.ndarray | None) -> None:
         self.t.db.table_state = table_state
-        self.t.db.codes = _stale_view(stale)  # type: ignore[assignment]
+        self.t.db.codes = _stale_view(stale)
 
     def step(self, params: dict[str, np.ndarray], pools: tuple[Any, ...], state: EpochState,
              rng_state: dict[str, Any]) -> tuple[float, dict[str, np.ndarray], dict[str, Any]]:
@@ -147,8 +154,8 @@ class DataParallel:
 
     def _call(self, method: str, args: list[tuple[Any, ...]]) -> list[Any]:
         if self.backend == "local":
-            return [getattr(w, method)(*a) for w, a in zip(self._pool, args)]
-        return _remote.get([getattr(w, method).remote(*a) for w, a in zip(self._pool, args)])
+            return [getattr(w, method)(*a) for w, a in zip(self._pool, args, strict=True)]
+        return _remote.get([getattr(w, method).remote(*a) for w, a in zip(self._pool, args, strict=True)])
 
     def _ensure(self, trainable: SearchTrainingModel) -> None:
         if self._owner is not trainable:
@@ -183,7 +190,7 @@ class DataParallel:
             params: Any = {k: np.array(v, copy=True) for k, v in trainable.params.items()}
             if self.backend == "ray":
                 params = _remote.put(params)
-            light = dataclasses.replace(state, rng=None)
+            light = dataclasses.replace(state, rng=None)  # type: ignore[arg-type]  # each worker gets its own
             args = []
             for j, (i, a, b) in enumerate(jobs):
                 # the first slice draws from the driver's generator (handed back below); others from their own
@@ -192,19 +199,18 @@ class DataParallel:
                 args.append((params, slice_pools(pools, a, b), light, rng_state))
             pool = self._pool
             if self.backend == "local":
-                results = [pool[i].step(*arg) for (i, _, _), arg in zip(jobs, args)]
+                results = [pool[i].step(*arg) for (i, _, _), arg in zip(jobs, args, strict=True)]
             else:
-                results = _remote.get([pool[i].step.remote(*arg) for (i, _, _), arg in zip(jobs, args)])
+                results = _remote.get([pool[i].step.remote(*arg) for (i, _, _), arg in zip(jobs, args, strict=True)])
         state.rng.bit_generator.state = results[0][2]
         if len(results) == 1:
             return results[0][0], results[0][1]
-        weights = np.array([active[i] for i, _, _ in jobs], dtype=np.float64)
-        weights /= weights.sum()
-        loss = float(sum(w * r[0] for w, r in zip(weights, results)))
+        weights = slice_weights([active[i] for i, _, _ in jobs])
+        loss = float(sum(w * r[0] for w, r in zip(weights, results, strict=True)))
         grads: dict[str, np.ndarray] = {}
         for name, ref in trainable.params.items():
             acc = np.zeros(ref.shape, dtype=np.float64)
-            for w, r in zip(weights, results):
+            for w, r in zip(weights, results, strict=True):
                 if name in r[1]:
                     acc += w * r[1][name]
             grads[name] = acc.astype(ref.dtype)

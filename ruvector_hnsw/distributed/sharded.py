@@ -147,8 +147,8 @@ class ShardedIndex:
     # ------------------------------------------------------------------ plumbing
     def _call(self, method: str, per_shard: Sequence[tuple[Any, ...]]) -> list[Any]:
         if self.backend == "local":
-            return [getattr(a, method)(*args) for a, args in zip(self._actors, per_shard)]
-        return _remote.get([getattr(a, method).remote(*args) for a, args in zip(self._actors, per_shard)])
+            return [getattr(a, method)(*args) for a, args in zip(self._actors, per_shard, strict=True)]
+        return _remote.get([getattr(a, method).remote(*args) for a, args in zip(self._actors, per_shard, strict=True)])
 
     def close(self) -> None:
         """End the shard actors (the object is unusable afterwards)."""
