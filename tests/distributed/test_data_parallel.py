@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+
 from ruvector_hnsw import distributed
 
 from .conftest import make_searcher
