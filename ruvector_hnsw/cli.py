@@ -346,15 +346,22 @@ def _run_eval(
         ef_construction=args.ef_construction,
     )
     settings["methods_build_s"] = round(time.perf_counter() - t0, 3)
-    rows = ev.evaluate(
-        ds,
-        methods,
-        k=args.k,
-        max_results=args.max_results,
-        latency_queries=args.latency_queries,
-        seed=args.seed,
-        progress=con.progress,
-    )
+    eval_options: dict[str, Any] = {"k": args.k, "max_results": args.max_results,
+                                    "latency_queries": args.latency_queries, "seed": args.seed,
+                                    "progress": con.progress}
+    address = getattr(args, "ray", None)
+    if address:
+        from ruvector_hnsw import distributed
+
+        resources = distributed.connect(address)
+        rows = distributed.evaluate(ds, methods, backend="ray", workers=getattr(args, "ray_workers", None),
+                                    shared_dir=getattr(args, "shared_dir", None), **eval_options)
+        settings["ray"] = {"address": address, "cluster_cpus": resources.get("CPU"),
+                           "workers": rows[0]["workers"] if rows else None}
+        con.print(f"evaluated on Ray ({address}): {settings['ray']['workers']} query shards on a cluster of "
+                  f"{resources.get('CPU', 0):g} CPUs")
+    else:
+        rows = ev.evaluate(ds, methods, **eval_options)
     settings["threads_available"] = ev.available_threads()
     return ds, rows, settings
 
@@ -1180,6 +1187,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--model", action="append", metavar="MODEL",
         help="also evaluate a model saved by 'train' (repeatable; adds the method model:path=MODEL)",
     )
+    r = p.add_argument_group("Ray (the ray extra)")
+    r.add_argument(
+        "--ray", metavar="ADDRESS",
+        help="evaluate on a Ray cluster: the queries split into shards over workers that load the methods once; "
+        "the metrics equal the single-process run. ADDRESS: local (start one on this machine), auto (the "
+        "cluster of 'ray start --head' here) or HOST:PORT / ray://HOST:10001",
+    )
+    r.add_argument("--ray-workers", type=_positive_int, dest="ray_workers",
+                   help="query shards / worker actors (default: the cluster's CPUs)")
+    r.add_argument("--shared-dir", dest="shared_dir",
+                   help="ship the methods as a pickle in this directory every node can read (default: object store)")
 
     p = add(
         "train", "fit an attention reranker on training queries (a dataset's, or your own files); save the model",

@@ -46,8 +46,10 @@ def test_runtime_dependencies() -> None:
     assert "hnswlib>=0.8,<0.9" in declared  # the graph export reads hnswlib 0.8's private layout
     assert "threadpoolctl>=3" in declared  # ruvector_hnsw.threads limits BLAS with it
     assert any(d.startswith("faiss-cpu") for d in declared) and any(d.startswith("numba") for d in declared)
+    assert not any(d.startswith("ray") for d in declared)  # Ray is the optional extra ``ray``, never required
     extras = PYPROJECT.split("[project.optional-dependencies]", 1)[1].split("\n[", 1)[0]
-    assert "ray" not in extras
+    assert re.search(r'^ray = \["ray>=[0-9.]+"\]', extras, re.M)
+    assert ".[all,ray,dev]" in (ROOT / "Makefile").read_text(encoding="utf-8")  # make test runs the Ray tests
 
 
 def test_sdist_carries_the_benchmarks_and_the_licence() -> None:
@@ -58,7 +60,8 @@ def test_sdist_carries_the_benchmarks_and_the_licence() -> None:
 
 def test_tests_skip_only_for_optional_third_party_extras() -> None:
     """A test may skip when an optional extra is missing, never when the project's own import fails."""
-    extras = {"h5py", "matplotlib", "tqdm", "sklearn"}  # the import names of the hdf5/plot/progress/digits extras
+    # the import names of the hdf5/plot/progress/digits/ray extras
+    extras = {"h5py", "matplotlib", "tqdm", "sklearn", "ray"}
     found = {}
     for path in sorted((ROOT / "tests").rglob("*.py")):
         for name in re.findall(r"importorskip\(\s*['\"]([^'\"]+)['\"]", path.read_text(encoding="utf-8")):

@@ -55,7 +55,7 @@ from ruvector_hnsw.errors import (
 from ruvector_hnsw.eval import metrics as M
 from ruvector_hnsw.eval.timing import available_threads, measure_latency, measure_qps, warm_up
 
-__all__ = ["RESULT_KEYS", "dataset_info", "evaluate"]
+__all__ = ["RESULT_KEYS", "check_dataset", "dataset_info", "dataset_labels", "evaluate", "ground_truth"]
 
 #: Keys present in every result row (values may be None where a metric does not apply).
 RESULT_KEYS: tuple[str, ...] = (
@@ -333,3 +333,9 @@ def evaluate(
         )
         rows.append({key: row.get(key) for key in RESULT_KEYS} | row)
     return rows
+
+
+#: the validation and look-ups of :func:`evaluate`, for runners that split its work (``ruvector_hnsw.distributed``)
+check_dataset = _check_dataset
+dataset_labels = _labels
+ground_truth = _ground_truth

@@ -346,6 +346,7 @@ class AttentionSearch:
         progress: bool = False,
         checkpoint_dir: str | Path | None = None,
         resume: bool | str | Path = False,
+        step_runner: Any = None,
     ) -> TrainingHistory:
         """Train the attention encoder contrastively on labelled queries.
 
@@ -399,6 +400,9 @@ class AttentionSearch:
             Show a progress bar (needs tqdm): per-epoch loss, validation mAP@R and seconds.
         checkpoint_dir, resume
             Trainer checkpoints and resuming from them.
+        step_runner : callable, optional
+            ``step_runner(trainable, pools, state) -> (loss, grads)`` computes every step's loss and
+            gradients from the sampled pools (e.g. :class:`ruvector_hnsw.distributed.DataParallel`).
 
         Returns
         -------
@@ -436,7 +440,7 @@ class AttentionSearch:
                     weight_decay=weight_decay, fresh_rows=fresh_rows, loss=loss, margin=margin,
                     local_weight=local_weight, miner=miner, curriculum=curriculum, regularizer=regularizer,
                     reg_weight=reg_weight, optimizer=optimizer, progress=progress,
-                    checkpoint_dir=checkpoint_dir, resume=resume)
+                    checkpoint_dir=checkpoint_dir, resume=resume, step_runner=step_runner)
                 history = training.fit(self.model, db, self.index, q, pos_lists, self.knobs, opts,
                                        self._num_threads, classes)
         split = {"sync": round(t_sync, 3), **history.time_split}

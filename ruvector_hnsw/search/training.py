@@ -105,6 +105,9 @@ class FitOptions:
     progress: bool = False
     checkpoint_dir: str | os.PathLike[str] | None = None
     resume: bool | str | os.PathLike[str] = False
+    #: ``step_runner(trainable, pools, state) -> (loss, grads)`` computes each step's loss and gradients
+    #: from the sampled pools instead of :meth:`SearchTrainingModel.pool_loss` (data-parallel training)
+    step_runner: Any = None
 
 
 def ap_at_r_of_rows(result_rows: np.ndarray, pos_lists: list[np.ndarray], cap: int | None = None) -> np.ndarray:
@@ -196,12 +199,15 @@ class SearchTrainingModel:
     def __init__(self, model: SearchModel, db: DatabaseState, state: TrainingState, *, candidates: int,
                  temperature: float, extra_positives: int, random_negatives: int, latent_negatives: int,
                  unknown: np.ndarray | None = None, fresh_rows: int | None = None, objective: str = "infonce",
-                 margin: float = 0.2, code_terms: Sequence[CodeTerm] = (), miner: Miner | None = None) -> None:
+                 margin: float = 0.2, code_terms: Sequence[CodeTerm] = (), miner: Miner | None = None,
+                 step_runner: Any = None) -> None:
         self.model, self.db, self.state = model, db, state
         #: the pool loss, its triplet margin and the terms on the encoded rows' codes
         self.objective, self.margin, self.code_terms = objective, float(margin), tuple(code_terms)
         #: re-mines the hard negatives of every epoch from the current codes (None: no mining)
         self.miner = miner
+        #: optional ``step_runner(self, pools, state) -> (loss, grads[, parts])`` replacing :meth:`pool_loss`
+        self.step_runner = step_runner
         #: distinct pool rows per step encoded with the current parameters (None: all)
         self.fresh_rows = fresh_rows
         self.clock = PhaseClock()
@@ -260,6 +266,13 @@ class SearchTrainingModel:
             pools = self._sample(batch, state)
         if pools is None:
             return 0.0, self.model.encoder.zero_grads(), {}
+        if self.step_runner is not None:
+            return tuple(self.step_runner(self, pools, state))
+        return self._loss(pools, state)
+
+    def pool_loss(self, pools: tuple[Any, ...], state: EpochState
+                  ) -> tuple[float, dict[str, np.ndarray], dict[str, float]]:
+        """Loss, gradients and loss parts of sampled ``pools`` (what a step runner's workers compute)."""
         return self._loss(pools, state)
 
     def _extra(self, state: EpochState, side: int) -> dict[str, Any]:
@@ -599,7 +612,8 @@ def fit(model: SearchModel, db: DatabaseState, index: HNSWIndex, q: np.ndarray, 
                                     extra_positives=opts.extra_positives, random_negatives=opts.random_negatives,
                                     latent_negatives=opts.latent_negatives, fresh_rows=opts.fresh_rows,
                                     unknown=None if classes is None else ~classes[1], objective=opts.loss,
-                                    margin=opts.margin, code_terms=code_terms, miner=miner)
+                                    margin=opts.margin, code_terms=code_terms, miner=miner,
+                                    step_runner=opts.step_runner)
     trainable.clock = clock
     val_pos = [pos_lists[i] for i in val_idx.tolist()]
 
