@@ -39,6 +39,8 @@ __all__ = ["ENCODE_BLOCK", "DatabaseState", "aligned_blocks"]
 #: code independent of which rows are encoded with it. Small blocks also keep BLAS on the calling thread
 #: (a multi-threaded product of a few hundred rows can wait ms for its threads)
 ENCODE_BLOCK = 64
+#: aligned blocks encoded per call (one attention / GEMM call over ENCODE_GROUP * ENCODE_BLOCK rows)
+ENCODE_GROUP = 32
 #: neighbours whose affinities define the diffusion graph and the Nystrom rule
 DIFFUSION_K = 10
 
@@ -156,12 +158,18 @@ class DatabaseState:
         if rows.shape[0] == 0:
             return out
         table = self.table.view
-        for at, block in aligned_blocks(rows, ENCODE_BLOCK):
-            ids, mask, ctx = self.contexts.of_rows(block)
+        blocks = aligned_blocks(rows, ENCODE_BLOCK)
+        for g in range(0, len(blocks), ENCODE_GROUP):
+            # several aligned blocks per call: every row still sits at position r % ENCODE_BLOCK of
+            # a full ENCODE_BLOCK-row tile, so its code is the same as in any other grouping
+            group = blocks[g : g + ENCODE_GROUP]
+            batch = np.concatenate([block for _, block in group])
+            ids, mask, ctx = self.contexts.of_rows(batch)
             if self.table_state is not None:
                 ctx.table_state = self.table_state
-            z = encoder.encode(table[block], table, ids, mask, ctx).zhat
-            out[at] = z[rows[at] % ENCODE_BLOCK]
+            z = encoder.encode(table[batch], table, ids, mask, ctx).zhat
+            for j, (at, _) in enumerate(group):
+                out[at] = z[j * ENCODE_BLOCK + rows[at] % ENCODE_BLOCK]
         return out
 
     def refresh_codes(self, model: SearchModel, *, kind: str | None = None, phi: np.ndarray | None = None,

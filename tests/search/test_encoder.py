@@ -128,6 +128,24 @@ def test_database_codes_do_not_depend_on_the_batch(mechanism: str) -> None:
         np.testing.assert_array_equal(db.encode_rows(s.model.encoder, rows), full[rows], err_msg=f"seed {seed}")
 
 
+def test_database_codes_do_not_depend_on_the_grouping_of_blocks(monkeypatch) -> None:
+    """Several aligned blocks share one encoder call; how many must not change any code."""
+    from ruvector_hnsw import HNSWIndex
+    from ruvector_hnsw.search import AttentionSearch, state
+
+    rng = np.random.default_rng(1)
+    idx = HNSWIndex(24, M=8, ef_construction=60, seed=1, num_threads=1)
+    idx.add(rng.standard_normal((2000, 24)).astype(np.float32))
+    s = AttentionSearch(idx, "local_global", k_local=8, k_global=4)
+    db = s.database_state()
+    full = db.encode_rows(s.model.encoder, np.arange(db.n))
+    for group in (1, 3, 7):
+        monkeypatch.setattr(state, "ENCODE_GROUP", group)
+        np.testing.assert_array_equal(db.encode_rows(s.model.encoder, np.arange(db.n)), full, err_msg=str(group))
+        rows = np.random.default_rng(group).integers(0, db.n, 400)
+        np.testing.assert_array_equal(db.encode_rows(s.model.encoder, rows), full[rows], err_msg=str(group))
+
+
 def test_aligned_blocks_put_each_row_at_its_residue() -> None:
     from ruvector_hnsw.search.state import aligned_blocks
 
