@@ -38,6 +38,7 @@ LAYERS: dict[str, int] = {
     "search": 5,
     "eval": 6,
     "datasets": 6,
+    "diagnostics": 6,
     "cli": 7,
 }
 #: the package face (``ruvector_hnsw/__init__.py``) re-exports lazily from above; its own
