@@ -38,8 +38,8 @@ LAYERS: dict[str, int] = {
     "search": 5,
     "eval": 6,
     "datasets": 6,
-    "diagnostics": 6,
-    "cli": 7,
+    "diagnostics": 7,
+    "cli": 8,
 }
 #: the package face (``ruvector_hnsw/__init__.py``) re-exports lazily from above; its own
 #: attributes (``__version__``, ``RuvectorError``) count as the bottom layer
