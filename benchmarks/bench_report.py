@@ -107,7 +107,7 @@ def run_dataset(ds: Dataset, mechanisms: list[str], fit_opts: dict[str, Any], lo
             methods = ev.build_methods([spec], ds, index=index, seed=0, num_threads=1)
             fit_s = time.perf_counter() - t0
             rows = ev.evaluate(ds, methods, k=10, latency_queries=0, qps_repeats=1, seed=0)
-        except Exception as exc:  # noqa: BLE001 - one failing mechanism must not end the run
+        except Exception as exc:  # one failing mechanism must not end the run
             rec["errors"][mech] = f"{type(exc).__name__}: {exc}"
             log(f"  {mech:<20} FAILED {rec['errors'][mech]}")
             continue

@@ -380,7 +380,8 @@ def hop_distances(indptr: np.ndarray, indices: np.ndarray, sources: np.ndarray,
     n = indptr.size - 1
     src = np.asarray(sources, dtype=np.int64)
     tgt = src if targets is None else np.asarray(targets, dtype=np.int64)
-    if src.size and (src.min() < 0 or src.max() >= n) or tgt.size and (tgt.min() < 0 or tgt.max() >= n):
+    both = np.concatenate([src, tgt])
+    if both.size and (both.min() < 0 or both.max() >= n):
         raise InvalidInputError(f"sources/targets must lie in [0, {n})")
     return np.asarray(_bfs_many(indptr, indices, src, tgt))
 
