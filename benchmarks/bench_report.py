@@ -145,37 +145,80 @@ def summarise(rec: dict[str, Any]) -> None:
 
 
 def table(records: list[dict[str, Any]], mechanisms: list[str]) -> list[str]:
-    names = [r["dataset"][:12] for r in records]
-    lines = [f"{'mAP@R':<20}" + "".join(f"{n:>13}" for n in names), "-" * (20 + 13 * len(names))]
-    lines.append(f"{'hnsw (raw)':<20}" + "".join(f"{r['hnsw']:>13.4f}" for r in records))
+    names = [r["dataset"][:18] for r in records]
+    lines = [f"{'mAP@R':<20}" + "".join(f"{n:>20}" for n in names), "-" * (20 + 20 * len(names))]
+    lines.append(f"{'hnsw (raw)':<20}" + "".join(f"{r['hnsw']:>20.4f}" for r in records))
     for m in mechanisms:
         cells = []
         for r in records:
             v = r["map_at_r"].get(m)
             best = r.get("summary", {}).get("best") == m
-            cells.append(f"{'n/a' if v is None else f'{v:.4f}' + ('*' if best else ' '):>13}")
+            cells.append(f"{'n/a' if v is None else f'{v:.4f}' + ('*' if best else ' '):>20}")
         lines.append(f"{m:<20}" + "".join(cells))
-    lines.append("-" * (20 + 13 * len(names)))
+    lines.append("-" * (20 + 20 * len(names)))
     for label, key in (("recommended family", None), ("recommended mech", "recommended"),
                        ("gap: recommended", "recommended_gap"), ("gap: best of family", "family_gap"),
                        ("gap: local_global", "local_global_gap")):
         if key is None:
-            cells = [f"{r['report']['recommendation']:>13}" for r in records]
+            cells = [f"{r['report']['recommendation']:>20}" for r in records]
         else:
             cells = []
             for r in records:
                 v = r.get("summary", {}).get(key)
-                cells.append(f"{v:>13}" if isinstance(v, str) else f"{'n/a' if v is None else f'{v:.4f}':>13}")
+                cells.append(f"{v:>20}" if isinstance(v, str) else f"{'n/a' if v is None else f'{v:.4f}':>20}")
         lines.append(f"{label:<20}" + "".join(cells))
     return lines
+
+
+def always(records: list[dict[str, Any]], mechanisms: list[str]) -> list[dict[str, Any]]:
+    """Each fixed choice ("always X") over the sets: mean gap to the best, sets within 0.02."""
+    out = []
+    for m in mechanisms:
+        gaps = [r["summary"]["best_map"] - r["map_at_r"][m] for r in records if r.get("summary") and m in r["map_at_r"]]
+        if len(gaps) == len(records) and gaps:
+            out.append({"mechanism": m, "mean_gap": round(float(np.mean(gaps)), 4),
+                        "max_gap": round(float(np.max(gaps)), 4), "within_0_02": int(sum(g <= 0.02 for g in gaps))})
+    return sorted(out, key=lambda row: (row["mean_gap"], row["mechanism"]))
+
+
+def conclude(out: dict[str, Any], log: Any) -> None:
+    """The validation table and the verdict (from the records alone: also used by ``--summary-only``)."""
+    records, mechanisms = out["records"], out["mechanisms"]
+    log("")
+    log("validation (mAP@R on held-apart evaluation queries; * = best mechanism; gaps = best - that one)")
+    trained = mechanisms + sorted({m for r in records for m in r["map_at_r"]} - set(mechanisms))
+    for line in table(records, trained):
+        log(line)
+    gaps = [r["summary"]["recommended_gap"] for r in records if r.get("summary")]
+    lg = [r["summary"]["local_global_gap"] for r in records if r.get("summary")]
+    within = sum(g <= 0.02 for g in gaps)
+    out["recommended_within_0_02"] = within
+    out["local_global_within_0_02"] = sum(g <= 0.02 for g in lg)
+    out["mean_recommended_gap"] = float(np.mean(gaps)) if gaps else float("nan")
+    out["mean_local_global_gap"] = float(np.mean(lg)) if lg else float("nan")
+    out["always"] = always(records, trained)
+    log("")
+    log("always the same mechanism (post hoc, on these sets): mean / max gap to the best, sets within 0.02")
+    for row in out["always"]:
+        log(f"  {row['mechanism']:<20} mean {row['mean_gap']:.4f}  max {row['max_gap']:.4f}  "
+            f"{row['within_0_02']}/{len(records)}")
+    log(f"recommended mechanism within 0.02 of the best on {within} of {len(gaps)} sets (mean gap "
+        f"{out['mean_recommended_gap']:.4f}); always local_global: {out['local_global_within_0_02']} of {len(lg)} "
+        f"(mean gap {out['mean_local_global_gap']:.4f})")
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="tiny sets, three mechanisms, one epoch")
     ap.add_argument("--json", help="write the figures here")
+    ap.add_argument("--summary-only", dest="summary_only", metavar="JSON",
+                    help="print the validation table of a finished run's JSON (no training)")
     args = ap.parse_args(argv)
     t_start = time.perf_counter()
+    if args.summary_only:
+        done = json.loads(Path(args.summary_only).read_text())
+        conclude(done, lambda text: print(text, flush=True))
+        return 0
 
     def log(text: str) -> None:
         print(text, flush=True)
@@ -195,22 +238,9 @@ def main(argv: list[str] | None = None) -> int:
         records.append(run_dataset(ds, mechanisms, fit_opts, log))
         if args.json:  # after every dataset: a cut-short run keeps what it measured
             Path(args.json).write_text(json.dumps(out, indent=2, default=float))
-    log("")
-    log("validation (mAP@R on held-apart evaluation queries; * = best mechanism; gaps = best - that one)")
-    trained = mechanisms + sorted({m for r in records for m in r["map_at_r"]} - set(mechanisms))
-    for line in table(records, trained):
-        log(line)
-    gaps = [r["summary"]["recommended_gap"] for r in records if r.get("summary")]
-    lg = [r["summary"]["local_global_gap"] for r in records if r.get("summary")]
-    within = sum(g <= 0.02 for g in gaps)
-    out["recommended_within_0_02"] = within
-    out["local_global_within_0_02"] = sum(g <= 0.02 for g in lg)
-    out["mean_recommended_gap"] = float(np.mean(gaps)) if gaps else float("nan")
-    out["mean_local_global_gap"] = float(np.mean(lg)) if lg else float("nan")
     out["wall_s"] = round(time.perf_counter() - t_start, 1)
-    log(f"recommended mechanism within 0.02 of the best on {within} of {len(gaps)} sets (mean gap "
-        f"{out['mean_recommended_gap']:.4f}); always local_global: {out['local_global_within_0_02']} of {len(lg)} "
-        f"(mean gap {out['mean_local_global_gap']:.4f}); wall {out['wall_s']:.0f} s")
+    conclude(out, log)
+    log(f"wall {out['wall_s']:.0f} s")
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2, default=float))
     return 0
