@@ -137,3 +137,13 @@ def test_analyze_rejects_bad_input(index):
         GeometryReport.analyze(index, sample=0)
     with pytest.raises(InvalidInputError, match="seed"):
         GeometryReport.analyze(index, seed=1.5)
+
+
+def test_analyze_is_the_same_at_any_thread_count(index):
+    from ruvector_hnsw.threads import thread_limits
+
+    with thread_limits(1):
+        one = GeometryReport.analyze(index, sample=256, seed=5)
+    with thread_limits(2):
+        two = GeometryReport.analyze(index, sample=256, seed=5)
+    assert one == two
