@@ -46,6 +46,7 @@ examples:
   ruvector-hnsw build data/sift_base.fvecs -o sift.rvh --space l2 --M 16 --ef-construction 200
   ruvector-hnsw query sift.rvh data/sift_query.fvecs -k 10 --ef 64 -o result.npz
   ruvector-hnsw info sift.rvh
+  ruvector-hnsw analyze sift.rvh --json report.json        # graph geometry -> a mechanism to try
   ruvector-hnsw bench --quick
 
 vector files: .fvecs/.bvecs (TEXMEX), .npy, .npz (arrays 'base', 'queries', ...), .hdf5
@@ -569,6 +570,35 @@ def cmd_info(args: argparse.Namespace, con: _Console) -> int:
     for line in _graph_report(stats):
         con.print(line)
     return EXIT_OK
+
+
+def cmd_analyze(args: argparse.Namespace, con: _Console) -> int:
+    from ruvector_hnsw.diagnostics import GeometryReport
+    from ruvector_hnsw.index import HNSWIndex
+
+    if args.sample < 1:  # checked before the (slow) load; one error line, exit 2
+        raise ConfigError(f"--sample must be >= 1, got {args.sample}")
+    if args.json:
+        _check_json_output(Path(args.json))
+    index = HNSWIndex.load(args.index, num_threads=args.threads)
+    t0 = time.perf_counter()
+    report = GeometryReport.analyze(index, sample=args.sample, seed=args.seed)
+    elapsed = time.perf_counter() - t0
+    con.print(f"index {args.index}: {len(index)} vectors x {index.dim} dims, space={index.space}, M={index.M}")
+    con.print(report.format())
+    con.print(f"(analysed in {elapsed:.2f} s)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+        con.print(f"wrote {args.json}")
+    return EXIT_OK
+
+
+def _check_json_output(out: Path) -> None:
+    if out.suffix.lower() != ".json":
+        raise ConfigError(f"--json {out}: the report file must end in .json")
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        raise FileNotFoundError(2, "No such directory", str(parent))
 
 
 def _apply_protocol(ds: Any, args: argparse.Namespace, con: _Console) -> Any:
@@ -1151,6 +1181,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--plot", metavar="PNG", help="also draw the graph: levels histogram, degree distribution per "
                    "layer, 2-D layout (PCA) of the upper layers with their links (needs matplotlib)")
+
+    p = add(
+        "analyze", "measure the geometry of a saved index's graph and recommend an attention mechanism",
+        "examples:\n  ruvector-hnsw analyze sift.rvh\n  ruvector-hnsw analyze sift.rvh --sample 1024 --seed 1 --json "
+        "report.json\n\nMetrics (each graded healthy / warning / critical): sliced-Wasserstein distance between "
+        "linked\nneighbourhoods vs random pairs, boundary mass of the context windows, Gromov delta of the hop "
+        "metric,\nlevel occupancy vs hnswlib's law, Dirichlet energy of the vectors on the links, entropy of an "
+        "untrained\nmechanism; then a health score in [0, 1] and a family (standard, sparse, geometric, diffusion,\n"
+        "transport) with the mechanisms to try and the reasons. See ruvector_hnsw.diagnostics.",
+        cmd_analyze,
+    )
+    p.add_argument("index", help="index file written by 'build'")
+    p.add_argument("--sample", type=int, default=512, help="neighbourhoods sampled (default 512)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sample and the projections (default 0)")
+    p.add_argument("--json", metavar="OUT.json", help="also write the report as JSON")
 
     p = add(
         "eval", "evaluate search methods on a dataset: table, JSON, plot",

@@ -684,3 +684,30 @@ def test_progress_bars_show_rates_and_keep_results(files, capsys):
     # training shows the trainer's bar (batches, with a rate)
     assert main([*_train_files_args(d, d / "m"), "--progress", "always"]) == 0
     assert re.search(r"batch/s|s/batch", capsys.readouterr().err)
+
+
+def test_analyze_prints_the_report_and_writes_json(vecs, tmp_path, capsys):
+    from ruvector_hnsw.diagnostics import GeometryReport
+    from ruvector_hnsw.index import HNSWIndex
+
+    d, _, _ = vecs
+    idx = d / "i.rvh"
+    assert main(["build", str(d / "base.fvecs"), "-o", str(idx), "--threads", "1"]) == 0
+    capsys.readouterr()
+    out_json = tmp_path / "report.json"
+    assert main(["analyze", str(idx), "--sample", "100", "--seed", "2", "--json", str(out_json)]) == 0
+    out = capsys.readouterr().out
+    expected = GeometryReport.analyze(HNSWIndex.load(idx), sample=100, seed=2)
+    assert expected.format() in out and "400 vectors x 8 dims" in out
+    assert json.loads(out_json.read_text()) == json.loads(json.dumps(expected.to_dict()))
+
+    for argv, fragment in (
+        (["analyze", str(d / "missing.rvh")], "missing.rvh"),
+        (["analyze", str(idx), "--sample", "0"], "--sample"),
+        (["analyze", str(idx), "--sample", "-3"], "--sample"),
+        (["analyze", str(idx), "--json", str(tmp_path / "r.txt")], ".json"),
+        (["analyze", str(idx), "--json", str(tmp_path / "no" / "r.json")], "No such directory"),
+        (["analyze", str(d / "base.fvecs")], "base.fvecs"),
+    ):
+        assert main(argv) == 2, argv
+        _one_error_line(capsys.readouterr().err, fragment)

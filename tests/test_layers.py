@@ -39,6 +39,7 @@ LAYERS: dict[str, int] = {
     "eval": 6,
     "datasets": 6,
     "distributed": 7,
+    "diagnostics": 7,
     "cli": 8,
 }
 #: the package face (``ruvector_hnsw/__init__.py``) re-exports lazily from above; its own
