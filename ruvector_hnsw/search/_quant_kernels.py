@@ -1,7 +1,9 @@
-"""numba kernels over compact codes (float16 as uint16 bit patterns + a lookup table, or int8 + per-row scale).
+"""numba kernels over compact codes (float16 as uint16 bit patterns, or int8 + per-row scale).
 
 Every kernel reads a code row through :func:`_sim`: ``<zq[b], codes[v]>`` accumulated in float32
-over the float32 value of each stored entry, times the row's scale for int8. Serial and GIL-free:
+over the float32 value of each stored entry, times the row's scale for int8. A float16 entry is
+decoded arithmetically, exactly (``mantissa * 2**exponent`` with the 32 powers in ``lut``;
+finite values only - codes never hold inf/NaN); numba has no float16 type. Serial and GIL-free:
 callers split query rows over threads (each query's result depends on that query alone).
 """
 
@@ -20,7 +22,11 @@ def _sim(zq: np.ndarray, b: int, codes: np.ndarray, scale: np.ndarray, lut: np.n
     acc = np.float32(0.0)
     if half:
         for t in range(p):
-            acc += zq[b, t] * lut[codes[v, t]]
+            h = np.int32(codes[v, t])
+            e = (h >> 10) & 31
+            mant = (h & 1023) + ((e + 31) >> 5) * 1024  # the implicit leading 1 of normal numbers
+            val = np.float32(mant) * lut[e]
+            acc += zq[b, t] * (val - 2.0 * val * np.float32((h >> 15) & 1))
     else:
         for t in range(p):
             acc += zq[b, t] * np.float32(codes[v, t])

@@ -46,10 +46,15 @@ def check_code_dtype(value: Any) -> str:
 
 
 def half_table() -> np.ndarray:
-    """(65536,) float32: the value of every float16 bit pattern (the kernels' exact half -> float)."""
+    """(32,) float32: ``2 ** (max(e, 1) - 25)`` per float16 exponent field ``e``.
+
+    A finite float16 with bits ``(sign, e, m)`` is ``(-1)**sign * (m + 1024 [e > 0]) * table[e]``;
+    the kernels decode with it (exactly).
+    """
     global _HALF_TABLE
     if _HALF_TABLE is None:
-        _HALF_TABLE = np.arange(65536, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
+        e = np.arange(32)
+        _HALF_TABLE = np.exp2(np.maximum(e, 1) - 25.0).astype(np.float32)
     return _HALF_TABLE
 
 

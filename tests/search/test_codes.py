@@ -292,3 +292,18 @@ def test_hnsw_latent_updates_keep_the_compact_dtype() -> None:
     # the delta rows are found: searching with a new row's own code returns it first
     hits = codes.search(np.ascontiguousarray(full.codes[rows]), 1)[:, 0]
     assert (hits == rows).mean() >= 0.95
+
+
+def test_half_decoding_of_the_kernels_is_exact_for_every_finite_float16() -> None:
+    bits = np.arange(65536, dtype=np.uint32).astype(np.uint16)
+    values = bits.view(np.float16)
+    finite = np.isfinite(values)
+    x = values[finite].astype(np.float32).reshape(-1, 1)
+    rows = CodeRows(x, "float16")
+    codes, scale, lut, half = rows.kernel_args()
+    assert half and codes.dtype == np.uint16
+    from ruvector_hnsw.search import _quant_kernels as qk
+
+    out = np.empty((1, x.shape[0]), dtype=np.float32)
+    qk.pair_sims(np.ones((1, 1), np.float32), codes, scale, lut, half, np.arange(x.shape[0])[None, :], out, 0, 1)
+    np.testing.assert_array_equal(out[0], x[:, 0])
