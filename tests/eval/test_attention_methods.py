@@ -131,3 +131,17 @@ def test_encoder_stack_options_reach_the_model(tiny, tiny_index):
     cfg = model.model.config
     assert (cfg.layers, cfg.norm, cfg.dropout) == (2, "layer", 0.0)
     assert "block2.norm.bias" in model.model.encoder.params
+
+
+def test_code_dtype_option_reaches_the_model(tiny, tiny_index):
+    methods = ev.build_methods("local_global:epochs=1:n_train=60:code_dtype=int8", tiny, index=tiny_index,
+                               num_threads=1)
+    p = next(iter(methods.values())).params
+    assert p["code_dtype"] == "int8" and p["code_memory_bytes"] > 0
+    ctx = ev.BuildContext(tiny, tiny_index, num_threads=1)
+    f32, _ = ev.fit_attention(ctx, "local_global", epochs=1, n_train=60)
+    i8, _ = ev.fit_attention(ctx, "local_global", epochs=1, n_train=60, code_dtype="int8")
+    assert i8 is not f32  # another model, not the cached float32 one
+    assert i8.database_state().codes.store.raw.dtype == np.int8
+    assert f32.database_state().codes.store.raw.dtype == np.float32
+    assert f32.memory_bytes()["total"] / i8.memory_bytes()["total"] >= 3.5
