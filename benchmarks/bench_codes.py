@@ -84,7 +84,8 @@ def run_dataset(name: str, args: argparse.Namespace, label_head: bool) -> dict[s
     qlab = np.asarray(ds.query_labels)
     k = int(max((labels == c).sum() for c in np.unique(qlab).tolist()))
     k = min(k, args.max_k)
-    out: dict[str, Any] = {"dataset": name, "label_head": label_head, "n_base": int(ds.base.shape[0]), "dim": int(ds.base.shape[1]),
+    out: dict[str, Any] = {"dataset": name, "label_head": label_head, "n_base": int(ds.base.shape[0]),
+                           "dim": int(ds.base.shape[1]),
                            "metric": metric, "n_train": int(tq.shape[0]), "n_queries": int(ds.queries.shape[0]),
                            "k": k, "fit_s": round(fit_s, 1), "alpha": s.model.alpha, "rho": s.model.rho,
                            "lam": s.model.lam, "latent": s.database_state().codes.resolved_kind, "dtypes": {}}
@@ -100,7 +101,7 @@ def run_dataset(name: str, args: argparse.Namespace, label_head: bool) -> dict[s
         mem = copy.memory_bytes()
         if ref_ids is None:
             ref_ids = ids
-        overlap = float(np.mean([np.intersect1d(a[:10], b[:10]).size / 10 for a, b in zip(ref_ids, ids)]))
+        overlap = float(np.mean([np.intersect1d(a[:10], b[:10]).size / 10 for a, b in zip(ref_ids, ids, strict=True)]))
         out["dtypes"][dt] = {"memory": mem, "map_at_r": _map_at_r(ids, labels, qlab), "top10_overlap": overlap,
                              "search_s": round(search_s, 2)}
     base = out["dtypes"]["float32"]
@@ -112,7 +113,8 @@ def run_dataset(name: str, args: argparse.Namespace, label_head: bool) -> dict[s
 
 
 def _print(r: dict[str, Any]) -> None:
-    print(f"\n{r['dataset']} (label_head={r['label_head']}): {r['n_base']} x {r['dim']} {r['metric']}, {r['n_train']} training queries, "
+    print(f"\n{r['dataset']} (label_head={r['label_head']}): {r['n_base']} x {r['dim']} {r['metric']}, "
+          f"{r['n_train']} training queries, "
           f"{r['n_queries']} eval queries, k={r['k']}; latent={r['latent']}; fit {r['fit_s']} s "
           f"(alpha={r['alpha']:.4g} rho={r['rho']:.4g} lam={r['lam']:.4g}); {r['wall_s']} s in all")
     print(f"  {'dtype':8} {'codes':>10} {'phi':>10} {'z':>10} {'latent':>10} {'total':>11} {'ratio':>6} "
@@ -156,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     print("\nsummary: int8 vs float32 (memory ratio of code cache + latent index, mAP@R difference)")
     for r in results:
         i8, f16 = r["dtypes"]["int8"], r["dtypes"]["float16"]
-        print(f"  {r['dataset']:13} label_head={'on ' if r['label_head'] else 'off'}  int8 {i8['memory_ratio']:.2f}x  dmAP@R {i8['map_diff']:+.4f}   "
+        head = "on " if r["label_head"] else "off"
+        print(f"  {r['dataset']:13} label_head={head}  int8 {i8['memory_ratio']:.2f}x  dmAP@R {i8['map_diff']:+.4f}   "
               f"float16 {f16['memory_ratio']:.2f}x  dmAP@R {f16['map_diff']:+.4f}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))

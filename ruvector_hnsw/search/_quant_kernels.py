@@ -17,7 +17,7 @@ _FM = {"reassoc", "nsz", "contract"}
 
 @nb.njit(cache=True, nogil=True, inline="always", fastmath=_FM)
 def _sim(zq: np.ndarray, b: int, codes: np.ndarray, scale: np.ndarray, lut: np.ndarray, half: bool,
-         v: int) -> float:
+         v: int) -> np.float32:
     p = codes.shape[1]
     acc = np.float32(0.0)
     if half:

@@ -94,12 +94,12 @@ def test_code_rows_store_in_their_dtype_and_read_back_float32(dtype: str) -> Non
 
 
 def test_bad_code_dtype_is_a_config_error_naming_it(index) -> None:
-    with pytest.raises(ConfigError, match="code_dtype.*'int4'"):
+    with pytest.raises(ConfigError, match=r"code_dtype.*'int4'"):
         AttentionSearch(index, code_dtype="int4")
     with pytest.raises(ConfigError, match="code_dtype"):
         CodeRows(np.zeros((2, 2), np.float32), "bfloat16")
     s = AttentionSearch(index)
-    with pytest.raises(ConfigError, match="code_dtype.*None"):
+    with pytest.raises(ConfigError, match=r"code_dtype.*None"):
         s.set_code_dtype(None)  # type: ignore[arg-type]
     assert issubclass(ConfigError, ValueError)
 
@@ -155,7 +155,7 @@ def test_link_graph_search_finds_the_exact_neighbours(dtype: str) -> None:
     flat = LatentCodes(z, phi, 0.0, kind="flat", dtype=dtype)
     zq = _codes(n=50, p=16, m=0, seed=9)[0]
     got, exact = graph.search(zq, 10), flat.search(zq, 10)
-    recall = np.mean([np.intersect1d(a, b).size / 10 for a, b in zip(got, exact)])
+    recall = np.mean([np.intersect1d(a, b).size / 10 for a, b in zip(got, exact, strict=True)])
     assert recall >= 0.95, recall
     # a row's neighbours in the links are rows of the graph; every row is reachable from layer 0
     lg = graph._graph
@@ -204,7 +204,7 @@ def test_training_uses_float32_and_the_choice_applies_to_the_stored_cache(fitted
 
 
 def test_int8_ranking_is_close_to_float32(fitted) -> None:
-    models, (base, base_lab, eq, eq_lab) = fitted
+    models, (_base, base_lab, eq, eq_lab) = fitted
     f32 = models["float32"]
     assert f32.alpha > 0  # the codes are in the score
     ref, _ = f32.search(eq, k=100)
@@ -213,7 +213,7 @@ def test_int8_ranking_is_close_to_float32(fitted) -> None:
         conv.set_code_dtype(dt)
         assert conv.database_state().codes.store.raw.dtype == np.dtype(dt)
         got, _ = conv.search(eq, k=100)
-        overlap = np.mean([np.intersect1d(a[:10], b[:10]).size / 10 for a, b in zip(ref, got)])
+        overlap = np.mean([np.intersect1d(a[:10], b[:10]).size / 10 for a, b in zip(ref, got, strict=True)])
         assert overlap >= min_overlap, (dt, overlap)
         rel = [np.flatnonzero(base_lab == c) for c in eq_lab]
         m_ref = map_at_r_of_rows(ref, rel)
@@ -228,7 +228,7 @@ def test_int8_ranking_is_close_to_float32(fitted) -> None:
 @pytest.mark.parametrize("dtype", CODE_DTYPES)
 @pytest.mark.parametrize("latent", ["flat", "hnsw"])
 def test_save_load_round_trip_searches_identically(fitted, tmp_path: Path, dtype: str, latent: str) -> None:
-    models, (base, _, eq, _) = fitted
+    models, (_base, _, eq, _) = fitted
     s = pickle.loads(pickle.dumps(models["float32"]))
     s.model.config = type(s.model.config)(**{**s.model.config.__dict__, "latent": latent})
     s.refresh()
