@@ -155,10 +155,11 @@ class LatentIndex:
             sq.train(first_batch)
             return faiss.IndexIDMap2(sq)
         if self._kind == "hnsw":
+            graph: Any
             if qtype is None:
                 graph = faiss.IndexHNSWFlat(self._dim, self._M, self._faiss_metric)
             else:
-                graph = faiss.IndexHNSWSQ(self._dim, qtype, self._M, self._faiss_metric)
+                graph = faiss.IndexHNSWSQ(self._dim, qtype, self._M, self._faiss_metric)  # type: ignore[arg-type]
                 graph.train(first_batch)
             graph.hnsw.efSearch = self._ef_search
             return faiss.IndexIDMap2(graph)
@@ -166,6 +167,7 @@ class LatentIndex:
         nlist = self._nlist or int(max(1, min(4 * np.sqrt(n), n // 39)))
         nlist = max(1, min(nlist, n))
         quantizer = faiss.IndexFlat(self._dim, self._faiss_metric)
+        ivf: Any
         if qtype is None:
             ivf = faiss.IndexIVFFlat(quantizer, self._dim, nlist, self._faiss_metric)
         else:

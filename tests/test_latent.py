@@ -88,7 +88,7 @@ def test_scalar_quantized_storage_is_smaller_and_finds_the_neighbours(kind: str)
             sq = faiss.downcast_index(sq)
             want = faiss.ScalarQuantizer.QT_fp16 if dt == "float16" else faiss.ScalarQuantizer.QT_8bit
             assert sq.sq.qtype == want and sq.sq.code_size == (128 if dt == "float16" else 64)
-        ids, dist = li.search(q, 10)
+        ids, _ = li.search(q, 10)
         recall = np.mean([np.intersect1d(a, b).size / 10 for a, b in zip(ids, truth, strict=True)])
         assert recall >= 0.9, (kind, dt, recall)
         mem[dt] = li.memory_bytes()
