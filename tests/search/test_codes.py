@@ -307,3 +307,18 @@ def test_half_decoding_of_the_kernels_is_exact_for_every_finite_float16() -> Non
     out = np.empty((1, x.shape[0]), dtype=np.float32)
     qk.pair_sims(np.ones((1, 1), np.float32), codes, scale, lut, half, np.arange(x.shape[0])[None, :], out, 0, 1)
     np.testing.assert_array_equal(out[0], x[:, 0])
+
+
+@pytest.mark.parametrize("dtype", COMPACT)
+def test_compact_search_is_the_same_at_any_thread_count(fitted, dtype: str) -> None:
+    models, (_base, _, eq, _) = fitted
+    s = pickle.loads(pickle.dumps(models["float32"]))
+    s.model.config = type(s.model.config)(**{**s.model.config.__dict__, "latent": "hnsw"})
+    s.refresh()
+    s.set_code_dtype(dtype)
+    out = []
+    for threads in (1, 2):
+        s.num_threads = threads
+        out.append(s.search(np.repeat(eq, 4, axis=0), k=30))  # enough work to fan out over the threads
+    np.testing.assert_array_equal(out[0][0], out[1][0])
+    np.testing.assert_array_equal(out[0][1], out[1][1])
