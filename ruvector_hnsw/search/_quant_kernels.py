@@ -2,8 +2,10 @@
 
 Every kernel reads a code row through :func:`_sim`: ``<zq[b], codes[v]>`` accumulated in float32
 over the float32 value of each stored entry, times the row's scale for int8. A float16 entry is
-decoded arithmetically, exactly (``mantissa * 2**exponent`` with the 32 powers in ``lut``;
-finite values only - codes never hold inf/NaN); numba has no float16 type. Serial and GIL-free:
+decoded arithmetically, exactly (``mantissa * 2**exponent`` by integer shifts, which vectorise;
+finite values only - codes never hold inf/NaN); numba has no float16 type. ``lut`` (the float16
+power table of :func:`~ruvector_hnsw.search.quant.half_table`) is passed along for reference
+decoders and is not read by :func:`_sim`. Serial and GIL-free:
 callers split query rows over threads (each query's result depends on that query alone).
 """
 
@@ -24,9 +26,11 @@ def _sim(zq: np.ndarray, b: int, codes: np.ndarray, scale: np.ndarray, lut: np.n
         for t in range(p):
             h = np.int32(codes[v, t])
             e = (h >> 10) & 31
-            mant = (h & 1023) + ((e + 31) >> 5) * 1024  # the implicit leading 1 of normal numbers
-            val = np.float32(mant) * lut[e]
-            acc += zq[b, t] * (val - 2.0 * val * np.float32((h >> 15) & 1))
+            normal = (e + 31) >> 5  # 1 for a normal number (e > 0), 0 for zero / subnormal
+            mant = (h & 1023) + normal * 1024  # the implicit leading 1 of normal numbers
+            # mant * 2 ** (max(e, 1) - 25), exact: an 11-bit integer times powers of two
+            val = np.float32(mant * (np.int32(1) << (e + 1 - normal))) * np.float32(2.0**-25)
+            acc += zq[b, t] * (val - np.float32(2.0) * val * np.float32((h >> 15) & 1))
     else:
         for t in range(p):
             acc += zq[b, t] * np.float32(codes[v, t])
