@@ -32,6 +32,8 @@ EXIT_INTERNAL = 1
 EXIT_USER = 2
 
 _SPACES = ("l2", "ip", "cosine")
+#: ``code_dtype`` choices (= ruvector_hnsw.search.quant.CODE_DTYPES; kept here so the parser loads no numba)
+_CODE_DTYPES = ("float32", "float16", "int8")
 _DEFAULT_METHODS = "exact,hnsw,alpha_qe,dba"
 #: the demo: the baselines, then "train then rerank" (a few epochs of local_global) and linear_proj
 _DEMO_METHODS = "exact,hnsw,alpha_qe,dba,local_global:epochs=2,linear_proj:epochs=5"
@@ -250,6 +252,23 @@ def _method_names(spec: str) -> str:
     return spec
 
 
+def _with_code_dtype(spec: str, code_dtype: str | None) -> str:
+    """``--code-dtype``: add ``code_dtype=...`` to every attention method of ``spec`` that does not set it."""
+    from ruvector_hnsw import eval as ev
+
+    if code_dtype is None:
+        return spec
+    out = []
+    for part in spec.split(","):
+        if not part.strip():
+            continue
+        name, opts = ev.parse_method_spec(part)
+        if name in ev.ATTENTION_METHODS and "code_dtype" not in opts:
+            part = f"{part.strip()}:code_dtype={code_dtype}"
+        out.append(part)
+    return ",".join(out)
+
+
 def _model_specs(args: argparse.Namespace) -> list[str]:
     """``model:path=...`` specs of ``--model`` (paths with ',' or ':' cannot be specs)."""
     specs = []
@@ -286,7 +305,8 @@ def _run_eval(
     }
     if settings["protocol"] != "seen":
         settings["unseen_fraction"] = args.unseen_fraction
-    names = ",".join([n for n in [_method_names(methods_spec)] if n.strip()] + _model_specs(args))
+    names = ",".join([n for n in [_with_code_dtype(_method_names(methods_spec), getattr(args, "code_dtype", None))]
+                      if n.strip()] + _model_specs(args))
     parsed = [ev.parse_method_spec(spec)[0] for spec in names.split(",") if spec.strip()]
     unknown = [name for name in parsed if name not in ev.METHODS]
     if not parsed or unknown:  # fail before the (slow) index build
@@ -807,7 +827,7 @@ def cmd_train(args: argparse.Namespace, con: _Console) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
     data = _train_data(args, con, out)
     model = AttentionSearch(data.index, args.mechanism, candidates=args.candidates, expand=args.expand,
-                            seed=args.seed, num_threads=args.threads)
+                            seed=args.seed, num_threads=args.threads, code_dtype=args.code_dtype)
     con.print(f"fitting {args.mechanism} (candidates={args.candidates}, expand={args.expand}, "
               f"epochs={args.epochs}, batch={args.batch_size}, lr={args.lr}, threads={model.num_threads})")
     t0 = time.perf_counter()
@@ -833,6 +853,7 @@ def cmd_train(args: argparse.Namespace, con: _Console) -> int:
         "model": str(out),
         "index": str(data.index_path),
         "settings": {"candidates": args.candidates, "expand": args.expand, "epochs": args.epochs,
+                     "code_dtype": args.code_dtype, "code_memory_bytes": model.memory_bytes()["total"],
                      "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed, "threads": model.num_threads,
                      "M": args.M, "ef_construction": args.ef_construction, **_toolkit_options(args)},
         "training_queries": data.record["training_queries"],
@@ -1070,6 +1091,9 @@ def _add_eval_params(p: argparse.ArgumentParser, dataset_default: str | None, me
         f"or 'all' (every registered method; trains every attention mechanism, slow) (default {methods_default})",
     )
     e.add_argument("--k", "-k", type=_positive_int, default=10, help="cut-off for recall and timing (default 10)")
+    e.add_argument("--code-dtype", choices=_CODE_DTYPES, dest="code_dtype",
+                   help="code_dtype of every attention method that does not set one in its spec "
+                   "(e.g. local_global:code_dtype=int8)")
     e.add_argument("--ef", type=_positive_int, default=128, help="HNSW search breadth (default 128)")
     e.add_argument(
         "--max-results", type=_positive_int, dest="max_results",
@@ -1305,6 +1329,9 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--reg-weight", type=float, default=0.1, dest="reg_weight", help="regularizer weight (default 0.1)")
     k.add_argument("--optimizer", default="adam", choices=("adam", "adamw", "sgd", "natural"),
                    help="default adam; natural = diagonal-Fisher natural gradient")
+    t.add_argument("--code-dtype", default="float32", choices=_CODE_DTYPES, dest="code_dtype",
+                   help="storage of the code cache and latent index at search time (training is float32 either "
+                   "way; int8: ~4x+ smaller; default float32)")
     t.add_argument("--index", help="train against this saved index (over the dataset's base or --vectors); "
                    "default: build one and save it as MODEL.rvh")
     t.add_argument("--out", "-o", required=True, help="model path stem (MODEL -> MODEL.npz, MODEL.json, ...)")

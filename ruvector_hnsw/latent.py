@@ -22,10 +22,12 @@ import numpy as np
 from ruvector_hnsw._validation import as_ids, as_matrix, check_positive_int
 from ruvector_hnsw.errors import ConfigError, IdExistsError
 
-__all__ = ["KINDS", "METRICS", "LatentIndex", "faiss_threads"]
+__all__ = ["CODE_DTYPES", "KINDS", "METRICS", "LatentIndex", "faiss_threads"]
 
 METRICS = ("l2", "ip", "cosine")
 KINDS = ("flat", "hnsw", "ivf")
+#: storage of the indexed vectors: float32 as given, FAISS scalar quantizers fp16 / SQ8
+CODE_DTYPES = ("float32", "float16", "int8")
 
 _FAISS_LOCK = threading.Lock()
 
@@ -62,6 +64,11 @@ class LatentIndex:
         OpenMP threads for FAISS calls; -1 = FAISS's default.
     M, nlist, nprobe, ef_search : int, optional
         Parameters of the ``hnsw``/``ivf`` kinds.
+    code_dtype : {"float32", "float16", "int8"}
+        Storage of the vectors: as given, or a FAISS scalar quantizer (``IndexScalarQuantizer``,
+        ``IndexHNSWSQ``, ``IndexIVFScalarQuantizer``) - ``float16`` (``QT_fp16``, no training)
+        or ``int8`` (``QT_8bit``: per-dimension ranges trained on the first ``add``; later
+        vectors outside them are clipped). Distances are computed from the decoded vectors.
     """
 
     def __init__(
@@ -75,8 +82,12 @@ class LatentIndex:
         nlist: int | None = None,
         nprobe: int = 16,
         ef_search: int = 64,
+        code_dtype: str = "float32",
     ) -> None:
         self._dim = check_positive_int(dim, "dim")
+        if not isinstance(code_dtype, str) or code_dtype not in CODE_DTYPES:
+            raise ConfigError(f"code_dtype must be one of {CODE_DTYPES}, got {code_dtype!r}")
+        self._code_dtype = code_dtype
         if metric not in METRICS:
             raise ConfigError(f"metric must be one of {METRICS}, got {metric!r}")
         if kind not in KINDS:
@@ -110,6 +121,18 @@ class LatentIndex:
         """FAISS index family."""
         return self._kind
 
+    @property
+    def code_dtype(self) -> str:
+        """Storage of the indexed vectors."""
+        return self._code_dtype
+
+    def memory_bytes(self) -> int:
+        """Bytes of the FAISS index as serialized (its stored vectors or codes, ids, links, lists)."""
+        with self._lock:
+            if self._index is None:
+                return 0
+            return int(faiss.serialize_index(self._index).nbytes)
+
     def __len__(self) -> int:
         return len(self._ids)
 
@@ -123,17 +146,32 @@ class LatentIndex:
         return x
 
     def _make_index(self, first_batch: np.ndarray) -> Any:
+        qtype = {"float16": faiss.ScalarQuantizer.QT_fp16, "int8": faiss.ScalarQuantizer.QT_8bit}.get(
+            self._code_dtype)
         if self._kind == "flat":
-            return faiss.IndexIDMap2(faiss.IndexFlat(self._dim, self._faiss_metric))
+            if qtype is None:
+                return faiss.IndexIDMap2(faiss.IndexFlat(self._dim, self._faiss_metric))
+            sq = faiss.IndexScalarQuantizer(self._dim, qtype, self._faiss_metric)
+            sq.train(first_batch)
+            return faiss.IndexIDMap2(sq)
         if self._kind == "hnsw":
-            graph = faiss.IndexHNSWFlat(self._dim, self._M, self._faiss_metric)
+            graph: Any
+            if qtype is None:
+                graph = faiss.IndexHNSWFlat(self._dim, self._M, self._faiss_metric)
+            else:
+                graph = faiss.IndexHNSWSQ(self._dim, qtype, self._M, self._faiss_metric)  # type: ignore[arg-type]
+                graph.train(first_batch)
             graph.hnsw.efSearch = self._ef_search
             return faiss.IndexIDMap2(graph)
         n = first_batch.shape[0]
         nlist = self._nlist or int(max(1, min(4 * np.sqrt(n), n // 39)))
         nlist = max(1, min(nlist, n))
         quantizer = faiss.IndexFlat(self._dim, self._faiss_metric)
-        ivf = faiss.IndexIVFFlat(quantizer, self._dim, nlist, self._faiss_metric)
+        ivf: Any
+        if qtype is None:
+            ivf = faiss.IndexIVFFlat(quantizer, self._dim, nlist, self._faiss_metric)
+        else:
+            ivf = faiss.IndexIVFScalarQuantizer(quantizer, self._dim, nlist, qtype, self._faiss_metric)
         ivf.train(first_batch)
         ivf.nprobe = min(self._nprobe, nlist)
         return ivf

@@ -595,6 +595,8 @@ def test_query_model_refuses_another_index(files, capsys):
 
 
 # ---------------------------------------------------------------------------- info --plot, progress
+
+
 def test_info_plot_writes_a_png(vecs, tmp_path, capsys):
     pytest.importorskip("matplotlib")
     import matplotlib.image as mpimg
@@ -711,3 +713,29 @@ def test_analyze_prints_the_report_and_writes_json(vecs, tmp_path, capsys):
     ):
         assert main(argv) == 2, argv
         _one_error_line(capsys.readouterr().err, fragment)
+
+
+def test_code_dtype_flags(tmp_path, capsys, monkeypatch):
+    from ruvector_hnsw import cli
+    from ruvector_hnsw.index import HNSWIndex
+    from ruvector_hnsw.search import AttentionSearch
+    from ruvector_hnsw.search.quant import CODE_DTYPES
+
+    assert cli._CODE_DTYPES == CODE_DTYPES
+    out = tmp_path / "lg8"
+    assert main(["train", "--dataset", "clusters:tiny", "--epochs", "1", "--candidates", "40", "--code-dtype", "int8",
+                 "--out", str(out), "--threads", "1", "--no-plot"]) == 0
+    model = AttentionSearch.load(out, HNSWIndex.load(tmp_path / "lg8.rvh"))
+    assert model.code_dtype == "int8" and model.database_state().codes.store.raw.dtype == np.int8
+    doc = json.loads((tmp_path / "lg8.history.json").read_text())
+    assert doc["settings"]["code_dtype"] == "int8"
+    capsys.readouterr()
+    assert main(["train", "--dataset", "clusters:tiny", "--code-dtype", "int4", "--out", str(tmp_path / "x")]) == 2
+    assert "int4" in capsys.readouterr().err
+    # eval: the flag reaches every attention method that does not set its own
+    assert cli._with_code_dtype("hnsw,local_global:epochs=1,rope:code_dtype=float32", "float16") == (
+        "hnsw,local_global:epochs=1:code_dtype=float16,rope:code_dtype=float32")
+    assert main(["eval", "--dataset", "clusters:tiny", "--methods", "local_global:epochs=1", "--code-dtype", "int8",
+                 "--json", str(tmp_path / "e.json"), "--latency-queries", "0", "--threads", "1"]) == 0
+    rows = json.loads((tmp_path / "e.json").read_text())["results"]
+    assert rows[0]["params"]["code_dtype"] == "int8"

@@ -66,3 +66,35 @@ def test_padding_and_errors() -> None:
         LatentIndex(4, metric="hamming")
     with pytest.raises(ConfigError):
         LatentIndex(4, kind="pq")
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf"])
+def test_scalar_quantized_storage_is_smaller_and_finds_the_neighbours(kind: str) -> None:
+    import faiss
+
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((3000, 64)).astype(np.float32)
+    q = rng.standard_normal((40, 64)).astype(np.float32)
+    exact = LatentIndex(64, "l2", "flat")
+    exact.add(x)
+    truth, _ = exact.search(q, 10)
+    mem = {}
+    for dt in ("float32", "float16", "int8"):
+        li = LatentIndex(64, "l2", kind, code_dtype=dt, nprobe=64)
+        li.add(x)
+        inner = faiss.downcast_index(li._index.index if kind != "ivf" else li._index)
+        if dt != "float32":
+            sq = inner.storage if kind == "hnsw" else inner
+            sq = faiss.downcast_index(sq)
+            want = faiss.ScalarQuantizer.QT_fp16 if dt == "float16" else faiss.ScalarQuantizer.QT_8bit
+            assert sq.sq.qtype == want and sq.sq.code_size == (128 if dt == "float16" else 64)
+        ids, _ = li.search(q, 10)
+        recall = np.mean([np.intersect1d(a, b).size / 10 for a, b in zip(ids, truth, strict=True)])
+        assert recall >= 0.9, (kind, dt, recall)
+        mem[dt] = li.memory_bytes()
+    assert mem["float32"] > mem["float16"] > mem["int8"] > 0
+    # ids (8 bytes per vector) and, for ivf, the coarse centroids are the same for every storage;
+    # so are the links of a graph
+    assert mem["float32"] / mem["int8"] >= {"flat": 3.5, "ivf": 3.0, "hnsw": 1.5}[kind]
+    with pytest.raises(ConfigError, match="code_dtype"):
+        LatentIndex(8, code_dtype="int4")

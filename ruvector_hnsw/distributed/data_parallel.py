@@ -173,7 +173,7 @@ class DataParallel:
             self._owner = trainable
         codes = trainable.db.codes
         if codes is not self._codes_seen:  # refreshed on the driver: send the new table state / stale codes
-            stale = codes.z.view if (trainable.fresh_rows is not None and codes is not None) else None
+            stale = codes.z_values() if (trainable.fresh_rows is not None and codes is not None) else None
             payload: Any = (trainable.db.table_state, stale)
             if self.backend == "ray":
                 payload = (_remote.put(payload[0]), None if stale is None else _remote.put(stale))

@@ -9,7 +9,9 @@ with :meth:`AttentionSearch.search`.  Options come from the method spec, e.g.
 
 - constructor options: ``candidates``, ``expand``, ``k_local``, ``k_global``, ``seed``,
   ``latent_dim``, ``num_threads``, the encoder stack ``layers``, ``norm``, ``dropout`` (e.g.
-  ``local_global:layers=2:norm=rms``) and any mechanism option (``heads``, ``temperature`` of the
+  ``local_global:layers=2:norm=rms``), the storage of the code cache and latent index
+  ``code_dtype`` (``float32`` | ``float16`` | ``int8``, e.g. ``local_global:code_dtype=int8``;
+  training is float32 either way) and any mechanism option (``heads``, ``temperature`` of the
   mechanism is spelled ``mech_temperature`` to keep it apart from the loss temperature);
 - :meth:`~AttentionSearch.fit` options: ``epochs``, ``batch_size``, ``lr``, ``temperature``,
   ``extra_positives``, ``random_negatives``, ``latent_negatives``, ``val_fraction``,
@@ -79,7 +81,7 @@ FIT_OPTIONS: tuple[str, ...] = (
 #: options that only act at search time (a fitted model is shared across their values)
 SEARCH_OPTIONS: tuple[str, ...] = ("expand",)
 _CTOR_OPTIONS: tuple[str, ...] = ("candidates", "k_local", "k_global", "seed", "latent_dim", "layers", "norm",
-                                   "dropout")
+                                   "dropout", "code_dtype")
 #: method names the training-free methods hold; a mechanism of the same name is registered as ``NAME_attention``
 _TRAINING_FREE_NAMES = frozenset({"exact", "hnsw", "alpha_qe", "dba", "diffusion"})
 #: eval method name -> attention mechanism (``diffusion_attention`` is the ``diffusion`` mechanism; ``diffusion``
@@ -283,6 +285,8 @@ def make_attention(ctx: BuildContext, mechanism: str, name: str | None = None, *
         "k_global": model.k_global,
         "layers": model.model.config.layers,
         "norm": model.model.config.norm,
+        "code_dtype": model.code_dtype,
+        "code_memory_bytes": model.memory_bytes()["total"],
         "alpha": float(model.alpha),
         **info,
     }

@@ -18,6 +18,7 @@ from __future__ import annotations
 import tempfile
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ from ruvector_hnsw.search.codes import LatentCodes
 from ruvector_hnsw.search.model import ModelConfig, SearchModel
 from ruvector_hnsw.search.objectives import check_toolkit
 from ruvector_hnsw.search.pipeline import Knobs
+from ruvector_hnsw.search.quant import check_code_dtype
 from ruvector_hnsw.search.state import DatabaseState
 from ruvector_hnsw.threads import RWLock, resolve_threads, thread_limits
 from ruvector_hnsw.training.checkpoint import load_checkpoint, save_checkpoint
@@ -100,6 +102,15 @@ class AttentionSearch:
         Each block's input normalisation (learnable gain, and bias for ``"layer"``).
     dropout : float
         Dropout rate on each block's attention read-out during ``fit`` (inference: identity).
+    code_dtype : {"float32", "float16", "int8"}
+        Storage of the database code cache (every row's code, read by the scorer) and of the
+        latent index at search time (:mod:`ruvector_hnsw.search.quant`): ``float16`` is stored
+        in half precision, ``int8`` with one power-of-two scale per row (symmetric); both are
+        computed in float32, and their latent graph keeps only its links (it reads the compact
+        cache). Training always uses float32 codes (the codes refreshed during ``fit`` stay
+        float32); the choice applies to the cache ``fit`` leaves for search, to every refresh or
+        incremental update after it, and is saved with the model. :meth:`memory_bytes` measures
+        it; :meth:`set_code_dtype` converts a fitted searcher without refitting.
     **mech_config
         Passed to the mechanism's constructor (e.g. ``temperature``, ``heads``).
     """
@@ -126,6 +137,7 @@ class AttentionSearch:
         layers: int = 1,
         norm: str | None = None,
         dropout: float = 0.0,
+        code_dtype: str = "float32",
         **mech_config: Any,
     ) -> None:
         if not isinstance(index, HNSWIndex):
@@ -137,7 +149,7 @@ class AttentionSearch:
             latent_dim=min(index.dim, 64) if latent_dim is None else latent_dim,
             k_local=k_local, k_global=k_global, spectral=spectral, spectral_time=spectral_time,
             seed=int(seed), latent=latent, label_head=label_head, class_pool=class_pool,
-            mech_config=dict(mech_config), layers=layers, norm=norm, dropout=dropout,
+            mech_config=dict(mech_config), layers=layers, norm=norm, dropout=dropout, code_dtype=code_dtype,
         )
         self.index = index
         self.model = SearchModel(config)
@@ -216,6 +228,44 @@ class AttentionSearch:
         return self.model.config.latent_dim
 
     @property
+    def code_dtype(self) -> str:
+        """Storage of the code cache and latent index at search time (see the class docstring)."""
+        return self.model.config.code_dtype
+
+    def set_code_dtype(self, code_dtype: str) -> None:
+        """Store the code cache and latent index in another dtype, without refitting.
+
+        The model's parameters and calibrated weights are kept; the cached codes are converted
+        (from ``float32`` exactly what a model fitted with that ``code_dtype`` stores before its
+        final calibration; from a compact dtype the read-back values are converted) and the
+        latent index is rebuilt over them. The choice is saved with the model.
+
+        Raises
+        ------
+        ConfigError
+            If ``code_dtype`` is not one of ``"float32"``, ``"float16"``, ``"int8"``.
+        """
+        check_code_dtype(code_dtype)
+        with thread_limits(self._num_threads):
+            self._synced()
+            with self._lock.write():
+                self.model.config = replace(self.model.config, code_dtype=code_dtype)
+                db = self._db
+                if db is not None and db.codes is not None and db.codes.dtype != code_dtype:
+                    db.codes = db.codes.astype(code_dtype)
+
+    def memory_bytes(self) -> dict[str, int]:
+        """Bytes of the code cache and latent index per part (see :meth:`LatentCodes.memory_bytes`).
+
+        ``{"codes", "phi", "z", "latent_index", "total"}``; all 0 before ``fit``.
+        """
+        db = self.database_state()
+        if db.codes is None:
+            return {"codes": 0, "phi": 0, "z": 0, "latent_index": 0, "total": 0}
+        with self._lock.read():
+            return db.codes.memory_bytes()
+
+    @property
     def fitted(self) -> bool:
         """True once :meth:`fit` (or :meth:`load`) gave the model a learned signal."""
         return self.model.fitted
@@ -260,7 +310,7 @@ class AttentionSearch:
             db = DatabaseState.build(self.model, self.index.graph(), self.index.space)
             if self.model.fitted:
                 if codes is not None:
-                    db.refresh_codes(self.model, phi=codes.phi.view, phi_fitted=codes.phi_fitted)
+                    db.refresh_codes(self.model, phi=codes.phi_values(), phi_fitted=codes.phi_fitted)
                 else:
                     db.refresh_codes(self.model)
             self._db = db
@@ -547,7 +597,7 @@ class AttentionSearch:
             db = DatabaseState.build(self.model, g, self.index.space)
             codes = dict(saved["codes"])
             try:
-                phi = np.ascontiguousarray(codes["phi"], dtype=np.float32)
+                phi = LatentCodes.phi_of_state(codes)
                 same = saved["fingerprint"] == graph_fingerprint(g)
                 if same:
                     if saved["latent_graph"] is not None:

@@ -22,6 +22,7 @@ from ruvector_hnsw.errors import ConfigError
 from ruvector_hnsw.search.codes import LATENT_KINDS
 from ruvector_hnsw.search.encoder import ContextEncoder
 from ruvector_hnsw.search.labels import LabelHead, LabelSpace
+from ruvector_hnsw.search.quant import check_code_dtype
 from ruvector_hnsw.search.scoring import ResidualScorer
 
 __all__ = ["ModelConfig", "Scale", "SearchModel"]
@@ -58,6 +59,8 @@ class ModelConfig:
     norm: str | None = None
     #: dropout rate on each block's attention read-out during training, in [0, 1)
     dropout: float = 0.0
+    #: storage of the database code cache and latent index at search time ("float32", "float16", "int8")
+    code_dtype: str = "float32"
 
     def __post_init__(self) -> None:
         if self.mechanism not in MECHANISMS:
@@ -82,6 +85,7 @@ class ModelConfig:
         if (isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float, np.integer, np.floating))
                 or not 0.0 <= float(self.dropout) < 1.0):
             raise ConfigError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
+        check_code_dtype(self.code_dtype)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)

@@ -126,7 +126,7 @@ def encode_queries(model: SearchModel, db: DatabaseState, qb: QueryBatch, ctx_ro
     k = min(DIFFUSION_K, ctx_rows.shape[1])
     pos = ctx_rows[:, :k]
     w = np.where(pos >= 0, spectral.affinity_weights(ctx_dist[:, :k], db.space, db.contexts.s0), 0.0)
-    return db.codes.compose(z, spectral.nystrom(db.codes.phi.view, pos, w))
+    return db.codes.compose(z, spectral.nystrom(db.codes.phi, pos, w))
 
 
 def label_log_proba(model: SearchModel, db: DatabaseState, qb: QueryBatch) -> np.ndarray | None:
@@ -167,7 +167,7 @@ def metric_pool(model: SearchModel, db: DatabaseState, qb: QueryBatch, k: int, k
     assert db.codes is not None
     C = knobs.candidates
     vectors = db.graph.vectors
-    codes = db.codes.codes
+    codes = db.codes.store
     pool = qb.hnsw_rows[:, :C]
     dist = qb.hnsw_dist[:, :C]
     if scorer.alpha == 0.0:  # the learned term is off: no code, no latent expansion
@@ -215,7 +215,7 @@ def expand_and_score(model: SearchModel, db: DatabaseState, qb: QueryBatch, k: i
         return pool, scores, dist
     assert db.codes is not None
     pool, known = with_class_members(model, db, qb, pool, dist, logp, max(k, model.config.class_pool))
-    scores, dist = scorer.score(qb.stored, db.graph.vectors, zq, db.codes.codes, pool, known)
+    scores, dist = scorer.score(qb.stored, db.graph.vectors, zq, db.codes.store, pool, known)
     scores = scores + np.float32(lam) * label_term(pool, logp, db.row_class(model.labels))
     return pool, np.where(pool >= 0, scores, -np.inf).astype(np.float32), dist
 

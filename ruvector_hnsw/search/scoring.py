@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ruvector_hnsw.search import _kernels
+from ruvector_hnsw.search import _quant_kernels as qk
+from ruvector_hnsw.search.quant import CodeRows
 from ruvector_hnsw.threads import run_row_chunks
 
 __all__ = ["ResidualScorer", "append_tail", "rank", "to_labels"]
@@ -30,12 +32,19 @@ class ResidualScorer:
     s0: float
     space: str
 
-    def score(self, queries_stored: np.ndarray, vectors: np.ndarray, zq: np.ndarray | None, codes: np.ndarray,
-              pool: np.ndarray, known: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    def score(self, queries_stored: np.ndarray, vectors: np.ndarray, zq: np.ndarray | None,
+              codes: np.ndarray | CodeRows, pool: np.ndarray, known: np.ndarray | None
+              ) -> tuple[np.ndarray, np.ndarray]:
         """Scores and index distances ``(B, P)`` of ``pool`` (-1 = empty: -inf / +inf).
 
-        ``known`` holds already known distances, NaN where they must be computed.
+        ``codes``: the float32 code matrix or a :class:`~ruvector_hnsw.search.quant.CodeRows`
+        (compact codes are read back as float32 in the kernel). ``known`` holds already known
+        distances, NaN where they must be computed.
         """
+        if isinstance(codes, CodeRows):
+            if codes.dtype != "float32":
+                return self._score_compact(queries_stored, vectors, zq, codes, pool, known)
+            codes = codes.raw
         B, P = pool.shape
         scores = np.empty((B, P), dtype=np.float32)
         dist = np.empty((B, P), dtype=np.float32)
@@ -52,6 +61,29 @@ class ResidualScorer:
         def run(lo: int, hi: int) -> None:
             _kernels.score_pool(queries_stored, vectors, zq_arr, latent, pool, known_arr, metric, alpha,
                                 self.beta, 1.0 / self.s0, scores, dist, lo, hi)
+
+        run_row_chunks(run, B, work)
+        return scores, dist
+
+    def _score_compact(self, queries_stored: np.ndarray, vectors: np.ndarray, zq: np.ndarray | None,
+                       codes: CodeRows, pool: np.ndarray, known: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        B, P = pool.shape
+        scores = np.empty((B, P), dtype=np.float32)
+        dist = np.empty((B, P), dtype=np.float32)
+        known_arr = np.full((B, P), np.nan, dtype=np.float32) if known is None else np.ascontiguousarray(
+            known, dtype=np.float32)
+        use_latent = self.alpha != 0.0 and zq is not None
+        data, scale, lut, half = codes.kernel_args()
+        zq_arr = np.ascontiguousarray(zq, dtype=np.float32) if (use_latent and zq is not None) else np.zeros(
+            (B, data.shape[1]), dtype=np.float32)
+        metric = _kernels.METRIC_L2 if self.space == "l2" else _kernels.METRIC_IP
+        pool = np.ascontiguousarray(pool, dtype=np.int64)
+        alpha = self.alpha if use_latent else 0.0
+        work = float(B) * P * (data.shape[1] + (vectors.shape[1] if known is None else 0))
+
+        def run(lo: int, hi: int) -> None:
+            qk.score_pool(queries_stored, vectors, zq_arr, data, scale, lut, half, pool, known_arr, metric, alpha,
+                          self.beta, 1.0 / self.s0, scores, dist, lo, hi)
 
         run_row_chunks(run, B, work)
         return scores, dist

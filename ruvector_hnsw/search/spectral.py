@@ -16,6 +16,8 @@ get coordinates by the Nystrom rule: the weighted mean of their nearest nodes' c
 
 from __future__ import annotations
 
+from typing import Any
+
 import numba as nb
 import numpy as np
 
@@ -117,8 +119,12 @@ def diffusion_coordinates(nb_pos: np.ndarray, nb_weight: np.ndarray, m: int, t: 
     return np.ascontiguousarray(phi / np.maximum(norm, 1e-12), dtype=np.float32)
 
 
-def nystrom(phi: np.ndarray, pos: np.ndarray, weight: np.ndarray) -> np.ndarray:
-    """Unit-norm coordinates of new points: the weighted mean of ``phi[pos]`` (pos -1 = padding)."""
+def nystrom(phi: Any, pos: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """Unit-norm coordinates of new points: the weighted mean of ``phi[pos]`` (pos -1 = padding).
+
+    ``phi``: an ``(N, m)`` array, or anything whose ``phi[idx]`` gives the float rows of an index
+    array (:class:`~ruvector_hnsw.search.quant.CodeRows`).
+    """
     w = np.where(pos >= 0, weight, 0.0)
     out = np.einsum("bj,bjm->bm", w, phi[np.maximum(pos, 0)].astype(np.float64))
     norm = np.linalg.norm(out, axis=1, keepdims=True)

@@ -138,8 +138,11 @@ class DatabaseState:
         pos, w = self.neighbour_weights(np.arange(self.n), k)
         return spectral.diffusion_coordinates(pos, w, width, t, seed)
 
-    def nystrom(self, phi: np.ndarray, rows: np.ndarray, limit: int) -> np.ndarray:
-        """Coordinates of ``rows`` from their neighbours among the first ``limit`` rows (which have ``phi``)."""
+    def nystrom(self, phi: Any, rows: np.ndarray, limit: int) -> np.ndarray:
+        """Coordinates of ``rows`` from their neighbours among the first ``limit`` rows (which have ``phi``).
+
+        ``phi``: an ``(N, m)`` array or stored rows (:class:`~ruvector_hnsw.search.quant.CodeRows`).
+        """
         pos, w = self.neighbour_weights(rows, self.contexts.k_local)
         keep = (pos >= 0) & (pos < limit)
         return spectral.nystrom(phi, np.where(keep, pos, -1), np.where(keep, w, 0.0))
@@ -173,18 +176,20 @@ class DatabaseState:
         return out
 
     def refresh_codes(self, model: SearchModel, *, kind: str | None = None, phi: np.ndarray | None = None,
-                      phi_fitted: int | None = None) -> None:
+                      phi_fitted: int | None = None, dtype: str | None = None) -> None:
         """Recompute every code (and the mechanism's table state); rebuild the latent kNN.
 
         ``phi`` gives the diffusion coordinates of the first ``phi_fitted`` rows (default: all of
         ``phi``); later rows get theirs by the Nystrom rule. Without ``phi`` the current
         coordinates are kept when they cover the graph, and the sketch is computed otherwise.
+        ``dtype`` is the storage of the codes (default: the model's ``code_dtype``; training
+        refreshes in ``float32``).
         """
         cfg = model.config
         self.table_state = model.encoder.prepare_table(self.table.view)
         z = self.encode_rows(model.encoder, np.arange(self.n))
-        if phi is None and self.codes is not None and self.codes.phi.view.shape == (self.n, cfg.spectral):
-            phi, phi_fitted = self.codes.phi.view, self.codes.phi_fitted
+        if phi is None and self.codes is not None and self.codes.phi.shape == (self.n, cfg.spectral):
+            phi, phi_fitted = self.codes.phi_values(), self.codes.phi_fitted
         if phi is None or phi.shape[1] != cfg.spectral:
             phi, phi_fitted = self.diffusion(cfg.spectral, cfg.spectral_time, cfg.seed), self.n
         fitted = phi.shape[0] if phi_fitted is None else int(phi_fitted)
@@ -194,7 +199,8 @@ class DatabaseState:
         if phi.shape[1] and fitted < self.n:
             later = np.arange(fitted, self.n)
             full[later] = self.nystrom(full, later, fitted)
-        self.codes = LatentCodes(z, full, model.rho, kind=kind or cfg.latent, seed=cfg.seed, phi_fitted=fitted)
+        self.codes = LatentCodes(z, full, model.rho, kind=kind or cfg.latent, seed=cfg.seed, phi_fitted=fitted,
+                                 dtype=dtype or cfg.code_dtype)
 
     # ------------------------------------------------------------------ incremental sync
     def sync(self, model: SearchModel, graph: HNSWGraph) -> np.ndarray:
@@ -217,9 +223,9 @@ class DatabaseState:
             if self.table_state is not None:
                 self.table_state = model.encoder.prepare_table(self.table.view)
             phi_rows = phi_values = None
-            if self.codes.phi.view.shape[1]:
+            if self.codes.phi.width:
                 phi_rows = encode[encode >= self.codes.phi_fitted]
-                phi_values = self.nystrom(self.codes.phi.view, phi_rows, self.codes.phi_fitted)
+                phi_values = self.nystrom(self.codes.phi, phi_rows, self.codes.phi_fitted)
             self.codes.update(encode, self.encode_rows(model.encoder, encode), n, phi_rows, phi_values)
         return encode
 

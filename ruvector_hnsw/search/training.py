@@ -230,7 +230,7 @@ class SearchTrainingModel:
                 zq = pipeline.encode_queries(self.model, self.db, qb, qb.hnsw_rows[:, : self.candidates],
                                              qb.hnsw_dist[:, : self.candidates])
                 cand = self.db.codes.search(zq, 4 * m)
-                z = self.db.codes.z.view
+                z = self.db.codes.z_values()
                 scores = np.empty(cand.shape, dtype=np.float32)
                 for lo in range(0, cand.shape[0], 1024):  # bounded (B, 4m, p) gathers
                     c = cand[lo: lo + 1024]
@@ -252,11 +252,11 @@ class SearchTrainingModel:
 
     def on_epoch_end(self, state: EpochState) -> None:
         with self.clock.phase("code_refresh"):
-            self.db.refresh_codes(self.model, kind="flat")
+            self.db.refresh_codes(self.model, kind="flat", dtype="float32")
 
     def on_params_loaded(self) -> None:
         with self.clock.phase("code_refresh"):
-            self.db.refresh_codes(self.model, kind="flat")
+            self.db.refresh_codes(self.model, kind="flat", dtype="float32")
 
     # -- one step -----------------------------------------------------------------------------
     def loss_and_grads(self, batch: Batch, state: EpochState
@@ -323,7 +323,7 @@ class SearchTrainingModel:
             return ids_v, mask_v, ctx_v
 
         temperature = state.temperature if state.temperature is not None else self.temperature
-        stale = db.codes.z.view if (self.fresh_rows is not None and db.codes is not None) else None
+        stale = db.codes.z_values() if (self.fresh_rows is not None and db.codes is not None) else None
         terms: dict[str, float] = {}
         loss, grads = contrastive_loss(enc, table, qb.standard, query_ctx, pool, posmask, row_context, temperature,
                                        stale=stale, fresh_rows=self.fresh_rows, clock=self.clock, rng=state.rng,
@@ -484,7 +484,7 @@ def _val_pools(model: SearchModel, db: DatabaseState, qb: QueryBatch, k: int, kn
     logp = pipeline.label_log_proba(model, db, qb)
     if logp is not None and model.labels is not None and db.codes is not None:
         pool, known = pipeline.with_class_members(model, db, qb, pool, dist, logp, max(k, model.config.class_pool))
-        sim, dist = probe.score(qb.stored, db.graph.vectors, zq, db.codes.codes, pool, known)
+        sim, dist = probe.score(qb.stored, db.graph.vectors, zq, db.codes.store, pool, known)
         label = pipeline.label_term(pool, logp, db.row_class(model.labels))
     if not latent:
         sim = np.zeros(pool.shape, dtype=np.float32)
@@ -597,7 +597,7 @@ def fit(model: SearchModel, db: DatabaseState, index: HNSWIndex, q: np.ndarray, 
     model.fitted = True  # codes are needed for mining and validation
     model.rho = 0.0
     with clock.phase("code_refresh"):
-        db.refresh_codes(model, kind="flat")
+        db.refresh_codes(model, kind="flat", dtype="float32")
     ts = TrainingState(queries=_subset(all_q, tr_idx), pos_lists=[pos_lists[i] for i in tr_idx.tolist()],
                        mined=np.full((tr_idx.shape[0], 0), -1, dtype=np.int64))
     code_terms: list[CodeTerm] = []
@@ -639,7 +639,7 @@ def fit(model: SearchModel, db: DatabaseState, index: HNSWIndex, q: np.ndarray, 
     )
     history = trainer.fit({"query": np.arange(tr_idx.shape[0])}, resume=opts.resume)
     with clock.phase("code_refresh"):
-        db.refresh_codes(model, kind="flat")  # the restored (best) parameters
+        db.refresh_codes(model, kind="flat", dtype="float32")  # the restored (best) parameters
     t_cal = time.perf_counter()
     if n_val and val_q is not None and cfg.spectral and db.codes is not None:
         # weight of the diffusion coordinates: joint grid with alpha on exact latent search
@@ -654,11 +654,11 @@ def fit(model: SearchModel, db: DatabaseState, index: HNSWIndex, q: np.ndarray, 
         model.rho = best[1]
         db.codes = base
     clock.seconds["calibration"] = clock.seconds.get("calibration", 0.0) + time.perf_counter() - t_cal
-    # the serving codes and latent index, then alpha for them
+    # the serving codes (stored in the model's code_dtype) and latent index, then alpha for them
     assert db.codes is not None
     with clock.phase("latent_index"):
-        db.codes = LatentCodes(db.codes.z.view, db.codes.phi.view, model.rho, kind=cfg.latent, seed=cfg.seed,
-                               phi_fitted=db.codes.phi_fitted)
+        db.codes = LatentCodes(db.codes.z_values(), db.codes.phi_values(), model.rho, kind=cfg.latent,
+                               seed=cfg.seed, phi_fitted=db.codes.phi_fitted, dtype=cfg.code_dtype)
     if classes is not None and cfg.label_head and n_val:
         with clock.phase("label_head"):
             fit_label_head(model, db, ts.queries, classes[2][tr_idx], classes[0], classes[1])

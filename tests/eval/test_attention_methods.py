@@ -66,6 +66,8 @@ def test_trained_local_global_beats_hnsw_and_trains_on_the_train_split_only(tiny
 
 
 @pytest.mark.parametrize("mechanism", ["rope", "dual_space"])
+
+
 def test_other_mechanisms_run(tiny, tiny_index, mechanism):
     m = ev.build_methods(f"{mechanism}:epochs=1:expand=0", tiny, index=tiny_index, num_threads=1)
     ids, scores = next(iter(m.values()))(tiny.queries[:7], 12)
@@ -149,3 +151,17 @@ def test_training_toolkit_options_reach_fit(tiny, tiny_index, monkeypatch):
             "regularizer": "laplacian", "reg_weight": 0.5, "optimizer": "sgd"}
     assert {k: seen[k] for k in want} == want
     assert next(iter(methods.values())).params["fit_options"] == {"epochs": 1, **want}
+
+
+def test_code_dtype_option_reaches_the_model(tiny, tiny_index):
+    methods = ev.build_methods("local_global:epochs=1:n_train=60:code_dtype=int8", tiny, index=tiny_index,
+                               num_threads=1)
+    p = next(iter(methods.values())).params
+    assert p["code_dtype"] == "int8" and p["code_memory_bytes"] > 0
+    ctx = ev.BuildContext(tiny, tiny_index, num_threads=1)
+    f32, _ = ev.fit_attention(ctx, "local_global", epochs=1, n_train=60)
+    i8, _ = ev.fit_attention(ctx, "local_global", epochs=1, n_train=60, code_dtype="int8")
+    assert i8 is not f32  # another model, not the cached float32 one
+    assert i8.database_state().codes.store.raw.dtype == np.int8
+    assert f32.database_state().codes.store.raw.dtype == np.float32
+    assert f32.memory_bytes()["total"] / i8.memory_bytes()["total"] >= 3.5

@@ -327,7 +327,8 @@ def test_adds_update_only_changed_rows_and_equal_a_fresh_sync(data, space: str) 
     # same diffusion coordinates (the model's), so the fresh state must equal the incremental one
     live_codes = s.database_state().codes
     fresh_db.codes = None
-    fresh_db.refresh_codes(s.model, phi=live_codes.phi.view[: live_codes.phi_fitted], phi_fitted=live_codes.phi_fitted)
+    fresh_db.refresh_codes(s.model, phi=live_codes.phi_values()[: live_codes.phi_fitted],
+                           phi_fitted=live_codes.phi_fitted)
     _assert_state_equal(s.database_state(), fresh_db)
     got = fresh.search(eq, k=10)
     np.testing.assert_array_equal(live[0], got[0])

@@ -118,7 +118,7 @@ def _fit(small, **kw):
 def _graph_local_loss(s: AttentionSearch) -> float:
     """The graph-local InfoNCE (layer-0 neighbours = positives) of every database row's code."""
     db = s.database_state()
-    z = db.codes.z.view.astype(np.float64)
+    z = db.codes.z_values().astype(np.float64)
     linked = db.contexts.mask & (db.contexts.layer == 0)
     value, _ = LocalContrastiveTerm()(z, np.arange(z.shape[0]), db.contexts.pos, linked, np.random.default_rng(0))
     return value
@@ -127,7 +127,7 @@ def _graph_local_loss(s: AttentionSearch) -> float:
 def _link_contrast(s: AttentionSearch) -> float:
     """Mean code cosine over the layer-0 links of the database rows minus that of random row pairs."""
     db = s.database_state()
-    z = db.codes.z.view
+    z = db.codes.z_values()
     pos, mask, layer = db.contexts.pos, db.contexts.mask, db.contexts.layer
     r, c = np.nonzero(mask & (layer == 0))
     linked = float(np.einsum("ij,ij->i", z[r], z[pos[r, c]]).mean())
