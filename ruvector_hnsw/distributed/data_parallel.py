@@ -82,8 +82,8 @@ def _replica(trainable: SearchTrainingModel) -> SearchTrainingModel:
 
 
 def _stale_view(z: np.ndarray | None) -> Any:
-    """An object with ``.z.view`` (what :meth:`SearchTrainingModel.pool_loss` reads of the codes), or None."""
-    return None if z is None else types.SimpleNamespace(z=types.SimpleNamespace(view=z))
+    """An object with ``z_values()`` (what :meth:`SearchTrainingModel.pool_loss` reads of the codes), or None."""
+    return None if z is None else types.SimpleNamespace(z_values=lambda: z)
 
 
 def slice_weights(active: list[int]) -> np.ndarray:
