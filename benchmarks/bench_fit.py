@@ -65,8 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--threads", type=int, default=-1)
     ap.add_argument("--reference", action="store_true", help="also fit with fresh_rows=None (slow)")
-    ap.add_argument("--fresh-rows", default="2048", dest="fresh_rows",
-                    help="comma-separated fresh_rows values to fit with (default 2048)")
+    ap.add_argument("--fresh-rows", default="1024", dest="fresh_rows",
+                    help="comma-separated fresh_rows values to fit with (default 1024)")
     ap.add_argument("--epochs", type=int, default=None, help="fit epochs (default: fit's default)")
     ap.add_argument("--option", action="append", default=[], help="another fit option KEY=VALUE (repeatable)")
     ap.add_argument("--json", default=None)

@@ -131,15 +131,21 @@ def main() -> int:
     ap.add_argument("--apt-train-step", type=int, default=5, dest="apt_step")
     ap.add_argument("--apt-queries", type=int, default=300, dest="apt_queries")
     ap.add_argument("--threads", type=int, default=-1)
+    ap.add_argument("--variants", help="option suffixes to compare instead of the built-in list, separated by "
+                    "';' (e.g. ':lr=0.05;:optimizer=natural'); the default is always included")
     ap.add_argument("--json", help="write every figure to this file")
     args = ap.parse_args()
+    variants = VARIANTS
+    if args.variants:
+        extra = [v.strip() for v in args.variants.split(";") if v.strip()]
+        variants = {"": VARIANTS[""], **{v: v.lstrip(":") for v in extra}}
     if args.quick:
         variants = dict(list(VARIANTS.items())[:2])
         out = run(["clusters"], [0], variants, size="tiny", threads=args.threads, apt_step=args.apt_step,
                   apt_queries=args.apt_queries)
     else:
         out = run([d.strip() for d in args.datasets.split(",") if d.strip()],
-                  [int(s) for s in args.seeds.split(",") if s.strip()], VARIANTS, size=args.size,
+                  [int(s) for s in args.seeds.split(",") if s.strip()], variants, size=args.size,
                   threads=args.threads, apt_step=args.apt_step, apt_queries=args.apt_queries)
     print(tables(out))
     if args.json:

@@ -91,9 +91,9 @@ class FitOptions:
     random_negatives: int = 48
     latent_negatives: int = 32
     val_fraction: float = 0.1
-    patience: int = 3
+    patience: int = 2
     weight_decay: float = 1e-4
-    fresh_rows: int | None = 2048
+    fresh_rows: int | None = 1024
     loss: str = "infonce"
     margin: float = 0.2
     local_weight: float = 1.0
