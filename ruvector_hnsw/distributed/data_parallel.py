@@ -78,6 +78,7 @@ def _replica(trainable: SearchTrainingModel) -> SearchTrainingModel:
     rep = copy.copy(trainable)
     rep.db, rep.step_runner, rep.clock = db, None, PhaseClock()
     rep.state = None  # type: ignore[assignment]  # the training queries stay on the driver
+    rep.relevant = None  # type: ignore[assignment]  # sampling (which reads it) stays on the driver
     return rep
 
 

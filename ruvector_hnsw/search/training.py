@@ -58,6 +58,7 @@ __all__ = [
     "RHO_GRID",
     "FitOptions",
     "PhaseClock",
+    "RelevantRows",
     "SearchTrainingModel",
     "TrainingState",
     "ap_at_r_of_rows",
@@ -110,9 +111,14 @@ class FitOptions:
     step_runner: Any = None
 
 
-def ap_at_r_of_rows(result_rows: np.ndarray, pos_lists: list[np.ndarray], cap: int | None = None) -> np.ndarray:
-    """Per-query AP@R of ranked table rows against each query's relevant rows (NaN without relevant rows)."""
-    rel = rows_in_lists(result_rows, pos_lists, np.arange(result_rows.shape[0]))
+def ap_at_r_of_rows(result_rows: np.ndarray, pos_lists: list[np.ndarray], cap: int | None = None, *,
+                    relevant: RelevantRows | None = None) -> np.ndarray:
+    """Per-query AP@R of ranked table rows against each query's relevant rows (NaN without relevant rows).
+
+    ``relevant``: a :class:`RelevantRows` of ``pos_lists`` built once for repeated calls.
+    """
+    idx = np.arange(result_rows.shape[0])
+    rel = relevant(result_rows, idx) if relevant is not None else rows_in_lists(result_rows, pos_lists, idx)
     n_rel = np.array([len(r) for r in pos_lists])
     return np.asarray(map_at_r(rel, n_rel, cap=cap, per_query=True), dtype=np.float64)
 
@@ -164,6 +170,44 @@ def _sample_positives(rng: np.random.Generator, pos_lists: list[np.ndarray], idx
     return out
 
 
+class RelevantRows:
+    """``relevant(rows, idx)[r, j]``: is table row ``rows[r, j]`` in ``lists[idx[r]]``; built once, asked often.
+
+    A dense ``(len(lists), n_rows)`` bitmap when it has at most :attr:`DENSE_LIMIT` cells (one
+    gather per test), else the sorted ``(query, row)`` keys of every list (one ``searchsorted``).
+    """
+
+    #: cells of the dense form (64 MiB of bools)
+    DENSE_LIMIT = 1 << 26
+
+    def __init__(self, lists: list[np.ndarray], n_rows: int) -> None:
+        arrays = [np.asarray(r, dtype=np.int64) for r in lists]
+        self.n_rows = int(max(n_rows, max((int(a.max()) + 1 for a in arrays if a.size), default=0), 1))
+        sizes = np.array([a.size for a in arrays], dtype=np.int64)
+        q = np.repeat(np.arange(len(arrays), dtype=np.int64), sizes)
+        r = np.concatenate(arrays) if arrays else np.zeros(0, dtype=np.int64)
+        self._dense: np.ndarray | None = None
+        self._keys = np.zeros(0, dtype=np.int64)
+        if len(arrays) * self.n_rows <= self.DENSE_LIMIT:
+            self._dense = np.zeros((len(arrays), self.n_rows), dtype=bool)
+            self._dense[q, r] = True
+        else:
+            self._keys = np.sort(q * self.n_rows + r)
+
+    def __call__(self, rows: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        rows = np.asarray(rows, dtype=np.int64)
+        idx = np.asarray(idx, dtype=np.int64)
+        ok = (rows >= 0) & (rows < self.n_rows)
+        safe = np.where(ok, rows, 0)
+        if self._dense is not None:
+            return self._dense[idx[:, None], safe] & ok
+        if self._keys.size == 0:
+            return np.zeros(rows.shape, dtype=bool)
+        probe = idx[:, None] * self.n_rows + safe
+        at = np.minimum(np.searchsorted(self._keys, probe), self._keys.size - 1)
+        return (self._keys[at] == probe) & ok
+
+
 def rows_in_lists(rows: np.ndarray, lists: list[np.ndarray], idx: np.ndarray) -> np.ndarray:
     """``out[r, j] = rows[r, j] >= 0 and rows[r, j] in lists[idx[r]]`` for a (B, m) array of table rows.
 
@@ -208,6 +252,8 @@ class SearchTrainingModel:
         self.miner = miner
         #: optional ``step_runner(self, pools, state) -> (loss, grads[, parts])`` replacing :meth:`pool_loss`
         self.step_runner = step_runner
+        #: which table rows are relevant to which training query (built once)
+        self.relevant = RelevantRows(state.pos_lists, db.n)
         #: distinct pool rows per step encoded with the current parameters (None: all)
         self.fresh_rows = fresh_rows
         self.clock = PhaseClock()
@@ -236,7 +282,7 @@ class SearchTrainingModel:
                     c = cand[lo: lo + 1024]
                     scores[lo: lo + 1024] = np.where(
                         c >= 0, np.einsum("bp,bcp->bc", zq[lo: lo + 1024], z[np.maximum(c, 0)]), -np.inf)
-                positive = rows_in_lists(cand, ts.pos_lists, np.arange(cand.shape[0]))
+                positive = self.relevant(cand, np.arange(cand.shape[0]))
                 mined = self.miner(cand, positive_mask=positive, scores=scores, num_negatives=m)
                 ts.mined = mined.ids
         elif not m:
@@ -298,7 +344,7 @@ class SearchTrainingModel:
         merged = np.concatenate(parts, axis=1)
         invalid = db.graph.deleted if self.unknown is None else (db.graph.deleted | self.unknown)
         pool, _ = _kernels.unique_rows(merged, np.zeros(merged.shape, np.float32), invalid)
-        posmask = rows_in_lists(pool, ts.pos_lists, b)
+        posmask = self.relevant(pool, b)
         if not posmask.any():
             return None
         ids_q, mask_q, ctx_q = query_context(qb.stored, db.graph.vectors, qb.hnsw_rows[:, : self.candidates],
@@ -517,7 +563,8 @@ def calibrate(model: SearchModel, db: DatabaseState, qb: QueryBatch, pos_lists: 
     pools = {True: _val_pools(model, db, qb, k, knobs, num_threads, latent=True)}
     if len(lams) > 1:
         pools[False] = _val_pools(model, db, qb, k, knobs, num_threads, latent=False)
-    base = ap_at_r_of_rows(qb.hnsw_rows[:, :k], pos_lists, cap=_VAL_CAP)
+    relevant = RelevantRows(pos_lists, db.n)
+    base = ap_at_r_of_rows(qb.hnsw_rows[:, :k], pos_lists, cap=_VAL_CAP, relevant=relevant)
     ok = np.isfinite(base)
     best = (float(base[ok].mean()) if ok.any() else 0.0, 0.0, 0.0)
     for lam in lams:
@@ -525,7 +572,7 @@ def calibrate(model: SearchModel, db: DatabaseState, qb: QueryBatch, pos_lists: 
             if a == 0.0 and lam == 0.0:
                 continue
             pp = pools[a != 0.0]
-            ap = ap_at_r_of_rows(_ranking(qb, pp, a, lam, s0, k), pos_lists, cap=_VAL_CAP)
+            ap = ap_at_r_of_rows(_ranking(qb, pp, a, lam, s0, k), pos_lists, cap=_VAL_CAP, relevant=relevant)
             diff = (ap - base)[ok]
             if diff.size < 2:
                 continue
