@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from ruvector_hnsw.threads import thread_limits
 from ruvector_hnsw.training.optim import Adam
 
 __all__ = ["LabelHead", "LabelSpace", "class_candidates"]
@@ -191,11 +192,22 @@ class LabelHead:
     def train(self, u: np.ndarray, cand_class: np.ndarray, cand_dist: np.ndarray, mask: np.ndarray,
               target: np.ndarray, *, epochs: int = 30, batch_size: int = 1024, lr: float = 0.01,
               weight_decay: float = 1e-4, seed: int = 0) -> list[float]:
-        """Mini-batch Adam on the cross-entropy; returns the per-epoch mean losses (seeded, deterministic)."""
+        """Mini-batch Adam on the cross-entropy; returns the per-epoch mean losses (seeded, deterministic).
+
+        Runs on one BLAS thread: its products are small (a batch of ``batch_size`` rows), where
+        more threads only add synchronisation (and, on a busy machine, spinning).
+        """
         opt = Adam(self.params, lr=lr)
         rng = np.random.default_rng([int(seed), 11])
+        losses: list[float] = []
+        with thread_limits(1):
+            self._epochs(opt, rng, u, cand_class, cand_dist, mask, target, epochs, batch_size, weight_decay, losses)
+        return losses
+
+    def _epochs(self, opt: Adam, rng: np.random.Generator, u: np.ndarray, cand_class: np.ndarray,
+                cand_dist: np.ndarray, mask: np.ndarray, target: np.ndarray, epochs: int, batch_size: int,
+                weight_decay: float, losses: list[float]) -> None:
         n = u.shape[0]
-        losses = []
         for _ in range(epochs):
             order = rng.permutation(n)
             total = 0.0
@@ -206,7 +218,6 @@ class LabelHead:
                 opt.step(grads)
                 total += loss * idx.shape[0]
             losses.append(total / n)
-        return losses
 
     def state(self) -> dict[str, Any]:
         return {k: v.copy() for k, v in self.params.items()}
