@@ -20,7 +20,12 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from ruvector_hnsw.attention._prefetch import prefetch_table_row
+
 _FM = {"reassoc", "contract", "nsz"}
+
+#: items ahead whose table row the grouped kernels prefetch (8 measured best of 2..16 at n = 1K, d = 128)
+PREFETCH_AHEAD = 8
 
 
 @njit(cache=True, nogil=True, fastmath=_FM, inline="always")
@@ -270,7 +275,11 @@ def sd_forward(Q, T, Vt, ids, vids, mask, scale):  # pragma: no cover
 # ----------------------------------------------------------------------------------------------
 @njit(cache=True, nogil=True, fastmath=_FM, inline="always")
 def _grouped_row(Q, T, Vt, ids, group, scale, b, s, acc, mx, tot):  # pragma: no cover
-    """Two passes: scores and per-group max, then exponentials and per-group read-outs."""
+    """Two passes: scores and per-group max, then exponentials and per-group read-outs.
+
+    Each pass asks for the key (value) row ``PREFETCH_AHEAD`` items ahead (a hint only: the
+    values computed are the same), which overlaps the table's cache misses with the dot products.
+    """
     G = Q.shape[1]
     n = ids.shape[1]
     dv = Vt.shape[1]
@@ -278,7 +287,13 @@ def _grouped_row(Q, T, Vt, ids, group, scale, b, s, acc, mx, tot):  # pragma: no
     for g in range(G):
         mx[g] = -np.inf
         tot[g] = 0.0
+    for j in range(min(PREFETCH_AHEAD, n)):
+        if group[b, j] >= 0:
+            prefetch_table_row(T, ids[b, j])
     for j in range(n):
+        jj = j + PREFETCH_AHEAD
+        if jj < n and group[b, jj] >= 0:
+            prefetch_table_row(T, ids[b, jj])
         g = group[b, j]
         if g >= 0:
             v = scale * np.float64(_dot_as(Q[b, g], T[ids[b, j]], ct))
@@ -289,6 +304,9 @@ def _grouped_row(Q, T, Vt, ids, group, scale, b, s, acc, mx, tot):  # pragma: no
                 mx[g] = v
     acc[:, :] = 0.0
     for j in range(n):
+        jj = j + PREFETCH_AHEAD
+        if jj < n and group[b, jj] >= 0:
+            prefetch_table_row(Vt, ids[b, jj])
         g = group[b, j]
         if g >= 0:
             p = np.exp(s[j] - mx[g])
@@ -348,6 +366,32 @@ def grouped_forward(Q, T, Vt, ids, group, scale):  # pragma: no cover
         else:
             ok = False
     return R, W, count, ok
+
+
+@njit(cache=True, nogil=True)
+def grouped_pattern(group, W, geff):  # pragma: no cover
+    """Split grouped weights ``W (B, n)`` into group 0's and group 1's and mix them by ``geff (B,)``.
+
+    Returns ``local (B, n)`` (``W`` where ``group == 0``, else 0), ``glob (B, n)`` (``W`` where
+    ``group == 1``) and ``comb = geff * local + (1 - geff) * glob`` (float64 products rounded
+    to ``W``'s dtype), all of ``W``'s dtype: one pass instead of five numpy temporaries.
+    """
+    B, n = W.shape
+    dt = W.dtype.type
+    loc = np.zeros((B, n), dtype=W.dtype)
+    glob = np.zeros((B, n), dtype=W.dtype)
+    comb = np.zeros((B, n), dtype=W.dtype)
+    for b in range(B):
+        ge = np.float64(geff[b])
+        for j in range(n):
+            g = group[b, j]
+            if g == 0:
+                loc[b, j] = W[b, j]
+                comb[b, j] = dt(ge * np.float64(W[b, j]))
+            elif g == 1:
+                glob[b, j] = W[b, j]
+                comb[b, j] = dt((1.0 - ge) * np.float64(W[b, j]))
+    return loc, glob, comb
 
 
 @njit(cache=True, nogil=True, fastmath=_FM)
