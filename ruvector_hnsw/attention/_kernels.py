@@ -340,18 +340,17 @@ def _grouped_write(b, group, s, acc, mx, tot, R, W, count):  # pragma: no cover
 
 
 @njit(cache=True, nogil=True, fastmath=_FM)
-def grouped_forward(Q, T, Vt, ids, group, scale):  # pragma: no cover
+def grouped_forward(Q, T, Vt, ids, group, scale, R, W, count):  # pragma: no cover
     """Per-group softmax attention; ``group (B, n)`` int8 in ``[-1, G)``, ``Q (B, G, d)``.
 
-    Returns ``R (B, G, dv)`` (zero for an empty group), ``W (B, n)`` (weight of each item within
-    its own group; zero for group -1), ``count (B, G)`` (items per group) and ``ok``.
+    Writes into the caller's zero-filled arrays (row slices of the whole batch's, so row chunks
+    need no joining copy): ``R (B, G, dv)`` (zero for an empty group), ``W (B, n)`` (weight of
+    each item within its own group; zero for group -1) and ``count (B, G)`` (items per group).
+    Returns ``ok``.
     """
     B, G, _ = Q.shape
     n = ids.shape[1]
     dv = Vt.shape[1]
-    R = np.zeros((B, G, dv), dtype=Q.dtype)
-    W = np.zeros((B, n), dtype=Q.dtype)
-    count = np.zeros((B, G), dtype=np.int64)
     s = np.empty(n, dtype=np.float64)
     mx = np.empty(G, dtype=np.float64)
     tot = np.empty(G, dtype=np.float64)
@@ -365,33 +364,31 @@ def grouped_forward(Q, T, Vt, ids, group, scale):  # pragma: no cover
             _grouped_write(b, group, s, acc64, mx, tot, R, W, count)
         else:
             ok = False
-    return R, W, count, ok
+    return ok
 
 
 @njit(cache=True, nogil=True)
-def grouped_pattern(group, W, geff):  # pragma: no cover
+def grouped_pattern(group, W, geff, loc, glob, comb):  # pragma: no cover
     """Split grouped weights ``W (B, n)`` into group 0's and group 1's and mix them by ``geff (B,)``.
 
-    Returns ``local (B, n)`` (``W`` where ``group == 0``, else 0), ``glob (B, n)`` (``W`` where
-    ``group == 1``) and ``comb = geff * local + (1 - geff) * glob`` (float64 products rounded
-    to ``W``'s dtype), all of ``W``'s dtype: one pass instead of five numpy temporaries.
+    Writes (every element, into the caller's arrays of ``W``'s dtype) ``loc`` (``W`` where
+    ``group == 0``, else 0), ``glob`` (``W`` where ``group == 1``) and
+    ``comb = geff * loc + (1 - geff) * glob`` (float64 products rounded to ``W``'s dtype): one
+    pass instead of five numpy temporaries.
     """
     B, n = W.shape
     dt = W.dtype.type
-    loc = np.zeros((B, n), dtype=W.dtype)
-    glob = np.zeros((B, n), dtype=W.dtype)
-    comb = np.zeros((B, n), dtype=W.dtype)
+    zero = dt(0.0)
     for b in range(B):
         ge = np.float64(geff[b])
         for j in range(n):
             g = group[b, j]
-            if g == 0:
-                loc[b, j] = W[b, j]
-                comb[b, j] = dt(ge * np.float64(W[b, j]))
-            elif g == 1:
-                glob[b, j] = W[b, j]
-                comb[b, j] = dt((1.0 - ge) * np.float64(W[b, j]))
-    return loc, glob, comb
+            w = W[b, j]
+            wl = w if g == 0 else zero
+            wg = w if g == 1 else zero
+            loc[b, j] = wl
+            glob[b, j] = wg
+            comb[b, j] = dt(ge * np.float64(wl)) + dt((1.0 - ge) * np.float64(wg))
 
 
 @njit(cache=True, nogil=True, fastmath=_FM)

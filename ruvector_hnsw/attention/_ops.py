@@ -89,21 +89,33 @@ def grouped_attend(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
     """:func:`_kernels.grouped_forward` over row chunks: ``(R (B,G,dv), W (B,n), count (B,G), ok)``.
 
-    Rows are independent, so the result is the same bit for bit at any thread count.
+    The chunks write into one set of outputs. Rows are independent, so the result is the same
+    bit for bit at any thread count.
     """
-    B, _, d = Q.shape
+    B, G, d = Q.shape
     n = ids.shape[1]
-    work = float(B) * n * (d + Vt.shape[1])
-    parts = run_row_chunks(lambda lo, hi: K.grouped_forward(Q[lo:hi], T, Vt, ids[lo:hi], group[lo:hi], scale), B, work)
-    return join_row_chunks(parts)
+    dv = Vt.shape[1]
+    R = np.zeros((B, G, dv), dtype=Q.dtype)
+    W = np.zeros((B, n), dtype=Q.dtype)
+    count = np.zeros((B, G), dtype=np.int64)
+    work = float(B) * n * (d + dv)
+    parts = run_row_chunks(
+        lambda lo, hi: K.grouped_forward(Q[lo:hi], T, Vt, ids[lo:hi], group[lo:hi], scale, R[lo:hi], W[lo:hi],
+                                         count[lo:hi]),
+        B, work,
+    )
+    return R, W, count, all(parts)
 
 
-def grouped_pattern(group: np.ndarray, W: np.ndarray, geff: np.ndarray) -> tuple[np.ndarray, ...]:
+def grouped_pattern(group: np.ndarray, W: np.ndarray, geff: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """:func:`_kernels.grouped_pattern` over row chunks: ``(local, glob, comb)``, each ``(B, n)``."""
     B, n = W.shape
-    parts = run_row_chunks(lambda lo, hi: (*K.grouped_pattern(group[lo:hi], W[lo:hi], geff[lo:hi]), True),
-                           B, float(B) * n * 64)
-    return join_row_chunks(parts)[:3]
+    loc, glob, comb = (np.empty((B, n), dtype=W.dtype) for _ in range(3))
+    run_row_chunks(
+        lambda lo, hi: K.grouped_pattern(group[lo:hi], W[lo:hi], geff[lo:hi], loc[lo:hi], glob[lo:hi], comb[lo:hi]),
+        B, float(B) * n * 64,
+    )
+    return loc, glob, comb
 
 
 def grouped_grads(
