@@ -38,8 +38,8 @@ _FM = {"reassoc", "contract", "nsz"}
 #: smoothing of the distance functions at coinciding / antipodal points
 EPS = 1e-12
 _G0 = math.asinh(math.sqrt(EPS))
-#: items ahead whose key row the coordinate pass prefetches
-PREFETCH_AHEAD = 4
+#: items ahead whose key (value) row the coordinate (read-out) pass prefetches
+PREFETCH_AHEAD = 8
 #: hyperbolic points are kept within ``BALL_R / sqrt(kh)`` of the origin
 BALL_R = 1.0 - 1e-5
 
@@ -228,12 +228,14 @@ def _row_weights(q, T, ids, mask, b, e, h, C, geo, rq, P, s, mx, ct):  # pragma:
 
 
 @njit(cache=True, nogil=True, fastmath=_FM)
-def mc_forward(Q, T, Vt, ids, mask, e, h, C, geo, need_readout):  # pragma: no cover - jit
+def mc_forward(Q, T, Vt, ids, mask, e, h, C, geo, need_readout, R, Wm, Wh):  # pragma: no cover - jit
     """Mixed-curvature attention of ``Q (B, d)`` over ``T[ids]`` with values ``Vt[ids]``.
 
-    Returns ``R (B, dv)`` (the read-out with the head-averaged weights; zero-size unless
-    ``need_readout``), ``Wm (B, n)`` (head-averaged weights), ``Wh (B, H, n)`` (per-head
-    weights) and ``ok`` (False on NaN/inf in a referenced row or an overflow).
+    Writes into the caller's zero-filled arrays (row slices of the whole batch's, so row chunks
+    need no joining copy) ``R (B, dv)`` (the read-out with the head-averaged weights; only when
+    ``need_readout``, zero-size otherwise), ``Wm (B, n)`` (head-averaged weights) and
+    ``Wh (B, H, n)`` (per-head weights). Returns ``ok`` (False on NaN/inf in a referenced row or
+    an overflow).
     """
     B, d = Q.shape
     n = ids.shape[1]
@@ -241,9 +243,6 @@ def mc_forward(Q, T, Vt, ids, mask, e, h, C, geo, need_readout):  # pragma: no c
     dv = Vt.shape[1]
     dt = Q.dtype.type
     ct = Q.dtype.type
-    R = np.zeros((B if need_readout else 0, dv), dtype=Q.dtype)
-    Wm = np.zeros((B, n), dtype=Q.dtype)
-    Wh = np.zeros((B, H, n), dtype=Q.dtype)
     s = np.empty((H, n), dtype=np.float64)
     P = np.empty((5, n), dtype=np.float64)
     mx = np.empty(H, dtype=np.float64)
@@ -276,6 +275,9 @@ def mc_forward(Q, T, Vt, ids, mask, e, h, C, geo, need_readout):  # pragma: no c
             continue
         acc[:] = 0.0
         for j in range(n):
+            jj = j + PREFETCH_AHEAD
+            if jj < n and mask[b, jj]:
+                prefetch_table_row(Vt, ids[b, jj])
             if mask[b, j]:
                 wc = ct(s[0, j])
                 vr = Vt[ids[b, j]]
@@ -300,7 +302,7 @@ def mc_forward(Q, T, Vt, ids, mask, e, h, C, geo, need_readout):  # pragma: no c
             if not np.isfinite(acc64[k]):
                 ok = False
             R[b, k] = dt(acc64[k])
-    return R, Wm, Wh, ok
+    return ok
 
 
 @njit(cache=True, nogil=True, fastmath=_FM, inline="always")
