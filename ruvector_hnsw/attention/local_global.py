@@ -66,7 +66,9 @@ class LocalGlobalAttention(AttentionMechanism):
     ``g = sigmoid(w_gate . [o_loc, o_glob, q] + b_gate)``; ``out = g o_loc + (1 - g) o_glob``.
     When one group is empty the output is the other group's read-out alone (``g`` forced to
     1 or 0); fully masked row: zero output. Each item is scored once, by its own group's query,
-    so the cost is ``O(k_local + k_global)`` per row. The pattern of a forward is in its cache:
+    so the cost is ``O(k_local + k_global)`` per row (one scored pass and one read-out pass over
+    the gathered rows, like ``scaled_dot``); large batches run in row chunks on the kernel pool,
+    with the same result at any thread count. The pattern of a forward is in its cache:
     ``cache.weights`` (the combined weights) and ``cache.inspect`` (``local_weights``,
     ``global_weights``, ``gate``, ``local_count``, ``global_count``, as in
     :class:`LocalGlobalPattern`); :meth:`attention_pattern` computes it for any input.
