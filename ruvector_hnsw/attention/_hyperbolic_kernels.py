@@ -2,7 +2,9 @@
 
 Conventions: the ball of curvature ``c < 0`` is ``{x : kappa * |x|^2 < 1}`` with ``kappa = -c``.
 Every function takes ``kappa = -c > 0``. Points are the last axis of an array.
-The numba kernel gathers keys/values by ids (``-1`` = masked) and computes in float64.
+The numba kernels gather keys/values by ids (``-1`` = masked) and compute in float64: the forward
+kernel through one norm factor per row (:func:`hyperbolic_forward_kernel`), with the direct
+coordinate-by-coordinate form (:func:`hyperbolic_forward_exact`) as its fallback and test twin.
 """
 
 from __future__ import annotations
@@ -12,7 +14,15 @@ import math
 import numpy as np
 from numba import njit
 
+from ruvector_hnsw.attention._prefetch import prefetch_table_row
+
 _SMALL = 1e-7
+_FMH = {"reassoc", "nsz"}
+#: items ahead whose key row the forward kernel prefetches
+PREFETCH_AHEAD = 8
+#: ``|q - y|^2`` from ``|q|^2 + |y|^2 - 2 q.y`` unless it is below this fraction of ``|q|^2 + |y|^2``
+#: (then coordinate by coordinate): the relative error of the squared distance stays below ~1e-12
+CANCEL = 1e-4
 
 
 def ball_radius(kappa: float, eps: float) -> float:
@@ -115,7 +125,7 @@ def poincare_distance(x: np.ndarray, y: np.ndarray, kappa: float) -> np.ndarray:
 
 
 @njit(cache=True, nogil=True, fastmath={"reassoc", "nsz"})
-def hyperbolic_forward_kernel(
+def hyperbolic_forward_exact(
     q: np.ndarray,
     ktab: np.ndarray,
     vtab: np.ndarray,
@@ -127,8 +137,11 @@ def hyperbolic_forward_kernel(
     expmap_inputs: bool,
     tangent_output: bool,
 ) -> tuple[np.ndarray, np.ndarray, bool]:  # pragma: no cover - jit
-    """Fused gather + Poincare attention for a batch; float64 accumulation.
+    """Fused gather + Poincare attention for a batch, coordinate by coordinate; float64.
 
+    The direct form of :func:`hyperbolic_forward_kernel` (every mapped key/value coordinate is
+    formed and checked): it serves the rows whose fast path meets a non-finite intermediate
+    (NaN/inf in a referenced row, or an overflow of a float64 norm), and the tests compare the two.
     Inputs are multiplied by ``scale`` before they are mapped to the ball; the tangent output
     is divided by it (back to input units).
     ``ids[b, j] < 0`` marks a masked slot. A fully masked row returns weights 0 and output 0
@@ -263,6 +276,220 @@ def hyperbolic_forward_kernel(
     return out, wts, chk == 0.0
 
 
+@njit(cache=True, nogil=True, fastmath=_FMH, inline="always")
+def _ball_coef(n2: float, scale: float, a: float, rmax: float, expm: bool) -> tuple[float, float]:  # pragma: no cover
+    """``(c, r)`` for a raw row ``x`` with ``|x|^2 = n2``: its ball point is ``c * x`` and ``r`` its norm.
+
+    The maps of :func:`hyperbolic_forward_exact` (scale, optional ``exp_0``, projection) act on
+    a row only through its norm, so one factor carries them; like there, a projected point's
+    norm is taken as the radius ``rmax``.
+    """
+    nrm = scale * math.sqrt(n2)
+    c = scale
+    if expm:
+        an = a * nrm
+        g = math.tanh(an) / an if an > 1e-7 else 1.0 - an * an / 3.0
+        c *= g
+        nrm *= g
+    if nrm > rmax:
+        c *= rmax / nrm
+        nrm = rmax
+    return c, nrm
+
+
+@njit(cache=True, nogil=True, fastmath=_FMH, inline="always")
+def _sq64(x: np.ndarray) -> float:  # pragma: no cover - jit
+    s = 0.0
+    for i in range(x.shape[0]):
+        v = np.float64(x[i])
+        s += v * v
+    return s
+
+
+@njit(cache=True, nogil=True, fastmath=_FMH, inline="always")
+def _hyp_row(qp, aq, ktab, vtab, ids, b, kappa, a, rmax, inv_tau, scale, expm, shared, z, ck, s, u):  # pragma: no cover
+    """Row ``b`` on the fast path: weights into ``s``, the tangent read-out into ``u``.
+
+    Returns 1 (done), 0 (no attended item) or -1 (a non-finite norm: the caller redoes the row
+    with :func:`hyperbolic_forward_exact`). Three passes: (1) each key row once (prefetched
+    ``PREFETCH_AHEAD`` items ahead): its squared norm and its dot product with ``q_p`` in one
+    loop, hence its ball factor ``c_j`` (see :func:`_ball_coef`) and
+    ``|q_p - c_j k_j|^2 = |q_p|^2 + c_j^2 |k_j|^2 - 2 c_j q_p.k_j`` -> ``z_j`` (recomputed
+    coordinate by coordinate when that difference cancels, see ``CANCEL``); (2) scalars only, in loops of
+    independent iterations: distances, softmax, and each value's log-map factor; (3) the
+    read-out ``u = sum_j w_j h_j c_j v_j``. With ``shared`` (values are the key table) a value's
+    factor is its key's and pass 3 reads rows that pass 1 brought into cache.
+    """
+    n = ids.shape[1]
+    d = qp.shape[0]
+    dv = u.shape[0]
+    nq2 = 0.0
+    for i in range(d):
+        nq2 += qp[i] * qp[i]
+    for j in range(min(PREFETCH_AHEAD, n)):
+        if ids[b, j] >= 0:
+            prefetch_table_row(ktab, ids[b, j])
+    cnt = 0
+    for j in range(n):
+        jj = j + PREFETCH_AHEAD
+        if jj < n and ids[b, jj] >= 0:
+            prefetch_table_row(ktab, ids[b, jj])
+        r = ids[b, j]
+        if r < 0:
+            continue
+        kr = ktab[r]
+        n2 = 0.0
+        qk = 0.0
+        for i in range(d):
+            x = np.float64(kr[i])
+            n2 += x * x
+            qk += qp[i] * x
+        if not np.isfinite(n2) or not np.isfinite(scale * math.sqrt(n2)):
+            return -1
+        c, nk = _ball_coef(n2, scale, a, rmax, expm)
+        big = nq2 + c * c * n2
+        diff = big - 2.0 * c * qk
+        if diff <= CANCEL * big:
+            # q_p and the key's ball point nearly coincide: |q_p - c k|^2 coordinate by coordinate
+            diff = 0.0
+            for i in range(d):
+                dd = qp[i] - c * np.float64(kr[i])
+                diff += dd * dd
+        z[j] = 2.0 * kappa * diff / (aq * (1.0 - kappa * nk * nk))
+        ck[0, j] = c
+        ck[1, j] = nk
+        cnt += 1
+    if cnt == 0:
+        return 0
+    smax = -np.inf
+    for j in range(n):
+        if ids[b, j] >= 0:
+            zj = z[j]
+            sj = -(math.log1p(zj + math.sqrt(zj * (zj + 2.0))) / a) * inv_tau
+            s[j] = sj
+            if sj > smax:
+                smax = sj
+    tot = 0.0
+    for j in range(n):
+        if ids[b, j] >= 0:
+            e = math.exp(s[j] - smax)
+            s[j] = e
+            tot += e
+        else:
+            s[j] = 0.0
+    if not shared:
+        for j in range(n):
+            r = ids[b, j]
+            if r >= 0:
+                n2 = _sq64(vtab[r])
+                if not np.isfinite(n2) or not np.isfinite(scale * math.sqrt(n2)):
+                    return -1
+                c, nv = _ball_coef(n2, scale, a, rmax, expm)
+                ck[0, j] = c
+                ck[1, j] = nv
+    for j in range(n):
+        if ids[b, j] >= 0:
+            w = s[j] / tot
+            s[j] = w
+            am = a * ck[1, j]
+            h = math.atanh(min(am, 1.0 - 1e-16)) / am if am > 1e-7 else 1.0 + am * am / 3.0
+            z[j] = w * h * ck[0, j]
+    for i in range(dv):
+        u[i] = 0.0
+    for j in range(n):
+        jj = j + PREFETCH_AHEAD
+        if jj < n and ids[b, jj] >= 0:
+            prefetch_table_row(vtab, ids[b, jj])
+        r = ids[b, j]
+        if r >= 0:
+            coef = z[j]
+            vr = vtab[r]
+            for i in range(dv):
+                u[i] += coef * np.float64(vr[i])
+    return 1
+
+
+@njit(cache=True, nogil=True, fastmath=_FMH)
+def hyperbolic_forward_kernel(
+    q: np.ndarray,
+    ktab: np.ndarray,
+    vtab: np.ndarray,
+    ids: np.ndarray,
+    kappa: float,
+    eps: float,
+    inv_tau: float,
+    scale: float,
+    expmap_inputs: bool,
+    tangent_output: bool,
+    shared: bool,
+) -> tuple[np.ndarray, np.ndarray, bool]:  # pragma: no cover - jit
+    """Fused gather + Poincare attention for a batch; float64 accumulation.
+
+    Same mathematics as :func:`hyperbolic_forward_exact`, organised for speed: the maps to the
+    ball act on a row only through its norm, so a key's ball point is ``c_j k_j`` with one scalar
+    ``c_j`` and is never formed; the transcendental functions run in short scalar loops; rows
+    are prefetched. ``shared`` says that ``vtab`` is ``ktab`` (same array), so the values reuse
+    the keys' norms. A row with a non-finite intermediate is redone by the exact kernel, which
+    also reports NaN/inf. Inputs are multiplied by ``scale`` before they are mapped to the ball;
+    the tangent output is divided by it. ``ids[b, j] < 0`` marks a masked slot; a fully masked
+    row returns weights 0 and output 0. Returns ``(out (B, dv), weights (B, n), ok)``; ``ok``
+    is False when a key/value row read through ``ids`` holds NaN or infinity.
+    """
+    B, d = q.shape
+    n = ids.shape[1]
+    dv = vtab.shape[1]
+    a = math.sqrt(kappa)
+    rmax = (1.0 - eps) / a
+    dt = q.dtype.type
+    out = np.zeros((B, dv), dtype=q.dtype)
+    wts = np.zeros((B, n), dtype=q.dtype)
+    qp = np.empty(d)
+    z = np.empty(n)
+    ck = np.empty((2, n))
+    s = np.empty(n)
+    u = np.empty(dv)
+    ok = True
+    for b in range(B):
+        n2q = _sq64(q[b])
+        if not np.isfinite(n2q) or not np.isfinite(scale * math.sqrt(n2q)):
+            st = -1
+        else:
+            c, nq = _ball_coef(n2q, scale, a, rmax, expmap_inputs)
+            for i in range(d):
+                qp[i] = c * np.float64(q[b, i])
+            aq = 1.0 - kappa * nq * nq
+            st = _hyp_row(qp, aq, ktab, vtab, ids, b, kappa, a, rmax, inv_tau, scale, expmap_inputs, shared,
+                          z, ck, s, u)
+        if st == 0:
+            continue
+        if st < 0:
+            o1, w1, ok1 = hyperbolic_forward_exact(q[b:b + 1], ktab, vtab, ids[b:b + 1], kappa, eps, inv_tau, scale,
+                                                   expmap_inputs, tangent_output)
+            ok = ok and ok1
+            out[b] = o1[0]
+            wts[b] = w1[0]
+            continue
+        for j in range(n):
+            wts[b, j] = dt(s[j])
+        if tangent_output:
+            for i in range(dv):
+                out[b, i] = dt(u[i] / scale)
+            continue
+        nu = 0.0
+        for i in range(dv):
+            nu += u[i] * u[i]
+        nu = math.sqrt(nu)
+        an = a * nu
+        g = math.tanh(an) / an if an > 1e-7 else 1.0 - an * an / 3.0
+        ny = g * nu
+        sc = g
+        if ny > rmax:
+            sc = g * rmax / ny
+        for i in range(dv):
+            out[b, i] = dt(u[i] * sc)
+    return out, wts, ok
+
+
 # ----------------------------------------------------------------------------------------------
 # backward kernel (row by row, float64, no (B, n, d) temporaries besides the gradients)
 # ----------------------------------------------------------------------------------------------
@@ -340,14 +567,16 @@ def hyperbolic_backward_kernel(
     expmap_inputs: bool,
     tangent_output: bool,
     need_input_grads: bool,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, float]:  # pragma: no cover - jit
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:  # pragma: no cover - jit
     """Backward of :func:`hyperbolic_forward_kernel` given its weights.
 
     Returns ``dq (B, d)``, per-slot ``dK (B, n, d)``, ``dV (B, n, dv)`` (zero at masked slots;
-    zero-size when ``need_input_grads`` is False) and the scalar gradients of ``log_temperature``
-    and ``log_scale`` for these rows. The per-slot key/value cotangents are needed either way
-    (``log_scale`` scales the keys and values); without input gradients they go to one row of
-    scratch instead of the ``(B, n, .)`` arrays (same loops, so the same rounding of the sums).
+    zero-size when ``need_input_grads`` is False) and the gradients of ``log_temperature``
+    and ``log_scale`` row by row (``(B,)`` each: the caller sums them over all rows at once, so
+    the total does not depend on how the rows were split into chunks). The per-slot key/value
+    cotangents are needed either way (``log_scale`` scales the keys and values); without input
+    gradients they go to one row of scratch instead of the ``(B, n, .)`` arrays (same loops, so
+    the same rounding of the sums).
     """
     B, d = q.shape
     n = ids.shape[1]
@@ -359,8 +588,8 @@ def hyperbolic_backward_kernel(
     dV = np.zeros((B if need_input_grads else 0, n, dv))
     dk_row = np.empty(d)  # scratch for the per-slot cotangents when they are not returned
     dv_row = np.empty(dv)
-    dlog_tau = 0.0
-    dlog_scale = 0.0
+    dlt = np.zeros(B)
+    dls = np.zeros(B)
     qt = np.empty(d)
     qp = np.empty(d)
     dqp = np.empty(d)
@@ -384,6 +613,8 @@ def hyperbolic_backward_kernel(
                 valid = True
         if not valid:
             continue
+        dlog_tau = 0.0
+        dlog_scale = 0.0
         for i in range(d):
             qt[i] = scale * q[b, i]
         _to_ball(qt, qp, a, rmax, expmap_inputs)
@@ -509,4 +740,6 @@ def hyperbolic_backward_kernel(
         for i in range(d):
             dq[b, i] = scale * tmp[i]
             dlog_scale += qt[i] * tmp[i]
-    return dq, dK, dV, dlog_tau, dlog_scale
+        dlt[b] = dlog_tau
+        dls[b] = dlog_scale
+    return dq, dK, dV, dlt, dls

@@ -38,8 +38,8 @@ _FM = {"reassoc", "contract", "nsz"}
 #: smoothing of the distance functions at coinciding / antipodal points
 EPS = 1e-12
 _G0 = math.asinh(math.sqrt(EPS))
-#: items ahead whose key row the coordinate pass prefetches
-PREFETCH_AHEAD = 4
+#: items ahead whose key (value) row the coordinate (read-out) pass prefetches
+PREFETCH_AHEAD = 8
 #: hyperbolic points are kept within ``BALL_R / sqrt(kh)`` of the origin
 BALL_R = 1.0 - 1e-5
 
@@ -159,9 +159,8 @@ def _row_weights(q, T, ids, mask, b, e, h, C, geo, rq, P, s, mx, ct):  # pragma:
     an empty row, 1 otherwise.
 
     First the coordinate pass over the attended items' key rows (sums into ``P``; the row
-    ``PREFETCH_AHEAD`` items ahead is prefetched), then each block's geometry from ``P`` alone in
-    short loops whose iterations are independent (``g(y)`` into ``P[1]``, ``f(u)`` into ``P[3]``),
-    then the scores and the softmax."""
+    ``PREFETCH_AHEAD`` items ahead is prefetched), then one loop over the items computing each
+    block's geometry from ``P`` alone and the head scores, then the softmax."""
     H = C.shape[0]
     n = ids.shape[1]
     d = q.shape[0]
@@ -177,37 +176,23 @@ def _row_weights(q, T, ids, mask, b, e, h, C, geo, rq, P, s, mx, ct):  # pragma:
             cnt += 1
             if not _item_sums(q, T[ids[b, j]], e, h, ct, P, j):
                 return -1
-    # the block geometry in short loops of independent iterations (pipelined by the CPU):
-    # y into P[2], g(y) into P[1]; u into P[4], f(u) into P[3]
-    s2 = geo[2] * geo[2]
-    if h > 0:
-        kh, X2, pq = geo[0] * geo[0], rq[2], rq[1]
-        for j in range(n):
-            if mask[b, j]:
-                P[2, j] = _hyp_item(P[1, j], P[2, j], X2, pq, kh, s2)[0]
-        for j in range(n):
-            if mask[b, j]:
-                P[1, j] = _g(P[2, j])
-    else:
-        P[1, :] = 0.0
-    if e + h < d:
-        ks, X2s = geo[1] * geo[1], rq[5]
-        for j in range(n):
-            if mask[b, j]:
-                P[4, j] = _sph_item(P[3, j], P[4, j], X2s, ks, s2)[0]
-        for j in range(n):
-            if mask[b, j]:
-                P[3, j] = _f(P[4, j])
-    else:
-        P[3, :] = 0.0
     if cnt == 0:
         return 0
+    # per item, from P alone: each block's geometry, the head scores and their maxima (one loop;
+    # its iterations are independent, so the CPU overlaps the items' scalar functions)
+    s2 = geo[2] * geo[2]
+    has_h = h > 0
+    has_s = e + h < d
+    kh, X2, pq = geo[0] * geo[0], rq[2], rq[1]
+    ks, X2s = geo[1] * geo[1], rq[5]
     for hh in range(H):
         mx[hh] = -np.inf
     for j in range(n):
         if mask[b, j]:
+            gh = _g(_hyp_item(P[1, j], P[2, j], X2, pq, kh, s2)[0]) if has_h else 0.0
+            fs = _f(_sph_item(P[3, j], P[4, j], X2s, ks, s2)[0]) if has_s else 0.0
             for hh in range(H):
-                v = C[hh, 0] * P[0, j] + C[hh, 1] * P[1, j] + C[hh, 2] * P[3, j]
+                v = C[hh, 0] * P[0, j] + C[hh, 1] * gh + C[hh, 2] * fs
                 if not np.isfinite(v):
                     return -1
                 s[hh, j] = v
@@ -228,12 +213,14 @@ def _row_weights(q, T, ids, mask, b, e, h, C, geo, rq, P, s, mx, ct):  # pragma:
 
 
 @njit(cache=True, nogil=True, fastmath=_FM)
-def mc_forward(Q, T, Vt, ids, mask, e, h, C, geo, need_readout):  # pragma: no cover - jit
+def mc_forward(Q, T, Vt, ids, mask, e, h, C, geo, need_readout, R, Wm, Wh):  # pragma: no cover - jit
     """Mixed-curvature attention of ``Q (B, d)`` over ``T[ids]`` with values ``Vt[ids]``.
 
-    Returns ``R (B, dv)`` (the read-out with the head-averaged weights; zero-size unless
-    ``need_readout``), ``Wm (B, n)`` (head-averaged weights), ``Wh (B, H, n)`` (per-head
-    weights) and ``ok`` (False on NaN/inf in a referenced row or an overflow).
+    Writes into the caller's zero-filled arrays (row slices of the whole batch's, so row chunks
+    need no joining copy) ``R (B, dv)`` (the read-out with the head-averaged weights; only when
+    ``need_readout``, zero-size otherwise), ``Wm (B, n)`` (head-averaged weights) and
+    ``Wh (B, H, n)`` (per-head weights). Returns ``ok`` (False on NaN/inf in a referenced row or
+    an overflow).
     """
     B, d = Q.shape
     n = ids.shape[1]
@@ -241,9 +228,6 @@ def mc_forward(Q, T, Vt, ids, mask, e, h, C, geo, need_readout):  # pragma: no c
     dv = Vt.shape[1]
     dt = Q.dtype.type
     ct = Q.dtype.type
-    R = np.zeros((B if need_readout else 0, dv), dtype=Q.dtype)
-    Wm = np.zeros((B, n), dtype=Q.dtype)
-    Wh = np.zeros((B, H, n), dtype=Q.dtype)
     s = np.empty((H, n), dtype=np.float64)
     P = np.empty((5, n), dtype=np.float64)
     mx = np.empty(H, dtype=np.float64)
@@ -263,7 +247,12 @@ def mc_forward(Q, T, Vt, ids, mask, e, h, C, geo, need_readout):  # pragma: no c
             continue
         if st == 0:
             continue
+        # the weights and (in the same pass) the read-out with the head-averaged weights
+        acc[:] = 0.0
         for j in range(n):
+            jj = j + PREFETCH_AHEAD
+            if need_readout and jj < n and mask[b, jj]:
+                prefetch_table_row(Vt, ids[b, jj])
             if mask[b, j]:
                 m = 0.0
                 for hh in range(H):
@@ -272,15 +261,13 @@ def mc_forward(Q, T, Vt, ids, mask, e, h, C, geo, need_readout):  # pragma: no c
                     m += w
                 s[0, j] = m * invH  # the head-averaged weight (head 0's row is no longer needed)
                 Wm[b, j] = dt(s[0, j])
+                if need_readout:
+                    wc = ct(s[0, j])
+                    vr = Vt[ids[b, j]]
+                    for k in range(dv):
+                        acc[k] += wc * ct(vr[k])
         if not need_readout:
             continue
-        acc[:] = 0.0
-        for j in range(n):
-            if mask[b, j]:
-                wc = ct(s[0, j])
-                vr = Vt[ids[b, j]]
-                for k in range(dv):
-                    acc[k] += wc * ct(vr[k])
         good = True
         for k in range(dv):
             if not np.isfinite(acc[k]):
@@ -300,7 +287,7 @@ def mc_forward(Q, T, Vt, ids, mask, e, h, C, geo, need_readout):  # pragma: no c
             if not np.isfinite(acc64[k]):
                 ok = False
             R[b, k] = dt(acc64[k])
-    return R, Wm, Wh, ok
+    return ok
 
 
 @njit(cache=True, nogil=True, fastmath=_FM, inline="always")

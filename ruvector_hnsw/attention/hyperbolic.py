@@ -142,9 +142,11 @@ class HyperbolicAttention(AttentionMechanism):
         q, kap, eps = batch.query, self.kappa, self.eps
         expm, tang = self.input_map == "expmap", self.output == "tangent"
         B, n = ids.shape
+        shared = vt is kt or (vt.shape == kt.shape and vt.dtype == kt.dtype and vt.strides == kt.strides
+                              and vt.__array_interface__["data"][0] == kt.__array_interface__["data"][0])
         parts = run_row_chunks(
             lambda lo, hi: hyperbolic_forward_kernel(
-                q[lo:hi], kt, vt, ids[lo:hi], kap, eps, inv_tau, sigma, expm, tang
+                q[lo:hi], kt, vt, ids[lo:hi], kap, eps, inv_tau, sigma, expm, tang, shared
             ),
             B,
             float(B) * n * (q.shape[1] + vt.shape[1]) * 4,
@@ -195,8 +197,9 @@ class HyperbolicAttention(AttentionMechanism):
             float(B) * n * (q.shape[1] + vt.shape[1]) * 12,
         )
         grads: dict[str, np.ndarray] = {
-            "log_temperature": np.array([sum(r[3] for r in parts)]),
-            "log_scale": np.array([sum(r[4] for r in parts)]),
+            # per-row terms summed once over every row: the same total at any thread count
+            "log_temperature": np.array([np.sum(np.concatenate([r[3] for r in parts]))]),
+            "log_scale": np.array([np.sum(np.concatenate([r[4] for r in parts]))]),
             "query": np.concatenate([r[0] for r in parts]),
         }
         if input_grads:

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from ruvector_hnsw.attention._kernels import grouped_backward, grouped_forward
+from ruvector_hnsw.attention._ops import grouped_attend, grouped_grads, grouped_pattern
 from ruvector_hnsw.attention.base import (
     AttentionBatch,
     AttentionMechanism,
@@ -66,7 +66,9 @@ class LocalGlobalAttention(AttentionMechanism):
     ``g = sigmoid(w_gate . [o_loc, o_glob, q] + b_gate)``; ``out = g o_loc + (1 - g) o_glob``.
     When one group is empty the output is the other group's read-out alone (``g`` forced to
     1 or 0); fully masked row: zero output. Each item is scored once, by its own group's query,
-    so the cost is ``O(k_local + k_global)`` per row. The pattern of a forward is in its cache:
+    so the cost is ``O(k_local + k_global)`` per row (one scored pass and one read-out pass over
+    the gathered rows, like ``scaled_dot``); large batches run in row chunks on the kernel pool,
+    with the same result at any thread count. The pattern of a forward is in its cache:
     ``cache.weights`` (the combined weights) and ``cache.inspect`` (``local_weights``,
     ``global_weights``, ``gate``, ``local_count``, ``global_count``, as in
     :class:`LocalGlobalPattern`); :meth:`attention_pattern` computes it for any input.
@@ -144,7 +146,7 @@ class LocalGlobalAttention(AttentionMechanism):
         assert V is not None
         group = self._groups(batch)
         Qt = self._queries(batch.query)
-        R, W, count, ok = grouped_forward(Qt, T, V, ids, group, self.scale)
+        R, W, count, ok = grouped_attend(Qt, T, V, ids, group, self.scale)
         if not ok:
             self._raise_nonfinite_rows()
         has_l, has_g = count[:, 0] > 0, count[:, 1] > 0
@@ -162,11 +164,8 @@ class LocalGlobalAttention(AttentionMechanism):
         return g, geff, both
 
     def _pattern(self, group: np.ndarray, W: np.ndarray, geff: np.ndarray, count: np.ndarray) -> LocalGlobalPattern:
-        dt = self.dtype
-        wl = np.where(group == 0, W, 0).astype(dt)
-        wg = np.where(group == 1, W, 0).astype(dt)
-        comb = (geff[:, None] * wl + (1.0 - geff[:, None]) * wg).astype(dt)
-        return LocalGlobalPattern(wl, wg, geff.astype(dt), count[:, 0].copy(), count[:, 1].copy(), comb)
+        wl, wg, comb = grouped_pattern(group, W, np.ascontiguousarray(geff, dtype=np.float64))
+        return LocalGlobalPattern(wl, wg, geff.astype(self.dtype), count[:, 0].copy(), count[:, 1].copy(), comb)
 
     def _forward(self, batch: AttentionBatch) -> ForwardResult:
         group, Qt, R, W, has_l, has_g, count = self._run(batch)
@@ -243,7 +242,7 @@ class LocalGlobalAttention(AttentionMechanism):
         dR = np.empty_like(R)
         dR[:, 0] = geff[:, None] * grad_out + dz[:, None] * w[None, :dv]
         dR[:, 1] = (1.0 - geff[:, None]) * grad_out + dz[:, None] * w[None, dv : 2 * dv]
-        dQt, dT, dV = grouped_backward(
+        dQt, dT, dV = grouped_grads(
             Qt, T, Vt, ids, group, W, np.ascontiguousarray(dR, dtype=self.dtype), self.scale, T.shape[0],
             input_grads,
         )

@@ -66,7 +66,7 @@ from ruvector_hnsw.attention.base import (
     check_positive_int,
 )
 from ruvector_hnsw.errors import ConfigError
-from ruvector_hnsw.threads import join_row_chunks, run_row_chunks
+from ruvector_hnsw.threads import run_row_chunks
 
 __all__ = ["MixedCurvatureAttention", "default_dims"]
 
@@ -195,12 +195,16 @@ class MixedCurvatureAttention(AttentionMechanism):
         q = batch.query
         n = ids.shape[1]
         work = float(q.shape[0]) * n * (2 * self.dim + (Vt.shape[1] if need_readout else 0) + 40)
-        parts = run_row_chunks(
-            lambda lo, hi: mc_forward(q[lo:hi], T, Vt, ids[lo:hi], mask[lo:hi], e, h, C, geo, need_readout),
-            q.shape[0], work,
+        B = q.shape[0]
+        R = np.zeros((B if need_readout else 0, Vt.shape[1]), dtype=q.dtype)
+        Wm = np.zeros((B, n), dtype=q.dtype)
+        Wh = np.zeros((B, C.shape[0], n), dtype=q.dtype)
+        parts = run_row_chunks(  # the chunks write into R, Wm, Wh (row slices)
+            lambda lo, hi: mc_forward(q[lo:hi], T, Vt, ids[lo:hi], mask[lo:hi], e, h, C, geo, need_readout,
+                                      R[lo:hi], Wm[lo:hi], Wh[lo:hi]),
+            B, work,
         )
-        R, Wm, Wh, ok = join_row_chunks(parts)
-        if not ok:
+        if not all(parts):
             self._raise_nonfinite_rows()
         return R, Wm, Wh
 

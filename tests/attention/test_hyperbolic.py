@@ -293,3 +293,59 @@ def test_backward_kernel_equals_numpy_twin(input_map, output, c):
     twin = att._backward_numpy(G, cache._data)
     for k in got:
         np.testing.assert_allclose(got[k], twin[k], rtol=1e-9, atol=1e-12, err_msg=k)
+
+
+@pytest.mark.parametrize(("input_map", "output", "c"), MODES)
+def test_fast_forward_kernel_equals_exact_kernel(input_map, output, c):
+    """The norm-factor kernel (shared or separate value table) against the coordinate-by-coordinate
+    one, on rows that take every branch: keys equal to the query (the cancellation fallback),
+    tiny rows (series branches), rows beyond the ball (projection), a float64 row whose squared
+    norm overflows (the row is redone by the exact kernel), a fully masked row."""
+    rng = np.random.default_rng(3)
+    d, rows = 6, 40
+    table = rng.standard_normal((rows, d)) * 0.4
+    table[1] *= 1e-9
+    table[2] *= 30.0
+    table[3, 0] = 1e200
+    q = rng.standard_normal((5, d)) * 0.4
+    table[4:9] = q  # each query is also a key
+    ids = rng.integers(0, rows, (5, 12))
+    ids[:, 0] = np.arange(4, 9)
+    ids[1, 1:4] = [1, 2, -1]
+    ids[2, 1] = 3
+    ids[4] = -1
+    kap = -c
+    args = (kap, 1e-5, 1 / 0.7, 1.3, input_map == "expmap", output == "tangent")
+    want_out, want_w, want_ok = hk.hyperbolic_forward_exact(q, table, table, ids, *args)
+    for vt, shared in ((table, True), (table.copy(), False)):
+        out, w, ok = hk.hyperbolic_forward_kernel(q, table, vt, ids, *args, shared)
+        assert ok and want_ok
+        np.testing.assert_allclose(w, want_w, rtol=1e-11, atol=1e-14)
+        np.testing.assert_allclose(out, want_out, rtol=1e-11, atol=1e-14)
+    assert np.all(want_out[4] == 0)
+    vals = table.copy()
+    vals[5] *= 2.0  # a separate value table: the value factors are the values' own
+    want_out, want_w, _ = hk.hyperbolic_forward_exact(q, table, vals, ids, *args)
+    out, w, _ = hk.hyperbolic_forward_kernel(q, table, vals, ids, *args, False)
+    np.testing.assert_allclose(out, want_out, rtol=1e-11, atol=1e-14)
+
+
+def test_backward_same_at_any_thread_count():
+    """Param gradients sum per-row terms over every row at once (float64, where a chunk-wise
+    sum would show in the last bits)."""
+    rng = np.random.default_rng(1)
+    Bb, n, d = 803, 32, 32
+    table = rng.standard_normal((500, d)) * 0.1
+    ids = rng.integers(-1, 500, (Bb, n))
+    q = rng.standard_normal((Bb, d)) * 0.1
+    att = HyperbolicAttention(d, input_scale=1.5, dtype=np.float64)
+
+    def run():
+        out, cache = att.forward(q, table, table, ids=ids)
+        return att.backward(cache, np.ones_like(out), input_grads=False)
+
+    one = with_threads(1, run)
+    for threads in (2, 3):  # 3 chunks: a sum of chunk sums differs here in the last bits
+        many = with_threads(threads, run)
+        for k in one:
+            np.testing.assert_array_equal(one[k], many[k], err_msg=f"{k}, {threads} threads")

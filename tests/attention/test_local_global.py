@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from threadpoolctl import threadpool_limits
 
 from ruvector_hnsw.attention import Context
 from ruvector_hnsw.attention.local_global import LocalGlobalAttention
@@ -110,3 +111,42 @@ def test_errors():
         LocalGlobalAttention(5).forward(q, K, V, mask, context=Context(layer=layer))
     with pytest.raises(InvalidInputError, match="values="):
         att.weights(q, K, mask, context=Context(layer=layer))
+
+
+def test_threaded_row_chunks_equal_single_thread_and_reference():
+    """Large enough for the row-chunk split (forward, pattern, params-only backward): the same
+    bits on 1 and 2 kernel threads, and the chunked result matches the plain-numpy reference.
+
+    BLAS stays on one thread in both runs: the param gradients' ``dQ.T @ q`` products are BLAS
+    GEMMs, whose multi-threaded OpenBLAS sums round differently from the single-threaded ones."""
+    rng = np.random.default_rng(7)
+    Bb, n, d, rows = 1200, 40, 32, 700
+    table = rng.standard_normal((rows, d)).astype(np.float32)
+    ids = rng.integers(-1, rows, (Bb, n))
+    layer = rng.integers(0, 3, (Bb, n)).astype(np.int8)
+    q = rng.standard_normal((Bb, d)).astype(np.float32)
+    G = rng.standard_normal((Bb, d)).astype(np.float32)
+    att = LocalGlobalAttention(d, seed=0)
+    _randomise(att, 2)
+    ctx = Context(layer=layer)
+
+    def run():
+        with threadpool_limits(1, user_api="blas"):
+            out, cache = att.forward(q, table, table, context=ctx, ids=ids)
+            return out, dict(cache.inspect), cache.weights, att.backward(cache, G, input_grads=False)
+
+    one, two = ref.with_threads(1, run), ref.with_threads(2, run)
+    np.testing.assert_array_equal(one[0], two[0])
+    np.testing.assert_array_equal(one[2], two[2])
+    for k in one[1]:
+        np.testing.assert_array_equal(one[1][k], two[1][k], err_msg=k)
+    for k in one[3]:
+        np.testing.assert_array_equal(one[3][k], two[3][k], err_msg=k)
+    mask = ids >= 0
+    K = np.where(mask[..., None], table[np.maximum(ids, 0)], 0.0).astype(np.float64)
+    p64 = {k: v.astype(np.float64) for k, v in att.params.items()}
+    want, WL, WG, gate = ref.local_global(p64, q.astype(np.float64), K, K, mask, layer)
+    np.testing.assert_allclose(two[0], want, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(two[1]["local_weights"], WL, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(two[1]["global_weights"], WG, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(two[1]["gate"], gate, rtol=1e-4, atol=1e-6)
