@@ -65,8 +65,8 @@ def _load(name: str, size: str, apt_step: int, apt_queries: int) -> Any:
 
 
 def run(datasets: list[str], seeds: list[int], variants: dict[str, str], *, size: str, threads: int,
-        apt_step: int, apt_queries: int) -> dict[str, Any]:
-    out: dict[str, Any] = {"seeds": seeds, "size": size, "results": []}
+        apt_step: int, apt_queries: int, base: str = BASE) -> dict[str, Any]:
+    out: dict[str, Any] = {"seeds": seeds, "size": size, "base": base, "results": []}
     for name in datasets:
         ds = _load(name, size, apt_step, apt_queries)
         if ds is None:
@@ -82,7 +82,7 @@ def run(datasets: list[str], seeds: list[int], variants: dict[str, str], *, size
         for seed in seeds:
             ctx = ev.BuildContext(ds, index, ef=128, seed=seed, num_threads=threads)
             for suffix, label in variants.items():
-                name_, opts = ev.parse_method_spec(BASE + suffix)
+                name_, opts = ev.parse_method_spec(base + suffix)
                 t0 = time.perf_counter()
                 method = ev.METHODS[name_](ctx, **opts)
                 row = ev.evaluate(ds, {label: method}, k=10, qps_repeats=1, latency_queries=0)[0]
@@ -102,7 +102,7 @@ def tables(out: dict[str, Any]) -> str:
     """Per dataset: every variant's mAP@R (mean +- std over seeds), its difference to the default, the winner."""
     lines: list[str] = []
     rows = out["results"]
-    default = next(iter(VARIANTS.values()))
+    default = next((r["variant"] for r in rows if r["variant"] != "hnsw"), "")
     for dataset in dict.fromkeys(r["dataset"] for r in rows):
         sel = [r for r in rows if r["dataset"] == dataset]
         lines.append(f"\n== {dataset} (mAP@R, mean +- std over seeds {out['seeds']}) ==")
@@ -131,6 +131,9 @@ def main() -> int:
     ap.add_argument("--apt-train-step", type=int, default=5, dest="apt_step")
     ap.add_argument("--apt-queries", type=int, default=300, dest="apt_queries")
     ap.add_argument("--threads", type=int, default=-1)
+    ap.add_argument("--base", default=BASE, help=f"the method every variant extends (default {BASE}); e.g. "
+                    "--base local_global --variants ':context=none;:spectral=0;:expand=0;:label_head=false' "
+                    "for the ablations")
     ap.add_argument("--variants", help="option suffixes to compare instead of the built-in list, separated by "
                     "';' (e.g. ':lr=0.05;:optimizer=natural'); the default is always included")
     ap.add_argument("--json", help="write every figure to this file")
@@ -138,7 +141,7 @@ def main() -> int:
     variants = VARIANTS
     if args.variants:
         extra = [v.strip() for v in args.variants.split(";") if v.strip()]
-        variants = {"": VARIANTS[""], **{v: v.lstrip(":") for v in extra}}
+        variants = {"": "default" if args.base != BASE else VARIANTS[""], **{v: v.lstrip(":") for v in extra}}
     if args.quick:
         variants = dict(list(VARIANTS.items())[:2])
         out = run(["clusters"], [0], variants, size="tiny", threads=args.threads, apt_step=args.apt_step,
@@ -146,7 +149,7 @@ def main() -> int:
     else:
         out = run([d.strip() for d in args.datasets.split(",") if d.strip()],
                   [int(s) for s in args.seeds.split(",") if s.strip()], variants, size=args.size,
-                  threads=args.threads, apt_step=args.apt_step, apt_queries=args.apt_queries)
+                  threads=args.threads, apt_step=args.apt_step, apt_queries=args.apt_queries, base=args.base)
     print(tables(out))
     if args.json:
         Path(args.json).write_text(json.dumps(ev.to_jsonable(out), indent=1))

@@ -81,7 +81,7 @@ FIT_OPTIONS: tuple[str, ...] = (
 #: options that only act at search time (a fitted model is shared across their values)
 SEARCH_OPTIONS: tuple[str, ...] = ("expand",)
 _CTOR_OPTIONS: tuple[str, ...] = ("candidates", "k_local", "k_global", "seed", "latent_dim", "layers", "norm",
-                                   "dropout", "code_dtype")
+                                   "dropout", "code_dtype", "context")
 #: method names the training-free methods hold; a mechanism of the same name is registered as ``NAME_attention``
 _TRAINING_FREE_NAMES = frozenset({"exact", "hnsw", "alpha_qe", "dba", "diffusion"})
 #: eval method name -> attention mechanism (``diffusion_attention`` is the ``diffusion`` mechanism; ``diffusion``
@@ -285,6 +285,9 @@ def make_attention(ctx: BuildContext, mechanism: str, name: str | None = None, *
         "k_global": model.k_global,
         "layers": model.model.config.layers,
         "norm": model.model.config.norm,
+        "context": model.model.config.context,
+        "spectral": model.model.config.spectral,
+        "label_head": model.model.config.label_head,
         "code_dtype": model.code_dtype,
         "code_memory_bytes": model.memory_bytes()["total"],
         "alpha": float(model.alpha),

@@ -111,6 +111,9 @@ class AttentionSearch:
         float32); the choice applies to the cache ``fit`` leaves for search, to every refresh or
         incremental update after it, and is saved with the model. :meth:`memory_bytes` measures
         it; :meth:`set_code_dtype` converts a fitted searcher without refitting.
+    context : {"graph", "none"}
+        What the encoder attends over: the HNSW graph context (the product), or nothing (an
+        ablation: codes from the vector alone, a trained linear map; everything else unchanged).
     **mech_config
         Passed to the mechanism's constructor (e.g. ``temperature``, ``heads``).
     """
@@ -138,6 +141,7 @@ class AttentionSearch:
         norm: str | None = None,
         dropout: float = 0.0,
         code_dtype: str = "float32",
+        context: str = "graph",
         **mech_config: Any,
     ) -> None:
         if not isinstance(index, HNSWIndex):
@@ -150,6 +154,7 @@ class AttentionSearch:
             k_local=k_local, k_global=k_global, spectral=spectral, spectral_time=spectral_time,
             seed=int(seed), latent=latent, label_head=label_head, class_pool=class_pool,
             mech_config=dict(mech_config), layers=layers, norm=norm, dropout=dropout, code_dtype=code_dtype,
+            context=context,
         )
         self.index = index
         self.model = SearchModel(config)

@@ -108,11 +108,14 @@ class ContextEncoder:
     dropout : float
         Dropout rate on each block's attention read-out, in ``[0, 1)``; acts only when
         :meth:`encode` is given an ``rng``.
+    use_context : bool
+        False is the "no context" ablation: no attention is run, every read-out is zero, so the
+        code is ``normalize(W_u u)`` (the mechanism's parameters get zero gradients).
     """
 
     def __init__(self, mechanism: AttentionMechanism | Sequence[AttentionMechanism], dim: int, latent_dim: int, *,
                  init: np.ndarray | None = None, seed: int = 0, dtype: Any = np.float32,
-                 norm: str | None = None, dropout: float = 0.0) -> None:
+                 norm: str | None = None, dropout: float = 0.0, use_context: bool = True) -> None:
         mechs = [mechanism] if isinstance(mechanism, AttentionMechanism) else list(mechanism)
         if not mechs or not all(isinstance(m, AttentionMechanism) for m in mechs):
             raise ConfigError("mechanism: expected an AttentionMechanism or a non-empty sequence of them")
@@ -133,6 +136,7 @@ class ContextEncoder:
                 or not 0.0 <= float(dropout) < 1.0:
             raise ConfigError(f"dropout must be a number in [0, 1), got {dropout!r}")
         self.dropout = float(dropout)
+        self.use_context = bool(use_context)
         self.norms: tuple[LayerNorm | RMSNorm | None, ...] = tuple(
             make_norm(norm, self.dim, dtype=self.dtype) for _ in mechs)
         d_out = mechs[-1].output_dim(dim)
@@ -203,6 +207,12 @@ class ContextEncoder:
         blocks: list[BlockCache] = []
         a = uu
         cache: Any = None
+        if not self.use_context:
+            a = np.zeros((uu.shape[0], self.mechanisms[-1].output_dim(self.dim)), dtype=self.dtype)
+            z = uu @ self.own["W_u"].T
+            norm = np.sqrt((z * z).sum(axis=1, keepdims=True)) + self.dtype.type(_EPS)
+            return EncodedBatch(zhat=(z / norm).astype(self.dtype, copy=False), norm=norm, u=uu, a=a,
+                                att_cache=None, stream=uu, blocks=())
         for i, (mech, nrm) in enumerate(zip(self.mechanisms, self.norms, strict=True)):
             src = u if i == 0 else stream
             ncache: NormCache | None = None
@@ -230,7 +240,7 @@ class ContextEncoder:
         stream = enc.u if enc.stream is None else enc.stream
         grads["W_u"] += gz.T @ stream
         grads["W_a"] += gz.T @ enc.a
-        if self.layers == 1 and self.norms[0] is None and not self.mechanism.params:
+        if not self.use_context or (self.layers == 1 and self.norms[0] is None and not self.mechanism.params):
             return
         blocks = enc.blocks or (BlockCache(norm_cache=None, att_cache=enc.att_cache, keep=None),)
         g_a = gz @ self.own["W_a"]                                   # dL/d a_{L-1}

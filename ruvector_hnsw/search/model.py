@@ -37,6 +37,9 @@ def _nonneg_int(value: Any, name: str) -> int:
     return int(value)
 
 
+#: what the encoder may attend over (``ModelConfig.context``)
+CONTEXTS = ("graph", "none")
+
 @dataclass(frozen=True)
 class ModelConfig:
     """What defines a model's shape (validated; saved with it)."""
@@ -61,6 +64,9 @@ class ModelConfig:
     dropout: float = 0.0
     #: storage of the database code cache and latent index at search time ("float32", "float16", "int8")
     code_dtype: str = "float32"
+    #: what the encoder attends over: "graph" (the HNSW context) or "none" (the ablation: no attention,
+    #: codes from the vector alone)
+    context: str = "graph"
 
     def __post_init__(self) -> None:
         if self.mechanism not in MECHANISMS:
@@ -86,6 +92,8 @@ class ModelConfig:
                 or not 0.0 <= float(self.dropout) < 1.0):
             raise ConfigError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
         check_code_dtype(self.code_dtype)
+        if self.context not in CONTEXTS:
+            raise ConfigError(f"context must be one of {CONTEXTS}, got {self.context!r}")
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -147,7 +155,8 @@ class SearchModel:
             except TypeError as exc:
                 raise ConfigError(f"{config.mechanism}: bad configuration ({exc})") from exc
         self.encoder = ContextEncoder(mechs[0] if config.layers == 1 else mechs, config.dim, config.latent_dim,
-                                      seed=config.seed, norm=config.norm, dropout=config.dropout)
+                                      seed=config.seed, norm=config.norm, dropout=config.dropout,
+                                      use_context=config.context == "graph")
         self.alpha = 0.0
         self.beta = 1.0
         self.rho = 0.0

@@ -324,3 +324,35 @@ def test_stacked_forward_is_the_documented_formula(layers) -> None:
     z = h @ enc.own["W_u"].T + a @ enc.own["W_a"].T
     np.testing.assert_allclose(enc.encode(q, table, ids, mask, ctx).zhat, z / np.linalg.norm(z, axis=1, keepdims=True),
                                rtol=1e-10, atol=1e-12)
+
+
+def test_no_context_ablation_encodes_the_vector_alone() -> None:
+    """context="none": no attention runs, the code is normalize(W_u u), the mechanism gets zero gradients."""
+    enc = _encoder()
+    ablated = ContextEncoder(enc.mechanism, 6, 4, seed=3, dtype=np.float64, use_context=False)
+    ablated.own["W_u"][...] = enc.own["W_u"]
+    table, q, q_in, pool, posmask, v_in = _problem()
+    out = ablated.encode(q, table, *q_in)
+    z = q @ ablated.own["W_u"].T
+    np.testing.assert_allclose(out.zhat, z / np.linalg.norm(z, axis=1, keepdims=True), rtol=1e-9)
+    assert out.att_cache is None and not out.a.any()
+    loss, grads = contrastive_loss(ablated, table, q, q_in, pool, posmask, v_in, 0.5)
+    assert all(not g.any() for k, g in grads.items() if k.startswith("att.") or k == "W_a")
+    assert grads["W_u"].any() and np.isfinite(loss)
+    assert not np.allclose(enc.encode(q, table, *q_in).zhat, out.zhat)  # the graph context does change codes
+
+
+def test_no_context_option_reaches_the_model_and_is_saved(tmp_path) -> None:
+    from ruvector_hnsw import HNSWIndex
+    from ruvector_hnsw.errors import ConfigError
+    from ruvector_hnsw.search import AttentionSearch
+
+    rng = np.random.default_rng(0)
+    idx = HNSWIndex(8, M=8, ef_construction=40, seed=1, num_threads=1)
+    idx.add(rng.standard_normal((300, 8)).astype(np.float32))
+    s = AttentionSearch(idx, context="none", num_threads=1)
+    assert not s.model.encoder.use_context
+    s.save(tmp_path / "m")
+    assert AttentionSearch.load(tmp_path / "m", idx).model.config.context == "none"
+    with pytest.raises(ConfigError, match="context"):
+        AttentionSearch(idx, context="hubs")
