@@ -245,6 +245,8 @@ def fit_attention(
         return cached
     fit_kw = {k: opts.pop(k) for k in FIT_OPTIONS if k in opts}
     ctor = {k: opts.pop(k) for k in _CTOR_OPTIONS if k in opts}
+    if "context" in ctor and ctor["context"] is None:  # the spec ``context=none`` parses to None
+        ctor["context"] = "none"
     if "mech_temperature" in opts:
         opts["temperature"] = opts.pop("mech_temperature")
     num_threads = int(opts.pop("num_threads", ctx.num_threads))

@@ -165,3 +165,10 @@ def test_code_dtype_option_reaches_the_model(tiny, tiny_index):
     assert i8.database_state().codes.store.raw.dtype == np.int8
     assert f32.database_state().codes.store.raw.dtype == np.float32
     assert f32.memory_bytes()["total"] / i8.memory_bytes()["total"] >= 3.5
+
+
+def test_ablation_options_reach_the_model(tiny, tiny_index):
+    methods = ev.build_methods("local_global:epochs=1:n_train=60:context=none:spectral=0:label_head=false", tiny,
+                               index=tiny_index, num_threads=1)
+    p = next(iter(methods.values())).params
+    assert (p["context"], p["spectral"], p["label_head"]) == ("none", 0, False)
