@@ -218,6 +218,38 @@ def test_save_load_ranks_exactly_like_the_saved_model(trained, data, tmp_path: P
         s = loaded  # a loaded model saves and loads exactly too
 
 
+def test_loaded_model_ranks_identically_over_20_loads_and_in_another_process(data, tmp_path: Path) -> None:
+    """Issue 9 item 5: ids and scores bit for bit, 20 loads in this process and one in a fresh interpreter."""
+    import subprocess
+    import sys
+
+    _base, base_lab, tq, tq_lab, eq, _ = data
+    idx = _index(data[0], "cosine")
+    s = AttentionSearch(idx, candidates=40, k_local=8, k_global=4, seed=0, num_threads=1)  # label head on
+    s.fit(tq, labels=base_lab, query_labels=tq_lab, epochs=2, batch_size=64, val_fraction=0.2)
+    ref_ids, ref_scores = s.search(eq, k=15)
+    s.save(tmp_path / "m")
+    idx.save(tmp_path / "i.rvh")
+    np.save(tmp_path / "q.npy", eq)
+    for _ in range(20):
+        ids, scores = AttentionSearch.load(tmp_path / "m", idx).search(eq, k=15)
+        np.testing.assert_array_equal(ids, ref_ids)
+        np.testing.assert_array_equal(scores, ref_scores)
+    script = (
+        "import sys, numpy as np\n"
+        "from ruvector_hnsw import HNSWIndex\n"
+        "from ruvector_hnsw.search import AttentionSearch\n"
+        "d = sys.argv[1]\n"
+        "m = AttentionSearch.load(d + '/m', HNSWIndex.load(d + '/i.rvh'), num_threads=1)\n"
+        "ids, scores = m.search(np.load(d + '/q.npy'), k=15)\n"
+        "np.savez(d + '/out.npz', ids=ids, scores=scores)\n"
+    )
+    subprocess.run([sys.executable, "-c", script, str(tmp_path)], check=True, timeout=300)
+    out = np.load(tmp_path / "out.npz")
+    np.testing.assert_array_equal(out["ids"], ref_ids)
+    np.testing.assert_array_equal(out["scores"], ref_scores)
+
+
 def test_save_load_errors(trained, data, tmp_path: Path) -> None:
     s, _, idx = trained
     path = tmp_path / "model"
