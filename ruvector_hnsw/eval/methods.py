@@ -477,6 +477,31 @@ def _hnsw_factory(ctx: BuildContext, **opt: Any) -> SearchMethod:
     return make_hnsw(ctx.index, ef=opt.pop("ef", ctx.ef), **opt)
 
 
+def _hnsw_unlabelled_factory(ctx: BuildContext, **opt: Any) -> SearchMethod:
+    """HNSW restricted to the items whose label training does not see (``train_base_labels < 0``).
+
+    The honest bar of the unseen-class protocol: it hides the labels of the unseen classes' items, so
+    "search only the unlabelled items" is a training-free method that uses exactly that information.
+    """
+    hidden = ctx.dataset.train_base_labels
+    if hidden is None:
+        raise ConfigError("hnsw_unlabelled: the dataset hides no labels (use --protocol unseen)")
+    mask = np.asarray(hidden) < 0
+    if not mask.any():
+        raise ConfigError("hnsw_unlabelled: every item's label is known to training")
+    index = ctx.index
+    ef_used = int(opt.pop("ef", ctx.ef))
+    if opt:
+        raise ConfigError(f"hnsw_unlabelled: unknown options {sorted(opt)}")
+
+    def search(queries: Any, k: int) -> SearchResult:
+        ids, dists = index.search(queries, k=int(k), ef=max(ef_used, int(k)), filter=mask)
+        return np.asarray(ids, dtype=np.int64), np.asarray(dists, dtype=np.float32)
+
+    return SearchMethod(name="hnsw_unlabelled", fn=search, threads=1,
+                        params={"ef": ef_used, "n_unlabelled": int(mask.sum())})
+
+
 def _alpha_qe_factory(ctx: BuildContext, **opt: Any) -> SearchMethod:
     opt.setdefault("ef", ctx.ef)
     opt.setdefault("vectors", ctx.dataset.base)  # labels are base rows in a BuildContext index
@@ -490,6 +515,7 @@ def _dba_factory(ctx: BuildContext, **opt: Any) -> SearchMethod:
 
 register_method("exact", _exact_factory)
 register_method("hnsw", _hnsw_factory)
+register_method("hnsw_unlabelled", _hnsw_unlabelled_factory)
 register_method("alpha_qe", _alpha_qe_factory)
 register_method("dba", _dba_factory)
 

@@ -279,3 +279,22 @@ def test_expand_vectors_hand_case_l2():
     np.testing.assert_allclose(got, [[(1.0 + 3.0) / 2.0, 0.0]])
     got = MM.expand_vectors(v, neigh, np.array([[False, True, True]]), alpha=2.0, metric="cosine")
     np.testing.assert_allclose(got, [[1.0, 0.0]])
+
+
+def test_hnsw_unlabelled_searches_only_the_items_whose_label_training_hides():
+    from ruvector_hnsw import eval as ev
+    from ruvector_hnsw.datasets import class_split, load
+
+    seen = load("clusters", size="tiny", seed=0)
+    ds = class_split(seen, unseen=0.3, seed=0)
+    index = ev.build_hnsw_index(ds, M=8, ef_construction=60, seed=0, num_threads=1, ef=64)
+    ctx = ev.BuildContext(ds, index, ef=64, num_threads=1)
+    method = ev.METHODS["hnsw_unlabelled"](ctx)
+    ids, _ = method(ds.queries, 20)
+    hidden = ds.train_base_labels < 0
+    assert (ids >= 0).all() and hidden[ids].all()  # only items whose label training does not see
+    want, _ = index.search(ds.queries, k=20, ef=64, filter=hidden)
+    np.testing.assert_array_equal(ids, want)
+    assert method.params["n_unlabelled"] == int(hidden.sum())
+    with pytest.raises(ConfigError, match="hides no labels"):
+        ev.METHODS["hnsw_unlabelled"](ev.BuildContext(seen, index, num_threads=1))
