@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _data import shared_dataset
 
 from ruvector_hnsw import HNSWIndex
 from ruvector_hnsw.datasets import load
@@ -37,14 +38,6 @@ from ruvector_hnsw.search import AttentionSearch
 DTYPES = ("float32", "float16", "int8")
 DATASETS = ("clusters", "hierarchical", "manifolds", "digits", "apt_minilm")
 
-
-def _apt_path() -> Path | None:
-    root = Path(__file__).resolve().parents[1]
-    for parent in [root, *root.parents]:
-        p = parent / "shared" / "datasets" / "apt_minilm.npz"
-        if parent != root and p.exists():
-            return p
-    return None
 
 
 def _map_at_r(ids: np.ndarray, base_labels: np.ndarray, query_labels: np.ndarray) -> float:
@@ -56,7 +49,7 @@ def _map_at_r(ids: np.ndarray, base_labels: np.ndarray, query_labels: np.ndarray
 
 def _dataset(name: str, size: str) -> Any:
     if name == "apt_minilm":
-        path = _apt_path()
+        path = shared_dataset()
         if path is None:
             raise FileNotFoundError("apt_minilm.npz not found (expected ../shared/datasets/ beside the checkout)")
         return load(str(path))

@@ -18,17 +18,16 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-ROOT = Path(__file__).resolve().parent.parent
-DATA = ROOT.parent.parent / "shared" / "datasets" / "apt_minilm.npz"
+from _data import shared_dataset
 
 
 def _dataset(n_base: int, n_queries: int, n_train: int):
     from ruvector_hnsw.datasets import load
 
-    path = Path(os.environ.get("RUVECTOR_APT", DATA))
-    if not path.exists():
-        path = Path("/work/shared/datasets/apt_minilm.npz")
+    env = os.environ.get("RUVECTOR_APT")
+    path = Path(env) if env else shared_dataset()
+    if path is None or not path.exists():
+        raise SystemExit("apt_minilm.npz not found: set RUVECTOR_APT or put shared/datasets/ beside the checkout")
     ds = load(str(path))
     rng = np.random.default_rng(0)
     keep = np.sort(rng.choice(ds.n_base, size=min(n_base, ds.n_base), replace=False))

@@ -23,21 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _data import shared_dataset
 
 from ruvector_hnsw import HNSWIndex
 from ruvector_hnsw.datasets import load
 from ruvector_hnsw.eval import parse_method_spec
 from ruvector_hnsw.ranking import map_at_r
 from ruvector_hnsw.search import AttentionSearch
-
-
-def _apt_path() -> Path | None:
-    root = Path(__file__).resolve().parents[1]
-    for parent in [root, *root.parents]:
-        p = parent / "shared" / "datasets" / "apt_minilm.npz"
-        if parent != root and p.exists():
-            return p
-    return None
 
 
 def _maps(ids: np.ndarray, base_labels: np.ndarray, query_labels: np.ndarray) -> dict[str, float]:
@@ -75,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     for item in args.option:
         key, _, value = item.partition("=")
         fit_kw[key.strip()] = parse_method_spec(f"x:{key.strip()}={value.strip()}")[1][key.strip()]
-    path = _apt_path()
+    path = shared_dataset()
     if path is None:
         print("apt_minilm.npz not found (expected ../shared/datasets/ beside the checkout)", file=sys.stderr)
         return 2

@@ -32,22 +32,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _data import shared_dataset
 
 from ruvector_hnsw import eval as ev
 from ruvector_hnsw.attention import MECHANISMS
 from ruvector_hnsw.datasets import Dataset, load
 from ruvector_hnsw.diagnostics import GeometryReport
 
-APT = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "apt_minilm.npz"
-if not APT.exists():
-    APT = Path("/work/shared/datasets/apt_minilm.npz")
 #: mechanism -> eval method name (``diffusion`` the mechanism is ``diffusion_attention``)
 METHOD_OF = {mech: name for name, mech in ev.ATTENTION_METHODS.items()}
 
 
-def apt_subsample(n_base: int, n_train: int, n_eval: int, seed: int = 0) -> Dataset:
-    """A seeded random subsample of apt_minilm (base, training and evaluation queries)."""
-    z = np.load(APT)
+def apt_subsample(path: Path, n_base: int, n_train: int, n_eval: int, seed: int = 0) -> Dataset:
+    """A seeded random subsample of apt_minilm at ``path`` (base, training and evaluation queries)."""
+    z = np.load(path)
     rng = np.random.default_rng(seed)
 
     def pick(n_total: int, n: int) -> np.ndarray:
@@ -62,7 +60,7 @@ def apt_subsample(n_base: int, n_train: int, n_eval: int, seed: int = 0) -> Data
         queries=z["queries"][q].astype(np.float32), query_labels=z["query_labels"][q],
         train_queries=z["train_queries"][t].astype(np.float32), train_query_labels=z["train_query_labels"][t],
         params={"subsample_seed": seed, "n_base": int(b.size), "n_train": int(t.size), "n_eval": int(q.size)},
-        source=str(APT),
+        source=str(path),
     )
 
 
@@ -74,10 +72,12 @@ def datasets(quick: bool) -> list[Dataset]:
     if digits.train_queries is None:
         digits, _ = ev.ensure_train_split(digits, seed=0)
     out.append(digits)
-    if APT.exists():
-        out.append(apt_subsample(6000, 1000, 500, seed=0))
+    apt = shared_dataset()
+    if apt is not None:
+        out.append(apt_subsample(apt, 6000, 1000, 500, seed=0))
     else:
-        print(f"note: {APT} not found; the text set is skipped", flush=True)
+        print("note: shared/datasets/apt_minilm.npz not found beside the checkout; the text set is skipped",
+              flush=True)
     return out
 
 

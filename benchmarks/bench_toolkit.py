@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _data import shared_dataset
+
 from ruvector_hnsw import eval as ev
 from ruvector_hnsw.datasets import load
 
@@ -44,18 +46,10 @@ VARIANTS: dict[str, str] = {
 APT = "apt_minilm"
 
 
-def _apt_path() -> Path | None:
-    root = Path(__file__).resolve().parents[1]
-    for parent in [root, *root.parents]:
-        p = parent / "shared" / "datasets" / "apt_minilm.npz"
-        if parent != root and p.exists():
-            return p
-    return None
-
 
 def _load(name: str, size: str, apt_step: int, apt_queries: int) -> Any:
     if name == APT:
-        path = _apt_path()
+        path = shared_dataset()
         if path is None:
             return None
         ds = load(str(path))
