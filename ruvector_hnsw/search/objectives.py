@@ -45,6 +45,7 @@ from ruvector_hnsw.training.losses import info_nce, local_contrastive, triplet
 from ruvector_hnsw.training.miners import HardNegativeMiner, Miner, RandomNegativeMiner, SemiHardNegativeMiner
 from ruvector_hnsw.training.optim import Optimizer, make_optimizer
 from ruvector_hnsw.training.regularizers import laplacian_smoothness
+from ruvector_hnsw.training.schedules import Curriculum
 
 __all__ = [
     "LOSSES",
@@ -78,8 +79,6 @@ def _non_negative(value: Any, name: str) -> float:
 def check_toolkit(*, loss: Any, miner: Any, curriculum: Any, regularizer: Any, optimizer: Any, margin: Any,
                   local_weight: Any, reg_weight: Any) -> None:
     """Validate ``fit``'s toolkit options (raises :class:`~ruvector_hnsw.errors.ConfigError`, changes nothing)."""
-    from ruvector_hnsw.training.schedules import Curriculum
-
     if loss not in LOSSES:
         raise ConfigError(f"loss: expected one of {LOSSES}, got {loss!r}")
     if not isinstance(miner, Miner) and miner not in MINERS:

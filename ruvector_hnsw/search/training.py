@@ -211,22 +211,10 @@ class RelevantRows:
 def rows_in_lists(rows: np.ndarray, lists: list[np.ndarray], idx: np.ndarray) -> np.ndarray:
     """``out[r, j] = rows[r, j] >= 0 and rows[r, j] in lists[idx[r]]`` for a (B, m) array of table rows.
 
-    One sorted membership test over ``(query, row)`` keys instead of one ``np.isin`` per query.
+    A one-off :class:`RelevantRows` over the chosen lists (build one yourself for repeated tests).
     """
-    rows = np.asarray(rows, dtype=np.int64)
-    B = rows.shape[0]
-    if B == 0 or rows.size == 0:
-        return np.zeros(rows.shape, dtype=bool)
-    chosen = [np.asarray(lists[i], dtype=np.int64) for i in idx.tolist()]
-    span = np.int64(max(int(rows.max()), max((int(c.max()) for c in chosen if c.size), default=0)) + 1)
-    sizes = np.array([c.size for c in chosen], dtype=np.int64)
-    keys = np.sort(np.concatenate(chosen) + np.repeat(np.arange(B, dtype=np.int64) * span, sizes)) \
-        if sizes.sum() else np.zeros(0, dtype=np.int64)
-    probe = rows + np.arange(B, dtype=np.int64)[:, None] * span
-    if keys.size == 0:
-        return np.zeros(rows.shape, dtype=bool)
-    at = np.minimum(np.searchsorted(keys, probe), keys.size - 1)
-    return (keys[at] == probe) & (rows >= 0)
+    chosen = [lists[i] for i in np.asarray(idx, dtype=np.int64).tolist()]
+    return RelevantRows(chosen, 0)(rows, np.arange(len(chosen)))
 
 
 def _subset(qb: QueryBatch, idx: np.ndarray) -> QueryBatch:
