@@ -11,10 +11,17 @@ lists of max-R results):
 - trained on the training split (training queries + labelled base items, hidden labels on the
   unseen protocol), once per seed (default 0, 1, 2): ``linear_proj``, ``mlp_adapter``,
   ``mlp_adapter:qe=1`` (the same fit, alpha-QE at search time) and, on the seen protocol only,
-  ``label_classifier``.
+  ``label_classifier``;
+- ``--free`` / ``--trained`` replace those lists (e.g. ``--free none --trained local_global``: the
+  default ``AttentionSearch`` with a default ``fit``); ``hnsw_unlabelled`` runs on the unseen
+  protocol only.
 
 Prints, per protocol, mAP@100 and mAP@R (mean +- standard deviation over the seeds for trained
-methods), the fit time and the QPS at k=10. ``--json`` writes every figure.
+methods), the fit time and the QPS at k=10. ``--json`` writes every figure. ``--verdict A.json
+[B.json ...]`` reads such files instead of running and prints, per dataset and protocol, the best
+attention method against the best baseline (the issue-9 bars: seen, every other method + 0.02;
+unseen, the best of alpha_qe / dba / diffusion / linear_proj / mlp_adapter + 0.02 and 20 % of the
+gap to 1.0 left by the best training-free method).
 
 Usage: ``python benchmarks/bench_baselines.py [--quick] [--seeds 0,1,2] [--datasets ...] [--json out.json]``
 """
@@ -34,10 +41,15 @@ from _data import shared_dataset
 from ruvector_hnsw import eval as ev
 from ruvector_hnsw.datasets import apply_protocol, load
 
-FREE = ("hnsw", "alpha_qe", "dba", "diffusion")
+FREE = ("hnsw", "alpha_qe", "dba", "diffusion", "hnsw_unlabelled")
 TRAINED = ("linear_proj", "mlp_adapter", "mlp_adapter:qe=1", "label_classifier")
 SEEN_ONLY = frozenset({"label_classifier"})
+UNSEEN_ONLY = frozenset({"hnsw_unlabelled"})
 APT = "apt_minilm"
+#: the attention methods (the rest are baselines) and the unseen protocol's bar
+ATTENTION = ("local_global",)
+UNSEEN_BAR = ("alpha_qe", "dba", "diffusion", "linear_proj", "mlp_adapter", "mlp_adapter:qe=1")
+TRAINING_FREE = ("alpha_qe", "dba", "diffusion")
 
 
 
@@ -66,8 +78,13 @@ def _stat(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
+def _skip(protocol: str, name: str) -> bool:
+    return (protocol != "seen" and name in SEEN_ONLY) or (protocol == "seen" and name in UNSEEN_ONLY)
+
+
 def run(datasets: list[str], protocols: list[str], seeds: list[int], *, quick: bool, threads: int,
-        unseen: float, split_seed: int) -> dict[str, Any]:
+        unseen: float, split_seed: int, free: tuple[str, ...] = FREE, trained: tuple[str, ...] = TRAINED
+        ) -> dict[str, Any]:
     out: dict[str, Any] = {"seeds": seeds, "unseen_fraction": unseen, "split_seed": split_seed, "results": []}
     for name in datasets:
         base_ds = _load(name, quick)
@@ -81,9 +98,11 @@ def run(datasets: list[str], protocols: list[str], seeds: list[int], *, quick: b
             build_s = time.perf_counter() - t0
             print(f"{ds.name} [{protocol}]: {ds.n_base} base, {ds.n_queries} eval / {ds.n_train_queries} train "
                   f"queries; index {build_s:.1f} s", flush=True)
-            for spec in FREE:
+            for spec in free:
                 ctx = ev.BuildContext(ds, index, ef=128, seed=0, num_threads=threads)
                 name_, opts = ev.parse_method_spec(spec)
+                if _skip(protocol, name_):
+                    continue
                 t1 = time.perf_counter()
                 method = ev.METHODS[name_](ctx, **opts)
                 setup = time.perf_counter() - t1
@@ -94,9 +113,9 @@ def run(datasets: list[str], protocols: list[str], seeds: list[int], *, quick: b
                       f"setup {setup:6.1f} s  qps {r['qps']:8.0f}", flush=True)
             for seed in seeds:
                 ctx = ev.BuildContext(ds, index, ef=128, seed=seed, num_threads=threads)
-                for spec in TRAINED:
+                for spec in trained:
                     name_, opts = ev.parse_method_spec(spec)
-                    if protocol != "seen" and name_ in SEEN_ONLY:
+                    if _skip(protocol, name_):
                         continue
                     t1 = time.perf_counter()
                     method = ev.METHODS[name_](ctx, **opts)
@@ -132,6 +151,42 @@ def tables(out: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _means(rows: list[dict[str, Any]]) -> dict[tuple[str, str, str], tuple[float, float, int]]:
+    """(dataset, protocol, method) -> (mean mAP@100, std, runs)."""
+    groups: dict[tuple[str, str, str], list[float]] = {}
+    for r in rows:
+        groups.setdefault((r["dataset"], r["protocol"], r["method"]), []).append(r["map_at_100"])
+    return {key: (*_stat(v), len(v)) for key, v in groups.items()}
+
+
+def verdict(rows: list[dict[str, Any]]) -> str:
+    """The issue-9 bars per dataset and protocol (mAP@100, mean over seeds)."""
+    means = _means(rows)
+    lines = [f"{'dataset':<13} {'protocol':<7} {'attention (mean +- std, n)':<40} {'best baseline':<28} "
+             f"{'gap':>7} {'closes':>7}  bars"]
+    for dataset, protocol in dict.fromkeys((k[0], k[1]) for k in means):
+        sel = {k[2]: v for k, v in means.items() if k[0] == dataset and k[1] == protocol}
+        att = {m: v for m, v in sel.items() if m.split(":")[0] in ATTENTION}
+        if not att:
+            continue
+        best_m, (a, a_sd, n) = max(att.items(), key=lambda kv: kv[1][0])
+        if protocol == "seen":
+            base = {m: v for m, v in sel.items() if m.split(":")[0] not in ATTENTION}
+        else:
+            base = {m: v for m, v in sel.items() if m in UNSEEN_BAR}
+        if not base:
+            continue
+        b_m, (b, _, _) = max(base.items(), key=lambda kv: kv[1][0])
+        free = [sel[m][0] for m in TRAINING_FREE if m in sel]
+        closes = (a - max(free)) / (1.0 - max(free)) if free and max(free) < 1.0 else float("nan")
+        bars = [f"+0.02 {'PASS' if a - b >= 0.02 else 'FAIL'}"]
+        if protocol != "seen":
+            bars.append(f"20% {'PASS' if closes >= 0.2 else 'FAIL'}")
+        lines.append(f"{dataset:<13} {protocol:<7} {best_m + f' {a:.4f} +- {a_sd:.4f} ({n})':<40} "
+                     f"{b_m + f' {b:.4f}':<28} {a - b:+7.4f} {closes:7.1%}  {', '.join(bars)}")
+    return "\n".join(lines)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="tiny scenarios, a sample of apt_minilm's queries, one seed")
@@ -141,12 +196,24 @@ def main() -> int:
     ap.add_argument("--unseen-fraction", type=float, default=0.3, dest="unseen")
     ap.add_argument("--split-seed", type=int, default=0, dest="split_seed", help="seed of the class split")
     ap.add_argument("--threads", type=int, default=-1)
+    ap.add_argument("--free", default=",".join(FREE), help="training-free methods ('none': no method)")
+    ap.add_argument("--trained", default=",".join(TRAINED), help="trained methods, once per seed ('none')")
     ap.add_argument("--json", help="write every figure to this file")
+    ap.add_argument("--verdict", nargs="+", metavar="JSON", help="print the bars from these result files")
     args = ap.parse_args()
+    if args.verdict:
+        rows = [r for f in args.verdict for r in json.loads(Path(f).read_text())["results"]]
+        print(verdict(rows))
+        return 0
+
+    def methods(text: str) -> tuple[str, ...]:
+        return () if text.strip() == "none" else tuple(m.strip() for m in text.split(",") if m.strip())
+
     seeds = [0] if args.quick else [int(s) for s in args.seeds.split(",") if s.strip()]
     out = run([d.strip() for d in args.datasets.split(",") if d.strip()],
               [p.strip() for p in args.protocols.split(",") if p.strip()], seeds, quick=args.quick,
-              threads=args.threads, unseen=args.unseen, split_seed=args.split_seed)
+              threads=args.threads, unseen=args.unseen, split_seed=args.split_seed, free=methods(args.free),
+              trained=methods(args.trained))
     print(tables(out))
     if args.json:
         Path(args.json).write_text(json.dumps(ev.to_jsonable(out), indent=1))

@@ -48,7 +48,7 @@ from ruvector_hnsw.training.trainer import TrainingHistory
 
 __all__ = ["AttentionSearch", "check_model_index", "items_checksum"]
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 _MODEL_KIND = "attention_search"
 #: a search that raced with ``index.add`` is redone on the new state, up to this many times
 _CONSISTENT_TRIES = 8
@@ -88,9 +88,11 @@ class AttentionSearch:
     label_head : bool
         When ``fit`` gets item labels, also learn the class of a query from its vector and the
         labels its HNSW neighbours carry (:mod:`ruvector_hnsw.search.labels`), and add
-        ``lam * log p(class(v) | q)`` to the score, ``lam`` calibrated (0 included). Items of the
+        ``lam * e(q) * log P(same class | q, v)`` to the score, ``lam`` calibrated (0 included),
+        ``e(q)`` the share of the query's neighbourhood whose labels are known. Items of the
         most probable class nearest to the query join the pool (``class_pool`` of them, at least
-        ``k``). Items with unknown labels form their own class.
+        ``k``). Unknown labels (``< 0``) are no class: such items are scored by the class the
+        head predicts for them, and a query among unlabelled items only is ranked by the codes.
     num_threads : int
         Threads of every call (index search, FAISS, numba kernels, BLAS), applied for the call's
         duration only (-1 = all cores). The index's own setting is never changed.

@@ -1,19 +1,24 @@
-"""The label stage: learned label propagation over the graph, and class-first candidates.
+"""The label stage: learned label propagation over the graph, gated by the evidence it finds.
 
 When ``fit`` is given item labels, the model also learns which class a query belongs to, from two
 signals - the query vector itself and the labels its HNSW neighbours carry::
 
     a_j    = softmax_j(-exp(tau) * dist_j / s0)          over the query's best candidates j
-    h      = sum_j a_j * onehot(class(j))                label propagation (attention over labels)
+    h      = sum_j a_j * onehot(class(j))                label propagation (labelled j only)
+    e      = sum_j a_j [class(j) known]                  the evidence: attention mass on labelled items
     logits = W u + b + g * h                             (u: the standardised query)
-    p      = softmax(logits)
+    p      = softmax(logits)                             over the known classes
 
-Items whose label is unknown (``labels < 0``; items added after ``fit``) form one more class,
-"unknown", so a query unlike every labelled class is recognised as such and gets the unlabelled
-items first. The head is trained with cross-entropy on the training queries (their candidates as
+The score of item ``v`` adds ``lam * e * log P(same class | q, v)``: ``log p(class(v) | q)`` for a
+labelled item, ``log sum_c p(c | q) r_v(c)`` for an item whose label is unknown (``labels < 0``,
+or added after ``fit``), with ``r_v`` the head's own prediction for ``v`` over its layer-0 links
+(its :data:`UNKNOWN_TOP` most probable classes). Unknown labels are never a class of their own: an
+unlabelled item is ranked by what it looks like, not by lacking a label, and a query whose
+neighbourhood carries no label (``e = 0``: a class the labels never covered) is ranked by the
+metric codes alone. ``lam`` is calibrated on held-out training queries (0 included: the head is
+then off). The head is trained with cross-entropy on the training queries (their candidates as
 context) and on the labelled database rows (their layer-0 links as context), analytic gradients,
-Adam; its inputs are standardised. The score of item ``v`` adds ``lam * log p(class(v))`` to the
-metric score, ``lam`` calibrated on held-out queries (0 included: the head is then off).
+Adam; its inputs are standardised.
 
 Because relevant items of the predicted class can lie far beyond HNSW's top-C, the members of each
 query's most probable class that are nearest to it join the pool (:func:`class_candidates`; exact
@@ -30,14 +35,18 @@ import numpy as np
 from ruvector_hnsw.threads import thread_limits
 from ruvector_hnsw.training.optim import Adam
 
-__all__ = ["LabelHead", "LabelSpace", "class_candidates"]
+__all__ = ["UNKNOWN_TOP", "LabelHead", "LabelSpace", "class_candidates", "same_class_log_proba"]
 
 _EPS = 1e-12
+#: classes kept per unknown-label row of its predicted distribution ``r_v``
+UNKNOWN_TOP = 4
+#: floor of ``P(same class)`` before the log (keeps the label term finite)
+_FLOOR = 1e-30
 
 
 @dataclass
 class LabelSpace:
-    """Classes of the graph's rows: ``row_class[v]`` in ``[0, n_classes)``; the last class is "unknown".
+    """Classes of the graph's rows: ``row_class[v]`` in ``[0, n_known)``, or :attr:`unknown` (``n_known``).
 
     Attributes
     ----------
@@ -45,7 +54,7 @@ class LabelSpace:
         The label value of each known class (``values[c]``), in sorted order.
     row_class : (N,) int64
     has_unknown : bool
-        True when some rows' labels are unknown (class ``n_known``; it exists either way).
+        True when some rows' labels are unknown (marked ``n_known``; not a class of the head).
     """
 
     values: np.ndarray
@@ -57,13 +66,8 @@ class LabelSpace:
         return int(self.values.shape[0])
 
     @property
-    def n_classes(self) -> int:
-        """Known classes + the unknown class (always present: rows added after fit land there)."""
-        return self.n_known + 1
-
-    @property
     def unknown(self) -> int:
-        """Class id of the unknown-label rows (``n_known``; only meaningful when ``has_unknown``)."""
+        """Marker of the unknown-label rows in ``row_class`` (``n_known``: no class of the head)."""
         return self.n_known
 
     @classmethod
@@ -76,7 +80,7 @@ class LabelSpace:
         return cls(values=values, row_class=row_class, has_unknown=bool((~known).any()))
 
     def classes_of(self, labels: np.ndarray) -> np.ndarray:
-        """Class ids of label values (values outside the known classes -> the unknown class)."""
+        """Class ids of label values (values outside the known classes -> :attr:`unknown`)."""
         pos = np.searchsorted(self.values, labels)
         pos = np.minimum(pos, max(self.n_known - 1, 0))
         ok = (self.values.shape[0] > 0) & (self.values[pos] == labels) if self.n_known else np.zeros(
@@ -91,16 +95,18 @@ class LabelSpace:
         return LabelSpace(values=self.values, row_class=np.concatenate([self.row_class, extra]), has_unknown=True)
 
     def members(self) -> tuple[np.ndarray, np.ndarray]:
-        """CSR ``(indptr, rows)`` of each class's rows (ascending)."""
+        """CSR ``(indptr, rows)`` of each class's rows (ascending); the last bucket holds the unknown rows."""
         order = np.argsort(self.row_class, kind="stable")
-        counts = np.bincount(self.row_class, minlength=self.n_classes)
-        indptr = np.zeros(self.n_classes + 1, dtype=np.int64)
+        counts = np.bincount(self.row_class, minlength=self.n_known + 1)
+        indptr = np.zeros(self.n_known + 2, dtype=np.int64)
         np.cumsum(counts, out=indptr[1:])
         return indptr, order.astype(np.int64)
 
 
 class LabelHead:
-    """``logits = W u + b + g * h(candidates)`` over ``n_classes`` (see the module docstring).
+    """``logits = W u + b + g * h(candidates)`` over ``n_classes`` known classes (see the module docstring).
+
+    Candidates of class ``>= n_classes`` (unknown labels) take attention but carry no label.
 
     Parameters
     ----------
@@ -123,11 +129,12 @@ class LabelHead:
 
     # ------------------------------------------------------------------ forward / backward
     def _propagation(self, cand_class: np.ndarray, cand_dist: np.ndarray, mask: np.ndarray
-                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(h, a, slot)``: softmax weights over candidates and the weighted label histogram.
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``(h, a, slot, labelled)``: softmax weights over candidates and the weighted label histogram.
 
         ``h[b, c] = sum_j a[b, j] [class(b, j) = c]`` is one ``bincount`` over the flat slots
-        ``slot = b * n_classes + class`` (no (B, k, n_classes) one-hot array).
+        ``slot = b * n_classes + class`` (no (B, k, n_classes) one-hot array); candidates whose
+        class is unknown (``>= n_classes``) share the softmax but add to no class.
         """
         t = float(np.exp(self.params["tau"][0]))
         s = np.where(mask, -t * cand_dist, -np.inf)
@@ -137,13 +144,19 @@ class LabelHead:
         z = e.sum(axis=1, keepdims=True)
         a = e / np.maximum(z, _EPS)
         B, C = cand_class.shape[0], self.n_classes
-        slot = np.arange(B, dtype=np.int64)[:, None] * C + np.where(mask, cand_class, 0).astype(np.int64)
-        h = np.bincount(slot.ravel(), weights=np.where(mask, a, 0.0).ravel(), minlength=B * C).reshape(B, C)
-        return h, a, slot
+        labelled = mask & (cand_class >= 0) & (cand_class < C)
+        slot = np.arange(B, dtype=np.int64)[:, None] * C + np.where(labelled, cand_class, 0).astype(np.int64)
+        h = np.bincount(slot.ravel(), weights=np.where(labelled, a, 0.0).ravel(), minlength=B * C).reshape(B, C)
+        return h, a, slot, labelled
+
+    def evidence(self, cand_class: np.ndarray, cand_dist: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """``e`` (B,): the attention mass of the candidates whose label is known, in [0, 1]."""
+        _, a, _, labelled = self._propagation(cand_class, cand_dist, mask)
+        return np.where(labelled, a, 0.0).sum(axis=1)
 
     def logits(self, u: np.ndarray, cand_class: np.ndarray, cand_dist: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """``(B, n_classes)`` logits; ``cand_dist`` already divided by ``s0``."""
-        h, _, _ = self._propagation(cand_class, cand_dist, mask)
+        h, _, _, _ = self._propagation(cand_class, cand_dist, mask)
         p = self.params
         return (u.astype(np.float64) @ p["W"].T.astype(np.float64) + p["b"] + p["g"][0] * h)
 
@@ -158,7 +171,7 @@ class LabelHead:
                        target: np.ndarray, weight_decay: float = 0.0) -> tuple[float, dict[str, np.ndarray]]:
         """Mean cross-entropy of ``target`` classes (+ ``weight_decay/2 * |W|^2``) and its gradients."""
         p = self.params
-        h, a, slot = self._propagation(cand_class, cand_dist, mask)
+        h, a, slot, labelled = self._propagation(cand_class, cand_dist, mask)
         dt = self.dtype
         uu = np.asarray(u, dtype=dt)
         # the two products in the head's dtype (float32 in training: half the time of float64); the
@@ -182,7 +195,7 @@ class LabelHead:
         }
         # through h: dh = g * dz; h = sum_j a_j onehot_j; a = softmax(-t d); t = exp(tau)
         dh = p["g"][0] * dz
-        da = np.where(mask, dh.ravel()[slot], 0.0)
+        da = np.where(labelled, dh.ravel()[slot], 0.0)
         ds = a * (da - (a * da).sum(axis=1, keepdims=True))
         t = float(np.exp(p["tau"][0]))
         grads["tau"] = np.array([float((ds * np.where(mask, -t * cand_dist, 0.0)).sum())], dtype=self.dtype)
@@ -228,6 +241,40 @@ class LabelHead:
             if arr.shape != v.shape:
                 raise ValueError(f"label head parameter {k} has shape {arr.shape}, expected {v.shape}")
             v[...] = arr
+
+
+def top_classes(logp: np.ndarray, t: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``t`` most probable classes of each row of ``logp`` and their probabilities (float32), best first."""
+    t = min(int(t), logp.shape[1])
+    part = np.argpartition(-logp, t - 1, axis=1)[:, :t] if t < logp.shape[1] else np.broadcast_to(
+        np.arange(logp.shape[1]), logp.shape).copy()
+    lp = np.take_along_axis(logp, part, axis=1)
+    order = np.argsort(-lp, axis=1, kind="stable")
+    cls = np.take_along_axis(part, order, axis=1).astype(np.int64)
+    return cls, np.exp(np.take_along_axis(lp, order, axis=1)).astype(np.float32)
+
+
+def same_class_log_proba(pool: np.ndarray, logp: np.ndarray, row_class: np.ndarray, unknown_class: np.ndarray,
+                         unknown_proba: np.ndarray) -> np.ndarray:
+    """``log P(same class | q, v)`` of every pool item (0 on padding).
+
+    A labelled row ``v`` (``row_class[v] < n_known``): ``log p(class(v) | q)``. An unknown-label row:
+    ``log sum_t p(c_t | q) r_v(c_t)`` over its predicted classes ``unknown_class[v]`` (``-1``
+    padding) with probabilities ``unknown_proba[v]``.
+    """
+    n_known = logp.shape[1]
+    safe = np.maximum(pool, 0)
+    cls = row_class[safe]
+    known = cls < n_known
+    lab = np.take_along_axis(logp, np.minimum(cls, n_known - 1), axis=1)
+    uc = unknown_class[safe]  # (B, P, T)
+    up = np.where(uc >= 0, unknown_proba[safe], 0.0)
+    pq = np.exp(logp)
+    qp = np.take_along_axis(pq[:, None, :], np.maximum(uc, 0).reshape(pool.shape[0], -1)[:, None, :],
+                            axis=2).reshape(uc.shape)
+    unk = np.log(np.maximum((qp * up).sum(axis=2), _FLOOR))
+    out = np.where(known, lab, unk)
+    return np.where(pool >= 0, out, 0.0).astype(np.float32)
 
 
 def class_candidates(queries_stored: np.ndarray, vectors: np.ndarray, top_class: np.ndarray, indptr: np.ndarray,

@@ -160,8 +160,13 @@ class SearchModel:
         self.alpha = 0.0
         self.beta = 1.0
         self.rho = 0.0
-        #: weight of the label term ``log p(class(v) | q)`` (0: off)
+        #: weight of the label term ``e(q) * log P(same class | q, v)`` (0: off)
         self.lam = 0.0
+        #: the label term applies to a query whose confidence ``e(q) * max_c p(c | q)`` reaches ``gate``
+        #: (calibrated on classes held out of a second head); the other queries are scored with ``alpha_open``
+        self.gate = 0.0
+        #: ``alpha`` of the queries the label term does not apply to (calibrated without the label term)
+        self.alpha_open = 0.0
         self.labels: LabelSpace | None = None
         self.label_head: LabelHead | None = None
         self.scale: Scale | None = None
@@ -189,6 +194,8 @@ class SearchModel:
             "beta": self.beta,
             "rho": self.rho,
             "lam": self.lam,
+            "gate": self.gate,
+            "alpha_open": self.alpha_open,
             "labels": None if self.labels is None or self.label_head is None else {
                 "values": (self.labels.values if self.labels.values.dtype.kind in "biuf"
                            else [str(v) for v in self.labels.values.tolist()]),
@@ -215,11 +222,13 @@ class SearchModel:
         model.beta = float(state["beta"])
         model.rho = float(state["rho"])
         model.lam = float(state["lam"])
+        model.gate = float(state["gate"])
+        model.alpha_open = float(state["alpha_open"])
         lab = state["labels"]
         if lab is not None:
             model.labels = LabelSpace(values=np.asarray(lab["values"]), row_class=np.asarray(lab["row_class"],
                                       dtype=np.int64), has_unknown=bool(lab["has_unknown"]))
-            model.label_head = LabelHead(model.config.dim, model.labels.n_classes,
+            model.label_head = LabelHead(model.config.dim, model.labels.n_known,
                                          seed=model.config.seed)
             model.label_head.load(lab["head"])
         model.fitted = bool(state["fitted"])

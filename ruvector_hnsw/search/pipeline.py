@@ -13,7 +13,7 @@ to all of them. One batch of queries::
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -23,12 +23,13 @@ from ruvector_hnsw.errors import ConfigError, UnknownIdError
 from ruvector_hnsw.index import HNSWGraph, HNSWIndex
 from ruvector_hnsw.search import _kernels, spectral
 from ruvector_hnsw.search.context import query_context
-from ruvector_hnsw.search.labels import class_candidates
+from ruvector_hnsw.search.labels import class_candidates, same_class_log_proba
 from ruvector_hnsw.search.model import SearchModel
 from ruvector_hnsw.search.scoring import ResidualScorer, append_tail, rank, to_labels
 from ruvector_hnsw.search.state import DIFFUSION_K, DatabaseState
 
-__all__ = ["Knobs", "QueryBatch", "candidates", "encode_queries", "expand_and_score", "finish", "stored_queries"]
+__all__ = ["Knobs", "LabelView", "QueryBatch", "candidates", "encode_queries", "expand_and_score", "finish",
+           "stored_queries"]
 
 
 def _nonneg(value: object, name: str) -> int:
@@ -129,8 +130,25 @@ def encode_queries(model: SearchModel, db: DatabaseState, qb: QueryBatch, ctx_ro
     return db.codes.compose(z, spectral.nystrom(db.codes.phi, pos, w))
 
 
-def label_log_proba(model: SearchModel, db: DatabaseState, qb: QueryBatch) -> np.ndarray | None:
-    """``log p(class | q)`` (B, n_classes) from the label head over the query's best candidates (None: no head)."""
+@dataclass(frozen=True)
+class LabelView:
+    """What the label head says of a batch of queries."""
+
+    logp: np.ndarray      #: (B, n_known) log p(class | q)
+    evidence: np.ndarray  #: (B,) attention mass of the labelled candidates (weights the label term)
+
+    @property
+    def confidence(self) -> np.ndarray:
+        """``e(q) * max_c p(c | q)`` (B,): what the gate compares with ``SearchModel.gate``."""
+        return self.evidence * np.exp(self.logp.max(axis=1))
+
+    def applies(self, gate: float) -> np.ndarray:
+        """(B,) bool: the queries the label term applies to."""
+        return (self.evidence > 0.0) & (self.confidence >= gate)
+
+
+def label_view(model: SearchModel, db: DatabaseState, qb: QueryBatch) -> LabelView | None:
+    """The label head over the query's best candidates (None: no head)."""
     head, space = model.label_head, model.labels
     if head is None or space is None:
         return None
@@ -140,25 +158,28 @@ def label_log_proba(model: SearchModel, db: DatabaseState, qb: QueryBatch) -> np
     row_class = db.row_class(space)
     cls = np.where(mask, row_class[np.maximum(rows, 0)], 0)
     d = np.where(mask, qb.hnsw_dist[:, :kl] / np.float32(db.contexts.s0), 0.0)
-    return head.log_proba(qb.standard, cls, d, mask)
+    return LabelView(logp=head.log_proba(qb.standard, cls, d, mask), evidence=head.evidence(cls, d, mask))
 
 
 def with_class_members(model: SearchModel, db: DatabaseState, qb: QueryBatch, pool: np.ndarray, known: np.ndarray,
-                       logp: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
-    """The pool plus the ``m`` members of each query's most probable class nearest to it."""
+                       view: LabelView, m: int, on: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The pool plus the ``m`` members of each query's most probable class nearest to it (queries ``on`` only)."""
     assert model.labels is not None
     indptr, members = db.class_members(model.labels)
-    top = np.argmax(logp, axis=1)
+    top = np.argmax(view.logp, axis=1)
     cand = class_candidates(qb.stored, db.graph.vectors, top, indptr, members, m, db.space, ~db.graph.deleted)
+    cand[~on] = -1
     merged = np.concatenate([pool, cand], axis=1)
     known = np.concatenate([known, np.full(cand.shape, np.nan, np.float32)], axis=1)
     return _kernels.unique_rows(merged, known, db.graph.deleted)
 
 
-def label_term(pool: np.ndarray, logp: np.ndarray, row_class: np.ndarray) -> np.ndarray:
-    """``log p(class(v) | q)`` of every pool item (0 on padding)."""
-    cls = row_class[np.maximum(pool, 0)]
-    return np.where(pool >= 0, np.take_along_axis(logp, cls, axis=1), 0.0).astype(np.float32)
+def label_term(model: SearchModel, db: DatabaseState, pool: np.ndarray, view: LabelView) -> np.ndarray:
+    """``evidence(q) * log P(same class | q, v)`` of every pool item (0 on padding)."""
+    assert model.labels is not None and model.label_head is not None
+    uc, up = db.unknown_predictions(model.labels, model.label_head)
+    same = same_class_log_proba(pool, view.logp, db.row_class(model.labels), uc, up)
+    return (view.evidence[:, None].astype(np.float32) * same).astype(np.float32)
 
 
 def metric_pool(model: SearchModel, db: DatabaseState, qb: QueryBatch, k: int, knobs: Knobs, scorer: ResidualScorer,
@@ -205,19 +226,30 @@ def expand_and_score(model: SearchModel, db: DatabaseState, qb: QueryBatch, k: i
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The re-scored pool of each query: ``(pool rows, scores, distances)``, unsorted.
 
-    With the label term on (``lam > 0``), the members of each query's most probable class nearest
-    to it join the pool and every item gets ``lam * log p(class(v) | q)`` added.
+    With the label term on (``lam > 0``), each query the label term applies to (confidence at
+    least ``model.gate``) gets the members of its most probable class nearest to it in its pool,
+    ``scorer.alpha`` and ``lam * e(q) * log P(same class | q, v)`` added to every item
+    (:mod:`ruvector_hnsw.search.labels`); the other queries are scored with ``model.alpha_open``
+    and no label term.
     """
-    pool, scores, dist, zq = metric_pool(model, db, qb, k, knobs, scorer, num_threads)
     lam = model.lam if lam is None else lam
-    logp = label_log_proba(model, db, qb) if lam else None
-    if logp is None or model.labels is None:
+    view = label_view(model, db, qb) if lam else None
+    if view is None or model.labels is None:
+        pool, scores, dist, _ = metric_pool(model, db, qb, k, knobs, scorer, num_threads)
         return pool, scores, dist
     assert db.codes is not None
-    pool, known = with_class_members(model, db, qb, pool, dist, logp, max(k, model.config.class_pool))
-    scores, dist = scorer.score(qb.stored, db.graph.vectors, zq, db.codes.store, pool, known)
-    scores = scores + np.float32(lam) * label_term(pool, logp, db.row_class(model.labels))
-    return pool, np.where(pool >= 0, scores, -np.inf).astype(np.float32), dist
+    on = view.applies(model.gate)
+    alpha_q = np.where(on, scorer.alpha, model.alpha_open).astype(np.float32)
+    reach = replace(scorer, alpha=float(alpha_q.max()))  # codes and latent expansion if any query uses them
+    pool, _, dist, zq = metric_pool(model, db, qb, k, knobs, reach, num_threads)
+    pool, known = with_class_members(model, db, qb, pool, dist, view, max(k, model.config.class_pool), on)
+    probe = replace(scorer, alpha=1.0, beta=0.0)
+    sim, dist = probe.score(qb.stored, db.graph.vectors, zq, db.codes.store, pool, known)
+    ok = pool >= 0
+    label = label_term(model, db, pool, view)
+    scores = (np.float32(scorer.beta) * (-np.where(ok, dist, 0.0) / np.float32(scorer.s0))
+              + alpha_q[:, None] * np.where(ok, sim, 0.0) + np.where(on, np.float32(lam), np.float32(0.0))[:, None] * label)
+    return pool, np.where(ok, scores, -np.inf).astype(np.float32), dist
 
 
 def finish(qb: QueryBatch, pool: np.ndarray, scores: np.ndarray, k: int, graph: HNSWGraph

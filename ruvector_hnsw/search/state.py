@@ -28,19 +28,22 @@ from ruvector_hnsw.search._rows import GrowableRows
 from ruvector_hnsw.search.codes import LatentCodes
 from ruvector_hnsw.search.context import RowContexts
 from ruvector_hnsw.search.encoder import ContextEncoder
-from ruvector_hnsw.search.labels import LabelSpace
+from ruvector_hnsw.search.labels import UNKNOWN_TOP, LabelHead, LabelSpace, top_classes
 from ruvector_hnsw.search.model import Scale, SearchModel
+from ruvector_hnsw.threads import thread_limits
 
 __all__ = ["ENCODE_BLOCK", "DatabaseState", "aligned_blocks"]
 
 #: database codes are computed in blocks of exactly this many rows, row ``r`` at position ``r % ENCODE_BLOCK``
 #: (:func:`aligned_blocks`): BLAS sums small matrices, the remainder rows of a matrix and the rows of a tile
 #: at different positions in other orders, so only a fixed block shape and a fixed position make a row's
-#: code independent of which rows are encoded with it. Small blocks also keep BLAS on the calling thread
-#: (a multi-threaded product of a few hundred rows can wait ms for its threads)
-ENCODE_BLOCK = 64
+#: code independent of which rows are encoded with it. The size is a multiple of every micro-kernel
+#: width of the row dimension (OpenBLAS 0.3.31's Haswell sgemm walks the rows in panels of 6; 64 rows
+#: put a block's rows at other panel positions once it was not the first block of a call), so a block
+#: starts a panel wherever it sits in a call. Small blocks also keep BLAS on the calling thread
+ENCODE_BLOCK = 96
 #: aligned blocks encoded per call (one attention / GEMM call over ENCODE_GROUP * ENCODE_BLOCK rows)
-ENCODE_GROUP = 32
+ENCODE_GROUP = 24
 #: neighbours whose affinities define the diffusion graph and the Nystrom rule
 DIFFUSION_K = 10
 
@@ -83,6 +86,7 @@ class DatabaseState:
         self.codes: LatentCodes | None = None
         self.table_state: Any = None
         self._labels: tuple[Any, int, LabelSpace, tuple[np.ndarray, np.ndarray]] | None = None
+        self._unknown: tuple[Any, Any, Any, tuple[np.ndarray, np.ndarray]] | None = None
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -121,6 +125,35 @@ class DatabaseState:
         self._grown(labels)
         assert self._labels is not None
         return self._labels[3]
+
+    def unknown_predictions(self, labels: LabelSpace, head: LabelHead) -> tuple[np.ndarray, np.ndarray]:
+        """The label head's classes of every row whose label is unknown: ``(classes, probabilities)``.
+
+        Both ``(N, UNKNOWN_TOP)``, most probable first; ``classes`` is -1 on labelled and deleted
+        rows. A row's prediction reads its vector and the labels of its layer-0 links, like the
+        database rows the head was trained on. Computed for all such rows at once (one BLAS
+        thread) and cached per snapshot, so a synced state and a fresh one agree.
+        """
+        cached = self._unknown
+        if cached is not None and cached[0] is labels and cached[1] is head and cached[2] is self.graph:
+            return cached[3]
+        row_class = self.row_class(labels)
+        t = min(UNKNOWN_TOP, head.n_classes)
+        cls = np.full((self.n, t), -1, dtype=np.int64)
+        proba = np.zeros((self.n, t), dtype=np.float32)
+        rows = np.flatnonzero((row_class >= labels.n_known) & ~self.graph.deleted)
+        if rows.size and head.n_classes:
+            kl = self.contexts.k_local
+            pos = self.contexts.pos[rows, :kl]
+            mask = self.contexts.mask[rows, :kl]
+            ctx_cls = np.where(mask, row_class[np.maximum(pos, 0)], 0)
+            dist = np.where(mask, self.contexts.dist[rows, :kl], 0.0)
+            with thread_limits(1):
+                logp = head.log_proba(self.table.view[rows], ctx_cls, dist, mask)
+            cls[rows], proba[rows] = top_classes(logp, t)
+        out = (cls, proba)
+        self._unknown = (labels, head, self.graph, out)
+        return out
 
     # ------------------------------------------------------------------ diffusion coordinates
     def neighbour_weights(self, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -78,6 +78,12 @@ _VAL_CAP = 1000
 LAM_GRID = (0.0, 0.25, 1.0, 4.0, 16.0, 1000.0)
 #: a non-zero alpha must beat alpha = 0 by this many standard errors of the per-query AP gain
 SIGNIFICANCE = 2.0
+#: share of the training queries' classes held out of the second label head that calibrates the gate
+GATE_HOLDOUT = 0.2
+#: at most this many queries of the held-out classes calibrate the gate
+GATE_QUERIES = 300
+#: gates tried (confidence ``e(q) * max_c p(c | q)`` needed for the label term; above 1: never)
+GATE_GRID = (0.0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 2.0)
 
 
 @dataclass(frozen=True)
@@ -500,7 +506,8 @@ class _ValPools:
     pool: np.ndarray
     dist: np.ndarray
     sim: np.ndarray
-    label: np.ndarray  # log p(class(v) | q), 0 without a label head
+    label: np.ndarray  # e(q) * log P(same class | q, v), 0 without a label head
+    confidence: np.ndarray  # (B,) e(q) * max_c p(c | q); -1 where the label term cannot apply (no evidence)
 
 
 def _val_pools(model: SearchModel, db: DatabaseState, qb: QueryBatch, k: int, knobs: Knobs, num_threads: int,
@@ -515,39 +522,49 @@ def _val_pools(model: SearchModel, db: DatabaseState, qb: QueryBatch, k: int, kn
     pool, sim, dist, zq = pipeline.metric_pool(model, db, qb, k, replace(knobs, expand=min(knobs.expand, 1)), probe,
                                                num_threads)
     label = np.zeros(pool.shape, dtype=np.float32)
-    logp = pipeline.label_log_proba(model, db, qb)
-    if logp is not None and model.labels is not None and db.codes is not None:
-        pool, known = pipeline.with_class_members(model, db, qb, pool, dist, logp, max(k, model.config.class_pool))
+    confidence = np.full(pool.shape[0], -1.0)
+    view = pipeline.label_view(model, db, qb)
+    if view is not None and model.labels is not None and db.codes is not None:
+        on = view.evidence > 0.0
+        pool, known = pipeline.with_class_members(model, db, qb, pool, dist, view, max(k, model.config.class_pool),
+                                                  on)
         sim, dist = probe.score(qb.stored, db.graph.vectors, zq, db.codes.store, pool, known)
-        label = pipeline.label_term(pool, logp, db.row_class(model.labels))
+        label = pipeline.label_term(model, db, pool, view)
+        confidence = np.where(on, view.confidence, -1.0)
     if not latent:
         sim = np.zeros(pool.shape, dtype=np.float32)
-    return _ValPools(pool=pool, dist=dist, sim=sim, label=label)
+    return _ValPools(pool=pool, dist=dist, sim=sim, label=label, confidence=confidence)
 
 
-def _ranking(qb: QueryBatch, pools: _ValPools, alpha: float, lam: float, s0: float, k: int) -> np.ndarray:
-    if alpha == 0.0 and lam == 0.0:
+def _ranking(qb: QueryBatch, pools: _ValPools, alpha: float | np.ndarray, lam: float | np.ndarray, s0: float,
+             k: int) -> np.ndarray:
+    """The top ``k`` rows of every query; ``alpha`` and ``lam`` scalars or per query (B,)."""
+    if np.ndim(alpha) == 0 and np.ndim(lam) == 0 and alpha == 0.0 and lam == 0.0:
         return qb.hnsw_rows[:, :k]
-    scores = np.where(pools.pool >= 0, -pools.dist / np.float32(s0) + np.float32(alpha) * pools.sim
-                      + np.float32(lam) * pools.label, -np.inf).astype(np.float32)
+    a = np.asarray(alpha, dtype=np.float32).reshape(-1, 1)
+    lm = np.asarray(lam, dtype=np.float32).reshape(-1, 1)
+    ok = pools.pool >= 0
+    scores = np.where(ok, -np.where(ok, pools.dist, 0.0) / np.float32(s0) + a * np.where(ok, pools.sim, 0.0)
+                      + lm * pools.label, -np.inf).astype(np.float32)
     pool, scores = rank(pools.pool, scores)
     pool, _ = append_tail(qb.hnsw_rows, pool, scores, k)
     return pool[:, :k]
 
 
 def calibrate(model: SearchModel, db: DatabaseState, qb: QueryBatch, pos_lists: list[np.ndarray], knobs: Knobs,
-              num_threads: int, *, set_alpha: bool = True) -> tuple[float, float]:
+              num_threads: int, *, set_alpha: bool = True, use_labels: bool = True) -> tuple[float, float]:
     """Pick ``alpha`` (``beta = 1``) and the label weight by validation mAP@R; return ``(value, alpha)``.
 
     ``alpha`` comes from :data:`ALPHA_GRID`, the label weight from :data:`LAM_GRID` (only 0 without a
     label head). A non-zero pair is taken only when it beats the index's own ranking (both 0) by
     more than :data:`SIGNIFICANCE` standard errors of the paired per-query AP differences, so a
     model that learned nothing (random labels, unseen classes it cannot help) falls back to the
-    index's ranking instead of fitting the validation noise.
+    index's ranking instead of fitting the validation noise. ``use_labels=False`` calibrates
+    ``alpha`` alone (the label weight 0), as served to queries the label term does not apply to.
     """
     k = max(1, int(min(max(len(r) for r in pos_lists), _VAL_CAP, db.n)))
     s0 = db.contexts.s0
-    lams = LAM_GRID if model.label_head is not None else (0.0,)
+    lams = LAM_GRID if model.label_head is not None and use_labels else (0.0,)
     pools = {True: _val_pools(model, db, qb, k, knobs, num_threads, latent=True)}
     if len(lams) > 1:
         pools[False] = _val_pools(model, db, qb, k, knobs, num_threads, latent=False)
@@ -573,15 +590,14 @@ def calibrate(model: SearchModel, db: DatabaseState, qb: QueryBatch, pos_lists: 
     return float(best[0]), float(best[1])
 
 
-def fit_label_head(model: SearchModel, db: DatabaseState, queries: QueryBatch, query_labels: np.ndarray,
-                   row_labels: np.ndarray, known: np.ndarray) -> None:
-    """Train the label head on the training queries (with a known class) and the database rows."""
+def train_label_head(model: SearchModel, db: DatabaseState, queries: QueryBatch, query_labels: np.ndarray,
+                     row_labels: np.ndarray, known: np.ndarray) -> tuple[LabelSpace, LabelHead] | None:
+    """A label head trained on the queries with a known class and the labelled database rows (None: < 2 classes)."""
     space = LabelSpace.of(row_labels, known)
     if space.n_known < 2:
-        model.labels, model.label_head = None, None
-        return
+        return None
     query_class = space.classes_of(np.asarray(query_labels))
-    query_class = np.where(query_class == space.unknown, -1, query_class)  # not a target
+    query_class = np.where(query_class == space.unknown, -1, query_class)  # unknown: not a target
     kl = db.contexts.k_local
     s0 = np.float32(db.contexts.s0)
     q_rows = queries.hnsw_rows[:, :kl]
@@ -593,15 +609,82 @@ def fit_label_head(model: SearchModel, db: DatabaseState, queries: QueryBatch, q
     v_mask = db.contexts.mask[:, :kl]
     v_cls = np.where(v_mask, space.row_class[np.maximum(v_rows, 0)], 0)
     v_dist = np.where(v_mask, db.contexts.dist[:, :kl], 0.0)
-    alive = ~db.graph.deleted
+    alive = ~db.graph.deleted & (space.row_class < space.n_known)  # unknown labels: context only, no target
     u = np.concatenate([queries.standard[keep], db.table.view[alive]])
     cls = np.concatenate([q_cls[keep], v_cls[alive]])
     dist = np.concatenate([q_dist[keep], v_dist[alive]]).astype(np.float64)
     mask = np.concatenate([q_mask[keep], v_mask[alive]])
     target = np.concatenate([query_class[keep], space.row_class[alive]])
-    head = LabelHead(model.config.dim, space.n_classes, seed=model.config.seed)
+    head = LabelHead(model.config.dim, space.n_known, seed=model.config.seed)
     head.train(u, cls, dist, mask, target, seed=model.config.seed)
-    model.labels, model.label_head = space, head
+    return space, head
+
+
+def fit_label_head(model: SearchModel, db: DatabaseState, queries: QueryBatch, query_labels: np.ndarray,
+                   row_labels: np.ndarray, known: np.ndarray) -> None:
+    """Train the label head on the training queries (with a known class) and the database rows."""
+    got = train_label_head(model, db, queries, query_labels, row_labels, known)
+    model.labels, model.label_head = (None, None) if got is None else got
+
+
+def calibrate_gate(model: SearchModel, db: DatabaseState, index: HNSWIndex, q: np.ndarray,
+                   pos_lists: list[np.ndarray], val_idx: np.ndarray, tr_idx: np.ndarray, val_q: QueryBatch,
+                   classes: tuple[np.ndarray, np.ndarray, np.ndarray], knobs: Knobs, num_threads: int) -> float:
+    """The confidence a query needs for the label term (``model.gate``), calibrated on held-out classes.
+
+    :data:`GATE_HOLDOUT` of the classes that have training queries (seeded) are hidden from a second
+    label head, trained like the first. Its queries of those classes stand for classes the labels
+    never covered, the validation queries of the other classes for the known ones; the gate of
+    :data:`GATE_GRID` with the best sum of the two groups' mean AP@R is kept (ties: the lowest).
+    Returns 0 (the label term always applies) with fewer than 3 classes of training queries.
+    """
+    assert model.labels is not None and model.label_head is not None
+    row_lab, known, query_labels = classes
+    space, head = model.labels, model.label_head
+    qc = space.classes_of(np.asarray(query_labels))
+    have = np.unique(qc[qc < space.n_known])
+    if have.size < 3 or val_idx.size == 0:
+        return 0.0
+    rng = np.random.default_rng([model.config.seed, 13])
+    held = np.sort(rng.choice(have, max(1, round(GATE_HOLDOUT * have.size)), replace=False))
+    aux_known = known & ~np.isin(space.row_class[: known.shape[0]], held)
+    tr_q = pipeline.candidates(index, db.graph, model, q[tr_idx], max(knobs.candidates, 1),
+                               max(knobs.candidates, 1), num_threads)
+    got = train_label_head(model, db, tr_q, np.asarray(query_labels)[tr_idx], row_lab, aux_known)
+    if got is None:
+        return 0.0
+    seen_sel = np.flatnonzero(~np.isin(qc[val_idx], held))
+    unseen_idx = np.flatnonzero(np.isin(qc, held))
+    if unseen_idx.size > GATE_QUERIES:
+        unseen_idx = np.sort(rng.choice(unseen_idx, GATE_QUERIES, replace=False))
+    if seen_sel.size < 2 or unseen_idx.size < 2:
+        return 0.0
+    groups = []
+    for qb, lists in ((_subset(val_q, seen_sel), [pos_lists[int(val_idx[i])] for i in seen_sel]),
+                      (None, [pos_lists[int(i)] for i in unseen_idx])):
+        k = max(1, int(min(max(len(r) for r in lists), _VAL_CAP, db.n)))
+        if qb is None:
+            qb = pipeline.candidates(index, db.graph, model, q[unseen_idx], max(knobs.candidates, k),
+                                     max(knobs.candidates, k), num_threads)
+        groups.append((qb, lists, k))
+    latent = max(model.alpha, model.alpha_open) != 0.0
+    model.labels, model.label_head = got
+    try:
+        pools = [_val_pools(model, db, qb, k, knobs, num_threads, latent=latent) for qb, _, k in groups]
+    finally:
+        model.labels, model.label_head = space, head
+    s0 = db.contexts.s0
+    best = (-np.inf, 0.0)
+    for gate in GATE_GRID:
+        value = 0.0
+        for (qb, lists, k), pp in zip(groups, pools, strict=True):
+            on = pp.confidence >= gate
+            rows = _ranking(qb, pp, np.where(on, model.alpha, model.alpha_open), np.where(on, model.lam, 0.0), s0, k)
+            ap = ap_at_r_of_rows(rows, lists, cap=_VAL_CAP, relevant=RelevantRows(lists, db.n))
+            value += float(np.nanmean(ap))
+        if value > best[0] + 1e-9:
+            best = (value, gate)
+    return float(best[1])
 
 
 # ---------------------------------------------------------------------- fit
@@ -698,9 +781,17 @@ def fit(model: SearchModel, db: DatabaseState, index: HNSWIndex, q: np.ndarray, 
         with clock.phase("label_head"):
             fit_label_head(model, db, ts.queries, classes[2][tr_idx], classes[0], classes[1])
     with clock.phase("calibration"):
+        model.gate, model.alpha_open = 0.0, 0.0
         if n_val and val_q is not None:
+            if model.label_head is not None:  # alpha of the queries the label term will not apply to
+                _, model.alpha_open = calibrate(model, db, val_q, val_pos, knobs, num_threads, set_alpha=False,
+                                                use_labels=False)
             calibrate(model, db, val_q, val_pos, knobs, num_threads)
         else:  # nothing to calibrate on: keep the index's ranking (alpha = 0)
             model.alpha, model.lam = 0.0, 0.0
+    if model.lam and classes is not None and val_q is not None:
+        with clock.phase("label_head"):
+            model.gate = calibrate_gate(model, db, index, q, pos_lists, val_idx, tr_idx, val_q, classes, knobs,
+                                        num_threads)
     history.time_split = clock.rounded()
     return history

@@ -12,6 +12,7 @@ from ruvector_hnsw import eval as ev
 from ruvector_hnsw.cli import main
 from ruvector_hnsw.errors import ConfigError
 from ruvector_hnsw.eval.methods import SearchMethod
+from ruvector_hnsw.search.state import ENCODE_BLOCK
 
 from .conftest import Labelled
 
@@ -77,13 +78,14 @@ def test_sharded_search_returns_the_same_ids(data, methods) -> None:
     np.testing.assert_array_equal(got[1], want[1])
 
 
-def test_shard_bounds_start_on_multiples_of_64() -> None:
+def test_shard_bounds_start_on_multiples_of_the_encode_block() -> None:
+    assert ENCODE_BLOCK == 96
     assert distributed.shard_bounds(300, 2) == [(0, 192), (192, 300)]
-    assert distributed.shard_bounds(100, 4) == [(0, 64), (64, 100)]
+    assert distributed.shard_bounds(100, 4) == [(0, 96), (96, 100)]
     assert distributed.shard_bounds(0, 3) == []
     for n, parts in ((1, 1), (65, 2), (640, 3), (1000, 7)):
         b = distributed.shard_bounds(n, parts)
-        assert b[0][0] == 0 and b[-1][1] == n and all(a % 64 == 0 for a, _ in b)
+        assert b[0][0] == 0 and b[-1][1] == n and all(a % ENCODE_BLOCK == 0 for a, _ in b)
         assert all(b[i][1] == b[i + 1][0] for i in range(len(b) - 1))
 
 

@@ -1,4 +1,4 @@
-"""The label stage: label-propagation head gradients, class-first candidates, seen and unseen classes."""
+"""The label stage: label-propagation head gradients, the evidence gate, same-class scores, seen and unseen classes."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from ruvector_hnsw import HNSWIndex
-from ruvector_hnsw.search import AttentionSearch
-from ruvector_hnsw.search.labels import LabelHead, LabelSpace, class_candidates
+from ruvector_hnsw.search import AttentionSearch, pipeline
+from ruvector_hnsw.search.labels import LabelHead, LabelSpace, class_candidates, same_class_log_proba, top_classes
 from ruvector_hnsw.search.training import map_at_r_of_rows
 from tests.search.test_attention_search import DIM, _index, _labelled
 
@@ -21,7 +21,7 @@ def test_head_gradients_match_finite_differences() -> None:
     for v in head.params.values():
         v[...] += 0.3 * rng.standard_normal(v.shape)
     u = rng.standard_normal((B, d))
-    cls = rng.integers(0, L, (B, K))
+    cls = rng.integers(0, L + 1, (B, K))  # class L: an unknown label (attention, no class)
     dist = np.abs(rng.standard_normal((B, K)))
     mask = rng.random((B, K)) > 0.2
     mask[:, 0] = True
@@ -45,6 +45,62 @@ def test_head_gradients_match_finite_differences() -> None:
     assert np.isclose(loss - 0.05 * (head.params["W"] ** 2).sum(), -lp[np.arange(B), target].mean())
 
 
+def test_evidence_is_the_attention_mass_of_labelled_candidates() -> None:
+    rng = np.random.default_rng(3)
+    B, d, L, K = 6, 4, 3, 5
+    head = LabelHead(d, L, seed=0, dtype=np.float64)
+    head.params["tau"][0] = 0.4
+    cls = rng.integers(0, L + 1, (B, K))
+    cls[0] = L  # no labelled candidate at all
+    dist = np.abs(rng.standard_normal((B, K)))
+    mask = rng.random((B, K)) > 0.2
+    mask[:, 0] = True
+    t = np.exp(0.4)
+    for b in range(B):
+        w = np.where(mask[b], np.exp(-t * dist[b]), 0.0)
+        w /= w.sum()
+        assert np.isclose(head.evidence(cls, dist, mask)[b], w[(cls[b] < L) & mask[b]].sum())
+    e = head.evidence(cls, dist, mask)
+    assert e[0] == 0.0 and ((e >= 0) & (e <= 1 + 1e-12)).all()
+    # with no labelled candidate the propagation adds nothing: the logits are W u + b
+    u = rng.standard_normal((B, d))
+    z = head.logits(u, cls, dist, mask)
+    np.testing.assert_allclose(z[0], u[0] @ head.params["W"].T + head.params["b"])
+
+
+def test_same_class_log_proba_matches_a_loop() -> None:
+    rng = np.random.default_rng(5)
+    B, P, L, N, T = 4, 7, 5, 30, 3
+    logp = np.log(rng.dirichlet(np.ones(L), B))
+    row_class = rng.integers(0, L + 1, N)  # L = unknown
+    uc = np.full((N, T), -1, dtype=np.int64)
+    up = np.zeros((N, T), dtype=np.float32)
+    for v in np.flatnonzero(row_class == L):
+        uc[v], up[v] = top_classes(np.log(rng.dirichlet(np.ones(L)))[None], T)
+        uc[v, 2] = -1  # padding inside a prediction is ignored
+    pool = rng.integers(-1, N, (B, P))
+    got = same_class_log_proba(pool, logp, row_class, uc, up)
+    for b in range(B):
+        for j in range(P):
+            v = pool[b, j]
+            if v < 0:
+                ref = 0.0
+            elif row_class[v] < L:
+                ref = logp[b, row_class[v]]
+            else:
+                ref = np.log(sum(np.exp(logp[b, c]) * up[v, t] for t, c in enumerate(uc[v]) if c >= 0))
+            assert np.isclose(got[b, j], ref, rtol=1e-5, atol=1e-6), (b, j)
+
+
+def test_top_classes_are_the_most_probable() -> None:
+    rng = np.random.default_rng(2)
+    logp = np.log(rng.dirichlet(np.ones(9), 11))
+    cls, p = top_classes(logp, 4)
+    ref = np.argsort(-logp, axis=1, kind="stable")[:, :4]
+    np.testing.assert_array_equal(cls, ref)
+    np.testing.assert_allclose(p, np.exp(np.take_along_axis(logp, ref, axis=1)), rtol=1e-6)
+
+
 @pytest.mark.parametrize("space", ["l2", "cosine"])
 def test_class_candidates_are_the_nearest_members(space: str) -> None:
     rng = np.random.default_rng(1)
@@ -55,7 +111,7 @@ def test_class_candidates_are_the_nearest_members(space: str) -> None:
     ls = LabelSpace.of(labels, labels != 4)  # class 4 unknown
     indptr, members = ls.members()
     q = x[:20] + 0.01
-    top = rng.integers(0, ls.n_classes, 20)
+    top = rng.integers(0, ls.n_known + 1, 20)  # the last bucket: the unknown rows
     allowed = np.ones(300, dtype=bool)
     allowed[::7] = False
     got = class_candidates(q, x, top, indptr, members, 12, space, allowed)
@@ -64,7 +120,7 @@ def test_class_candidates_are_the_nearest_members(space: str) -> None:
         d = ((x[rows] - q[b]) ** 2).sum(1) if space == "l2" else 1 - x[rows] @ q[b]
         ref = rows[np.argsort(d, kind="stable")[:12]]
         assert set(got[b][got[b] >= 0].tolist()) == set(ref.tolist())
-    assert ls.has_unknown and ls.n_classes == 5 and (ls.row_class[labels == 4] == ls.unknown).all()
+    assert ls.has_unknown and ls.n_known == 4 and (ls.row_class[labels == 4] == ls.unknown).all()
 
 
 def _map(search, q, qlab, rel_lab, k):
@@ -90,21 +146,65 @@ def test_default_model_learns_the_labels_and_saves_exactly(tmp_path: Path) -> No
         np.testing.assert_allclose(ref[1], got[1], atol=1e-6)
 
 
-def test_unseen_classes_get_the_unlabelled_items_first() -> None:
-    """Labels of 4 of 12 classes hidden: queries of those classes must not be sent to a seen class."""
+def _hidden_fit(hide: np.ndarray, seen_q: np.ndarray | None = None):
     base, base_lab, tq, tq_lab, eq, eq_lab = _labelled()
-    hidden = np.isin(base_lab, [0, 1, 2, 3])
-    train_lab = np.where(hidden, -1, base_lab)
-    seen_q = ~np.isin(tq_lab, [0, 1, 2, 3])
+    train_lab = np.where(hide, -1, base_lab)
+    keep = np.ones(len(tq), dtype=bool) if seen_q is None else seen_q
     idx = _index(base)
     s = AttentionSearch(idx, k_local=8, k_global=4, candidates=40)
-    s.fit(tq[seen_q], labels=train_lab, query_labels=tq_lab[seen_q], epochs=2, batch_size=64, val_fraction=0.2)
-    unseen = np.isin(eq_lab, [0, 1, 2, 3])
+    s.fit(tq[keep], labels=train_lab, query_labels=tq_lab[keep], epochs=2, batch_size=64, val_fraction=0.2)
+    return s, idx, base_lab, eq, eq_lab
+
+
+def test_a_query_among_unlabelled_items_is_ranked_by_the_codes() -> None:
+    """Labels of 4 of 12 classes hidden: their queries see no label evidence and fall back to the codes.
+
+    Unknown labels are no class, so nothing sends these queries to "the unlabelled items": where the
+    query's neighbourhood carries no label, the label term is 0 and the ranking is the metric one.
+    """
+    base_lab = _labelled()[1]
+    hidden_cls = [0, 1, 2, 3]
+    s, idx, base_lab, eq, eq_lab = _hidden_fit(np.isin(base_lab, hidden_cls),
+                                              ~np.isin(_labelled()[3], hidden_cls))
+    assert s.model.lam > 0
+    unseen = np.isin(eq_lab, hidden_cls)
     q, ql = eq[unseen], eq_lab[unseen]
+    db = s.database_state()
+    qb = pipeline.candidates(idx, db.graph, s.model, q, 40, 40, 1)
+    view = pipeline.label_view(s.model, db, qb)
+    assert view is not None
+    lone = view.evidence == 0.0
+    assert lone.mean() > 0.5  # most such queries have no labelled neighbour at all
+    with_label = s.search(q[lone], k=20)
+    lam, alpha = s.model.lam, s.model.alpha
+    s.model.lam, s.model.alpha = 0.0, s.model.alpha_open  # the model without its label stage
+    try:
+        without = s.search(q[lone], k=20)
+    finally:
+        s.model.lam, s.model.alpha = lam, alpha
+    np.testing.assert_array_equal(with_label[0], without[0])
+    np.testing.assert_allclose(with_label[1], without[1], rtol=1e-6, atol=1e-6)
     k = int(max((base_lab == lab).sum() for lab in ql))
     raw = _map(lambda qq, kk: idx.search(qq, kk, ef=max(kk, 40)), q, ql, base_lab, k)
-    ours = _map(s.search, q, ql, base_lab, k)
-    assert ours > raw, (raw, ours, s.model.lam)
-    ids, _ = s.search(q, k=10)
-    assert hidden[ids[ids >= 0]].mean() > 0.8  # the unlabelled items come first
-    assert DIM == base.shape[1] and isinstance(idx, HNSWIndex)
+    assert _map(s.search, q, ql, base_lab, k) >= raw - 1e-9  # never below the index there
+
+
+def test_unlabelled_items_are_ranked_by_their_predicted_class() -> None:
+    """A third of all labels hidden at random: unlabelled members of the query's class are still found.
+
+    With "unknown" as a class of its own they were pushed below every labelled item of the
+    predicted class; scored by ``P(same class)`` they take their share of the top results.
+    """
+    base_lab = _labelled()[1]
+    hide = np.random.default_rng(9).random(base_lab.shape[0]) < 1 / 3
+    s, idx, base_lab, eq, eq_lab = _hidden_fit(hide)
+    assert s.model.lam > 0
+    k = int(max((base_lab == lab).sum() for lab in eq_lab))
+    ids, _ = s.search(eq, k=k)
+    rel = base_lab[np.maximum(ids, 0)] == eq_lab[:, None]
+    got = ids[rel]
+    share = hide[got].mean()  # hidden share among the relevant items returned in the top R
+    assert 0.2 < share < 0.5, share
+    raw = _map(lambda qq, kk: idx.search(qq, kk, ef=max(kk, 40)), eq, eq_lab, base_lab, k)
+    assert _map(s.search, eq, eq_lab, base_lab, k) > raw + 0.05
+    assert DIM == idx.dim and isinstance(idx, HNSWIndex)
