@@ -293,6 +293,9 @@ def make_attention(ctx: BuildContext, mechanism: str, name: str | None = None, *
         "code_dtype": model.code_dtype,
         "code_memory_bytes": model.memory_bytes()["total"],
         "alpha": float(model.alpha),
+        "alpha_open": float(model.model.alpha_open),
+        "label_weight": float(model.model.lam),
+        "label_gate": float(model.model.gate),
         **info,
     }
     return SearchMethod(name=name or mechanism, fn=_attention_search_fn(model, **knobs),

@@ -13,12 +13,14 @@ The score of item ``v`` adds ``lam * e * log P(same class | q, v)``: ``log p(cla
 labelled item, ``log sum_c p(c | q) r_v(c)`` for an item whose label is unknown (``labels < 0``,
 or added after ``fit``), with ``r_v`` the head's own prediction for ``v`` over its layer-0 links
 (its :data:`UNKNOWN_TOP` most probable classes). Unknown labels are never a class of their own: an
-unlabelled item is ranked by what it looks like, not by lacking a label, and a query whose
-neighbourhood carries no label (``e = 0``: a class the labels never covered) is ranked by the
-metric codes alone. ``lam`` is calibrated on held-out training queries (0 included: the head is
-then off). The head is trained with cross-entropy on the training queries (their candidates as
-context) and on the labelled database rows (their layer-0 links as context), analytic gradients,
-Adam; its inputs are standardised.
+unlabelled item is ranked by what it looks like, not by lacking a label. The label term applies to
+a query only when ``e`` reaches the model's gate (calibrated on classes held out of a second head,
+:func:`ruvector_hnsw.search.training.calibrate_gate`): a query whose neighbourhood carries few
+labels (a class the labels never covered) is ranked by the metric codes alone. ``lam`` is
+calibrated on held-out training queries (0 included: the head is then off). The head is trained
+with cross-entropy on the training queries (their candidates as context) and on the labelled
+database rows (their layer-0 links as context), analytic gradients, Adam; its inputs are
+standardised.
 
 Because relevant items of the predicted class can lie far beyond HNSW's top-C, the members of each
 query's most probable class that are nearest to it join the pool (:func:`class_candidates`; exact

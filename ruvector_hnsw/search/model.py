@@ -162,7 +162,7 @@ class SearchModel:
         self.rho = 0.0
         #: weight of the label term ``e(q) * log P(same class | q, v)`` (0: off)
         self.lam = 0.0
-        #: the label term applies to a query whose confidence ``e(q) * max_c p(c | q)`` reaches ``gate``
+        #: the label term applies to a query whose label evidence ``e(q)`` reaches ``gate``
         #: (calibrated on classes held out of a second head); the other queries are scored with ``alpha_open``
         self.gate = 0.0
         #: ``alpha`` of the queries the label term does not apply to (calibrated without the label term)

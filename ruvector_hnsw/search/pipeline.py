@@ -135,16 +135,11 @@ class LabelView:
     """What the label head says of a batch of queries."""
 
     logp: np.ndarray      #: (B, n_known) log p(class | q)
-    evidence: np.ndarray  #: (B,) attention mass of the labelled candidates (weights the label term)
-
-    @property
-    def confidence(self) -> np.ndarray:
-        """``e(q) * max_c p(c | q)`` (B,): what the gate compares with ``SearchModel.gate``."""
-        return self.evidence * np.exp(self.logp.max(axis=1))
+    evidence: np.ndarray  #: (B,) attention mass of the labelled candidates: weights and gates the label term
 
     def applies(self, gate: float) -> np.ndarray:
-        """(B,) bool: the queries the label term applies to."""
-        return (self.evidence > 0.0) & (self.confidence >= gate)
+        """(B,) bool: the queries the label term applies to (evidence above 0 and at least ``gate``)."""
+        return (self.evidence > 0.0) & (self.evidence >= gate)
 
 
 def label_view(model: SearchModel, db: DatabaseState, qb: QueryBatch) -> LabelView | None:
@@ -226,7 +221,7 @@ def expand_and_score(model: SearchModel, db: DatabaseState, qb: QueryBatch, k: i
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The re-scored pool of each query: ``(pool rows, scores, distances)``, unsorted.
 
-    With the label term on (``lam > 0``), each query the label term applies to (confidence at
+    With the label term on (``lam > 0``), each query the label term applies to (label evidence at
     least ``model.gate``) gets the members of its most probable class nearest to it in its pool,
     ``scorer.alpha`` and ``lam * e(q) * log P(same class | q, v)`` added to every item
     (:mod:`ruvector_hnsw.search.labels`); the other queries are scored with ``model.alpha_open``
@@ -247,8 +242,9 @@ def expand_and_score(model: SearchModel, db: DatabaseState, qb: QueryBatch, k: i
     sim, dist = probe.score(qb.stored, db.graph.vectors, zq, db.codes.store, pool, known)
     ok = pool >= 0
     label = label_term(model, db, pool, view)
+    lam_q = np.where(on, np.float32(lam), np.float32(0.0))[:, None]
     scores = (np.float32(scorer.beta) * (-np.where(ok, dist, 0.0) / np.float32(scorer.s0))
-              + alpha_q[:, None] * np.where(ok, sim, 0.0) + np.where(on, np.float32(lam), np.float32(0.0))[:, None] * label)
+              + alpha_q[:, None] * np.where(ok, sim, 0.0) + lam_q * label)
     return pool, np.where(ok, scores, -np.inf).astype(np.float32), dist
 
 

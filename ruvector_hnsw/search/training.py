@@ -63,6 +63,8 @@ __all__ = [
     "TrainingState",
     "ap_at_r_of_rows",
     "calibrate",
+    "calibrate_gate",
+    "choose_gate",
     "contrastive_loss",
     "fit",
     "map_at_r_of_rows",
@@ -82,7 +84,9 @@ SIGNIFICANCE = 2.0
 GATE_HOLDOUT = 0.2
 #: at most this many queries of the held-out classes calibrate the gate
 GATE_QUERIES = 300
-#: gates tried (confidence ``e(q) * max_c p(c | q)`` needed for the label term; above 1: never)
+#: mean AP@R of the held-out classes a gate may give up for the known classes
+GATE_TOLERANCE = 0.005
+#: gates tried (label evidence ``e(q)`` needed for the label term; above 1: never)
 GATE_GRID = (0.0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 2.0)
 
 
@@ -507,7 +511,7 @@ class _ValPools:
     dist: np.ndarray
     sim: np.ndarray
     label: np.ndarray  # e(q) * log P(same class | q, v), 0 without a label head
-    confidence: np.ndarray  # (B,) e(q) * max_c p(c | q); -1 where the label term cannot apply (no evidence)
+    evidence: np.ndarray  # (B,) e(q); -1 where the label term cannot apply (no evidence)
 
 
 def _val_pools(model: SearchModel, db: DatabaseState, qb: QueryBatch, k: int, knobs: Knobs, num_threads: int,
@@ -522,7 +526,7 @@ def _val_pools(model: SearchModel, db: DatabaseState, qb: QueryBatch, k: int, kn
     pool, sim, dist, zq = pipeline.metric_pool(model, db, qb, k, replace(knobs, expand=min(knobs.expand, 1)), probe,
                                                num_threads)
     label = np.zeros(pool.shape, dtype=np.float32)
-    confidence = np.full(pool.shape[0], -1.0)
+    evidence = np.full(pool.shape[0], -1.0)
     view = pipeline.label_view(model, db, qb)
     if view is not None and model.labels is not None and db.codes is not None:
         on = view.evidence > 0.0
@@ -530,10 +534,10 @@ def _val_pools(model: SearchModel, db: DatabaseState, qb: QueryBatch, k: int, kn
                                                   on)
         sim, dist = probe.score(qb.stored, db.graph.vectors, zq, db.codes.store, pool, known)
         label = pipeline.label_term(model, db, pool, view)
-        confidence = np.where(on, view.confidence, -1.0)
+        evidence = np.where(on, view.evidence, -1.0)
     if not latent:
         sim = np.zeros(pool.shape, dtype=np.float32)
-    return _ValPools(pool=pool, dist=dist, sim=sim, label=label, confidence=confidence)
+    return _ValPools(pool=pool, dist=dist, sim=sim, label=label, evidence=evidence)
 
 
 def _ranking(qb: QueryBatch, pools: _ValPools, alpha: float | np.ndarray, lam: float | np.ndarray, s0: float,
@@ -630,12 +634,14 @@ def fit_label_head(model: SearchModel, db: DatabaseState, queries: QueryBatch, q
 def calibrate_gate(model: SearchModel, db: DatabaseState, index: HNSWIndex, q: np.ndarray,
                    pos_lists: list[np.ndarray], val_idx: np.ndarray, tr_idx: np.ndarray, val_q: QueryBatch,
                    classes: tuple[np.ndarray, np.ndarray, np.ndarray], knobs: Knobs, num_threads: int) -> float:
-    """The confidence a query needs for the label term (``model.gate``), calibrated on held-out classes.
+    """The label evidence a query needs for the label term (``model.gate``), calibrated on held-out classes.
 
     :data:`GATE_HOLDOUT` of the classes that have training queries (seeded) are hidden from a second
     label head, trained like the first. Its queries of those classes stand for classes the labels
-    never covered, the validation queries of the other classes for the known ones; the gate of
-    :data:`GATE_GRID` with the best sum of the two groups' mean AP@R is kept (ties: the lowest).
+    never covered, the validation queries of the other classes for the known ones. Of the gates of
+    :data:`GATE_GRID` whose held-out-class mean AP@R is within :data:`GATE_TOLERANCE` of the best,
+    the one with the best known-class mean AP@R is kept (ties: the lowest): unseen classes come
+    first, the known ones decide among the gates that serve them equally.
     Returns 0 (the label term always applies) with fewer than 3 classes of training queries.
     """
     assert model.labels is not None and model.label_head is not None
@@ -674,16 +680,30 @@ def calibrate_gate(model: SearchModel, db: DatabaseState, index: HNSWIndex, q: n
     finally:
         model.labels, model.label_head = space, head
     s0 = db.contexts.s0
-    best = (-np.inf, 0.0)
+    means = []  # (held-out classes, known classes) mean AP@R per gate
     for gate in GATE_GRID:
-        value = 0.0
+        vals = []
         for (qb, lists, k), pp in zip(groups, pools, strict=True):
-            on = pp.confidence >= gate
+            on = pp.evidence >= gate
             rows = _ranking(qb, pp, np.where(on, model.alpha, model.alpha_open), np.where(on, model.lam, 0.0), s0, k)
-            ap = ap_at_r_of_rows(rows, lists, cap=_VAL_CAP, relevant=RelevantRows(lists, db.n))
-            value += float(np.nanmean(ap))
-        if value > best[0] + 1e-9:
-            best = (value, gate)
+            vals.append(float(np.nanmean(ap_at_r_of_rows(rows, lists, cap=_VAL_CAP,
+                                                         relevant=RelevantRows(lists, db.n)))))
+        means.append((vals[1], vals[0]))
+    return choose_gate(GATE_GRID, means)
+
+
+def choose_gate(grid: Sequence[float], means: Sequence[tuple[float, float]], tolerance: float = GATE_TOLERANCE
+                ) -> float:
+    """The gate of ``grid`` (ascending) by ``means[i] = (held-out-class AP, known-class AP)``.
+
+    Among the gates within ``tolerance`` of the best held-out-class AP, the best known-class AP
+    (ties: the lowest gate).
+    """
+    top = max(u for u, _ in means)
+    best = (-np.inf, 0.0)
+    for gate, (u, known_ap) in zip(grid, means, strict=True):
+        if u >= top - tolerance and known_ap > best[0] + 1e-9:
+            best = (known_ap, float(gate))
     return float(best[1])
 
 

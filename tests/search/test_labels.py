@@ -208,3 +208,46 @@ def test_unlabelled_items_are_ranked_by_their_predicted_class() -> None:
     raw = _map(lambda qq, kk: idx.search(qq, kk, ef=max(kk, 40)), eq, eq_lab, base_lab, k)
     assert _map(s.search, eq, eq_lab, base_lab, k) > raw + 0.05
     assert DIM == idx.dim and isinstance(idx, HNSWIndex)
+
+
+def test_the_gate_sends_queries_with_little_label_evidence_to_the_label_free_ranking(tmp_path: Path) -> None:
+    """Below the gate a query is ranked with ``alpha_open`` and no label term; the gate is saved."""
+    base, base_lab, tq, tq_lab, eq, _ = _labelled()
+    idx = _index(base)
+    s = AttentionSearch(idx, k_local=8, k_global=4, candidates=40)
+    s.fit(tq, labels=base_lab, query_labels=tq_lab, epochs=2, batch_size=64, val_fraction=0.2)
+    assert s.model.lam > 0 and 0.0 <= s.model.gate <= 2.0
+    m = s.model
+    lam, alpha, gate = m.lam, m.alpha, m.gate
+    m.lam, m.alpha = 0.0, m.alpha_open
+    free = s.search(eq, k=20)
+    m.lam, m.alpha, m.gate = lam, alpha, 2.0  # no query is confident enough
+    closed = s.search(eq, k=20)
+    np.testing.assert_array_equal(closed[0], free[0])
+    np.testing.assert_allclose(closed[1], free[1], rtol=1e-5, atol=1e-5)
+    m.gate = 0.0  # every query with label evidence gets the label term
+    on = s.search(eq, k=20)
+    assert (on[0] != free[0]).any(axis=1).mean() > 0.5
+    m.gate = 0.6
+    ref = s.search(eq, k=20)
+    s.save(tmp_path / "m")
+    back = AttentionSearch.load(tmp_path / "m", idx)
+    assert back.model.gate == 0.6 and back.model.alpha_open == m.alpha_open
+    got = back.search(eq, k=20)
+    np.testing.assert_array_equal(ref[0], got[0])
+    np.testing.assert_array_equal(ref[1], got[1])
+    m.gate = gate
+
+
+def test_choose_gate_serves_held_out_classes_first_then_known_ones() -> None:
+    from ruvector_hnsw.search.training import choose_gate
+
+    grid = (0.0, 0.5, 0.9, 2.0)
+    # held-out classes lose with the label term; the known ones gain: the lowest gate within 0.005
+    # of the best held-out AP that serves the known classes best
+    assert choose_gate(grid, [(0.50, 0.90), (0.598, 0.88), (0.60, 0.85), (0.60, 0.70)], 0.005) == 0.5
+    assert choose_gate(grid, [(0.50, 0.90), (0.58, 0.88), (0.60, 0.85), (0.60, 0.70)], 0.005) == 0.9
+    # the label term helps both: always on; ties go to the lowest gate
+    assert choose_gate(grid, [(0.7, 0.9), (0.7, 0.9), (0.6, 0.8), (0.5, 0.7)], 0.005) == 0.0
+    # it helps neither: never
+    assert choose_gate(grid, [(0.4, 0.6), (0.45, 0.65), (0.5, 0.68), (0.6, 0.7)], 0.005) == 2.0
