@@ -86,8 +86,9 @@ GATE_HOLDOUT = 0.2
 GATE_QUERIES = 300
 #: mean AP@R of the held-out classes a gate may give up for the known classes
 GATE_TOLERANCE = 0.005
-#: gates tried (label evidence ``e(q)`` needed for the label term; above 1: never)
-GATE_GRID = (0.0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 2.0)
+#: gates tried (label evidence ``e(q)`` needed for the label term). None above 1: a query whose
+#: neighbourhood is fully labelled always gets the label term (whether it helps at all is ``lam``'s call)
+GATE_GRID = (0.0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
 
 
 @dataclass(frozen=True)
