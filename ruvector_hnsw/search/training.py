@@ -67,6 +67,7 @@ __all__ = [
     "choose_gate",
     "contrastive_loss",
     "fit",
+    "held_out_classes",
     "map_at_r_of_rows",
     "rows_in_lists",
 ]
@@ -80,9 +81,12 @@ _VAL_CAP = 1000
 LAM_GRID = (0.0, 0.25, 1.0, 4.0, 16.0, 1000.0)
 #: a non-zero alpha must beat alpha = 0 by this many standard errors of the per-query AP gain
 SIGNIFICANCE = 2.0
-#: share of the training queries' classes held out of the second label head that calibrates the gate
+#: share of the training queries' classes held out of the encoder's training and of the gate's second
+#: label head: their queries calibrate ``alpha_open`` and the gate (the label head proper learns them)
 GATE_HOLDOUT = 0.2
-#: at most this many queries of the held-out classes calibrate the gate
+#: fewer classes with training queries than this: nothing is held out
+HOLDOUT_MIN_CLASSES = 5
+#: at most this many queries of the held-out classes calibrate ``alpha_open`` and the gate
 GATE_QUERIES = 300
 #: mean AP@R of the held-out classes a gate may give up for the known classes
 GATE_TOLERANCE = 0.005
@@ -632,48 +636,45 @@ def fit_label_head(model: SearchModel, db: DatabaseState, queries: QueryBatch, q
     model.labels, model.label_head = (None, None) if got is None else got
 
 
-def calibrate_gate(model: SearchModel, db: DatabaseState, index: HNSWIndex, q: np.ndarray,
-                   pos_lists: list[np.ndarray], val_idx: np.ndarray, tr_idx: np.ndarray, val_q: QueryBatch,
-                   classes: tuple[np.ndarray, np.ndarray, np.ndarray], knobs: Knobs, num_threads: int) -> float:
+def held_out_classes(classes: tuple[np.ndarray, np.ndarray, np.ndarray], seed: int) -> np.ndarray | None:
+    """The classes ``fit`` keeps out of the encoder's training and out of the gate's second head.
+
+    :data:`GATE_HOLDOUT` of the labelled classes that have training queries (seeded), at least
+    one; None with fewer than :data:`HOLDOUT_MIN_CLASSES` such classes.
+    """
+    row_lab, known, query_labels = classes
+    qlab = np.asarray(query_labels)
+    have = np.unique(qlab[np.isin(qlab, np.unique(row_lab[known]))])
+    if have.size < HOLDOUT_MIN_CLASSES:
+        return None
+    rng = np.random.default_rng([int(seed), 13])
+    return np.sort(rng.choice(have, max(1, round(GATE_HOLDOUT * have.size)), replace=False))
+
+
+def calibrate_gate(model: SearchModel, db: DatabaseState, head_queries: tuple[QueryBatch, np.ndarray],
+                   known_group: tuple[QueryBatch, list[np.ndarray]], open_group: tuple[QueryBatch, list[np.ndarray]],
+                   held: np.ndarray, classes: tuple[np.ndarray, np.ndarray, np.ndarray], knobs: Knobs,
+                   num_threads: int) -> float:
     """The label evidence a query needs for the label term (``model.gate``), calibrated on held-out classes.
 
-    :data:`GATE_HOLDOUT` of the classes that have training queries (seeded) are hidden from a second
-    label head, trained like the first. Its queries of those classes stand for classes the labels
-    never covered, the validation queries of the other classes for the known ones. Of the gates of
-    :data:`GATE_GRID` whose held-out-class mean AP@R is within :data:`GATE_TOLERANCE` of the best,
-    the one with the best known-class mean AP@R is kept (ties: the lowest): unseen classes come
-    first, the known ones decide among the gates that serve them equally.
-    Returns 0 (the label term always applies) with fewer than 3 classes of training queries.
+    A second label head is trained like the first (``head_queries``: the queries and their labels)
+    with the ``held`` classes hidden. The queries of those classes (``open_group``, which the
+    encoder never saw either) stand for classes the labels never covered, the validation queries of
+    the other classes (``known_group``) for the known ones. Of the gates of :data:`GATE_GRID` whose
+    held-out-class mean AP@R is within :data:`GATE_TOLERANCE` of the best, the one with the best
+    known-class mean AP@R is kept (ties: the lowest): unseen classes come first, the known ones
+    decide among the gates that serve them equally.
     """
     assert model.labels is not None and model.label_head is not None
-    row_lab, known, query_labels = classes
+    row_lab, known, _ = classes
     space, head = model.labels, model.label_head
-    qc = space.classes_of(np.asarray(query_labels))
-    have = np.unique(qc[qc < space.n_known])
-    if have.size < 3 or val_idx.size == 0:
-        return 0.0
-    rng = np.random.default_rng([model.config.seed, 13])
-    held = np.sort(rng.choice(have, max(1, round(GATE_HOLDOUT * have.size)), replace=False))
-    aux_known = known & ~np.isin(space.row_class[: known.shape[0]], held)
-    tr_q = pipeline.candidates(index, db.graph, model, q[tr_idx], max(knobs.candidates, 1),
-                               max(knobs.candidates, 1), num_threads)
-    got = train_label_head(model, db, tr_q, np.asarray(query_labels)[tr_idx], row_lab, aux_known)
+    aux_known = known & ~np.isin(row_lab, held)
+    got = train_label_head(model, db, head_queries[0], head_queries[1], row_lab, aux_known)
     if got is None:
         return 0.0
-    seen_sel = np.flatnonzero(~np.isin(qc[val_idx], held))
-    unseen_idx = np.flatnonzero(np.isin(qc, held))
-    if unseen_idx.size > GATE_QUERIES:
-        unseen_idx = np.sort(rng.choice(unseen_idx, GATE_QUERIES, replace=False))
-    if seen_sel.size < 2 or unseen_idx.size < 2:
-        return 0.0
     groups = []
-    for qb, lists in ((_subset(val_q, seen_sel), [pos_lists[int(val_idx[i])] for i in seen_sel]),
-                      (None, [pos_lists[int(i)] for i in unseen_idx])):
-        k = max(1, int(min(max(len(r) for r in lists), _VAL_CAP, db.n)))
-        if qb is None:
-            qb = pipeline.candidates(index, db.graph, model, q[unseen_idx], max(knobs.candidates, k),
-                                     max(knobs.candidates, k), num_threads)
-        groups.append((qb, lists, k))
+    for qb, lists in (known_group, open_group):
+        groups.append((qb, lists, max(1, int(min(max(len(r) for r in lists), _VAL_CAP, db.n)))))
     latent = max(model.alpha, model.alpha_open) != 0.0
     model.labels, model.label_head = got
     try:
@@ -716,7 +717,11 @@ def fit(model: SearchModel, db: DatabaseState, index: HNSWIndex, q: np.ndarray, 
 
     ``classes`` = ``(row_labels, known, query_labels)`` (per graph row, a mask of known row labels,
     per training query) trains the label head too (when the config enables it); rows whose label is
-    unknown are left out of the contrastive loss (neither positives nor negatives).
+    unknown are left out of the contrastive loss (neither positives nor negatives). With the label
+    head on and at least :data:`HOLDOUT_MIN_CLASSES` classes of training queries,
+    :func:`held_out_classes` are kept out of the encoder's training (their items count as unknown
+    there, their queries are neither trained nor validated on): their queries calibrate
+    ``alpha_open`` and the label gate on classes the codes never saw. The label head learns them.
     """
     cfg = model.config
     model.labels, model.label_head, model.lam = None, None, 0.0
@@ -725,6 +730,22 @@ def fit(model: SearchModel, db: DatabaseState, index: HNSWIndex, q: np.ndarray, 
     perm = rng.permutation(nq)
     n_val = round(opts.val_fraction * nq) if nq >= 20 else 0
     val_idx, tr_idx = np.sort(perm[:n_val]), np.sort(perm[n_val:])
+    head_idx = tr_idx  # the label head learns every class
+    held = held_out_classes(classes, cfg.seed) if classes is not None and cfg.label_head and n_val else None
+    open_idx = np.zeros(0, dtype=np.int64)
+    unknown = None if classes is None else ~classes[1]
+    if held is not None and classes is not None:
+        in_held = np.isin(np.asarray(classes[2]), held)
+        if (~in_held[val_idx]).sum() >= 2 and (~in_held[tr_idx]).any():
+            # the encoder never sees the held-out classes: their queries measure how the codes transfer
+            val_idx, tr_idx = val_idx[~in_held[val_idx]], tr_idx[~in_held[tr_idx]]
+            open_idx = np.flatnonzero(in_held)
+            if open_idx.size > GATE_QUERIES:
+                open_idx = np.sort(np.random.default_rng([cfg.seed, 17]).choice(open_idx, GATE_QUERIES,
+                                                                                replace=False))
+            unknown = ~classes[1] | np.isin(classes[0], held)
+        else:
+            held = None
     C = knobs.candidates
     n_cand = max(C, 1)
     clock = PhaseClock()
@@ -733,6 +754,9 @@ def fit(model: SearchModel, db: DatabaseState, index: HNSWIndex, q: np.ndarray, 
         val_k = max(1, int(min(max((len(pos_lists[i]) for i in val_idx.tolist()), default=1), _VAL_CAP, db.n)))
         val_q = pipeline.candidates(index, db.graph, model, q[val_idx], max(C, val_k), max(C, val_k),
                                     num_threads) if n_val else None
+        open_k = max(1, int(min(max((len(pos_lists[i]) for i in open_idx.tolist()), default=1), _VAL_CAP, db.n)))
+        open_q = pipeline.candidates(index, db.graph, model, q[open_idx], max(C, open_k), max(C, open_k),
+                                     num_threads) if open_idx.size >= 2 else None
     model.fitted = True  # codes are needed for mining and validation
     model.rho = 0.0
     with clock.phase("code_refresh"):
@@ -750,7 +774,7 @@ def fit(model: SearchModel, db: DatabaseState, index: HNSWIndex, q: np.ndarray, 
     trainable = SearchTrainingModel(model, db, ts, candidates=C, temperature=opts.temperature,
                                     extra_positives=opts.extra_positives, random_negatives=opts.random_negatives,
                                     latent_negatives=opts.latent_negatives, fresh_rows=opts.fresh_rows,
-                                    unknown=None if classes is None else ~classes[1], objective=opts.loss,
+                                    unknown=unknown, objective=opts.loss,
                                     margin=opts.margin, code_terms=code_terms, miner=miner,
                                     step_runner=opts.step_runner)
     trainable.clock = clock
@@ -800,19 +824,24 @@ def fit(model: SearchModel, db: DatabaseState, index: HNSWIndex, q: np.ndarray, 
                                seed=cfg.seed, phi_fitted=db.codes.phi_fitted, dtype=cfg.code_dtype)
     if classes is not None and cfg.label_head and n_val:
         with clock.phase("label_head"):
-            fit_label_head(model, db, ts.queries, classes[2][tr_idx], classes[0], classes[1])
+            head_q = all_q if head_idx.shape[0] == nq else _subset(all_q, head_idx)
+            fit_label_head(model, db, head_q, classes[2][head_idx], classes[0], classes[1])
+    open_pos = [pos_lists[i] for i in open_idx.tolist()]
     with clock.phase("calibration"):
         model.gate, model.alpha_open = 0.0, 0.0
         if n_val and val_q is not None:
             if model.label_head is not None:  # alpha of the queries the label term will not apply to
-                _, model.alpha_open = calibrate(model, db, val_q, val_pos, knobs, num_threads, set_alpha=False,
+                # on the classes the encoder never saw when there are some, else on the validation queries
+                cal_q, cal_pos = (open_q, open_pos) if open_q is not None else (val_q, val_pos)
+                _, model.alpha_open = calibrate(model, db, cal_q, cal_pos, knobs, num_threads, set_alpha=False,
                                                 use_labels=False)
             calibrate(model, db, val_q, val_pos, knobs, num_threads)
         else:  # nothing to calibrate on: keep the index's ranking (alpha = 0)
             model.alpha, model.lam = 0.0, 0.0
-    if model.lam and classes is not None and val_q is not None:
+    if model.lam and classes is not None and val_q is not None and open_q is not None and held is not None:
         with clock.phase("label_head"):
-            model.gate = calibrate_gate(model, db, index, q, pos_lists, val_idx, tr_idx, val_q, classes, knobs,
-                                        num_threads)
+            head_q = all_q if head_idx.shape[0] == nq else _subset(all_q, head_idx)
+            model.gate = calibrate_gate(model, db, (head_q, np.asarray(classes[2])[head_idx]),
+                                        (val_q, val_pos), (open_q, open_pos), held, classes, knobs, num_threads)
     history.time_split = clock.rounded()
     return history
