@@ -251,3 +251,48 @@ def test_choose_gate_serves_held_out_classes_first_then_known_ones() -> None:
     assert choose_gate(grid, [(0.7, 0.9), (0.7, 0.9), (0.6, 0.8), (0.5, 0.7)], 0.005) == 0.0
     # it helps neither: never
     assert choose_gate(grid, [(0.4, 0.6), (0.45, 0.65), (0.5, 0.68), (0.6, 0.7)], 0.005) == 2.0
+
+
+def test_held_out_classes_are_seeded_and_need_five_classes() -> None:
+    from ruvector_hnsw.search.training import held_out_classes
+
+    rows = np.repeat(np.arange(10), 5)
+    known = np.ones(rows.size, dtype=bool)
+    queries = np.arange(10).repeat(3)
+    a = held_out_classes((rows, known, queries), 0)
+    assert a is not None and a.size == 2 and set(a.tolist()) <= set(range(10))
+    np.testing.assert_array_equal(a, held_out_classes((rows, known, queries), 0))
+    assert any(not np.array_equal(a, held_out_classes((rows, known, queries), s)) for s in range(1, 6))
+    # classes without a labelled item or without a query do not count
+    known[rows >= 4] = False
+    assert held_out_classes((rows, known, queries), 0) is None  # 4 classes left
+
+
+def test_fit_keeps_held_out_classes_out_of_the_encoder(monkeypatch) -> None:
+    """The encoder trains on neither the queries nor the items of the held-out classes; their queries calibrate."""
+    from ruvector_hnsw.search import training
+
+    seen: dict[str, object] = {}
+    real = training.SearchTrainingModel.__init__
+
+    def spy(self, model, db, ts, **kw):  # type: ignore[no-untyped-def]
+        seen["pos"], seen["unknown"] = ts.pos_lists, kw["unknown"]
+        real(self, model, db, ts, **kw)
+
+    monkeypatch.setattr(training.SearchTrainingModel, "__init__", spy)
+    base, base_lab, tq, tq_lab, _, _ = _labelled()
+    idx = _index(base)
+    s = AttentionSearch(idx, k_local=8, k_global=4, candidates=40)
+    s.fit(tq, labels=base_lab, query_labels=tq_lab, epochs=1, batch_size=64, val_fraction=0.2)
+    held = training.held_out_classes((base_lab, np.ones(base_lab.size, dtype=bool), tq_lab), 0)
+    assert held is not None and held.size == 2
+    rows = s.database_state().graph.labels  # ids are rows here
+    held_rows = np.isin(base_lab[rows], held)
+    unknown = seen["unknown"]
+    assert isinstance(unknown, np.ndarray)
+    np.testing.assert_array_equal(unknown, held_rows)  # every other label is known
+    pos = seen["pos"]
+    assert isinstance(pos, list) and len(pos) > 0
+    for p in pos:  # no training query of a held-out class: none has a held-out row as a positive
+        assert not held_rows[p].any()
+    assert s.model.label_head is not None and s.model.label_head.n_classes == 12  # the head learns them all
