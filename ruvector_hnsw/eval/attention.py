@@ -296,6 +296,7 @@ def make_attention(ctx: BuildContext, mechanism: str, name: str | None = None, *
         "alpha_open": float(model.model.alpha_open),
         "label_weight": float(model.model.lam),
         "label_gate": float(model.model.gate),
+        "diffusion_weight": float(model.model.mu),
         **info,
     }
     return SearchMethod(name=name or mechanism, fn=_attention_search_fn(model, **knobs),

@@ -36,8 +36,8 @@ from typing import Any
 import numpy as np
 
 from ruvector_hnsw.errors import ConfigError
-from ruvector_hnsw.eval import _diffusion_kernels as K
 from ruvector_hnsw.eval.methods import BuildContext, SearchMethod, _as_f32, _index_threads, register_method
+from ruvector_hnsw.search import diffusion as K
 from ruvector_hnsw.threads import run_row_chunks, thread_limits
 
 __all__ = ["DiffusionRanker", "diffusion_scores", "make_diffusion"]
@@ -84,7 +84,7 @@ def diffusion_scores(
     cand = np.ascontiguousarray(candidates, dtype=np.int64).reshape(-1)
     nbr = np.ascontiguousarray(neighbors, dtype=np.int64)
     sim = np.ascontiguousarray(neighbor_sim, dtype=np.float32)
-    nodes = K._gather_nodes(cand, nbr)
+    nodes = K.gather_nodes(cand, nbr)
     indptr, indices, data = K.build_affinity(nodes, nbr, sim, float(gamma))
     y = np.zeros(nodes.shape[0])
     valid_sim = np.asarray(candidate_sim, dtype=np.float64).reshape(-1)[cand >= 0]

@@ -368,7 +368,7 @@ class AttentionSearch:
         C = knobs.candidates
         qb = pipeline.candidates(self.index, db.graph, self.model, q, max(C, k), max(C, k), self._num_threads)
         scorer = self.model.scorer(self.index.space)
-        if db.codes is None or (scorer.alpha == 0.0 and self.model.lam == 0.0):
+        if db.codes is None or (scorer.alpha == 0.0 and self.model.lam == 0.0 and self.model.mu == 0.0):
             return pipeline.hnsw_ranking(qb, k, scorer.s0, db.graph)
         pool, scores, _ = pipeline.expand_and_score(self.model, db, qb, k, knobs, scorer, self._num_threads)
         return pipeline.finish(qb, pool, scores, k, db.graph)

@@ -167,6 +167,8 @@ class SearchModel:
         self.gate = 0.0
         #: ``alpha`` of the queries the label term does not apply to (calibrated without the label term)
         self.alpha_open = 0.0
+        #: weight of the diffusion stage for the queries the label term does not apply to (0: off)
+        self.mu = 0.0
         self.labels: LabelSpace | None = None
         self.label_head: LabelHead | None = None
         self.scale: Scale | None = None
@@ -196,6 +198,7 @@ class SearchModel:
             "lam": self.lam,
             "gate": self.gate,
             "alpha_open": self.alpha_open,
+            "mu": self.mu,
             "labels": None if self.labels is None or self.label_head is None else {
                 "values": (self.labels.values if self.labels.values.dtype.kind in "biuf"
                            else [str(v) for v in self.labels.values.tolist()]),
@@ -224,6 +227,7 @@ class SearchModel:
         model.lam = float(state["lam"])
         model.gate = float(state["gate"])
         model.alpha_open = float(state["alpha_open"])
+        model.mu = float(state["mu"])
         lab = state["labels"]
         if lab is not None:
             model.labels = LabelSpace(values=np.asarray(lab["values"]), row_class=np.asarray(lab["row_class"],

@@ -21,7 +21,7 @@ from ruvector_hnsw._validation import check_positive_int
 from ruvector_hnsw.attention import Context
 from ruvector_hnsw.errors import ConfigError, UnknownIdError
 from ruvector_hnsw.index import HNSWGraph, HNSWIndex
-from ruvector_hnsw.search import _kernels, spectral
+from ruvector_hnsw.search import _kernels, diffusion, spectral
 from ruvector_hnsw.search.context import query_context
 from ruvector_hnsw.search.labels import class_candidates, same_class_log_proba
 from ruvector_hnsw.search.model import SearchModel
@@ -216,6 +216,48 @@ def metric_pool(model: SearchModel, db: DatabaseState, qb: QueryBatch, k: int, k
     return pool, scores, dist, zq
 
 
+def spread(scores: np.ndarray) -> np.ndarray:
+    """(B,) standard deviation of each query's finite scores (1 where there are fewer than 2)."""
+    ok = np.isfinite(scores)
+    n = ok.sum(axis=1)
+    x = np.where(ok, scores, 0.0).astype(np.float64)
+    mean = x.sum(axis=1) / np.maximum(n, 1)
+    var = (np.where(ok, (x - mean[:, None]) ** 2, 0.0)).sum(axis=1) / np.maximum(n, 1)
+    sd = np.sqrt(var)
+    return np.where((n >= 2) & (sd > 0), sd, 1.0)
+
+
+def diffusion_pool(db: DatabaseState, pool: np.ndarray, scores: np.ndarray, dist: np.ndarray, apply: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The diffusion stage's nodes merged into the pool: ``(pool, known distances, f / max f)``.
+
+    Seeds are the best :data:`~ruvector_hnsw.search.diffusion.DIFFUSION_SEEDS` items of each query
+    in ``apply`` (others get no node and ``f = 0``); see :mod:`ruvector_hnsw.search.diffusion`.
+    """
+    nbr, nsim, sigma = db.diffusion_links()
+    S = min(diffusion.DIFFUSION_SEEDS, pool.shape[1])
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :S]
+    seeds = np.take_along_axis(pool, order, axis=1).copy()
+    seeds[~apply] = -1
+    sd = np.take_along_axis(dist, order, axis=1).astype(np.float64)
+    sim = np.where(seeds >= 0, diffusion.link_similarity(np.where(seeds >= 0, sd, 0.0), db.space, sigma), 0.0)
+    ids, f = diffusion.diffuse(seeds, sim, nbr, nsim)
+    merged = np.concatenate([ids, pool], axis=1)
+    new, known = _kernels.unique_rows(
+        merged, np.concatenate([np.full(ids.shape, np.nan, np.float32), dist], axis=1), db.graph.deleted)
+    _, fv = _kernels.unique_rows(
+        merged, np.concatenate([f.astype(np.float32), np.zeros(pool.shape, np.float32)], axis=1), db.graph.deleted)
+    return new, known, np.where(new >= 0, np.nan_to_num(fv), 0.0).astype(np.float32)
+
+
+def _combine(scorer: ResidualScorer, pool: np.ndarray, dist: np.ndarray, sim: np.ndarray, alpha_q: np.ndarray,
+             lam_q: np.ndarray, label: np.ndarray) -> np.ndarray:
+    ok = pool >= 0
+    scores = (np.float32(scorer.beta) * (-np.where(ok, dist, 0.0) / np.float32(scorer.s0))
+              + alpha_q[:, None] * np.where(ok, sim, 0.0) + lam_q[:, None] * label)
+    return np.where(ok, scores, -np.inf).astype(np.float32)
+
+
 def expand_and_score(model: SearchModel, db: DatabaseState, qb: QueryBatch, k: int, knobs: Knobs,
                      scorer: ResidualScorer, num_threads: int, lam: float | None = None
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -225,27 +267,40 @@ def expand_and_score(model: SearchModel, db: DatabaseState, qb: QueryBatch, k: i
     least ``model.gate``) gets the members of its most probable class nearest to it in its pool,
     ``scorer.alpha`` and ``lam * e(q) * log P(same class | q, v)`` added to every item
     (:mod:`ruvector_hnsw.search.labels`); the other queries are scored with ``model.alpha_open``
-    and no label term.
+    and no label term. With ``model.mu > 0`` the queries without the label term get the diffusion
+    stage on top (:mod:`ruvector_hnsw.search.diffusion`).
     """
+    assert db.codes is not None
     lam = model.lam if lam is None else lam
     view = label_view(model, db, qb) if lam else None
+    B = qb.stored.shape[0]
     if view is None or model.labels is None:
-        pool, scores, dist, _ = metric_pool(model, db, qb, k, knobs, scorer, num_threads)
-        return pool, scores, dist
-    assert db.codes is not None
-    on = view.applies(model.gate)
-    alpha_q = np.where(on, scorer.alpha, model.alpha_open).astype(np.float32)
-    reach = replace(scorer, alpha=float(alpha_q.max()))  # codes and latent expansion if any query uses them
-    pool, _, dist, zq = metric_pool(model, db, qb, k, knobs, reach, num_threads)
-    pool, known = with_class_members(model, db, qb, pool, dist, view, max(k, model.config.class_pool), on)
-    probe = replace(scorer, alpha=1.0, beta=0.0)
-    sim, dist = probe.score(qb.stored, db.graph.vectors, zq, db.codes.store, pool, known)
-    ok = pool >= 0
-    label = label_term(model, db, pool, view)
-    lam_q = np.where(on, np.float32(lam), np.float32(0.0))[:, None]
-    scores = (np.float32(scorer.beta) * (-np.where(ok, dist, 0.0) / np.float32(scorer.s0))
-              + alpha_q[:, None] * np.where(ok, sim, 0.0) + lam_q * label)
-    return pool, np.where(ok, scores, -np.inf).astype(np.float32), dist
+        pool, scores, dist, zq = metric_pool(model, db, qb, k, knobs, scorer, num_threads)
+        if not model.mu:
+            return pool, scores, dist
+        on = np.zeros(B, dtype=bool)
+        alpha_q = np.full(B, scorer.alpha, dtype=np.float32)
+        label = None
+    else:
+        on = view.applies(model.gate)
+        alpha_q = np.where(on, scorer.alpha, model.alpha_open).astype(np.float32)
+        reach = replace(scorer, alpha=float(alpha_q.max()))  # codes and latent expansion if any query uses them
+        pool, _, dist, zq = metric_pool(model, db, qb, k, knobs, reach, num_threads)
+        pool, known = with_class_members(model, db, qb, pool, dist, view, max(k, model.config.class_pool), on)
+        sim, dist = replace(scorer, alpha=1.0, beta=0.0).score(qb.stored, db.graph.vectors, zq, db.codes.store, pool,
+                                                               known)
+        label = label_term(model, db, pool, view)
+        scores = _combine(scorer, pool, dist, sim, alpha_q, np.where(on, np.float32(lam), np.float32(0.0)), label)
+        if not model.mu or on.all():
+            return pool, scores, dist
+    width = spread(scores)
+    pool, known, fv = diffusion_pool(db, pool, scores, dist, ~on)
+    sim, dist = replace(scorer, alpha=1.0, beta=0.0).score(qb.stored, db.graph.vectors, zq, db.codes.store, pool,
+                                                           known)
+    lam_q = np.where(on, np.float32(lam), np.float32(0.0))
+    label = label_term(model, db, pool, view) if view is not None else np.zeros(pool.shape, np.float32)
+    scores = _combine(scorer, pool, dist, sim, alpha_q, lam_q, label)
+    return pool, (scores + np.float32(model.mu) * width[:, None].astype(np.float32) * fv).astype(np.float32), dist
 
 
 def finish(qb: QueryBatch, pool: np.ndarray, scores: np.ndarray, k: int, graph: HNSWGraph

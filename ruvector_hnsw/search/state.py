@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from ruvector_hnsw.index import HNSWGraph
-from ruvector_hnsw.search import spectral
+from ruvector_hnsw.search import diffusion, spectral
 from ruvector_hnsw.search._rows import GrowableRows
 from ruvector_hnsw.search.codes import LatentCodes
 from ruvector_hnsw.search.context import RowContexts
@@ -87,6 +87,7 @@ class DatabaseState:
         self.table_state: Any = None
         self._labels: tuple[Any, int, LabelSpace, tuple[np.ndarray, np.ndarray]] | None = None
         self._unknown: tuple[Any, Any, Any, tuple[np.ndarray, np.ndarray]] | None = None
+        self._links: tuple[Any, tuple[np.ndarray, np.ndarray, float]] | None = None
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -153,6 +154,25 @@ class DatabaseState:
             cls[rows], proba[rows] = top_classes(logp, t)
         out = (cls, proba)
         self._unknown = (labels, head, self.graph, out)
+        return out
+
+    def diffusion_links(self) -> tuple[np.ndarray, np.ndarray, float]:
+        """Every row's nearest layer-0 links (``(N, LINKS)`` rows, -1 padding), their similarities, ``sigma``.
+
+        What the diffusion stage walks (:mod:`ruvector_hnsw.search.diffusion`); cached per snapshot.
+        """
+        if self._links is not None and self._links[0] is self.graph:
+            return self._links[1]
+        k = min(diffusion.LINKS, self.contexts.k_local)
+        pos = np.ascontiguousarray(self.contexts.pos[:, :k], dtype=np.int64)
+        ok = self.contexts.mask[:, :k] & (pos >= 0)
+        dist = self.contexts.dist[:, :k].astype(np.float64) * float(self.contexts.s0)
+        sigma = 1.0
+        if self.space == "l2" and ok.any():
+            sigma = float(dist[ok].mean()) or 1.0
+        sim = np.where(ok, diffusion.link_similarity(dist, self.space, sigma), 0.0).astype(np.float32)
+        out = (np.where(ok, pos, -1), sim, sigma)
+        self._links = (self.graph, out)
         return out
 
     # ------------------------------------------------------------------ diffusion coordinates

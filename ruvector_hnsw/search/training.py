@@ -63,6 +63,7 @@ __all__ = [
     "TrainingState",
     "ap_at_r_of_rows",
     "calibrate",
+    "calibrate_diffusion",
     "calibrate_gate",
     "choose_gate",
     "contrastive_loss",
@@ -88,6 +89,8 @@ GATE_HOLDOUT = 0.2
 HOLDOUT_MIN_CLASSES = 5
 #: at most this many queries of the held-out classes calibrate ``alpha_open`` and the gate
 GATE_QUERIES = 300
+#: weights of the diffusion stage tried (times the query's score spread; 0 keeps it off)
+MU_GRID = (0.0, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
 #: mean AP@R of the held-out classes a gate may give up for the known classes
 GATE_TOLERANCE = 0.005
 #: gates tried (label evidence ``e(q)`` needed for the label term). None above 1: a query whose
@@ -694,6 +697,57 @@ def calibrate_gate(model: SearchModel, db: DatabaseState, head_queries: tuple[Qu
     return choose_gate(GATE_GRID, means)
 
 
+def calibrate_diffusion(model: SearchModel, db: DatabaseState, qb: QueryBatch, pos_lists: list[np.ndarray],
+                        knobs: Knobs, num_threads: int, alpha: float) -> float:
+    """The diffusion stage's weight ``mu`` for queries ranked without the label term (0: off).
+
+    The queries ``qb`` are ranked as such queries are served (``alpha``, no label term), then with
+    the diffusion stage at every ``mu`` of :data:`MU_GRID`; a non-zero ``mu`` is taken only when its
+    mean AP@R beats the ranking without the stage by more than :data:`SIGNIFICANCE` standard errors
+    of the paired per-query differences.
+    """
+    assert db.codes is not None
+    k = max(1, int(min(max(len(r) for r in pos_lists), _VAL_CAP, db.n)))
+    s0 = np.float32(db.contexts.s0)
+    latent = alpha != 0.0
+    probe = ResidualScorer(alpha=1.0 if latent else 0.0, beta=0.0, s0=float(s0), space=db.space)
+    pool, sim, dist, zq = pipeline.metric_pool(model, db, qb, k, replace(knobs, expand=min(knobs.expand, 1)), probe,
+                                               num_threads)
+    a = np.float32(alpha if latent else 0.0)
+
+    def scored(p: np.ndarray, d: np.ndarray, si: np.ndarray) -> np.ndarray:
+        ok = p >= 0
+        return np.where(ok, -np.where(ok, d, 0.0) / s0 + a * np.where(ok, si, 0.0), -np.inf).astype(np.float32)
+
+    def ranking(p: np.ndarray, sc: np.ndarray) -> np.ndarray:
+        p, sc = rank(p, sc)
+        p, _ = append_tail(qb.hnsw_rows, p, sc, k)
+        return p[:, :k]
+
+    base = scored(pool, dist, sim)
+    relevant = RelevantRows(pos_lists, db.n)
+    ap0 = ap_at_r_of_rows(ranking(pool, base), pos_lists, cap=_VAL_CAP, relevant=relevant)
+    width = pipeline.spread(base)
+    new, known, fv = pipeline.diffusion_pool(db, pool, base, dist, np.ones(pool.shape[0], dtype=bool))
+    sim2, dist2 = probe.score(qb.stored, db.graph.vectors, zq, db.codes.store, new, known)
+    base2 = scored(new, dist2, sim2)
+    ok = np.isfinite(ap0)
+    best = (float(ap0[ok].mean()) if ok.any() else 0.0, 0.0)
+    for mu in MU_GRID:
+        if mu == 0.0:
+            continue
+        ap = ap_at_r_of_rows(ranking(new, base2 + np.float32(mu) * width[:, None].astype(np.float32) * fv),
+                             pos_lists, cap=_VAL_CAP, relevant=relevant)
+        diff = (ap - ap0)[ok]
+        if diff.size < 2:
+            continue
+        value = float(ap[ok].mean())
+        se = float(diff.std(ddof=1) / np.sqrt(diff.size))
+        if value > best[0] + 1e-9 and diff.mean() > SIGNIFICANCE * se:
+            best = (value, float(mu))
+    return best[1]
+
+
 def choose_gate(grid: Sequence[float], means: Sequence[tuple[float, float]], tolerance: float = GATE_TOLERANCE
                 ) -> float:
     """The gate of ``grid`` (ascending) by ``means[i] = (held-out-class AP, known-class AP)``.
@@ -725,6 +779,7 @@ def fit(model: SearchModel, db: DatabaseState, index: HNSWIndex, q: np.ndarray, 
     """
     cfg = model.config
     model.labels, model.label_head, model.lam = None, None, 0.0
+    model.gate, model.alpha_open, model.mu = 0.0, 0.0, 0.0
     rng = np.random.default_rng(cfg.seed)
     nq = q.shape[0]
     perm = rng.permutation(nq)
@@ -843,5 +898,12 @@ def fit(model: SearchModel, db: DatabaseState, index: HNSWIndex, q: np.ndarray, 
             head_q = all_q if head_idx.shape[0] == nq else _subset(all_q, head_idx)
             model.gate = calibrate_gate(model, db, (head_q, np.asarray(classes[2])[head_idx]),
                                         (val_q, val_pos), (open_q, open_pos), held, classes, knobs, num_threads)
+    model.mu = 0.0
+    if val_q is not None:
+        with clock.phase("calibration"):  # the diffusion stage of the queries served without the label term
+            labelled = model.lam != 0.0
+            cal_q, cal_pos = (open_q, open_pos) if (labelled and open_q is not None) else (val_q, val_pos)
+            model.mu = calibrate_diffusion(model, db, cal_q, cal_pos, knobs, num_threads,
+                                           model.alpha_open if labelled else model.alpha)
     history.time_split = clock.rounded()
     return history

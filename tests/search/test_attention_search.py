@@ -196,7 +196,7 @@ def test_calibration_falls_back_to_hnsw_when_labels_are_random(index: HNSWIndex,
     s = AttentionSearch(index, "local_global", candidates=30, k_local=8, k_global=4)
     s.fit(tq, labels=noise, query_labels=rng.integers(0, 40, tq.shape[0]), epochs=2, batch_size=64,
           val_fraction=0.3)
-    assert s.fitted and s.alpha == 0.0
+    assert s.fitted and s.alpha == 0.0 and s.model.lam == 0.0 and s.model.mu == 0.0
     ids, _ = s.search(eq, k=10)
     ref, _ = index.search(eq, k=10, ef=30)
     np.testing.assert_array_equal(ids, ref)

@@ -1,8 +1,9 @@
-"""numba kernels of the ``diffusion`` method: per-query graph build, CG solve, result merge.
+"""numba kernels of graph diffusion: per-query graph build, CG solve, ranking and values, result merge.
 
 Serial ``nogil`` kernels over a range of query rows (run in row chunks on the kernel pool by
-:mod:`ruvector_hnsw.eval.diffusion`). Labels are base rows ``0..N-1``; ``nbr`` is the
-layer-0 neighbour table in labels (``-1`` padding) with the edge similarities ``nbr_sim``.
+:mod:`ruvector_hnsw.search.diffusion` and the ``diffusion`` eval method). Nodes are integer ids
+``0..N-1``; ``nbr`` is the layer-0 neighbour table in those ids (``-1`` padding) with the edge
+similarities ``nbr_sim``.
 """
 
 from __future__ import annotations
@@ -214,3 +215,31 @@ def merge_rows(lo: int, hi: int, diff_ids: np.ndarray, diff_n: np.ndarray, tail:
             out_ids[q, pos] = v
             out_dist[q, pos] = tail_dist[q, j]
             pos += 1
+
+
+@njit(cache=True, nogil=True)
+def diffusion_values(lo: int, hi: int, seeds: np.ndarray, seed_sim: np.ndarray, nbr: np.ndarray,
+                     nbr_sim: np.ndarray, gamma: float, a: float, iterations: int, tol: float, out_ids: np.ndarray,
+                     out_f: np.ndarray) -> None:
+    """Rows ``lo..hi`` of ``seeds`` (nq, S): the node set (seeds, then their links) and ``f / max f``.
+
+    The seed vector is ``y_s = max(seed_sim[q, s], 0) ** gamma`` on the valid seeds (``-1`` skipped);
+    ``f`` solves ``(I - a S) f = y`` (:func:`solve_diffusion`). Padding: ids -1, values 0.
+    """
+    for q in range(lo, hi):
+        nodes = _gather_nodes(seeds[q], nbr)
+        n = nodes.shape[0]
+        if n == 0:
+            continue
+        indptr, indices, data = build_affinity(nodes, nbr, nbr_sim, gamma)
+        y = np.zeros(n)
+        c = 0
+        for j in range(seeds.shape[1]):
+            if seeds[q, j] >= 0:
+                y[c] = max(float(seed_sim[q, j]), 0.0) ** gamma
+                c += 1
+        f, _ = solve_diffusion(indptr, indices, data, y, a, iterations, tol)
+        top = f.max()
+        for i in range(n):
+            out_ids[q, i] = nodes[i]
+            out_f[q, i] = f[i] / top if top > 0.0 else 0.0

@@ -1,0 +1,85 @@
+"""The diffusion stage: the kernel against a dense solve, and its place in the query path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ruvector_hnsw.search import AttentionSearch, diffusion, pipeline
+from tests.search.test_attention_search import _index, _labelled
+
+
+def _dense_f(nodes: np.ndarray, nbr: np.ndarray, nbr_sim: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """``(I - A S)^-1 y`` with numpy: W over the links among ``nodes`` (max over both ends), S = D^-1/2 W D^-1/2."""
+    n = nodes.shape[0]
+    where = {int(v): i for i, v in enumerate(nodes)}
+    W = np.zeros((n, n))
+    for i, u in enumerate(nodes):
+        for j in range(nbr.shape[1]):
+            v = int(nbr[u, j])
+            if v < 0 or v not in where or where[v] == i:
+                continue
+            w = max(float(nbr_sim[u, j]), 0.0) ** diffusion.GAMMA
+            a, b = i, where[v]
+            W[a, b] = W[b, a] = max(W[a, b], w)
+    d = W.sum(axis=1)
+    dinv = np.where(d > 0, 1.0 / np.sqrt(np.where(d > 0, d, 1.0)), 0.0)
+    S = dinv[:, None] * W * dinv[None, :]
+    return np.linalg.solve(np.eye(n) - diffusion.A * S, y)
+
+
+def test_diffusion_values_match_a_dense_solve() -> None:
+    rng = np.random.default_rng(0)
+    N, K, B, S = 60, 4, 5, 6
+    nbr = rng.integers(0, N, (N, K))
+    nbr[rng.random((N, K)) < 0.15] = -1
+    nbr_sim = rng.uniform(0.3, 1.0, (N, K)).astype(np.float32)
+    seeds = np.stack([rng.choice(N, S, replace=False) for _ in range(B)])
+    seeds[1, 4:] = -1
+    sim = rng.uniform(0.2, 1.0, (B, S))
+    ids, f = diffusion.diffuse(seeds, sim, nbr, nbr_sim)
+    for b in range(B):
+        nodes = diffusion.gather_nodes(seeds[b], nbr)
+        got = ids[b][ids[b] >= 0]
+        np.testing.assert_array_equal(got, nodes)  # seeds first, in order, then their links
+        y = np.zeros(nodes.size)
+        valid = seeds[b][seeds[b] >= 0]
+        y[: valid.size] = np.maximum(sim[b][seeds[b] >= 0], 0.0) ** diffusion.GAMMA
+        ref = _dense_f(nodes, nbr, nbr_sim, y)
+        np.testing.assert_allclose(f[b, : nodes.size], ref / ref.max(), rtol=1e-4, atol=1e-6)
+        assert (f[b, nodes.size :] == 0).all()
+
+
+def test_the_stage_reranks_only_queries_without_the_label_term(tmp_path: Path) -> None:
+    base, base_lab, tq, tq_lab, eq, _ = _labelled()
+    idx = _index(base)
+    s = AttentionSearch(idx, k_local=8, k_global=4, candidates=40)
+    s.fit(tq, labels=base_lab, query_labels=tq_lab, epochs=1, batch_size=64, val_fraction=0.2)
+    m = s.model
+    assert m.lam > 0
+    mu = m.mu
+    m.mu = 0.0
+    plain = s.search(eq, k=20)
+    m.mu = 10.0
+    db = s.database_state()
+    qb = pipeline.candidates(idx, db.graph, m, eq, 40, 40, 1)
+    view = pipeline.label_view(m, db, qb)
+    assert view is not None
+    m.gate = float(np.median(view.evidence))  # about half the queries get the label term
+    on = view.applies(m.gate)
+    assert 0 < on.sum() < on.size
+    got = s.search(eq, k=20)
+    m.mu = 0.0
+    ref = s.search(eq, k=20)
+    np.testing.assert_array_equal(got[0][on], ref[0][on])  # label-term queries: no diffusion
+    assert (got[0][~on] != ref[0][~on]).any(axis=1).mean() > 0.3
+    m.mu = 10.0
+    s.save(tmp_path / "m")
+    back = AttentionSearch.load(tmp_path / "m", idx)
+    assert back.model.mu == 10.0
+    again = back.search(eq, k=20)
+    np.testing.assert_array_equal(again[0], got[0])
+    np.testing.assert_array_equal(again[1], got[1])
+    m.mu = mu
+    assert plain[0].shape == got[0].shape
