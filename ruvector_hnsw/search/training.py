@@ -564,6 +564,16 @@ def _ranking(qb: QueryBatch, pools: _ValPools, alpha: float | np.ndarray, lam: f
     return pool[:, :k]
 
 
+def _significant_gain(ap: np.ndarray, base: np.ndarray, ok: np.ndarray, best: float) -> float | None:
+    """Mean AP of ``ap`` if it beats ``best``, and ``base`` by more than SIGNIFICANCE paired standard errors."""
+    diff = (ap - base)[ok]
+    if diff.size < 2:
+        return None
+    value = float(ap[ok].mean())
+    se = float(diff.std(ddof=1) / np.sqrt(diff.size))
+    return value if value > best + 1e-9 and diff.mean() > SIGNIFICANCE * se else None
+
+
 def calibrate(model: SearchModel, db: DatabaseState, qb: QueryBatch, pos_lists: list[np.ndarray], knobs: Knobs,
               num_threads: int, *, set_alpha: bool = True, use_labels: bool = True) -> tuple[float, float]:
     """Pick ``alpha`` (``beta = 1``) and the label weight by validation mAP@R; return ``(value, alpha)``.
@@ -591,12 +601,8 @@ def calibrate(model: SearchModel, db: DatabaseState, qb: QueryBatch, pos_lists: 
                 continue
             pp = pools[a != 0.0]
             ap = ap_at_r_of_rows(_ranking(qb, pp, a, lam, s0, k), pos_lists, cap=_VAL_CAP, relevant=relevant)
-            diff = (ap - base)[ok]
-            if diff.size < 2:
-                continue
-            value = float(ap[ok].mean())
-            se = float(diff.std(ddof=1) / np.sqrt(diff.size))
-            if value > best[0] + 1e-9 and diff.mean() > SIGNIFICANCE * se:
+            value = _significant_gain(ap, base, ok, best[0])
+            if value is not None:
                 best = (value, a, lam)
     if set_alpha:
         model.alpha, model.beta, model.lam = best[1], 1.0, best[2]
@@ -739,12 +745,8 @@ def calibrate_diffusion(model: SearchModel, db: DatabaseState, qb: QueryBatch, p
             continue
         ap = ap_at_r_of_rows(ranking(new, base2 + np.float32(mu) * width[:, None].astype(np.float32) * fv),
                              pos_lists, cap=_VAL_CAP, relevant=relevant)
-        diff = (ap - ap0)[ok]
-        if diff.size < 2:
-            continue
-        value = float(ap[ok].mean())
-        se = float(diff.std(ddof=1) / np.sqrt(diff.size))
-        if value > best[0] + 1e-9 and diff.mean() > SIGNIFICANCE * se:
+        value = _significant_gain(ap, ap0, ok, best[0])
+        if value is not None:
             best = (value, float(mu))
     return best[1]
 
