@@ -109,7 +109,7 @@ class DatabaseState:
         return len(self.graph)
 
     def _grown(self, labels: LabelSpace) -> LabelSpace:
-        """``labels`` over this graph's rows (rows added after fit are in the unknown class); cached."""
+        """``labels`` over this graph's rows (rows added after fit are marked unknown); cached."""
         cached = self._labels
         if cached is None or cached[0] is not labels or cached[1] != self.n:
             grown = labels.grown(self.n)
@@ -118,11 +118,11 @@ class DatabaseState:
         return cached[2]
 
     def row_class(self, labels: LabelSpace) -> np.ndarray:
-        """Class of every row of this graph (rows added after fit are in the unknown class)."""
+        """Class of every row of this graph (rows added after fit are marked unknown)."""
         return self._grown(labels).row_class
 
     def class_members(self, labels: LabelSpace) -> tuple[np.ndarray, np.ndarray]:
-        """CSR of each class's rows for this graph (rows added after fit are in the unknown class)."""
+        """CSR of each class's rows for this graph (rows added after fit are marked unknown)."""
         self._grown(labels)
         assert self._labels is not None
         return self._labels[3]

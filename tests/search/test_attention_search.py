@@ -181,8 +181,15 @@ def test_same_seed_same_model_at_any_thread_count(index: HNSWIndex, data) -> Non
     for threads in (1, 2, 1):
         s = AttentionSearch(index, "local_global", candidates=30, k_local=8, k_global=4, seed=5, num_threads=threads)
         s.fit(tq[:150], labels=base_lab, query_labels=tq_lab[:150], epochs=1, batch_size=64)
-        outs.append((s.search(eq[:40], k=10), {k: v.copy() for k, v in s.model.encoder.params.items()}))
-    for (res, params) in outs[1:]:
+        m = s.model
+        scalars = {"alpha": m.alpha, "alpha_open": m.alpha_open, "lam": m.lam, "gate": m.gate, "mu": m.mu,
+                   "rho": m.rho}
+        assert m.label_head is not None
+        scalars.update({f"head.{k}": tuple(v.ravel().tolist()) for k, v in m.label_head.params.items()})
+        outs.append((s.search(eq[:40], k=10), {k: v.copy() for k, v in s.model.encoder.params.items()}, scalars))
+    assert outs[0][2]["lam"] > 0  # the label stage, its gate and the diffusion weight are part of the model
+    for (res, params, scalars) in outs[1:]:
+        assert scalars == outs[0][2]
         np.testing.assert_array_equal(outs[0][0][0], res[0])
         np.testing.assert_array_equal(outs[0][0][1], res[1])
         for k, v in params.items():
