@@ -4,7 +4,7 @@ Ray is optional (the ``ray`` extra) and imported only by the calls that need a c
 raise :class:`~ruvector_hnsw.errors.MissingDependencyError`. Every distributed result equals the
 single-process one (tested against a real local cluster):
 
-- :func:`evaluate` / :func:`search`: queries split into 64-row-aligned shards on workers that load the
+- :func:`evaluate` / :func:`search`: queries split into 96-row-aligned (ENCODE_BLOCK) shards on workers that load the
   methods (index, fitted models) once; ids identical, metrics merged exactly from per-query values;
 - :func:`encode_rows`: database codes of a fitted searcher in row shards, assembled bit for bit;
 - :class:`ShardedIndex`: S hnswlib shards on actors (id ``i`` on shard ``i % S``), fan-out search and

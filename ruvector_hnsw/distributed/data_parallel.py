@@ -4,7 +4,7 @@ Each step of ``fit`` (the trainer, the sampling, validation and code refreshes s
 
 1. the driver samples the pools of the **global** batch as local ``fit`` does (HNSW candidates, random
    positives and negatives, mined negatives: the same random draws);
-2. the batch is cut into contiguous, 64-row-aligned slices, one per worker; each worker holds a replica of
+2. the batch is cut into contiguous, 96-row-aligned slices, one per worker; each worker holds a replica of
    the model and the database state (table, row contexts) received once, gets the current parameters
    (one object-store put per step) and computes the loss and parameter gradients of its slice;
 3. the driver averages them, weighted by each slice's number of queries that have a positive in their
@@ -123,8 +123,8 @@ class DataParallel:
     Parameters
     ----------
     workers : int, optional
-        Slices per batch (one actor each; default the cluster's CPUs). Slices are 64-row aligned, so a
-        batch of ``B`` queries uses at most ``ceil(B / 64)`` workers.
+        Slices per batch (one actor each; default the cluster's CPUs). Slices are 96-row aligned, so a
+        batch of ``B`` queries uses at most ``ceil(B / 96)`` workers.
     backend : {"ray", "local"}
         ``"local"``: the same slices computed one after the other on in-process replicas (no Ray).
 

@@ -5,7 +5,7 @@ Protocol (the single-process one of :mod:`ruvector_hnsw.eval.run`, per shard):
 1. The driver builds (and trains) the methods as usual; they are shipped **once**: put in the object
    store, or pickled into ``shared_dir`` (a directory every node can read, e.g. NFS), from which each
    worker loads them once. One actor per worker holds them for every method of the run.
-2. The queries are split into contiguous shards whose bounds are multiples of 64 rows
+2. The queries are split into contiguous shards whose bounds are multiples of 96 rows (ENCODE_BLOCK)
    (:func:`~ruvector_hnsw.distributed.shard_bounds`), so every query sits at the position of the GEMM
    block it has in the single-process call and gets bit-identical codes and results.
 3. Each worker warms up on its shard, makes the quality call (``search_k`` results), the timed calls at
