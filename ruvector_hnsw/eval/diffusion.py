@@ -152,9 +152,7 @@ class DiffusionRanker:
         self.setup_seconds = time.perf_counter() - t0
 
     def _similarity(self, dist: np.ndarray) -> np.ndarray:
-        if self.space == "l2":
-            return np.exp(-dist / self.sigma)
-        return 1.0 - dist
+        return K.link_similarity(dist, self.space, self.sigma)
 
     def search(self, queries: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top ``k`` labels per query (``-1`` padded) and their index distances to the query."""

@@ -28,8 +28,8 @@ from ruvector_hnsw.search.model import SearchModel
 from ruvector_hnsw.search.scoring import ResidualScorer, append_tail, rank, to_labels
 from ruvector_hnsw.search.state import DIFFUSION_K, DatabaseState
 
-__all__ = ["Knobs", "LabelView", "QueryBatch", "candidates", "encode_queries", "expand_and_score", "finish",
-           "stored_queries"]
+__all__ = ["Knobs", "LabelView", "QueryBatch", "candidates", "combine_scores", "encode_queries", "expand_and_score",
+           "finish", "stored_queries"]
 
 
 def _nonneg(value: object, name: str) -> int:
@@ -161,9 +161,11 @@ def with_class_members(model: SearchModel, db: DatabaseState, qb: QueryBatch, po
     """The pool plus the ``m`` members of each query's most probable class nearest to it (queries ``on`` only)."""
     assert model.labels is not None
     indptr, members = db.class_members(model.labels)
-    top = np.argmax(view.logp, axis=1)
-    cand = class_candidates(qb.stored, db.graph.vectors, top, indptr, members, m, db.space, ~db.graph.deleted)
-    cand[~on] = -1
+    cand = np.full((pool.shape[0], m), -1, dtype=np.int64)
+    if on.any():
+        top = np.argmax(view.logp[on], axis=1)
+        cand[on] = class_candidates(qb.stored[on], db.graph.vectors, top, indptr, members, m, db.space,
+                                    ~db.graph.deleted)
     merged = np.concatenate([pool, cand], axis=1)
     known = np.concatenate([known, np.full(cand.shape, np.nan, np.float32)], axis=1)
     return _kernels.unique_rows(merged, known, db.graph.deleted)
@@ -250,11 +252,17 @@ def diffusion_pool(db: DatabaseState, pool: np.ndarray, scores: np.ndarray, dist
     return new, known, np.where(new >= 0, np.nan_to_num(fv), 0.0).astype(np.float32)
 
 
-def _combine(scorer: ResidualScorer, pool: np.ndarray, dist: np.ndarray, sim: np.ndarray, alpha_q: np.ndarray,
-             lam_q: np.ndarray, label: np.ndarray) -> np.ndarray:
+def combine_scores(pool: np.ndarray, dist: np.ndarray, sim: np.ndarray, alpha: float | np.ndarray,
+                   lam: float | np.ndarray, label: np.ndarray | None, s0: float, beta: float = 1.0) -> np.ndarray:
+    """``beta * (-dist / s0) + alpha * sim + lam * label`` over a pool (-inf on padding).
+
+    ``alpha`` and ``lam`` are scalars or per query (B,); ``label`` None means no label term.
+    """
     ok = pool >= 0
-    scores = (np.float32(scorer.beta) * (-np.where(ok, dist, 0.0) / np.float32(scorer.s0))
-              + alpha_q[:, None] * np.where(ok, sim, 0.0) + lam_q[:, None] * label)
+    a = np.asarray(alpha, dtype=np.float32).reshape(-1, 1)
+    scores = np.float32(beta) * (-np.where(ok, dist, 0.0) / np.float32(s0)) + a * np.where(ok, sim, 0.0)
+    if label is not None:
+        scores = scores + np.asarray(lam, dtype=np.float32).reshape(-1, 1) * label
     return np.where(ok, scores, -np.inf).astype(np.float32)
 
 
@@ -280,7 +288,6 @@ def expand_and_score(model: SearchModel, db: DatabaseState, qb: QueryBatch, k: i
             return pool, scores, dist
         on = np.zeros(B, dtype=bool)
         alpha_q = np.full(B, scorer.alpha, dtype=np.float32)
-        label = None
     else:
         on = view.applies(model.gate)
         alpha_q = np.where(on, scorer.alpha, model.alpha_open).astype(np.float32)
@@ -289,17 +296,16 @@ def expand_and_score(model: SearchModel, db: DatabaseState, qb: QueryBatch, k: i
         pool, known = with_class_members(model, db, qb, pool, dist, view, max(k, model.config.class_pool), on)
         sim, dist = replace(scorer, alpha=1.0, beta=0.0).score(qb.stored, db.graph.vectors, zq, db.codes.store, pool,
                                                                known)
-        label = label_term(model, db, pool, view)
-        scores = _combine(scorer, pool, dist, sim, alpha_q, np.where(on, np.float32(lam), np.float32(0.0)), label)
+        scores = combine_scores(pool, dist, sim, alpha_q, np.where(on, lam, 0.0), label_term(model, db, pool, view),
+                                scorer.s0, scorer.beta)
         if not model.mu or on.all():
             return pool, scores, dist
     width = spread(scores)
     pool, known, fv = diffusion_pool(db, pool, scores, dist, ~on)
     sim, dist = replace(scorer, alpha=1.0, beta=0.0).score(qb.stored, db.graph.vectors, zq, db.codes.store, pool,
                                                            known)
-    lam_q = np.where(on, np.float32(lam), np.float32(0.0))
-    label = label_term(model, db, pool, view) if view is not None else np.zeros(pool.shape, np.float32)
-    scores = _combine(scorer, pool, dist, sim, alpha_q, lam_q, label)
+    label = label_term(model, db, pool, view) if view is not None else None
+    scores = combine_scores(pool, dist, sim, alpha_q, np.where(on, lam, 0.0), label, scorer.s0, scorer.beta)
     return pool, (scores + np.float32(model.mu) * width[:, None].astype(np.float32) * fv).astype(np.float32), dist
 
 

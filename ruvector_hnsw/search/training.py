@@ -520,7 +520,13 @@ class _ValPools:
     dist: np.ndarray
     sim: np.ndarray
     label: np.ndarray  # e(q) * log P(same class | q, v), 0 without a label head
-    evidence: np.ndarray  # (B,) e(q); -1 where the label term cannot apply (no evidence)
+    view: pipeline.LabelView | None  # what the label head said of the queries (None: no head)
+
+    def label_on(self, gate: float) -> np.ndarray:
+        """(B,) bool: the queries the label term applies to at ``gate`` (none without a head)."""
+        if self.view is None:
+            return np.zeros(self.pool.shape[0], dtype=bool)
+        return self.view.applies(gate)
 
 
 def _val_pools(model: SearchModel, db: DatabaseState, qb: QueryBatch, k: int, knobs: Knobs, num_threads: int,
@@ -535,18 +541,17 @@ def _val_pools(model: SearchModel, db: DatabaseState, qb: QueryBatch, k: int, kn
     pool, sim, dist, zq = pipeline.metric_pool(model, db, qb, k, replace(knobs, expand=min(knobs.expand, 1)), probe,
                                                num_threads)
     label = np.zeros(pool.shape, dtype=np.float32)
-    evidence = np.full(pool.shape[0], -1.0)
     view = pipeline.label_view(model, db, qb)
     if view is not None and model.labels is not None and db.codes is not None:
-        on = view.evidence > 0.0
         pool, known = pipeline.with_class_members(model, db, qb, pool, dist, view, max(k, model.config.class_pool),
-                                                  on)
+                                                  view.applies(0.0))
         sim, dist = probe.score(qb.stored, db.graph.vectors, zq, db.codes.store, pool, known)
         label = pipeline.label_term(model, db, pool, view)
-        evidence = np.where(on, view.evidence, -1.0)
+    else:
+        view = None
     if not latent:
         sim = np.zeros(pool.shape, dtype=np.float32)
-    return _ValPools(pool=pool, dist=dist, sim=sim, label=label, evidence=evidence)
+    return _ValPools(pool=pool, dist=dist, sim=sim, label=label, view=view)
 
 
 def _ranking(qb: QueryBatch, pools: _ValPools, alpha: float | np.ndarray, lam: float | np.ndarray, s0: float,
@@ -554,12 +559,13 @@ def _ranking(qb: QueryBatch, pools: _ValPools, alpha: float | np.ndarray, lam: f
     """The top ``k`` rows of every query; ``alpha`` and ``lam`` scalars or per query (B,)."""
     if np.ndim(alpha) == 0 and np.ndim(lam) == 0 and alpha == 0.0 and lam == 0.0:
         return qb.hnsw_rows[:, :k]
-    a = np.asarray(alpha, dtype=np.float32).reshape(-1, 1)
-    lm = np.asarray(lam, dtype=np.float32).reshape(-1, 1)
-    ok = pools.pool >= 0
-    scores = np.where(ok, -np.where(ok, pools.dist, 0.0) / np.float32(s0) + a * np.where(ok, pools.sim, 0.0)
-                      + lm * pools.label, -np.inf).astype(np.float32)
-    pool, scores = rank(pools.pool, scores)
+    return _top_rows(qb, pools.pool, pipeline.combine_scores(pools.pool, pools.dist, pools.sim, alpha, lam,
+                                                             pools.label, s0), k)
+
+
+def _top_rows(qb: QueryBatch, pool: np.ndarray, scores: np.ndarray, k: int) -> np.ndarray:
+    """The ``k`` best rows of each query: the pool by score, then the HNSW tail."""
+    pool, scores = rank(pool, scores)
     pool, _ = append_tail(qb.hnsw_rows, pool, scores, k)
     return pool[:, :k]
 
@@ -692,14 +698,14 @@ def calibrate_gate(model: SearchModel, db: DatabaseState, head_queries: tuple[Qu
     finally:
         model.labels, model.label_head = space, head
     s0 = db.contexts.s0
+    relevant = [RelevantRows(lists, db.n) for _, lists, _ in groups]
     means = []  # (held-out classes, known classes) mean AP@R per gate
     for gate in GATE_GRID:
         vals = []
-        for (qb, lists, k), pp in zip(groups, pools, strict=True):
-            on = pp.evidence >= gate
+        for (qb, lists, k), pp, rel in zip(groups, pools, relevant, strict=True):
+            on = pp.label_on(gate)
             rows = _ranking(qb, pp, np.where(on, model.alpha, model.alpha_open), np.where(on, model.lam, 0.0), s0, k)
-            vals.append(float(np.nanmean(ap_at_r_of_rows(rows, lists, cap=_VAL_CAP,
-                                                         relevant=RelevantRows(lists, db.n)))))
+            vals.append(float(np.nanmean(ap_at_r_of_rows(rows, lists, cap=_VAL_CAP, relevant=rel))))
         means.append((vals[1], vals[0]))
     return choose_gate(GATE_GRID, means)
 
@@ -720,30 +726,20 @@ def calibrate_diffusion(model: SearchModel, db: DatabaseState, qb: QueryBatch, p
     probe = ResidualScorer(alpha=1.0 if latent else 0.0, beta=0.0, s0=float(s0), space=db.space)
     pool, sim, dist, zq = pipeline.metric_pool(model, db, qb, k, replace(knobs, expand=min(knobs.expand, 1)), probe,
                                                num_threads)
-    a = np.float32(alpha if latent else 0.0)
-
-    def scored(p: np.ndarray, d: np.ndarray, si: np.ndarray) -> np.ndarray:
-        ok = p >= 0
-        return np.where(ok, -np.where(ok, d, 0.0) / s0 + a * np.where(ok, si, 0.0), -np.inf).astype(np.float32)
-
-    def ranking(p: np.ndarray, sc: np.ndarray) -> np.ndarray:
-        p, sc = rank(p, sc)
-        p, _ = append_tail(qb.hnsw_rows, p, sc, k)
-        return p[:, :k]
-
-    base = scored(pool, dist, sim)
+    a = alpha if latent else 0.0
+    base = pipeline.combine_scores(pool, dist, sim, a, 0.0, None, float(s0))
     relevant = RelevantRows(pos_lists, db.n)
-    ap0 = ap_at_r_of_rows(ranking(pool, base), pos_lists, cap=_VAL_CAP, relevant=relevant)
+    ap0 = ap_at_r_of_rows(_top_rows(qb, pool, base, k), pos_lists, cap=_VAL_CAP, relevant=relevant)
     width = pipeline.spread(base)
     new, known, fv = pipeline.diffusion_pool(db, pool, base, dist, np.ones(pool.shape[0], dtype=bool))
     sim2, dist2 = probe.score(qb.stored, db.graph.vectors, zq, db.codes.store, new, known)
-    base2 = scored(new, dist2, sim2)
+    base2 = pipeline.combine_scores(new, dist2, sim2, a, 0.0, None, float(s0))
     ok = np.isfinite(ap0)
     best = (float(ap0[ok].mean()) if ok.any() else 0.0, 0.0)
     for mu in MU_GRID:
         if mu == 0.0:
             continue
-        ap = ap_at_r_of_rows(ranking(new, base2 + np.float32(mu) * width[:, None].astype(np.float32) * fv),
+        ap = ap_at_r_of_rows(_top_rows(qb, new, base2 + np.float32(mu) * width[:, None].astype(np.float32) * fv, k),
                              pos_lists, cap=_VAL_CAP, relevant=relevant)
         value = _significant_gain(ap, ap0, ok, best[0])
         if value is not None:
@@ -880,13 +876,13 @@ def fit(model: SearchModel, db: DatabaseState, index: HNSWIndex, q: np.ndarray, 
     with clock.phase("latent_index"):
         db.codes = LatentCodes(db.codes.z_values(), db.codes.phi_values(), model.rho, kind=cfg.latent,
                                seed=cfg.seed, phi_fitted=db.codes.phi_fitted, dtype=cfg.code_dtype)
+    # the head learns every class: the held-out queries too (ts has them only when nothing is held out)
+    head_q = ts.queries if held is None else _subset(all_q, head_idx)
     if classes is not None and cfg.label_head and n_val:
         with clock.phase("label_head"):
-            head_q = all_q if head_idx.shape[0] == nq else _subset(all_q, head_idx)
             fit_label_head(model, db, head_q, classes[2][head_idx], classes[0], classes[1])
     open_pos = [pos_lists[i] for i in open_idx.tolist()]
     with clock.phase("calibration"):
-        model.gate, model.alpha_open = 0.0, 0.0
         if n_val and val_q is not None:
             if model.label_head is not None:  # alpha of the queries the label term will not apply to
                 # on the classes the encoder never saw when there are some, else on the validation queries
@@ -898,10 +894,8 @@ def fit(model: SearchModel, db: DatabaseState, index: HNSWIndex, q: np.ndarray, 
             model.alpha, model.lam = 0.0, 0.0
     if model.lam and classes is not None and val_q is not None and open_q is not None and held is not None:
         with clock.phase("label_head"):
-            head_q = all_q if head_idx.shape[0] == nq else _subset(all_q, head_idx)
             model.gate = calibrate_gate(model, db, (head_q, np.asarray(classes[2])[head_idx]),
                                         (val_q, val_pos), (open_q, open_pos), held, classes, knobs, num_threads)
-    model.mu = 0.0
     if val_q is not None:
         with clock.phase("calibration"):  # the diffusion stage of the queries served without the label term
             labelled = model.lam != 0.0
