@@ -144,17 +144,26 @@ class DatabaseState:
         proba = np.zeros((self.n, t), dtype=np.float32)
         rows = np.flatnonzero((row_class >= labels.n_known) & ~self.graph.deleted)
         if rows.size and head.n_classes:
-            kl = self.contexts.k_local
-            pos = self.contexts.pos[rows, :kl]
-            mask = self.contexts.mask[rows, :kl]
-            ctx_cls = np.where(mask, row_class[np.maximum(pos, 0)], 0)
-            dist = np.where(mask, self.contexts.dist[rows, :kl], 0.0)
+            ctx_cls, dist, mask = self.label_context(row_class, rows)
             with thread_limits(1):
                 logp = head.log_proba(self.table.view[rows], ctx_cls, dist, mask)
             cls[rows], proba[rows] = top_classes(logp, t)
         out = (cls, proba)
         self._unknown = (labels, head, self.graph, out)
         return out
+
+    def label_context(self, row_class: np.ndarray, rows: np.ndarray | None = None
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """What the label head reads of table rows: their layer-0 links' classes, distances / s0, mask.
+
+        Each ``(len(rows), k_local)`` (every row when ``rows`` is None); padding is class 0, distance 0.
+        """
+        kl = self.contexts.k_local
+        sel = slice(None) if rows is None else rows
+        pos = self.contexts.pos[sel, :kl]
+        mask = self.contexts.mask[sel, :kl]
+        return (np.where(mask, row_class[np.maximum(pos, 0)], 0), np.where(mask, self.contexts.dist[sel, :kl], 0.0),
+                mask)
 
     def diffusion_links(self) -> tuple[np.ndarray, np.ndarray, float]:
         """Every row's nearest layer-0 links (``(N, LINKS)`` rows, -1 padding), their similarities, ``sigma``.

@@ -630,10 +630,7 @@ def train_label_head(model: SearchModel, db: DatabaseState, queries: QueryBatch,
     q_cls = np.where(q_mask, space.row_class[np.maximum(q_rows, 0)], 0)
     q_dist = np.where(q_mask, queries.hnsw_dist[:, :kl] / s0, 0.0)
     keep = query_class >= 0
-    v_rows = db.contexts.pos[:, :kl]
-    v_mask = db.contexts.mask[:, :kl]
-    v_cls = np.where(v_mask, space.row_class[np.maximum(v_rows, 0)], 0)
-    v_dist = np.where(v_mask, db.contexts.dist[:, :kl], 0.0)
+    v_cls, v_dist, v_mask = db.label_context(space.row_class)
     alive = ~db.graph.deleted & (space.row_class < space.n_known)  # unknown labels: context only, no target
     u = np.concatenate([queries.standard[keep], db.table.view[alive]])
     cls = np.concatenate([q_cls[keep], v_cls[alive]])
