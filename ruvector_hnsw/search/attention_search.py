@@ -48,7 +48,7 @@ from ruvector_hnsw.training.trainer import TrainingHistory
 
 __all__ = ["AttentionSearch", "check_model_index", "items_checksum"]
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 _MODEL_KIND = "attention_search"
 #: a search that raced with ``index.add`` is redone on the new state, up to this many times
 _CONSISTENT_TRIES = 8

@@ -19,6 +19,7 @@ from ruvector_hnsw._validation import check_positive_int
 from ruvector_hnsw.attention import MECHANISMS
 from ruvector_hnsw.attention.norms import NORMS
 from ruvector_hnsw.errors import ConfigError
+from ruvector_hnsw.search import diffusion
 from ruvector_hnsw.search.codes import LATENT_KINDS
 from ruvector_hnsw.search.encoder import ContextEncoder
 from ruvector_hnsw.search.labels import LabelHead, LabelSpace
@@ -169,6 +170,8 @@ class SearchModel:
         self.alpha_open = 0.0
         #: weight of the diffusion stage for the queries the label term does not apply to (0: off)
         self.mu = 0.0
+        #: affinity exponent of the diffusion stage (calibrated with ``mu``)
+        self.diffusion_gamma = diffusion.GAMMA
         self.labels: LabelSpace | None = None
         self.label_head: LabelHead | None = None
         self.scale: Scale | None = None
@@ -199,6 +202,7 @@ class SearchModel:
             "gate": self.gate,
             "alpha_open": self.alpha_open,
             "mu": self.mu,
+            "diffusion_gamma": self.diffusion_gamma,
             "labels": None if self.labels is None or self.label_head is None else {
                 "values": (self.labels.values if self.labels.values.dtype.kind in "biuf"
                            else [str(v) for v in self.labels.values.tolist()]),
@@ -228,6 +232,7 @@ class SearchModel:
         model.gate = float(state["gate"])
         model.alpha_open = float(state["alpha_open"])
         model.mu = float(state["mu"])
+        model.diffusion_gamma = float(state["diffusion_gamma"])
         lab = state["labels"]
         if lab is not None:
             model.labels = LabelSpace(values=np.asarray(lab["values"]), row_class=np.asarray(lab["row_class"],

@@ -229,12 +229,27 @@ def spread(scores: np.ndarray) -> np.ndarray:
     return np.where((n >= 2) & (sd > 0), sd, 1.0)
 
 
-def diffusion_pool(db: DatabaseState, pool: np.ndarray, scores: np.ndarray, dist: np.ndarray, apply: np.ndarray
-                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The diffusion stage's nodes merged into the pool: ``(pool, known distances, f / max f)``.
+def values_at(ids: np.ndarray, values: np.ndarray, rows: np.ndarray, n: int) -> np.ndarray:
+    """Per query, ``values`` of ``rows`` looked up among ``ids`` (0 where absent; ``ids`` unique per row)."""
+    uid, uval = _kernels.unique_rows(ids, values)  # ascending per row, -1 padding last
+    B = uid.shape[0]
+    base = (np.arange(B, dtype=np.int64) * (n + 1))[:, None]
+    keys = (base + np.where(uid >= 0, uid, n)).ravel()
+    want = base + np.where(rows >= 0, rows, n)
+    at = np.minimum(np.searchsorted(keys, want), keys.size - 1)
+    hit = (keys[at] == want) & (rows >= 0)
+    return np.where(hit, np.nan_to_num(uval.ravel()[at]), 0.0).astype(np.float32)
+
+
+def diffusion_pool(db: DatabaseState, pool: np.ndarray, scores: np.ndarray, dist: np.ndarray, apply: np.ndarray,
+                   gamma: float, grow: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The diffusion stage over each query's pool: ``(pool, known distances, weights)``.
 
     Seeds are the best :data:`~ruvector_hnsw.search.diffusion.DIFFUSION_SEEDS` items of each query
-    in ``apply`` (others get no node and ``f = 0``); see :mod:`ruvector_hnsw.search.diffusion`.
+    in ``apply`` (others get weight 0); the weights are
+    :func:`~ruvector_hnsw.search.diffusion.log_weight` of ``f / max f`` at affinity exponent
+    ``gamma`` (see :mod:`ruvector_hnsw.search.diffusion`). With ``grow`` the diffusion's nodes join
+    the pool; without, the pool is kept as it is (re-ranking only).
     """
     nbr, nsim, sigma = db.diffusion_links()
     S = min(diffusion.DIFFUSION_SEEDS, pool.shape[1])
@@ -243,13 +258,11 @@ def diffusion_pool(db: DatabaseState, pool: np.ndarray, scores: np.ndarray, dist
     seeds[~apply] = -1
     sd = np.take_along_axis(dist, order, axis=1).astype(np.float64)
     sim = np.where(seeds >= 0, diffusion.link_similarity(np.where(seeds >= 0, sd, 0.0), db.space, sigma), 0.0)
-    ids, f = diffusion.diffuse(seeds, sim, nbr, nsim)
-    merged = np.concatenate([ids, pool], axis=1)
-    new, known = _kernels.unique_rows(
-        merged, np.concatenate([np.full(ids.shape, np.nan, np.float32), dist], axis=1), db.graph.deleted)
-    _, fv = _kernels.unique_rows(
-        merged, np.concatenate([f.astype(np.float32), np.zeros(pool.shape, np.float32)], axis=1), db.graph.deleted)
-    return new, known, np.where(new >= 0, np.nan_to_num(fv), 0.0).astype(np.float32)
+    ids, f = diffusion.diffuse(seeds, sim, nbr, nsim, gamma)
+    if grow:
+        pool, dist = _kernels.unique_rows(np.concatenate([ids, pool], axis=1), np.concatenate(
+            [np.full(ids.shape, np.nan, np.float32), dist], axis=1), db.graph.deleted)
+    return pool, dist, values_at(ids, diffusion.log_weight(f), pool, db.n)
 
 
 def combine_scores(pool: np.ndarray, dist: np.ndarray, sim: np.ndarray, alpha: float | np.ndarray,
@@ -276,7 +289,8 @@ def expand_and_score(model: SearchModel, db: DatabaseState, qb: QueryBatch, k: i
     ``scorer.alpha`` and ``lam * e(q) * log P(same class | q, v)`` added to every item
     (:mod:`ruvector_hnsw.search.labels`); the other queries are scored with ``model.alpha_open``
     and no label term. With ``model.mu > 0`` the queries without the label term get the diffusion
-    stage on top (:mod:`ruvector_hnsw.search.diffusion`).
+    stage on top (:mod:`ruvector_hnsw.search.diffusion`, at ``model.diffusion_gamma``); its nodes join
+    the pool unless ``knobs.expand == 0``.
     """
     assert db.codes is not None
     lam = model.lam if lam is None else lam
@@ -301,7 +315,7 @@ def expand_and_score(model: SearchModel, db: DatabaseState, qb: QueryBatch, k: i
         if not model.mu or on.all():
             return pool, scores, dist
     width = spread(scores)
-    pool, known, fv = diffusion_pool(db, pool, scores, dist, ~on)
+    pool, known, fv = diffusion_pool(db, pool, scores, dist, ~on, model.diffusion_gamma, knobs.expand > 0)
     sim, dist = replace(scorer, alpha=1.0, beta=0.0).score(qb.stored, db.graph.vectors, zq, db.codes.store, pool,
                                                            known)
     label = label_term(model, db, pool, view) if view is not None else None

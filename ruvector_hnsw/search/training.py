@@ -32,7 +32,7 @@ import numpy as np
 from ruvector_hnsw.attention import Context
 from ruvector_hnsw.index import HNSWIndex
 from ruvector_hnsw.ranking import map_at_r
-from ruvector_hnsw.search import _kernels, pipeline
+from ruvector_hnsw.search import _kernels, diffusion, pipeline
 from ruvector_hnsw.search.codes import LatentCodes
 from ruvector_hnsw.search.context import query_context
 from ruvector_hnsw.search.encoder import ContextEncoder
@@ -91,6 +91,8 @@ HOLDOUT_MIN_CLASSES = 5
 GATE_QUERIES = 300
 #: weights of the diffusion stage tried (times the query's score spread; 0 keeps it off)
 MU_GRID = (0.0, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
+#: affinity exponents of the diffusion stage tried with every ``mu`` (sharper kernels follow thin classes)
+GAMMA_GRID = (5.0, 10.0, 20.0, 30.0)
 #: mean AP@R of the held-out classes a gate may give up for the known classes (0: none; apt_minilm's
 #: unseen classes lost 0.025 mAP@100 to a gate that gave up 0.005 on the held-out ones)
 GATE_TOLERANCE = 0.0
@@ -708,13 +710,14 @@ def calibrate_gate(model: SearchModel, db: DatabaseState, head_queries: tuple[Qu
 
 
 def calibrate_diffusion(model: SearchModel, db: DatabaseState, qb: QueryBatch, pos_lists: list[np.ndarray],
-                        knobs: Knobs, num_threads: int, alpha: float) -> float:
-    """The diffusion stage's weight ``mu`` for queries ranked without the label term (0: off).
+                        knobs: Knobs, num_threads: int, alpha: float) -> tuple[float, float]:
+    """The diffusion stage's ``(mu, gamma)`` for queries ranked without the label term (``mu = 0``: off).
 
     The queries ``qb`` are ranked as such queries are served (``alpha``, no label term), then with
-    the diffusion stage at every ``mu`` of :data:`MU_GRID`; a non-zero ``mu`` is taken only when its
-    mean AP@R beats the ranking without the stage by more than :data:`SIGNIFICANCE` standard errors
-    of the paired per-query differences.
+    the diffusion stage at every ``gamma`` of :data:`GAMMA_GRID` and ``mu`` of :data:`MU_GRID`; a
+    non-zero ``mu`` is taken only when its mean AP@R beats the ranking without the stage by more
+    than :data:`SIGNIFICANCE` standard errors of the paired per-query differences. Off, ``gamma``
+    stays :data:`~ruvector_hnsw.search.diffusion.GAMMA`.
     """
     assert db.codes is not None
     k = max(1, int(min(max(len(r) for r in pos_lists), _VAL_CAP, db.n)))
@@ -727,21 +730,22 @@ def calibrate_diffusion(model: SearchModel, db: DatabaseState, qb: QueryBatch, p
     base = pipeline.combine_scores(pool, dist, sim, a, 0.0, None, float(s0))
     relevant = RelevantRows(pos_lists, db.n)
     ap0 = ap_at_r_of_rows(_top_rows(qb, pool, base, k), pos_lists, cap=_VAL_CAP, relevant=relevant)
-    width = pipeline.spread(base)
-    new, known, fv = pipeline.diffusion_pool(db, pool, base, dist, np.ones(pool.shape[0], dtype=bool))
-    sim2, dist2 = probe.score(qb.stored, db.graph.vectors, zq, db.codes.store, new, known)
-    base2 = pipeline.combine_scores(new, dist2, sim2, a, 0.0, None, float(s0))
+    width = pipeline.spread(base)[:, None].astype(np.float32)
     ok = np.isfinite(ap0)
-    best = (float(ap0[ok].mean()) if ok.any() else 0.0, 0.0)
-    for mu in MU_GRID:
-        if mu == 0.0:
-            continue
-        ap = ap_at_r_of_rows(_top_rows(qb, new, base2 + np.float32(mu) * width[:, None].astype(np.float32) * fv, k),
-                             pos_lists, cap=_VAL_CAP, relevant=relevant)
-        value = _significant_gain(ap, ap0, ok, best[0])
-        if value is not None:
-            best = (value, float(mu))
-    return best[1]
+    best = (float(ap0[ok].mean()) if ok.any() else 0.0, 0.0, diffusion.GAMMA)
+    for gamma in GAMMA_GRID:
+        new, known, fv = pipeline.diffusion_pool(db, pool, base, dist, np.ones(pool.shape[0], dtype=bool), gamma)
+        sim2, dist2 = probe.score(qb.stored, db.graph.vectors, zq, db.codes.store, new, known)
+        base2 = pipeline.combine_scores(new, dist2, sim2, a, 0.0, None, float(s0))
+        for mu in MU_GRID:
+            if mu == 0.0:
+                continue
+            ap = ap_at_r_of_rows(_top_rows(qb, new, base2 + np.float32(mu) * width * fv, k), pos_lists, cap=_VAL_CAP,
+                                 relevant=relevant)
+            value = _significant_gain(ap, ap0, ok, best[0])
+            if value is not None:
+                best = (value, float(mu), float(gamma))
+    return best[1], best[2]
 
 
 def choose_gate(grid: Sequence[float], means: Sequence[tuple[float, float]], tolerance: float = GATE_TOLERANCE
@@ -775,7 +779,7 @@ def fit(model: SearchModel, db: DatabaseState, index: HNSWIndex, q: np.ndarray, 
     """
     cfg = model.config
     model.labels, model.label_head, model.lam = None, None, 0.0
-    model.gate, model.alpha_open, model.mu = 0.0, 0.0, 0.0
+    model.gate, model.alpha_open, model.mu, model.diffusion_gamma = 0.0, 0.0, 0.0, diffusion.GAMMA
     rng = np.random.default_rng(cfg.seed)
     nq = q.shape[0]
     perm = rng.permutation(nq)
@@ -897,7 +901,7 @@ def fit(model: SearchModel, db: DatabaseState, index: HNSWIndex, q: np.ndarray, 
         with clock.phase("calibration"):  # the diffusion stage of the queries served without the label term
             labelled = model.lam != 0.0
             cal_q, cal_pos = (open_q, open_pos) if (labelled and open_q is not None) else (val_q, val_pos)
-            model.mu = calibrate_diffusion(model, db, cal_q, cal_pos, knobs, num_threads,
-                                           model.alpha_open if labelled else model.alpha)
+            model.mu, model.diffusion_gamma = calibrate_diffusion(model, db, cal_q, cal_pos, knobs, num_threads,
+                                                                  model.alpha_open if labelled else model.alpha)
     history.time_split = clock.rounded()
     return history

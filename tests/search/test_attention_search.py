@@ -25,6 +25,7 @@ from ruvector_hnsw.search import (
     DatabaseState,
     DBASearch,
     check_model_index,
+    diffusion,
     items_checksum,
     pipeline,
 )
@@ -183,7 +184,7 @@ def test_same_seed_same_model_at_any_thread_count(index: HNSWIndex, data) -> Non
         s.fit(tq[:150], labels=base_lab, query_labels=tq_lab[:150], epochs=1, batch_size=64)
         m = s.model
         scalars = {"alpha": m.alpha, "alpha_open": m.alpha_open, "lam": m.lam, "gate": m.gate, "mu": m.mu,
-                   "rho": m.rho}
+                   "diffusion_gamma": m.diffusion_gamma, "rho": m.rho}
         assert m.label_head is not None
         scalars.update({f"head.{k}": tuple(v.ravel().tolist()) for k, v in m.label_head.params.items()})
         outs.append((s.search(eq[:40], k=10), {k: v.copy() for k, v in s.model.encoder.params.items()}, scalars))
@@ -204,6 +205,7 @@ def test_calibration_falls_back_to_hnsw_when_labels_are_random(index: HNSWIndex,
     s.fit(tq, labels=noise, query_labels=rng.integers(0, 40, tq.shape[0]), epochs=2, batch_size=64,
           val_fraction=0.3)
     assert s.fitted and s.alpha == 0.0 and s.model.lam == 0.0 and s.model.mu == 0.0
+    assert s.model.diffusion_gamma == diffusion.GAMMA
     ids, _ = s.search(eq, k=10)
     ref, _ = index.search(eq, k=10, ef=30)
     np.testing.assert_array_equal(ids, ref)

@@ -5,12 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from ruvector_hnsw.search import AttentionSearch, diffusion, pipeline
 from tests.search.test_attention_search import _index, _labelled
 
 
-def _dense_f(nodes: np.ndarray, nbr: np.ndarray, nbr_sim: np.ndarray, y: np.ndarray) -> np.ndarray:
+def _dense_f(nodes: np.ndarray, nbr: np.ndarray, nbr_sim: np.ndarray, y: np.ndarray, gamma: float) -> np.ndarray:
     """``(I - A S)^-1 y`` with numpy: W over the links among ``nodes`` (max over both ends), S = D^-1/2 W D^-1/2."""
     n = nodes.shape[0]
     where = {int(v): i for i, v in enumerate(nodes)}
@@ -20,7 +21,7 @@ def _dense_f(nodes: np.ndarray, nbr: np.ndarray, nbr_sim: np.ndarray, y: np.ndar
             v = int(nbr[u, j])
             if v < 0 or v not in where or where[v] == i:
                 continue
-            w = max(float(nbr_sim[u, j]), 0.0) ** diffusion.GAMMA
+            w = max(float(nbr_sim[u, j]), 0.0) ** gamma
             a, b = i, where[v]
             W[a, b] = W[b, a] = max(W[a, b], w)
     d = W.sum(axis=1)
@@ -29,7 +30,8 @@ def _dense_f(nodes: np.ndarray, nbr: np.ndarray, nbr_sim: np.ndarray, y: np.ndar
     return np.linalg.solve(np.eye(n) - diffusion.A * S, y)
 
 
-def test_diffusion_values_match_a_dense_solve() -> None:
+@pytest.mark.parametrize("gamma", [diffusion.GAMMA, 20.0])
+def test_diffusion_values_match_a_dense_solve(gamma: float) -> None:
     rng = np.random.default_rng(0)
     N, K, B, S = 60, 4, 5, 6
     nbr = rng.integers(0, N, (N, K))
@@ -38,17 +40,39 @@ def test_diffusion_values_match_a_dense_solve() -> None:
     seeds = np.stack([rng.choice(N, S, replace=False) for _ in range(B)])
     seeds[1, 4:] = -1
     sim = rng.uniform(0.2, 1.0, (B, S))
-    ids, f = diffusion.diffuse(seeds, sim, nbr, nbr_sim)
+    ids, f = diffusion.diffuse(seeds, sim, nbr, nbr_sim, gamma)
     for b in range(B):
         nodes = diffusion.gather_nodes(seeds[b], nbr)
         got = ids[b][ids[b] >= 0]
         np.testing.assert_array_equal(got, nodes)  # seeds first, in order, then their links
         y = np.zeros(nodes.size)
         valid = seeds[b][seeds[b] >= 0]
-        y[: valid.size] = np.maximum(sim[b][seeds[b] >= 0], 0.0) ** diffusion.GAMMA
-        ref = _dense_f(nodes, nbr, nbr_sim, y)
+        y[: valid.size] = np.maximum(sim[b][seeds[b] >= 0], 0.0) ** gamma
+        ref = _dense_f(nodes, nbr, nbr_sim, y, gamma)
         np.testing.assert_allclose(f[b, : nodes.size], ref / ref.max(), rtol=1e-4, atol=1e-6)
         assert (f[b, nodes.size :] == 0).all()
+
+
+def test_log_weight_keeps_the_order_of_small_values() -> None:
+    f = np.array([1.0, 0.5, 1e-3, 1e-4, np.exp(-diffusion.LOG_RANGE) / 2, 0.0])
+    w = diffusion.log_weight(f)
+    assert w.dtype == np.float32
+    np.testing.assert_allclose(w[:4], 1.0 + np.log(f[:4]) / diffusion.LOG_RANGE, rtol=1e-6)
+    assert w[0] == 1.0 and (np.diff(w[:4]) < 0).all()  # tiny values stay apart (a linear weight: 1e-3 ~ 1e-4)
+    assert w[4] == 0.0 and w[5] == 0.0
+
+
+def test_values_at_looks_up_each_querys_own_values() -> None:
+    rng = np.random.default_rng(1)
+    B, W, P, n = 7, 12, 9, 30
+    ids = np.stack([rng.permutation(n)[:W] for _ in range(B)])
+    ids[2, 5:] = -1
+    vals = rng.random((B, W)).astype(np.float32)
+    rows = rng.integers(-1, n, (B, P))
+    got = pipeline.values_at(ids, vals, rows, n)
+    for b in range(B):
+        ref = {int(i): float(v) for i, v in zip(ids[b], vals[b], strict=True) if i >= 0}
+        np.testing.assert_array_equal(got[b], [ref.get(int(r), 0.0) if r >= 0 else 0.0 for r in rows[b]])
 
 
 def test_the_stage_reranks_only_queries_without_the_label_term(tmp_path: Path) -> None:
@@ -72,12 +96,21 @@ def test_the_stage_reranks_only_queries_without_the_label_term(tmp_path: Path) -
     got = s.search(eq, k=20)
     m.mu = 0.0
     ref = s.search(eq, k=20)
+    cand, _ = idx.search(eq, k=40, ef=40)
     np.testing.assert_array_equal(got[0][on], ref[0][on])  # label-term queries: no diffusion
     assert (got[0][~on] != ref[0][~on]).any(axis=1).mean() > 0.3
-    m.mu = 10.0
+    m.mu, m.diffusion_gamma = 10.0, 20.0
+    sharp = s.search(eq, k=20)
+    assert (sharp[0][~on] != got[0][~on]).any(axis=1).mean() > 0.1  # gamma acts on the stage
+    np.testing.assert_array_equal(sharp[0][on], ref[0][on])
+    grown = [len(set(sharp[0][i].tolist()) - set(cand[i].tolist())) for i in np.flatnonzero(~on)]
+    assert np.mean(grown) > 0  # the diffusion's nodes join the pool ...
+    kept = s.search(eq, k=20, expand=0)[0]
+    assert all(set(kept[i].tolist()) <= set(cand[i].tolist()) for i in np.flatnonzero(~on))  # ... not at expand=0
+    got = sharp
     s.save(tmp_path / "m")
     back = AttentionSearch.load(tmp_path / "m", idx)
-    assert back.model.mu == 10.0
+    assert back.model.mu == 10.0 and back.model.diffusion_gamma == 20.0
     again = back.search(eq, k=20)
     np.testing.assert_array_equal(again[0], got[0])
     np.testing.assert_array_equal(again[1], got[1])
