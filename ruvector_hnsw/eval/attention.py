@@ -297,6 +297,10 @@ def make_attention(ctx: BuildContext, mechanism: str, name: str | None = None, *
         "label_weight": float(model.model.lam),
         "label_gate": float(model.model.gate),
         "diffusion_weight": float(model.model.mu),
+        "diffusion_gamma": float(model.model.diffusion_gamma),
+        "dba_weight": float(model.model.dba_weight),
+        "qe_weight": float(model.model.qe_weight),
+        "qe_top": int(model.model.qe_top),
         **info,
     }
     return SearchMethod(name=name or mechanism, fn=_attention_search_fn(model, **knobs),

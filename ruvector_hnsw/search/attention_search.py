@@ -368,7 +368,8 @@ class AttentionSearch:
         C = knobs.candidates
         qb = pipeline.candidates(self.index, db.graph, self.model, q, max(C, k), max(C, k), self._num_threads)
         scorer = self.model.scorer(self.index.space)
-        if db.codes is None or (scorer.alpha == 0.0 and self.model.lam == 0.0 and self.model.mu == 0.0):
+        m = self.model
+        if db.codes is None or not (scorer.alpha or m.lam or m.mu or m.dba_weight or m.qe_weight):
             return pipeline.hnsw_ranking(qb, k, scorer.s0, db.graph)
         pool, scores, _ = pipeline.expand_and_score(self.model, db, qb, k, knobs, scorer, self._num_threads)
         return pipeline.finish(qb, pool, scores, k, db.graph)

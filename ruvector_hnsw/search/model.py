@@ -172,6 +172,11 @@ class SearchModel:
         self.mu = 0.0
         #: affinity exponent of the diffusion stage (calibrated with ``mu``)
         self.diffusion_gamma = diffusion.GAMMA
+        #: score smoothing of the same queries (:mod:`ruvector_hnsw.search.smoothing`): the DBA weight, the
+        #: weight of the score-space query expansion and the items it averages (weights 0: off)
+        self.dba_weight = 0.0
+        self.qe_weight = 0.0
+        self.qe_top = 0
         self.labels: LabelSpace | None = None
         self.label_head: LabelHead | None = None
         self.scale: Scale | None = None
@@ -203,6 +208,9 @@ class SearchModel:
             "alpha_open": self.alpha_open,
             "mu": self.mu,
             "diffusion_gamma": self.diffusion_gamma,
+            "dba_weight": self.dba_weight,
+            "qe_weight": self.qe_weight,
+            "qe_top": self.qe_top,
             "labels": None if self.labels is None or self.label_head is None else {
                 "values": (self.labels.values if self.labels.values.dtype.kind in "biuf"
                            else [str(v) for v in self.labels.values.tolist()]),
@@ -233,6 +241,9 @@ class SearchModel:
         model.alpha_open = float(state["alpha_open"])
         model.mu = float(state["mu"])
         model.diffusion_gamma = float(state["diffusion_gamma"])
+        model.dba_weight = float(state["dba_weight"])
+        model.qe_weight = float(state["qe_weight"])
+        model.qe_top = int(state["qe_top"])
         lab = state["labels"]
         if lab is not None:
             model.labels = LabelSpace(values=np.asarray(lab["values"]), row_class=np.asarray(lab["row_class"],

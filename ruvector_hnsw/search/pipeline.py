@@ -7,7 +7,9 @@ to all of them. One batch of queries::
     candidates(index, q, C)           HNSW at ef = C: table rows + index distances, best first
     encode_queries(...)               attention over the best candidates + hub links -> codes zq
     expand_pool(...)                  + latent kNN of zq + layer-0 links of the best items (rounds)
-    scorer.score(...)                 beta * (-dist / s0) + alpha * <zq, Z[pool]>
+    scorer.score(...)                 beta * (-dist / s0) + alpha * <zq, Z[pool]> (+ the label term)
+    diffusion_pool(...)               queries without the label term: graph diffusion from their best items
+    smoothed(...)                     ... and DBA + score-space query expansion over their pool
     finish(...)                       sorted, the HNSW tail appended when k > pool, labels
 """
 
@@ -21,7 +23,7 @@ from ruvector_hnsw._validation import check_positive_int
 from ruvector_hnsw.attention import Context
 from ruvector_hnsw.errors import ConfigError, UnknownIdError
 from ruvector_hnsw.index import HNSWGraph, HNSWIndex
-from ruvector_hnsw.search import _kernels, diffusion, spectral
+from ruvector_hnsw.search import _kernels, diffusion, smoothing, spectral
 from ruvector_hnsw.search.context import query_context
 from ruvector_hnsw.search.labels import class_candidates, same_class_log_proba
 from ruvector_hnsw.search.model import SearchModel
@@ -290,7 +292,9 @@ def expand_and_score(model: SearchModel, db: DatabaseState, qb: QueryBatch, k: i
     (:mod:`ruvector_hnsw.search.labels`); the other queries are scored with ``model.alpha_open``
     and no label term. With ``model.mu > 0`` the queries without the label term get the diffusion
     stage on top (:mod:`ruvector_hnsw.search.diffusion`, at ``model.diffusion_gamma``); its nodes join
-    the pool unless ``knobs.expand == 0``.
+    the pool unless ``knobs.expand == 0``; then their scores are smoothed over the graph (DBA and
+    the score-space query expansion of :mod:`ruvector_hnsw.search.smoothing`, ``model.dba_weight``,
+    ``model.qe_weight``, ``model.qe_top``).
     """
     assert db.codes is not None
     lam = model.lam if lam is None else lam
@@ -298,8 +302,6 @@ def expand_and_score(model: SearchModel, db: DatabaseState, qb: QueryBatch, k: i
     B = qb.stored.shape[0]
     if view is None or model.labels is None:
         pool, scores, dist, zq = metric_pool(model, db, qb, k, knobs, scorer, num_threads)
-        if not model.mu:
-            return pool, scores, dist
         on = np.zeros(B, dtype=bool)
         alpha_q = np.full(B, scorer.alpha, dtype=np.float32)
     else:
@@ -312,15 +314,32 @@ def expand_and_score(model: SearchModel, db: DatabaseState, qb: QueryBatch, k: i
                                                                known)
         scores = combine_scores(pool, dist, sim, alpha_q, np.where(on, lam, 0.0), label_term(model, db, pool, view),
                                 scorer.s0, scorer.beta)
-        if not model.mu or on.all():
-            return pool, scores, dist
-    width = spread(scores)
-    pool, known, fv = diffusion_pool(db, pool, scores, dist, ~on, model.diffusion_gamma, knobs.expand > 0)
-    sim, dist = replace(scorer, alpha=1.0, beta=0.0).score(qb.stored, db.graph.vectors, zq, db.codes.store, pool,
-                                                           known)
-    label = label_term(model, db, pool, view) if view is not None else None
-    scores = combine_scores(pool, dist, sim, alpha_q, np.where(on, lam, 0.0), label, scorer.s0, scorer.beta)
-    return pool, (scores + np.float32(model.mu) * width[:, None].astype(np.float32) * fv).astype(np.float32), dist
+    if on.all():
+        return pool, scores, dist
+    if model.mu:
+        width = spread(scores)
+        pool, known, fv = diffusion_pool(db, pool, scores, dist, ~on, model.diffusion_gamma, knobs.expand > 0)
+        sim, dist = replace(scorer, alpha=1.0, beta=0.0).score(qb.stored, db.graph.vectors, zq, db.codes.store,
+                                                               pool, known)
+        label = label_term(model, db, pool, view) if view is not None else None
+        scores = combine_scores(pool, dist, sim, alpha_q, np.where(on, lam, 0.0), label, scorer.s0, scorer.beta)
+        scores = (scores + np.float32(model.mu) * width[:, None].astype(np.float32) * fv).astype(np.float32)
+    if model.dba_weight or model.qe_weight:
+        scores = smoothed(model, db, qb, pool, dist, scores, ~on, replace(scorer, alpha=float(alpha_q[~on][0])))
+    return pool, scores, dist
+
+
+def smoothed(model: SearchModel, db: DatabaseState, qb: QueryBatch, pool: np.ndarray, dist: np.ndarray,
+             scores: np.ndarray, rows: np.ndarray, scorer: ResidualScorer) -> np.ndarray:
+    """``scores`` with the model's score smoothing on the queries ``rows`` (bool, (B,)) scored by ``scorer``."""
+    assert db.codes is not None
+    sel = np.flatnonzero(rows)
+    out = scores.copy()
+    out[sel] = smoothing.smooth_scores(
+        scorer, qb.stored[sel], db.graph.vectors,
+        db.augmented_vectors() if model.dba_weight else None, db.codes.store, pool[sel], dist[sel], scores[sel],
+        model.dba_weight, model.qe_weight, model.qe_top)
+    return out
 
 
 def finish(qb: QueryBatch, pool: np.ndarray, scores: np.ndarray, k: int, graph: HNSWGraph

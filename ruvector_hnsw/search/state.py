@@ -23,13 +23,14 @@ from typing import Any
 import numpy as np
 
 from ruvector_hnsw.index import HNSWGraph
-from ruvector_hnsw.search import diffusion, spectral
+from ruvector_hnsw.search import diffusion, smoothing, spectral
 from ruvector_hnsw.search._rows import GrowableRows
 from ruvector_hnsw.search.codes import LatentCodes
 from ruvector_hnsw.search.context import RowContexts
 from ruvector_hnsw.search.encoder import ContextEncoder
 from ruvector_hnsw.search.labels import UNKNOWN_TOP, LabelHead, LabelSpace, top_classes
 from ruvector_hnsw.search.model import Scale, SearchModel
+from ruvector_hnsw.search.training_free import dba_vectors
 from ruvector_hnsw.threads import thread_limits
 
 __all__ = ["ENCODE_BLOCK", "DatabaseState", "aligned_blocks"]
@@ -88,6 +89,7 @@ class DatabaseState:
         self._labels: tuple[Any, int, LabelSpace, tuple[np.ndarray, np.ndarray]] | None = None
         self._unknown: tuple[Any, Any, Any, tuple[np.ndarray, np.ndarray]] | None = None
         self._links: tuple[Any, tuple[np.ndarray, np.ndarray, float]] | None = None
+        self._augmented: tuple[Any, np.ndarray] | None = None
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -182,6 +184,14 @@ class DatabaseState:
         sim = np.where(ok, diffusion.link_similarity(dist, self.space, sigma), 0.0).astype(np.float32)
         out = (np.where(ok, pos, -1), sim, sigma)
         self._links = (self.graph, out)
+        return out
+
+    def augmented_vectors(self) -> np.ndarray:
+        """Every row's DBA vector (:mod:`ruvector_hnsw.search.smoothing`), ``(N, d)`` float32; cached per snapshot."""
+        if self._augmented is not None and self._augmented[0] is self.graph:
+            return self._augmented[1]
+        out = dba_vectors(self.graph, smoothing.DBA_LINKS, smoothing.DBA_ALPHA)
+        self._augmented = (self.graph, out)
         return out
 
     # ------------------------------------------------------------------ diffusion coordinates

@@ -32,7 +32,7 @@ import numpy as np
 from ruvector_hnsw.attention import Context
 from ruvector_hnsw.index import HNSWIndex
 from ruvector_hnsw.ranking import map_at_r
-from ruvector_hnsw.search import _kernels, diffusion, pipeline
+from ruvector_hnsw.search import _kernels, diffusion, pipeline, smoothing
 from ruvector_hnsw.search.codes import LatentCodes
 from ruvector_hnsw.search.context import query_context
 from ruvector_hnsw.search.encoder import ContextEncoder
@@ -65,6 +65,7 @@ __all__ = [
     "calibrate",
     "calibrate_diffusion",
     "calibrate_gate",
+    "calibrate_smoothing",
     "choose_gate",
     "contrastive_loss",
     "fit",
@@ -93,6 +94,10 @@ GATE_QUERIES = 300
 MU_GRID = (0.0, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
 #: affinity exponents of the diffusion stage tried with every ``mu`` (sharper kernels follow thin classes)
 GAMMA_GRID = (5.0, 10.0, 20.0, 30.0)
+#: score smoothing tried on the same queries: DBA weights, query-expansion weights and sizes (0: off)
+DBA_GRID = (0.0, 1.0, 2.0, 4.0, 8.0)
+QE_GRID = (0.0, 1.0, 2.0, 4.0, 8.0)
+QE_TOP_GRID = (5, 10, 20)
 #: mean AP@R of the held-out classes a gate may give up for the known classes (0: none; apt_minilm's
 #: unseen classes lost 0.025 mAP@100 to a gate that gave up 0.005 on the held-out ones)
 GATE_TOLERANCE = 0.0
@@ -748,6 +753,51 @@ def calibrate_diffusion(model: SearchModel, db: DatabaseState, qb: QueryBatch, p
     return best[1], best[2]
 
 
+def calibrate_smoothing(model: SearchModel, db: DatabaseState, qb: QueryBatch, pos_lists: list[np.ndarray],
+                        knobs: Knobs, num_threads: int, alpha: float) -> tuple[float, float, int]:
+    """The score smoothing ``(dba_weight, qe_weight, qe_top)`` of queries ranked without the label term.
+
+    The queries ``qb`` are ranked as such queries are served (``alpha``, no label term, the
+    diffusion stage as calibrated), then with every DBA weight of :data:`DBA_GRID`, QE weight of
+    :data:`QE_GRID` and expansion size of :data:`QE_TOP_GRID`
+    (:mod:`ruvector_hnsw.search.smoothing`); a non-zero setting is taken only when its mean AP@R
+    beats the ranking without smoothing by more than :data:`SIGNIFICANCE` standard errors of the
+    paired per-query differences.
+    """
+    assert db.codes is not None
+    k = max(1, int(min(max(len(r) for r in pos_lists), _VAL_CAP, db.n)))
+    model.dba_weight, model.qe_weight, model.qe_top = 0.0, 0.0, 0
+    scorer = ResidualScorer(alpha=alpha, beta=1.0, s0=float(db.contexts.s0), space=db.space)
+    served = replace(knobs, expand=min(knobs.expand, 1))
+    pool, scores, dist = pipeline.expand_and_score(model, db, qb, k, served, scorer, num_threads, lam=0.0)
+    relevant = RelevantRows(pos_lists, db.n)
+
+    def ap_of(s: np.ndarray) -> np.ndarray:
+        return ap_at_r_of_rows(_top_rows(qb, pool, s, k), pos_lists, cap=_VAL_CAP, relevant=relevant)
+
+    ap0 = ap_of(scores)
+    ok = np.isfinite(ap0)
+    best = (float(ap0[ok].mean()) if ok.any() else 0.0, 0.0, 0.0, 0)
+    codes = db.codes.store
+    aug = db.augmented_vectors()
+    d_term = smoothing.dba_term(scorer, qb.stored, aug, codes, pool, dist)
+    qe_terms = {(read_aug, top): smoothing.qe_term(scorer, aug if read_aug else db.graph.vectors, codes, pool, scores,
+                                                   top)
+                for read_aug in (False, True) for top in QE_TOP_GRID}
+    for dba in DBA_GRID:
+        for qe in QE_GRID:
+            for top in (QE_TOP_GRID if qe else (0,)):
+                if not dba and not qe:
+                    continue
+                s = scores + np.float32(dba) * d_term
+                if qe:
+                    s += np.float32(qe) * qe_terms[(dba > 0.0, top)]
+                value = _significant_gain(ap_of(np.where(pool >= 0, s, -np.inf)), ap0, ok, best[0])
+                if value is not None:
+                    best = (value, float(dba), float(qe), int(top))
+    return best[1], best[2], best[3]
+
+
 def choose_gate(grid: Sequence[float], means: Sequence[tuple[float, float]], tolerance: float = GATE_TOLERANCE
                 ) -> float:
     """The gate of ``grid`` (ascending) by ``means[i] = (held-out-class AP, known-class AP)``.
@@ -780,6 +830,7 @@ def fit(model: SearchModel, db: DatabaseState, index: HNSWIndex, q: np.ndarray, 
     cfg = model.config
     model.labels, model.label_head, model.lam = None, None, 0.0
     model.gate, model.alpha_open, model.mu, model.diffusion_gamma = 0.0, 0.0, 0.0, diffusion.GAMMA
+    model.dba_weight, model.qe_weight, model.qe_top = 0.0, 0.0, 0
     rng = np.random.default_rng(cfg.seed)
     nq = q.shape[0]
     perm = rng.permutation(nq)
@@ -901,7 +952,10 @@ def fit(model: SearchModel, db: DatabaseState, index: HNSWIndex, q: np.ndarray, 
         with clock.phase("calibration"):  # the diffusion stage of the queries served without the label term
             labelled = model.lam != 0.0
             cal_q, cal_pos = (open_q, open_pos) if (labelled and open_q is not None) else (val_q, val_pos)
+            open_alpha = model.alpha_open if labelled else model.alpha
             model.mu, model.diffusion_gamma = calibrate_diffusion(model, db, cal_q, cal_pos, knobs, num_threads,
-                                                                  model.alpha_open if labelled else model.alpha)
+                                                                  open_alpha)
+            model.dba_weight, model.qe_weight, model.qe_top = calibrate_smoothing(model, db, cal_q, cal_pos, knobs,
+                                                                                  num_threads, open_alpha)
     history.time_split = clock.rounded()
     return history
