@@ -298,6 +298,7 @@ def make_attention(ctx: BuildContext, mechanism: str, name: str | None = None, *
         "label_gate": float(model.model.gate),
         "diffusion_weight": float(model.model.mu),
         "diffusion_gamma": float(model.model.diffusion_gamma),
+        "diffusion_seeds": int(model.model.diffusion_seeds),
         "dba_weight": float(model.model.dba_weight),
         "qe_weight": float(model.model.qe_weight),
         "qe_top": int(model.model.qe_top),

@@ -3,7 +3,7 @@
 For a query the label term does not apply to (or every query, without a label stage), after its
 pool is scored (:mod:`ruvector_hnsw.search.pipeline`)::
 
-    seeds  = the query's DIFFUSION_SEEDS best pool items, y_s = sim(q, s) ** gamma
+    seeds  = the query's ``seeds`` best pool items, y_s = sim(q, s) ** gamma
     nodes  = seeds + their LINKS nearest layer-0 links
     W_ij   = sim(i, j) ** gamma over the links among the nodes (symmetrised), S = D^-1/2 W D^-1/2
     f      = (I - A S)^-1 y       (conjugate gradient, ITERATIONS steps at most)
@@ -11,7 +11,7 @@ pool is scored (:mod:`ruvector_hnsw.search.pipeline`)::
 
 after Iscen et al. (CVPR 2017), seeded by the learned ranking instead of the raw one; ``spread(q)``
 is the standard deviation of the query's scores over its pool, so ``mu`` is free of their scale.
-The nodes join the pool. ``mu`` and the sharpness ``gamma`` are calibrated together by
+The nodes join the pool. ``mu``, the sharpness ``gamma`` and the number of seeds are calibrated together by
 :func:`ruvector_hnsw.search.training.calibrate_diffusion` on queries of classes the encoder never
 saw (``mu = 0`` included: the stage is then off). Sharp kernels (large ``gamma``) follow a class's
 thin manifold link by link, but their ``f`` falls by many orders of magnitude along it; the score
@@ -55,7 +55,7 @@ __all__ = [
     "solve_diffusion",
 ]
 
-#: seeds per query, layer-0 links per node, the affinity exponent of an untrained model, the diffusion
+#: seeds per query and affinity exponent of an untrained model, layer-0 links per node, the diffusion
 #: weight, CG steps
 DIFFUSION_SEEDS = 100
 LINKS = 8

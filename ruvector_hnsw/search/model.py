@@ -172,6 +172,8 @@ class SearchModel:
         self.mu = 0.0
         #: affinity exponent of the diffusion stage (calibrated with ``mu``)
         self.diffusion_gamma = diffusion.GAMMA
+        #: seeds of the diffusion stage per query (calibrated with ``mu``)
+        self.diffusion_seeds = diffusion.DIFFUSION_SEEDS
         #: score smoothing of the same queries (:mod:`ruvector_hnsw.search.smoothing`): the DBA weight, the
         #: weight of the score-space query expansion and the items it averages (weights 0: off)
         self.dba_weight = 0.0
@@ -208,6 +210,7 @@ class SearchModel:
             "alpha_open": self.alpha_open,
             "mu": self.mu,
             "diffusion_gamma": self.diffusion_gamma,
+            "diffusion_seeds": self.diffusion_seeds,
             "dba_weight": self.dba_weight,
             "qe_weight": self.qe_weight,
             "qe_top": self.qe_top,
@@ -241,6 +244,7 @@ class SearchModel:
         model.alpha_open = float(state["alpha_open"])
         model.mu = float(state["mu"])
         model.diffusion_gamma = float(state["diffusion_gamma"])
+        model.diffusion_seeds = int(state["diffusion_seeds"])
         model.dba_weight = float(state["dba_weight"])
         model.qe_weight = float(state["qe_weight"])
         model.qe_top = int(state["qe_top"])

@@ -244,23 +244,21 @@ def values_at(ids: np.ndarray, values: np.ndarray, rows: np.ndarray, n: int) -> 
 
 
 def diffusion_pool(db: DatabaseState, pool: np.ndarray, scores: np.ndarray, dist: np.ndarray, apply: np.ndarray,
-                   gamma: float, grow: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                   gamma: float, seeds: int, grow: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The diffusion stage over each query's pool: ``(pool, known distances, weights)``.
 
-    Seeds are the best :data:`~ruvector_hnsw.search.diffusion.DIFFUSION_SEEDS` items of each query
-    in ``apply`` (others get weight 0); the weights are
+    Seeds are the best ``seeds`` items of each query in ``apply`` (others get weight 0); the weights are
     :func:`~ruvector_hnsw.search.diffusion.log_weight` of ``f / max f`` at affinity exponent
     ``gamma`` (see :mod:`ruvector_hnsw.search.diffusion`). With ``grow`` the diffusion's nodes join
     the pool; without, the pool is kept as it is (re-ranking only).
     """
     nbr, nsim, sigma = db.diffusion_links()
-    S = min(diffusion.DIFFUSION_SEEDS, pool.shape[1])
-    order = np.argsort(-scores, axis=1, kind="stable")[:, :S]
-    seeds = np.take_along_axis(pool, order, axis=1).copy()
-    seeds[~apply] = -1
+    order = np.argsort(-scores, axis=1, kind="stable")[:, : min(int(seeds), pool.shape[1])]
+    rows = np.take_along_axis(pool, order, axis=1).copy()
+    rows[~apply] = -1
     sd = np.take_along_axis(dist, order, axis=1).astype(np.float64)
-    sim = np.where(seeds >= 0, diffusion.link_similarity(np.where(seeds >= 0, sd, 0.0), db.space, sigma), 0.0)
-    ids, f = diffusion.diffuse(seeds, sim, nbr, nsim, gamma)
+    sim = np.where(rows >= 0, diffusion.link_similarity(np.where(rows >= 0, sd, 0.0), db.space, sigma), 0.0)
+    ids, f = diffusion.diffuse(rows, sim, nbr, nsim, gamma)
     if grow:
         pool, dist = _kernels.unique_rows(np.concatenate([ids, pool], axis=1), np.concatenate(
             [np.full(ids.shape, np.nan, np.float32), dist], axis=1), db.graph.deleted)
@@ -291,10 +289,10 @@ def expand_and_score(model: SearchModel, db: DatabaseState, qb: QueryBatch, k: i
     ``scorer.alpha`` and ``lam * e(q) * log P(same class | q, v)`` added to every item
     (:mod:`ruvector_hnsw.search.labels`); the other queries are scored with ``model.alpha_open``
     and no label term. With ``model.mu > 0`` the queries without the label term get the diffusion
-    stage on top (:mod:`ruvector_hnsw.search.diffusion`, at ``model.diffusion_gamma``); its nodes join
-    the pool unless ``knobs.expand == 0``; then their scores are smoothed over the graph (DBA and
-    the score-space query expansion of :mod:`ruvector_hnsw.search.smoothing`, ``model.dba_weight``,
-    ``model.qe_weight``, ``model.qe_top``).
+    stage on top (:mod:`ruvector_hnsw.search.diffusion`, ``model.diffusion_gamma`` and
+    ``model.diffusion_seeds``); its nodes join the pool unless ``knobs.expand == 0``. Then the
+    scores of those queries are smoothed over the graph (DBA and the score-space query expansion of
+    :mod:`ruvector_hnsw.search.smoothing`: ``model.dba_weight``, ``model.qe_weight``, ``model.qe_top``).
     """
     assert db.codes is not None
     lam = model.lam if lam is None else lam
@@ -318,7 +316,8 @@ def expand_and_score(model: SearchModel, db: DatabaseState, qb: QueryBatch, k: i
         return pool, scores, dist
     if model.mu:
         width = spread(scores)
-        pool, known, fv = diffusion_pool(db, pool, scores, dist, ~on, model.diffusion_gamma, knobs.expand > 0)
+        pool, known, fv = diffusion_pool(db, pool, scores, dist, ~on, model.diffusion_gamma,
+                                         model.diffusion_seeds, knobs.expand > 0)
         sim, dist = replace(scorer, alpha=1.0, beta=0.0).score(qb.stored, db.graph.vectors, zq, db.codes.store,
                                                                pool, known)
         label = label_term(model, db, pool, view) if view is not None else None

@@ -10,7 +10,8 @@ classes the encoder never saw (each 0 = off), re-score a query's pool after the 
 
       s += dba * (d(q, v) - d(q, v~)) / s0
 
-- **Query expansion in the score space**: the query is expanded by its ``qe_top`` best items,
+- **Query expansion in the score space**: the query is expanded by its ``qe_top`` best items
+  (ranked with the DBA term),
   ``q' = q + qe * mean(top)``, in both parts of the residual score (the distance part over the
   vectors the ranking reads, the augmented ones when DBA is on, the latent part over the codes)::
 
@@ -59,8 +60,9 @@ def dba_term(scorer: ResidualScorer, stored: np.ndarray, augmented: np.ndarray, 
     """``beta * (d(q, v) - d(q, v~)) / s0`` over the pool (0 on padding): the DBA term at weight 1."""
     plain = ResidualScorer(alpha=0.0, beta=1.0, s0=scorer.s0, space=scorer.space)
     _, dist_aug = plain.score(stored, augmented, None, codes, pool, None)
-    ok = pool >= 0
-    return (np.float32(scorer.beta / scorer.s0) * np.where(ok, dist - dist_aug, 0.0)).astype(np.float32)
+    gap = np.zeros(pool.shape, dtype=np.float32)
+    np.subtract(dist, dist_aug, out=gap, where=pool >= 0)
+    return (np.float32(scorer.beta / scorer.s0) * gap).astype(np.float32)
 
 
 def qe_term(scorer: ResidualScorer, read: np.ndarray, codes: CodeRows, pool: np.ndarray, scores: np.ndarray,
@@ -92,5 +94,5 @@ def smooth_scores(scorer: ResidualScorer, stored: np.ndarray, vectors: np.ndarra
         out += np.float32(dba) * dba_term(scorer, stored, augmented, codes, pool, dist)
         read = augmented
     if qe > 0.0:
-        out += np.float32(qe) * qe_term(scorer, read, codes, pool, scores, qe_top)
+        out += np.float32(qe) * qe_term(scorer, read, codes, pool, np.where(pool >= 0, out, -np.inf), qe_top)
     return np.where(pool >= 0, out, -np.inf).astype(np.float32)

@@ -94,9 +94,11 @@ GATE_QUERIES = 300
 MU_GRID = (0.0, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
 #: affinity exponents of the diffusion stage tried with every ``mu`` (sharper kernels follow thin classes)
 GAMMA_GRID = (5.0, 10.0, 20.0, 30.0)
+#: seeds of the diffusion stage tried (more seeds reach further along a class)
+SEEDS_GRID = (100, 200, 400)
 #: score smoothing tried on the same queries: DBA weights, query-expansion weights and sizes (0: off)
-DBA_GRID = (0.0, 1.0, 2.0, 4.0, 8.0)
-QE_GRID = (0.0, 1.0, 2.0, 4.0, 8.0)
+DBA_GRID = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
+QE_GRID = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0)
 QE_TOP_GRID = (5, 10, 20)
 #: mean AP@R of the held-out classes a gate may give up for the known classes (0: none; apt_minilm's
 #: unseen classes lost 0.025 mAP@100 to a gate that gave up 0.005 on the held-out ones)
@@ -715,14 +717,15 @@ def calibrate_gate(model: SearchModel, db: DatabaseState, head_queries: tuple[Qu
 
 
 def calibrate_diffusion(model: SearchModel, db: DatabaseState, qb: QueryBatch, pos_lists: list[np.ndarray],
-                        knobs: Knobs, num_threads: int, alpha: float) -> tuple[float, float]:
-    """The diffusion stage's ``(mu, gamma)`` for queries ranked without the label term (``mu = 0``: off).
+                        knobs: Knobs, num_threads: int, alpha: float) -> tuple[float, float, int]:
+    """The diffusion stage's ``(mu, gamma, seeds)`` for queries ranked without the label term (``mu = 0``: off).
 
     The queries ``qb`` are ranked as such queries are served (``alpha``, no label term), then with
-    the diffusion stage at every ``gamma`` of :data:`GAMMA_GRID` and ``mu`` of :data:`MU_GRID`; a
-    non-zero ``mu`` is taken only when its mean AP@R beats the ranking without the stage by more
-    than :data:`SIGNIFICANCE` standard errors of the paired per-query differences. Off, ``gamma``
-    stays :data:`~ruvector_hnsw.search.diffusion.GAMMA`.
+    the diffusion stage at every ``seeds`` of :data:`SEEDS_GRID`, ``gamma`` of :data:`GAMMA_GRID`
+    and ``mu`` of :data:`MU_GRID`; a non-zero ``mu`` is taken only when its mean AP@R beats the
+    ranking without the stage by more than :data:`SIGNIFICANCE` standard errors of the paired
+    per-query differences. Off, ``gamma`` and ``seeds`` stay the defaults of
+    :mod:`ruvector_hnsw.search.diffusion`.
     """
     assert db.codes is not None
     k = max(1, int(min(max(len(r) for r in pos_lists), _VAL_CAP, db.n)))
@@ -737,20 +740,22 @@ def calibrate_diffusion(model: SearchModel, db: DatabaseState, qb: QueryBatch, p
     ap0 = ap_at_r_of_rows(_top_rows(qb, pool, base, k), pos_lists, cap=_VAL_CAP, relevant=relevant)
     width = pipeline.spread(base)[:, None].astype(np.float32)
     ok = np.isfinite(ap0)
-    best = (float(ap0[ok].mean()) if ok.any() else 0.0, 0.0, diffusion.GAMMA)
-    for gamma in GAMMA_GRID:
-        new, known, fv = pipeline.diffusion_pool(db, pool, base, dist, np.ones(pool.shape[0], dtype=bool), gamma)
-        sim2, dist2 = probe.score(qb.stored, db.graph.vectors, zq, db.codes.store, new, known)
-        base2 = pipeline.combine_scores(new, dist2, sim2, a, 0.0, None, float(s0))
-        for mu in MU_GRID:
-            if mu == 0.0:
-                continue
-            ap = ap_at_r_of_rows(_top_rows(qb, new, base2 + np.float32(mu) * width * fv, k), pos_lists, cap=_VAL_CAP,
-                                 relevant=relevant)
-            value = _significant_gain(ap, ap0, ok, best[0])
-            if value is not None:
-                best = (value, float(mu), float(gamma))
-    return best[1], best[2]
+    best = (float(ap0[ok].mean()) if ok.any() else 0.0, 0.0, diffusion.GAMMA, diffusion.DIFFUSION_SEEDS)
+    everyone = np.ones(pool.shape[0], dtype=bool)
+    for seeds in SEEDS_GRID:
+        for gamma in GAMMA_GRID:
+            new, known, fv = pipeline.diffusion_pool(db, pool, base, dist, everyone, gamma, seeds)
+            sim2, dist2 = probe.score(qb.stored, db.graph.vectors, zq, db.codes.store, new, known)
+            base2 = pipeline.combine_scores(new, dist2, sim2, a, 0.0, None, float(s0))
+            for mu in MU_GRID:
+                if mu == 0.0:
+                    continue
+                ap = ap_at_r_of_rows(_top_rows(qb, new, base2 + np.float32(mu) * width * fv, k), pos_lists,
+                                     cap=_VAL_CAP, relevant=relevant)
+                value = _significant_gain(ap, ap0, ok, best[0])
+                if value is not None:
+                    best = (value, float(mu), float(gamma), int(seeds))
+    return best[1], best[2], best[3]
 
 
 def calibrate_smoothing(model: SearchModel, db: DatabaseState, qb: QueryBatch, pos_lists: list[np.ndarray],
@@ -781,20 +786,17 @@ def calibrate_smoothing(model: SearchModel, db: DatabaseState, qb: QueryBatch, p
     codes = db.codes.store
     aug = db.augmented_vectors()
     d_term = smoothing.dba_term(scorer, qb.stored, aug, codes, pool, dist)
-    qe_terms = {(read_aug, top): smoothing.qe_term(scorer, aug if read_aug else db.graph.vectors, codes, pool, scores,
-                                                   top)
-                for read_aug in (False, True) for top in QE_TOP_GRID}
     for dba in DBA_GRID:
-        for qe in QE_GRID:
-            for top in (QE_TOP_GRID if qe else (0,)):
-                if not dba and not qe:
+        moved = np.where(pool >= 0, scores + np.float32(dba) * d_term, -np.inf).astype(np.float32)
+        read = aug if dba else db.graph.vectors
+        for top in QE_TOP_GRID:
+            term = smoothing.qe_term(scorer, read, codes, pool, moved, top)
+            for qe in QE_GRID:
+                if (not dba and not qe) or (not qe and top != QE_TOP_GRID[0]):
                     continue
-                s = scores + np.float32(dba) * d_term
-                if qe:
-                    s += np.float32(qe) * qe_terms[(dba > 0.0, top)]
-                value = _significant_gain(ap_of(np.where(pool >= 0, s, -np.inf)), ap0, ok, best[0])
+                value = _significant_gain(ap_of(moved + np.float32(qe) * term), ap0, ok, best[0])
                 if value is not None:
-                    best = (value, float(dba), float(qe), int(top))
+                    best = (value, float(dba), float(qe), int(top) if qe else 0)
     return best[1], best[2], best[3]
 
 
@@ -829,7 +831,8 @@ def fit(model: SearchModel, db: DatabaseState, index: HNSWIndex, q: np.ndarray, 
     """
     cfg = model.config
     model.labels, model.label_head, model.lam = None, None, 0.0
-    model.gate, model.alpha_open, model.mu, model.diffusion_gamma = 0.0, 0.0, 0.0, diffusion.GAMMA
+    model.gate, model.alpha_open, model.mu = 0.0, 0.0, 0.0
+    model.diffusion_gamma, model.diffusion_seeds = diffusion.GAMMA, diffusion.DIFFUSION_SEEDS
     model.dba_weight, model.qe_weight, model.qe_top = 0.0, 0.0, 0
     rng = np.random.default_rng(cfg.seed)
     nq = q.shape[0]
@@ -953,8 +956,8 @@ def fit(model: SearchModel, db: DatabaseState, index: HNSWIndex, q: np.ndarray, 
             labelled = model.lam != 0.0
             cal_q, cal_pos = (open_q, open_pos) if (labelled and open_q is not None) else (val_q, val_pos)
             open_alpha = model.alpha_open if labelled else model.alpha
-            model.mu, model.diffusion_gamma = calibrate_diffusion(model, db, cal_q, cal_pos, knobs, num_threads,
-                                                                  open_alpha)
+            model.mu, model.diffusion_gamma, model.diffusion_seeds = calibrate_diffusion(
+                model, db, cal_q, cal_pos, knobs, num_threads, open_alpha)
             model.dba_weight, model.qe_weight, model.qe_top = calibrate_smoothing(model, db, cal_q, cal_pos, knobs,
                                                                                   num_threads, open_alpha)
     history.time_split = clock.rounded()

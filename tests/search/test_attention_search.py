@@ -184,7 +184,8 @@ def test_same_seed_same_model_at_any_thread_count(index: HNSWIndex, data) -> Non
         s.fit(tq[:150], labels=base_lab, query_labels=tq_lab[:150], epochs=1, batch_size=64)
         m = s.model
         scalars = {"alpha": m.alpha, "alpha_open": m.alpha_open, "lam": m.lam, "gate": m.gate, "mu": m.mu,
-                   "diffusion_gamma": m.diffusion_gamma, "rho": m.rho}
+                   "diffusion_gamma": m.diffusion_gamma, "diffusion_seeds": m.diffusion_seeds, "rho": m.rho,
+                   "dba_weight": m.dba_weight, "qe_weight": m.qe_weight, "qe_top": m.qe_top}
         assert m.label_head is not None
         scalars.update({f"head.{k}": tuple(v.ravel().tolist()) for k, v in m.label_head.params.items()})
         outs.append((s.search(eq[:40], k=10), {k: v.copy() for k, v in s.model.encoder.params.items()}, scalars))
@@ -205,7 +206,8 @@ def test_calibration_falls_back_to_hnsw_when_labels_are_random(index: HNSWIndex,
     s.fit(tq, labels=noise, query_labels=rng.integers(0, 40, tq.shape[0]), epochs=2, batch_size=64,
           val_fraction=0.3)
     assert s.fitted and s.alpha == 0.0 and s.model.lam == 0.0 and s.model.mu == 0.0
-    assert s.model.diffusion_gamma == diffusion.GAMMA
+    assert s.model.diffusion_gamma == diffusion.GAMMA and s.model.diffusion_seeds == diffusion.DIFFUSION_SEEDS
+    assert s.model.dba_weight == 0.0 and s.model.qe_weight == 0.0
     ids, _ = s.search(eq, k=10)
     ref, _ = index.search(eq, k=10, ef=30)
     np.testing.assert_array_equal(ids, ref)
