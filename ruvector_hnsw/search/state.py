@@ -28,9 +28,9 @@ from ruvector_hnsw.search._rows import GrowableRows
 from ruvector_hnsw.search.codes import LatentCodes
 from ruvector_hnsw.search.context import RowContexts
 from ruvector_hnsw.search.encoder import ContextEncoder
+from ruvector_hnsw.search.expansion import expand_vectors
 from ruvector_hnsw.search.labels import UNKNOWN_TOP, LabelHead, LabelSpace, top_classes
 from ruvector_hnsw.search.model import Scale, SearchModel
-from ruvector_hnsw.search.training_free import dba_vectors
 from ruvector_hnsw.threads import thread_limits
 
 __all__ = ["ENCODE_BLOCK", "DatabaseState", "aligned_blocks"]
@@ -187,11 +187,27 @@ class DatabaseState:
         return out
 
     def augmented_vectors(self) -> np.ndarray:
-        """Every row's DBA vector (:mod:`ruvector_hnsw.search.smoothing`), ``(N, d)`` float32; cached per snapshot."""
+        """Every row's DBA vector (:mod:`ruvector_hnsw.search.smoothing`), ``(N, d)`` float32.
+
+        Built on first use from the rows' nearest layer-0 links (their local context); :meth:`sync`
+        then recomputes only the rows whose links or linked vectors changed.
+        """
         if self._augmented is not None and self._augmented[0] is self.graph:
             return self._augmented[1]
-        out = dba_vectors(self.graph, smoothing.DBA_LINKS, smoothing.DBA_ALPHA)
+        out = self._augment(np.zeros((self.n, self.graph.vectors.shape[1]), np.float32), np.arange(self.n))
         self._augmented = (self.graph, out)
+        return out
+
+    def _augment(self, out: np.ndarray, rows: np.ndarray, block: int = 8192) -> np.ndarray:
+        """``out`` with the DBA vectors of ``rows`` (re)computed."""
+        n = min(smoothing.DBA_LINKS, self.contexts.k_local)
+        vec = self.graph.vectors
+        for s in range(0, rows.size, block):
+            r = rows[s : s + block]
+            pos = self.contexts.pos[r, :n]
+            mask = self.contexts.mask[r, :n] & (pos >= 0)
+            out[r] = expand_vectors(vec[r], vec[np.where(mask, pos, 0)], mask, alpha=smoothing.DBA_ALPHA,
+                                    metric=self.space)
         return out
 
     # ------------------------------------------------------------------ diffusion coordinates
@@ -291,6 +307,12 @@ class DatabaseState:
         self.graph = graph
         self.contexts.update(graph, rows)
         encode = np.union1d(rows, vec_rows).astype(np.int64)
+        if self._augmented is not None:  # rows whose links or linked vectors changed
+            n_links = min(smoothing.DBA_LINKS, self.contexts.k_local)
+            linking = np.flatnonzero(np.isin(self.contexts.pos[:, :n_links], vec_rows).any(axis=1))
+            aug = np.zeros((n, graph.vectors.shape[1]), np.float32)
+            aug[: min(n_old, n)] = self._augmented[1][: min(n_old, n)]
+            self._augmented = (graph, self._augment(aug, np.union1d(encode, linking).astype(np.int64)))
         if self.codes is not None:
             if self.table_state is not None:
                 self.table_state = model.encoder.prepare_table(self.table.view)

@@ -1,4 +1,4 @@
-"""Score smoothing (DBA + score-space query expansion) against plain-numpy references, and its place in the query path."""
+"""Score smoothing (DBA + score-space query expansion) against numpy references, and its place in the query path."""
 
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ def test_smooth_scores_match_a_numpy_reference(space: str) -> None:
 
 
 def test_smoothing_off_changes_nothing_and_padding_stays_out() -> None:
-    x, z, q, pool, aug = _setup("cosine", 2)
+    x, z, q, pool, _ = _setup("cosine", 2)
     scorer = ResidualScorer(alpha=0.0, beta=1.0, s0=0.5, space="cosine")
     codes = CodeRows(z)
     scores, dist = scorer.score(q, x, None, codes, pool, None)
@@ -92,3 +92,28 @@ def test_fitted_smoothing_is_saved_and_acts_on_open_queries_only(tmp_path: Path)
     labelled = s.search(eq, k=20)
     m.dba_weight, m.qe_weight = 0.0, 0.0
     np.testing.assert_array_equal(s.search(eq, k=20)[0], labelled[0])
+
+
+@pytest.mark.parametrize("space", ["cosine", "l2"])
+def test_augmented_vectors_follow_the_index_incrementally(space: str) -> None:
+    from ruvector_hnsw import HNSWIndex
+    from ruvector_hnsw.search.training_free import dba_vectors
+
+    rng = np.random.default_rng(3)
+    idx = HNSWIndex(12, space=space, M=8, ef_construction=60, seed=1)
+    idx.add(rng.normal(size=(1500, 12)).astype(np.float32))
+    s = AttentionSearch(idx, k_local=16, k_global=4)
+    first = s.database_state().augmented_vectors()
+    live = ~s.database_state().graph.deleted
+    ref = dba_vectors(s.database_state().graph, smoothing.DBA_LINKS, smoothing.DBA_ALPHA)
+    np.testing.assert_allclose(first[live], ref[live], rtol=1e-6, atol=1e-6)  # the DBA rule of the baseline
+    idx.delete(np.arange(0, 1500, 7))
+    idx.add(rng.normal(size=(40, 12)).astype(np.float32), ids=np.arange(0, 280, 7))  # revived: new vectors
+    idx.add(rng.normal(size=(100, 12)).astype(np.float32))
+    db = s.database_state()
+    grown = db.augmented_vectors().copy()
+    db._augmented = None  # from scratch
+    fresh = db.augmented_vectors()
+    assert grown.shape == fresh.shape == (1600, 12)
+    np.testing.assert_array_equal(grown, fresh)
+    assert not np.array_equal(grown[:1500], first)  # the changes reached old rows too
