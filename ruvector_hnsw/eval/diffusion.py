@@ -22,6 +22,9 @@ paper's ``gamma=3, a=0.99`` over all ``2M`` layer-0 links (``k_graph=32`` for ``
 available through the options but lost 0.05-0.35 mAP@100 there -- on a graph of a few thousand
 nodes ``a`` close to 1 lets the degree profile swamp the seed.
 
+``diffusion:tune=1`` chooses ``gamma`` and ``candidates`` from a small grid by mAP@100 on the
+dataset's training queries instead (a practitioner's tuning; the method then uses training data).
+
 Similarities: ``s = 1 - d`` (cosine / dot product) for ``cosine`` / ``ip``; for ``l2``,
 ``s = exp(-d / sigma)`` with ``sigma`` the mean squared-L2 length of the layer-0 links kept.
 Negative similarities count as 0. Returned distances are the index distances of the returned
@@ -40,7 +43,7 @@ from ruvector_hnsw.eval.methods import BuildContext, SearchMethod, _as_f32, _ind
 from ruvector_hnsw.search import diffusion as K
 from ruvector_hnsw.threads import run_row_chunks, thread_limits
 
-__all__ = ["DiffusionRanker", "diffusion_scores", "make_diffusion"]
+__all__ = ["TUNE_CANDIDATES", "TUNE_GAMMAS", "DiffusionRanker", "diffusion_scores", "make_diffusion"]
 
 
 def _check_int(name: str, value: Any, low: int) -> int:
@@ -187,10 +190,49 @@ class DiffusionRanker:
         return out_ids, out_dist
 
 
+#: settings ``diffusion:tune=1`` chooses from on the training queries: affinity exponents and candidates
+TUNE_GAMMAS = (5.0, 10.0, 20.0, 30.0)
+TUNE_CANDIDATES = (100, 200, 400)
+
+
+def _training_map100(ctx: BuildContext, ranker: DiffusionRanker) -> float:
+    """mAP@100 of ``ranker`` on the dataset's training queries (relevance: the labels training may see)."""
+    from ruvector_hnsw.eval.attention import training_data
+    from ruvector_hnsw.ranking import map_at_r
+
+    tq, tl, base_labels, _ = training_data(ctx.dataset)
+    ids, _ = ranker.search(tq, 100)
+    lab = np.full(int(max(int(ids.max(initial=0)) + 1, base_labels.shape[0])), -1, dtype=np.int64)
+    lab[: base_labels.shape[0]] = np.asarray(base_labels, dtype=np.int64)
+    rel = (ids >= 0) & (lab[np.maximum(ids, 0)] == np.asarray(tl, dtype=np.int64)[:, None])
+    n_rel = (np.asarray(base_labels)[None, :] == np.asarray(tl)[:, None]).sum(axis=1)
+    return float(map_at_r(rel, n_rel, cap=100))
+
+
 def make_diffusion(ctx: BuildContext, *, candidates: int = 100, k_graph: int | None = 8, gamma: float = 5.0,
                    a: float = 0.9, seeds: int | None = None, iterations: int = 20, tol: float = 1e-6,
-                   ef: int | None = None) -> SearchMethod:
-    """Factory of ``diffusion`` on the run's shared HNSW index (training-free)."""
+                   ef: int | None = None, tune: bool = False) -> SearchMethod:
+    """Factory of ``diffusion`` on the run's shared HNSW index (training-free).
+
+    ``tune=True`` (``diffusion:tune=1``): ``gamma`` and ``candidates`` are chosen from
+    :data:`TUNE_GAMMAS` x :data:`TUNE_CANDIDATES` by mAP@100 on the dataset's *training* queries
+    (what a practitioner can tune diffusion on; their relevance uses the labels training may see),
+    instead of the fixed defaults; the method is then trained, not training-free.
+    """
+    t0 = time.perf_counter()
+    tuned: list[dict[str, float]] = []
+    if tune:
+        best = (-1.0, gamma, candidates)
+        for g in TUNE_GAMMAS:
+            for c in TUNE_CANDIDATES:
+                trial = DiffusionRanker(ctx.index, candidates=c, k_graph=k_graph, gamma=g, a=a, seeds=seeds,
+                                        iterations=iterations, tol=tol, ef=ctx.ef if ef is None else ef,
+                                        num_threads=ctx.num_threads)
+                value = _training_map100(ctx, trial)
+                tuned.append({"gamma": g, "candidates": c, "train_map_at_100": round(value, 5)})
+                if value > best[0] + 1e-9:
+                    best = (value, g, c)
+        gamma, candidates = best[1], best[2]
     ranker = DiffusionRanker(ctx.index, candidates=candidates, k_graph=k_graph, gamma=gamma, a=a, seeds=seeds,
                              iterations=iterations, tol=tol, ef=ctx.ef if ef is None else ef,
                              num_threads=ctx.num_threads)
@@ -198,6 +240,8 @@ def make_diffusion(ctx: BuildContext, *, candidates: int = 100, k_graph: int | N
                               "a": ranker.a, "seeds": ranker.seeds if ranker.seeds is not None else ranker.candidates,
                               "iterations": ranker.iterations, "tol": ranker.tol, "ef": ranker.ef,
                               "setup_s": round(ranker.setup_seconds, 3)}
+    if tune:
+        params.update(tuned=tuned, fit_s=round(time.perf_counter() - t0, 3))
     method = SearchMethod(name="diffusion", fn=ranker.search, threads=_index_threads(ctx.index), params=params)
     method.ranker = ranker  # type: ignore[attr-defined]
     return method

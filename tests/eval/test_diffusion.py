@@ -110,3 +110,27 @@ def test_bad_options():
     for bad in ({"a": 1.0}, {"candidates": 0}, {"gamma": 0.0}, {"iterations": 0}, {"k_graph": True}):
         with pytest.raises(ConfigError):
             DF.make_diffusion(ctx, **bad)
+
+
+def test_tune_chooses_on_the_training_queries_only():
+    rng = np.random.default_rng(1)
+    t = rng.uniform(0, 3 * np.pi, 600)
+    lab = np.arange(600) % 3
+    base = np.stack([np.cos(t) * (2 + lab * 1.2), np.sin(t) * (2 + lab * 1.2), 0.05 * rng.standard_normal(600)], 1)
+    base = (base + 0.05 * rng.standard_normal(base.shape)).astype(np.float32)
+    ds = make_clustered(with_gt=False)
+    ds.base, ds.base_labels, ds.metric = base, lab, "l2"
+    ds.train_queries, ds.train_query_labels = base[5::20] + 0.01, lab[5::20]
+    picks = []
+    for garbage in (False, True):  # the evaluation queries play no part in the choice
+        ds.queries = rng.normal(size=(30, 3)).astype(np.float32) if garbage else base[::20] + 0.01
+        ds.query_labels = lab[::20]
+        ctx = MM.BuildContext(ds, ef=100, seed=0, num_threads=1, M=8, ef_construction=100)
+        m = DF.make_diffusion(ctx, tune=True)
+        tuned = m.params["tuned"]
+        assert len(tuned) == len(DF.TUNE_GAMMAS) * len(DF.TUNE_CANDIDATES)
+        top = max(tuned, key=lambda r: r["train_map_at_100"])
+        assert (m.params["gamma"], m.params["candidates"]) == (top["gamma"], top["candidates"])
+        picks.append((m.params["gamma"], m.params["candidates"]))
+    assert picks[0] == picks[1]
+    assert len({r["train_map_at_100"] for r in tuned}) > 1  # the settings do differ on these queries
