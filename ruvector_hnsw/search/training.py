@@ -722,10 +722,11 @@ def calibrate_diffusion(model: SearchModel, db: DatabaseState, qb: QueryBatch, p
 
     The queries ``qb`` are ranked as such queries are served (``alpha``, no label term), then with
     the diffusion stage at every ``seeds`` of :data:`SEEDS_GRID`, ``gamma`` of :data:`GAMMA_GRID`
-    and ``mu`` of :data:`MU_GRID`; a non-zero ``mu`` is taken only when its mean AP@R beats the
-    ranking without the stage by more than :data:`SIGNIFICANCE` standard errors of the paired
-    per-query differences. Off, ``gamma`` and ``seeds`` stay the defaults of
-    :mod:`ruvector_hnsw.search.diffusion`.
+    and ``mu`` of :data:`MU_GRID`, simplest first; a setting replaces the incumbent (at first the
+    ranking without the stage) only when its mean AP@R beats the incumbent's by more than
+    :data:`SIGNIFICANCE` standard errors of the paired per-query differences, so that a sharper or
+    wider diffusion has to earn its place on these few classes. Off, ``gamma`` and ``seeds`` stay
+    the defaults of :mod:`ruvector_hnsw.search.diffusion`.
     """
     assert db.codes is not None
     k = max(1, int(min(max(len(r) for r in pos_lists), _VAL_CAP, db.n)))
@@ -742,6 +743,7 @@ def calibrate_diffusion(model: SearchModel, db: DatabaseState, qb: QueryBatch, p
     ok = np.isfinite(ap0)
     best = (float(ap0[ok].mean()) if ok.any() else 0.0, 0.0, diffusion.GAMMA, diffusion.DIFFUSION_SEEDS)
     everyone = np.ones(pool.shape[0], dtype=bool)
+    incumbent = ap0  # a setting replaces the incumbent only when it beats it significantly
     for seeds in SEEDS_GRID:
         for gamma in GAMMA_GRID:
             new, known, fv = pipeline.diffusion_pool(db, pool, base, dist, everyone, gamma, seeds)
@@ -752,9 +754,9 @@ def calibrate_diffusion(model: SearchModel, db: DatabaseState, qb: QueryBatch, p
                     continue
                 ap = ap_at_r_of_rows(_top_rows(qb, new, base2 + np.float32(mu) * width * fv, k), pos_lists,
                                      cap=_VAL_CAP, relevant=relevant)
-                value = _significant_gain(ap, ap0, ok, best[0])
+                value = _significant_gain(ap, incumbent, ok, best[0])
                 if value is not None:
-                    best = (value, float(mu), float(gamma), int(seeds))
+                    best, incumbent = (value, float(mu), float(gamma), int(seeds)), ap
     return best[1], best[2], best[3]
 
 
@@ -765,9 +767,9 @@ def calibrate_smoothing(model: SearchModel, db: DatabaseState, qb: QueryBatch, p
     The queries ``qb`` are ranked as such queries are served (``alpha``, no label term, the
     diffusion stage as calibrated), then with every DBA weight of :data:`DBA_GRID`, QE weight of
     :data:`QE_GRID` and expansion size of :data:`QE_TOP_GRID`
-    (:mod:`ruvector_hnsw.search.smoothing`); a non-zero setting is taken only when its mean AP@R
-    beats the ranking without smoothing by more than :data:`SIGNIFICANCE` standard errors of the
-    paired per-query differences.
+    (:mod:`ruvector_hnsw.search.smoothing`); a setting replaces the incumbent (at first the ranking
+    without smoothing) only when its mean AP@R beats the incumbent's by more than
+    :data:`SIGNIFICANCE` standard errors of the paired per-query differences.
     """
     assert db.codes is not None
     k = max(1, int(min(max(len(r) for r in pos_lists), _VAL_CAP, db.n)))
@@ -786,6 +788,7 @@ def calibrate_smoothing(model: SearchModel, db: DatabaseState, qb: QueryBatch, p
     codes = db.codes.store
     aug = db.augmented_vectors()
     d_term = smoothing.dba_term(scorer, qb.stored, aug, codes, pool, dist)
+    incumbent = ap0  # a setting replaces the incumbent only when it beats it significantly
     for dba in DBA_GRID:
         moved = np.where(pool >= 0, scores + np.float32(dba) * d_term, -np.inf).astype(np.float32)
         read = aug if dba else db.graph.vectors
@@ -794,9 +797,10 @@ def calibrate_smoothing(model: SearchModel, db: DatabaseState, qb: QueryBatch, p
             for qe in QE_GRID:
                 if (not dba and not qe) or (not qe and top != QE_TOP_GRID[0]):
                     continue
-                value = _significant_gain(ap_of(moved + np.float32(qe) * term), ap0, ok, best[0])
+                ap = ap_of(moved + np.float32(qe) * term)
+                value = _significant_gain(ap, incumbent, ok, best[0])
                 if value is not None:
-                    best = (value, float(dba), float(qe), int(top) if qe else 0)
+                    best, incumbent = (value, float(dba), float(qe), int(top) if qe else 0), ap
     return best[1], best[2], best[3]
 
 
