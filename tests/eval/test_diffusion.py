@@ -86,9 +86,9 @@ def test_method_lists_diffused_nodes_then_the_hnsw_tail():
     assert m.params["k_graph"] == 3 and m.params["a"] == 0.9
 
 
-def test_diffusion_helps_on_elongated_classes():
-    """Classes along curves: the graph walk follows them, plain distance does not."""
-    rng = np.random.default_rng(0)
+def _rings(seed: int):
+    """Three classes along concentric arcs (l2), queries every 20th item; ``(dataset, base, labels, rng)``."""
+    rng = np.random.default_rng(seed)
     t = rng.uniform(0, 3 * np.pi, 600)
     lab = np.arange(600) % 3
     base = np.stack([np.cos(t) * (2 + lab * 1.2), np.sin(t) * (2 + lab * 1.2), 0.05 * rng.standard_normal(600)], 1)
@@ -96,6 +96,12 @@ def test_diffusion_helps_on_elongated_classes():
     ds = make_clustered(with_gt=False)
     ds.base, ds.base_labels, ds.metric = base, lab, "l2"
     ds.queries, ds.query_labels = base[::20] + 0.01, lab[::20]
+    return ds, base, lab, rng
+
+
+def test_diffusion_helps_on_elongated_classes():
+    """Classes along curves: the graph walk follows them, plain distance does not."""
+    ds, _, _, _ = _rings(0)
     ctx = MM.BuildContext(ds, ef=100, seed=0, num_threads=1, M=8, ef_construction=100)
 
     def mapr(method):
@@ -113,13 +119,7 @@ def test_bad_options():
 
 
 def test_tune_chooses_on_the_training_queries_only():
-    rng = np.random.default_rng(1)
-    t = rng.uniform(0, 3 * np.pi, 600)
-    lab = np.arange(600) % 3
-    base = np.stack([np.cos(t) * (2 + lab * 1.2), np.sin(t) * (2 + lab * 1.2), 0.05 * rng.standard_normal(600)], 1)
-    base = (base + 0.05 * rng.standard_normal(base.shape)).astype(np.float32)
-    ds = make_clustered(with_gt=False)
-    ds.base, ds.base_labels, ds.metric = base, lab, "l2"
+    ds, base, lab, rng = _rings(1)
     ds.train_queries, ds.train_query_labels = base[5::20] + 0.01, lab[5::20]
     picks = []
     for garbage in (False, True):  # the evaluation queries play no part in the choice

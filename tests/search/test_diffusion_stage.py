@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ruvector_hnsw import HNSWIndex
 from ruvector_hnsw.search import AttentionSearch, diffusion, pipeline
 from tests.search.test_attention_search import _index, _labelled
 
@@ -75,11 +76,17 @@ def test_values_at_looks_up_each_querys_own_values() -> None:
         np.testing.assert_array_equal(got[b], [ref.get(int(r), 0.0) if r >= 0 else 0.0 for r in rows[b]])
 
 
-def test_the_stage_reranks_only_queries_without_the_label_term(tmp_path: Path) -> None:
+def fitted_labelled() -> tuple[AttentionSearch, HNSWIndex, np.ndarray]:
+    """A small model fitted with labels (label head on), its index and evaluation queries."""
     base, base_lab, tq, tq_lab, eq, _ = _labelled()
     idx = _index(base)
     s = AttentionSearch(idx, k_local=8, k_global=4, candidates=40)
     s.fit(tq, labels=base_lab, query_labels=tq_lab, epochs=1, batch_size=64, val_fraction=0.2)
+    return s, idx, eq
+
+
+def test_the_stage_reranks_only_queries_without_the_label_term(tmp_path: Path) -> None:
+    s, idx, eq = fitted_labelled()
     m = s.model
     assert m.lam > 0
     mu = m.mu

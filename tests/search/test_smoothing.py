@@ -10,7 +10,7 @@ import pytest
 from ruvector_hnsw.search import AttentionSearch, smoothing
 from ruvector_hnsw.search.quant import CodeRows
 from ruvector_hnsw.search.scoring import ResidualScorer
-from tests.search.test_attention_search import _index, _labelled
+from tests.search.test_diffusion_stage import fitted_labelled
 
 
 def _dist(a: np.ndarray, b: np.ndarray, space: str) -> np.ndarray:
@@ -71,10 +71,7 @@ def test_smoothing_off_changes_nothing_and_padding_stays_out() -> None:
 
 
 def test_fitted_smoothing_is_saved_and_acts_on_open_queries_only(tmp_path: Path) -> None:
-    base, base_lab, tq, tq_lab, eq, _ = _labelled()
-    idx = _index(base)
-    s = AttentionSearch(idx, k_local=8, k_global=4, candidates=40)
-    s.fit(tq, labels=base_lab, query_labels=tq_lab, epochs=1, batch_size=64, val_fraction=0.2)
+    s, idx, eq = fitted_labelled()
     m = s.model
     m.gate = 2.0  # every query is served without the label term
     m.dba_weight, m.qe_weight, m.qe_top = 0.0, 0.0, 0
