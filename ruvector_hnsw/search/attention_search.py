@@ -93,6 +93,10 @@ class AttentionSearch:
         most probable class nearest to the query join the pool (``class_pool`` of them, at least
         ``k``). Unknown labels (``< 0``) are no class: such items are scored by the class the
         head predicts for them, and a query among unlabelled items only is ranked by the codes.
+        Queries the label term does not apply to (label evidence below the calibrated gate) take
+        the open path: the codes, then graph diffusion and score smoothing whose settings ``fit``
+        calibrates on training classes held out of the encoder (:mod:`ruvector_hnsw.search.diffusion`,
+        :mod:`ruvector_hnsw.search.smoothing`).
     num_threads : int
         Threads of every call (index search, FAISS, numba kernels, BLAS), applied for the call's
         duration only (-1 = all cores). The index's own setting is never changed.
@@ -427,8 +431,9 @@ class AttentionSearch:
             hard negatives from the current codes (re-mined every epoch).
         val_fraction, patience : float, int
             Held-out share of the training queries (seeded split); early stopping on their mAP@R.
-            ``alpha`` and the diffusion weight are calibrated on them over grids that include 0,
-            so the fitted model is never below the index's ranking there.
+            ``alpha`` and the open path's weights (diffusion, DBA, query expansion) are calibrated
+            on them, or on the held-out classes' queries, over grids that include 0, so the fitted
+            model is never below the index's ranking there.
         fresh_rows : int or None
             Distinct pool rows per step encoded with the current parameters and back-propagated:
             those with the largest gradient under the codes of the last refresh (refreshed every
