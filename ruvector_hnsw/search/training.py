@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -579,6 +579,11 @@ def _top_rows(qb: QueryBatch, pool: np.ndarray, scores: np.ndarray, k: int) -> n
     return pool[:, :k]
 
 
+def _list_k(lengths: Iterable[int], n: int) -> int:
+    """Ranking length of a calibration group: its largest relevant list, at most :data:`_VAL_CAP` and ``n`` (>= 1)."""
+    return max(1, int(min(max(lengths, default=1), _VAL_CAP, n)))
+
+
 def _significant_gain(ap: np.ndarray, base: np.ndarray, ok: np.ndarray, best: float) -> float | None:
     """Mean AP of ``ap`` if it beats ``best``, and ``base`` by more than SIGNIFICANCE paired standard errors."""
     diff = (ap - base)[ok]
@@ -587,6 +592,25 @@ def _significant_gain(ap: np.ndarray, base: np.ndarray, ok: np.ndarray, best: fl
     value = float(ap[ok].mean())
     se = float(diff.std(ddof=1) / np.sqrt(diff.size))
     return value if value > best + 1e-9 and diff.mean() > SIGNIFICANCE * se else None
+
+
+class _Incumbent:
+    """The best setting of a calibration grid so far, tried simplest first.
+
+    It starts as ``setting`` with the per-query AP ``ap0`` of the ranking without the stage; an
+    offered setting replaces it only when :func:`_significant_gain` over the incumbent's APs holds.
+    """
+
+    def __init__(self, ap0: np.ndarray, setting: tuple[Any, ...]) -> None:
+        self.ok = np.isfinite(ap0)
+        self.ap = ap0
+        self.value = float(ap0[self.ok].mean()) if self.ok.any() else 0.0
+        self.setting = setting
+
+    def offer(self, ap: np.ndarray, setting: tuple[Any, ...]) -> None:
+        value = _significant_gain(ap, self.ap, self.ok, self.value)
+        if value is not None:
+            self.ap, self.value, self.setting = ap, value, setting
 
 
 def calibrate(model: SearchModel, db: DatabaseState, qb: QueryBatch, pos_lists: list[np.ndarray], knobs: Knobs,
@@ -600,7 +624,7 @@ def calibrate(model: SearchModel, db: DatabaseState, qb: QueryBatch, pos_lists: 
     index's ranking instead of fitting the validation noise. ``use_labels=False`` calibrates
     ``alpha`` alone (the label weight 0), as served to queries the label term does not apply to.
     """
-    k = max(1, int(min(max(len(r) for r in pos_lists), _VAL_CAP, db.n)))
+    k = _list_k((len(r) for r in pos_lists), db.n)
     s0 = db.contexts.s0
     lams = LAM_GRID if model.label_head is not None and use_labels else (0.0,)
     pools = {True: _val_pools(model, db, qb, k, knobs, num_threads, latent=True)}
@@ -696,7 +720,7 @@ def calibrate_gate(model: SearchModel, db: DatabaseState, head_queries: tuple[Qu
         return 0.0
     groups = []
     for qb, lists in (known_group, open_group):
-        groups.append((qb, lists, max(1, int(min(max(len(r) for r in lists), _VAL_CAP, db.n)))))
+        groups.append((qb, lists, _list_k((len(r) for r in lists), db.n)))
     latent = max(model.alpha, model.alpha_open) != 0.0
     model.labels, model.label_head = got
     try:
@@ -729,7 +753,7 @@ def calibrate_diffusion(model: SearchModel, db: DatabaseState, qb: QueryBatch, p
     the defaults of :mod:`ruvector_hnsw.search.diffusion`.
     """
     assert db.codes is not None
-    k = max(1, int(min(max(len(r) for r in pos_lists), _VAL_CAP, db.n)))
+    k = _list_k((len(r) for r in pos_lists), db.n)
     s0 = np.float32(db.contexts.s0)
     latent = alpha != 0.0
     probe = ResidualScorer(alpha=1.0 if latent else 0.0, beta=0.0, s0=float(s0), space=db.space)
@@ -740,10 +764,8 @@ def calibrate_diffusion(model: SearchModel, db: DatabaseState, qb: QueryBatch, p
     relevant = RelevantRows(pos_lists, db.n)
     ap0 = ap_at_r_of_rows(_top_rows(qb, pool, base, k), pos_lists, cap=_VAL_CAP, relevant=relevant)
     width = pipeline.spread(base)[:, None].astype(np.float32)
-    ok = np.isfinite(ap0)
-    best = (float(ap0[ok].mean()) if ok.any() else 0.0, 0.0, diffusion.GAMMA, diffusion.DIFFUSION_SEEDS)
+    best = _Incumbent(ap0, (0.0, diffusion.GAMMA, diffusion.DIFFUSION_SEEDS))
     everyone = np.ones(pool.shape[0], dtype=bool)
-    incumbent = ap0  # a setting replaces the incumbent only when it beats it significantly
     for seeds in SEEDS_GRID:
         for gamma in GAMMA_GRID:
             new, known, fv = pipeline.diffusion_pool(db, pool, base, dist, everyone, gamma, seeds)
@@ -754,10 +776,9 @@ def calibrate_diffusion(model: SearchModel, db: DatabaseState, qb: QueryBatch, p
                     continue
                 ap = ap_at_r_of_rows(_top_rows(qb, new, base2 + np.float32(mu) * width * fv, k), pos_lists,
                                      cap=_VAL_CAP, relevant=relevant)
-                value = _significant_gain(ap, incumbent, ok, best[0])
-                if value is not None:
-                    best, incumbent = (value, float(mu), float(gamma), int(seeds)), ap
-    return best[1], best[2], best[3]
+                best.offer(ap, (float(mu), float(gamma), int(seeds)))
+    mu, gamma, seeds = best.setting
+    return mu, gamma, seeds
 
 
 def calibrate_smoothing(model: SearchModel, db: DatabaseState, qb: QueryBatch, pos_lists: list[np.ndarray],
@@ -772,7 +793,7 @@ def calibrate_smoothing(model: SearchModel, db: DatabaseState, qb: QueryBatch, p
     :data:`SIGNIFICANCE` standard errors of the paired per-query differences.
     """
     assert db.codes is not None
-    k = max(1, int(min(max(len(r) for r in pos_lists), _VAL_CAP, db.n)))
+    k = _list_k((len(r) for r in pos_lists), db.n)
     model.dba_weight, model.qe_weight, model.qe_top = 0.0, 0.0, 0
     scorer = ResidualScorer(alpha=alpha, beta=1.0, s0=float(db.contexts.s0), space=db.space)
     served = replace(knobs, expand=min(knobs.expand, 1))
@@ -782,13 +803,10 @@ def calibrate_smoothing(model: SearchModel, db: DatabaseState, qb: QueryBatch, p
     def ap_of(s: np.ndarray) -> np.ndarray:
         return ap_at_r_of_rows(_top_rows(qb, pool, s, k), pos_lists, cap=_VAL_CAP, relevant=relevant)
 
-    ap0 = ap_of(scores)
-    ok = np.isfinite(ap0)
-    best = (float(ap0[ok].mean()) if ok.any() else 0.0, 0.0, 0.0, 0)
+    best = _Incumbent(ap_of(scores), (0.0, 0.0, 0))
     codes = db.codes.store
     aug = db.augmented_vectors()
     d_term = smoothing.dba_term(scorer, qb.stored, aug, codes, pool, dist)
-    incumbent = ap0  # a setting replaces the incumbent only when it beats it significantly
     for dba in DBA_GRID:
         moved = np.where(pool >= 0, scores + np.float32(dba) * d_term, -np.inf).astype(np.float32)
         read = aug if dba else db.graph.vectors
@@ -797,11 +815,9 @@ def calibrate_smoothing(model: SearchModel, db: DatabaseState, qb: QueryBatch, p
             for qe in QE_GRID:
                 if (not dba and not qe) or (not qe and top != QE_TOP_GRID[0]):
                     continue
-                ap = ap_of(moved + np.float32(qe) * term)
-                value = _significant_gain(ap, incumbent, ok, best[0])
-                if value is not None:
-                    best, incumbent = (value, float(dba), float(qe), int(top) if qe else 0), ap
-    return best[1], best[2], best[3]
+                best.offer(ap_of(moved + np.float32(qe) * term), (float(dba), float(qe), int(top) if qe else 0))
+    dba, qe, top = best.setting
+    return dba, qe, top
 
 
 def choose_gate(grid: Sequence[float], means: Sequence[tuple[float, float]], tolerance: float = GATE_TOLERANCE
@@ -864,10 +880,10 @@ def fit(model: SearchModel, db: DatabaseState, index: HNSWIndex, q: np.ndarray, 
     clock = PhaseClock()
     with clock.phase("candidates"):
         all_q = pipeline.candidates(index, db.graph, model, q, n_cand, n_cand, num_threads)
-        val_k = max(1, int(min(max((len(pos_lists[i]) for i in val_idx.tolist()), default=1), _VAL_CAP, db.n)))
+        val_k = _list_k((len(pos_lists[i]) for i in val_idx.tolist()), db.n)
         val_q = pipeline.candidates(index, db.graph, model, q[val_idx], max(C, val_k), max(C, val_k),
                                     num_threads) if n_val else None
-        open_k = max(1, int(min(max((len(pos_lists[i]) for i in open_idx.tolist()), default=1), _VAL_CAP, db.n)))
+        open_k = _list_k((len(pos_lists[i]) for i in open_idx.tolist()), db.n)
         open_q = pipeline.candidates(index, db.graph, model, q[open_idx], max(C, open_k), max(C, open_k),
                                      num_threads) if open_idx.size >= 2 else None
     model.fitted = True  # codes are needed for mining and validation
