@@ -26,7 +26,7 @@ from ruvector_hnsw.search.labels import LabelHead, LabelSpace
 from ruvector_hnsw.search.quant import check_code_dtype
 from ruvector_hnsw.search.scoring import ResidualScorer
 
-__all__ = ["ModelConfig", "Scale", "SearchModel"]
+__all__ = ["SCALARS", "ModelConfig", "Scale", "SearchModel"]
 
 #: seed offset between the mechanisms of consecutive encoder blocks
 _BLOCK_SEED_STRIDE = 1009
@@ -135,6 +135,13 @@ def _jsonable(cfg: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+#: the calibrated score scalars of a :class:`SearchModel` (attribute -> type), saved with it by name
+SCALARS: dict[str, type] = {
+    "alpha": float, "beta": float, "rho": float, "lam": float, "gate": float, "alpha_open": float, "mu": float,
+    "diffusion_gamma": float, "diffusion_seeds": int, "dba_weight": float, "qe_weight": float, "qe_top": int,
+}
+
+
 class SearchModel:
     """Encoder + score scalars + scale of one attention-aware searcher.
 
@@ -202,18 +209,7 @@ class SearchModel:
         return {
             "config": self.config.to_dict(),
             "params": {k: v.copy() for k, v in self.encoder.params.items()},
-            "alpha": self.alpha,
-            "beta": self.beta,
-            "rho": self.rho,
-            "lam": self.lam,
-            "gate": self.gate,
-            "alpha_open": self.alpha_open,
-            "mu": self.mu,
-            "diffusion_gamma": self.diffusion_gamma,
-            "diffusion_seeds": self.diffusion_seeds,
-            "dba_weight": self.dba_weight,
-            "qe_weight": self.qe_weight,
-            "qe_top": self.qe_top,
+            **{name: getattr(self, name) for name in SCALARS},
             "labels": None if self.labels is None or self.label_head is None else {
                 "values": (self.labels.values if self.labels.values.dtype.kind in "biuf"
                            else [str(v) for v in self.labels.values.tolist()]),
@@ -236,18 +232,8 @@ class SearchModel:
             raise ValueError("parameters do not match the mechanism's")
         for k, v in params.items():
             v[...] = saved[k]
-        model.alpha = float(state["alpha"])
-        model.beta = float(state["beta"])
-        model.rho = float(state["rho"])
-        model.lam = float(state["lam"])
-        model.gate = float(state["gate"])
-        model.alpha_open = float(state["alpha_open"])
-        model.mu = float(state["mu"])
-        model.diffusion_gamma = float(state["diffusion_gamma"])
-        model.diffusion_seeds = int(state["diffusion_seeds"])
-        model.dba_weight = float(state["dba_weight"])
-        model.qe_weight = float(state["qe_weight"])
-        model.qe_top = int(state["qe_top"])
+        for name, kind in SCALARS.items():
+            setattr(model, name, kind(state[name]))
         lab = state["labels"]
         if lab is not None:
             model.labels = LabelSpace(values=np.asarray(lab["values"]), row_class=np.asarray(lab["row_class"],

@@ -30,6 +30,7 @@ from ruvector_hnsw.search import (
     pipeline,
 )
 from ruvector_hnsw.search.context import index_distances, query_context
+from ruvector_hnsw.search.model import SCALARS
 from ruvector_hnsw.search.training import map_at_r_of_rows
 
 DIM = 16
@@ -183,9 +184,9 @@ def test_same_seed_same_model_at_any_thread_count(index: HNSWIndex, data) -> Non
         s = AttentionSearch(index, "local_global", candidates=30, k_local=8, k_global=4, seed=5, num_threads=threads)
         s.fit(tq[:150], labels=base_lab, query_labels=tq_lab[:150], epochs=1, batch_size=64)
         m = s.model
-        scalars = {"alpha": m.alpha, "alpha_open": m.alpha_open, "lam": m.lam, "gate": m.gate, "mu": m.mu,
-                   "diffusion_gamma": m.diffusion_gamma, "diffusion_seeds": m.diffusion_seeds, "rho": m.rho,
-                   "dba_weight": m.dba_weight, "qe_weight": m.qe_weight, "qe_top": m.qe_top}
+        scalars = {name: getattr(m, name) for name in SCALARS}
+        assert {"alpha", "alpha_open", "lam", "gate", "mu", "diffusion_gamma", "diffusion_seeds", "dba_weight",
+                "qe_weight", "qe_top", "rho"} <= set(scalars)
         assert m.label_head is not None
         scalars.update({f"head.{k}": tuple(v.ravel().tolist()) for k, v in m.label_head.params.items()})
         outs.append((s.search(eq[:40], k=10), {k: v.copy() for k, v in s.model.encoder.params.items()}, scalars))
