@@ -33,6 +33,7 @@ items to the query (the ranking is the list order, not those distances).
 
 from __future__ import annotations
 
+import copy
 import time
 from typing import Any
 
@@ -40,6 +41,7 @@ import numpy as np
 
 from ruvector_hnsw.errors import ConfigError
 from ruvector_hnsw.eval.methods import BuildContext, SearchMethod, _as_f32, _index_threads, register_method
+from ruvector_hnsw.ranking import map_at_r, relevance
 from ruvector_hnsw.search import diffusion as K
 from ruvector_hnsw.threads import run_row_chunks, thread_limits
 
@@ -157,6 +159,15 @@ class DiffusionRanker:
     def _similarity(self, dist: np.ndarray) -> np.ndarray:
         return K.link_similarity(dist, self.space, self.sigma)
 
+    def with_settings(self, *, gamma: float, candidates: int) -> DiffusionRanker:
+        """A ranker at another ``gamma`` and ``candidates`` sharing this one's neighbour table (no set-up)."""
+        candidates = _check_int("candidates", candidates, 1)
+        if not float(gamma) > 0.0:
+            raise ConfigError(f"gamma must be > 0, got {gamma!r}")
+        other = copy.copy(self)
+        other.gamma, other.candidates = float(gamma), candidates
+        return other
+
     def search(self, queries: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top ``k`` labels per query (``-1`` padded) and their index distances to the query."""
         k = _check_int("k", k, 1)
@@ -198,15 +209,10 @@ TUNE_CANDIDATES = (100, 200, 400)
 def _training_map100(ctx: BuildContext, ranker: DiffusionRanker) -> float:
     """mAP@100 of ``ranker`` on the dataset's training queries (relevance: the labels training may see)."""
     from ruvector_hnsw.eval.attention import training_data
-    from ruvector_hnsw.ranking import map_at_r
 
     tq, tl, base_labels, _ = training_data(ctx.dataset)
     ids, _ = ranker.search(tq, 100)
-    lab = np.full(int(max(int(ids.max(initial=0)) + 1, base_labels.shape[0])), -1, dtype=np.int64)
-    lab[: base_labels.shape[0]] = np.asarray(base_labels, dtype=np.int64)
-    rel = (ids >= 0) & (lab[np.maximum(ids, 0)] == np.asarray(tl, dtype=np.int64)[:, None])
-    n_rel = (np.asarray(base_labels)[None, :] == np.asarray(tl)[:, None]).sum(axis=1)
-    return float(map_at_r(rel, n_rel, cap=100))
+    return float(map_at_r(*relevance(ids, base_labels, tl), cap=100))
 
 
 def make_diffusion(ctx: BuildContext, *, candidates: int = 100, k_graph: int | None = 8, gamma: float = 5.0,
@@ -220,22 +226,20 @@ def make_diffusion(ctx: BuildContext, *, candidates: int = 100, k_graph: int | N
     instead of the fixed defaults; the method is then trained, not training-free.
     """
     t0 = time.perf_counter()
-    tuned: list[dict[str, float]] = []
-    if tune:
-        best = (-1.0, gamma, candidates)
-        for g in TUNE_GAMMAS:
-            for c in TUNE_CANDIDATES:
-                trial = DiffusionRanker(ctx.index, candidates=c, k_graph=k_graph, gamma=g, a=a, seeds=seeds,
-                                        iterations=iterations, tol=tol, ef=ctx.ef if ef is None else ef,
-                                        num_threads=ctx.num_threads)
-                value = _training_map100(ctx, trial)
-                tuned.append({"gamma": g, "candidates": c, "train_map_at_100": round(value, 5)})
-                if value > best[0] + 1e-9:
-                    best = (value, g, c)
-        gamma, candidates = best[1], best[2]
     ranker = DiffusionRanker(ctx.index, candidates=candidates, k_graph=k_graph, gamma=gamma, a=a, seeds=seeds,
                              iterations=iterations, tol=tol, ef=ctx.ef if ef is None else ef,
                              num_threads=ctx.num_threads)
+    tuned: list[dict[str, float]] = []
+    if tune:
+        best = (-1.0, ranker)
+        for g in TUNE_GAMMAS:
+            for c in TUNE_CANDIDATES:
+                trial = ranker.with_settings(gamma=g, candidates=c)
+                value = _training_map100(ctx, trial)
+                tuned.append({"gamma": g, "candidates": c, "train_map_at_100": round(value, 5)})
+                if value > best[0] + 1e-9:
+                    best = (value, trial)
+        ranker = best[1]
     params: dict[str, Any] = {"candidates": ranker.candidates, "k_graph": ranker.k_graph, "gamma": ranker.gamma,
                               "a": ranker.a, "seeds": ranker.seeds if ranker.seeds is not None else ranker.candidates,
                               "iterations": ranker.iterations, "tol": ranker.tol, "ef": ranker.ef,

@@ -116,6 +116,11 @@ def test_bad_options():
     for bad in ({"a": 1.0}, {"candidates": 0}, {"gamma": 0.0}, {"iterations": 0}, {"k_graph": True}):
         with pytest.raises(ConfigError):
             DF.make_diffusion(ctx, **bad)
+    ranker = DF.make_diffusion(ctx).ranker
+    for bad in ({"gamma": 0.0, "candidates": 10}, {"gamma": 5.0, "candidates": 0}):
+        with pytest.raises(ConfigError):
+            ranker.with_settings(**bad)
+    assert (ranker.gamma, ranker.candidates) == (5.0, 100)  # unchanged
 
 
 def test_tune_chooses_on_the_training_queries_only():
