@@ -89,7 +89,7 @@ class DatabaseState:
         self._labels: tuple[Any, int, LabelSpace, tuple[np.ndarray, np.ndarray]] | None = None
         self._unknown: tuple[Any, Any, Any, tuple[np.ndarray, np.ndarray]] | None = None
         self._links: tuple[Any, tuple[np.ndarray, np.ndarray, float]] | None = None
-        self._augmented: tuple[Any, np.ndarray] | None = None
+        self._augmented: tuple[Any, GrowableRows] | None = None
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -190,24 +190,23 @@ class DatabaseState:
         """Every row's DBA vector (:mod:`ruvector_hnsw.search.smoothing`), ``(N, d)`` float32.
 
         Built on first use from the rows' nearest layer-0 links (their local context); :meth:`sync`
-        then recomputes only the rows whose links or linked vectors changed.
+        then recomputes only the rows whose links or linked vectors changed, in place.
         """
-        if self._augmented is not None and self._augmented[0] is self.graph:
-            return self._augmented[1]
-        out = self._augment(np.zeros((self.n, self.graph.vectors.shape[1]), np.float32), np.arange(self.n))
-        self._augmented = (self.graph, out)
-        return out
+        if self._augmented is None or self._augmented[0] is not self.graph:
+            self._augmented = (self.graph, GrowableRows(self._dba_rows(np.arange(self.n))))
+        return self._augmented[1].view
 
-    def _augment(self, out: np.ndarray, rows: np.ndarray, block: int = 8192) -> np.ndarray:
-        """``out`` with the DBA vectors of ``rows`` (re)computed."""
+    def _dba_rows(self, rows: np.ndarray, block: int = 8192) -> np.ndarray:
+        """The DBA vectors of ``rows``, ``(len(rows), d)`` float32."""
         n = min(smoothing.DBA_LINKS, self.contexts.k_local)
         vec = self.graph.vectors
+        out = np.empty((rows.size, vec.shape[1]), dtype=np.float32)
         for s in range(0, rows.size, block):
             r = rows[s : s + block]
             pos = self.contexts.pos[r, :n]
             mask = self.contexts.mask[r, :n] & (pos >= 0)
-            out[r] = expand_vectors(vec[r], vec[np.where(mask, pos, 0)], mask, alpha=smoothing.DBA_ALPHA,
-                                    metric=self.space)
+            out[s : s + block] = expand_vectors(vec[r], vec[np.where(mask, pos, 0)], mask, alpha=smoothing.DBA_ALPHA,
+                                                metric=self.space)
         return out
 
     # ------------------------------------------------------------------ diffusion coordinates
@@ -308,11 +307,15 @@ class DatabaseState:
         self.contexts.update(graph, rows)
         encode = np.union1d(rows, vec_rows).astype(np.int64)
         if self._augmented is not None:  # rows whose links or linked vectors changed
-            n_links = min(smoothing.DBA_LINKS, self.contexts.k_local)
-            linking = np.flatnonzero(np.isin(self.contexts.pos[:, :n_links], vec_rows).any(axis=1))
-            aug = np.zeros((n, graph.vectors.shape[1]), np.float32)
-            aug[: min(n_old, n)] = self._augmented[1][: min(n_old, n)]
-            self._augmented = (graph, self._augment(aug, np.union1d(encode, linking).astype(np.int64)))
+            redo = encode
+            if vec_rows.size:
+                n_links = min(smoothing.DBA_LINKS, self.contexts.k_local)
+                linking = np.flatnonzero(np.isin(self.contexts.pos[:, :n_links], vec_rows).any(axis=1))
+                redo = np.union1d(redo, linking).astype(np.int64)
+            table = self._augmented[1]
+            table.resize(n)
+            table.set_rows(redo, self._dba_rows(redo))
+            self._augmented = (graph, table)
         if self.codes is not None:
             if self.table_state is not None:
                 self.table_state = model.encoder.prepare_table(self.table.view)

@@ -100,7 +100,7 @@ def test_augmented_vectors_follow_the_index_incrementally(space: str) -> None:
     idx = HNSWIndex(12, space=space, M=8, ef_construction=60, seed=1)
     idx.add(rng.normal(size=(1500, 12)).astype(np.float32))
     s = AttentionSearch(idx, k_local=16, k_global=4)
-    first = s.database_state().augmented_vectors()
+    first = s.database_state().augmented_vectors().copy()
     live = ~s.database_state().graph.deleted
     ref = dba_vectors(s.database_state().graph, smoothing.DBA_LINKS, smoothing.DBA_ALPHA)
     np.testing.assert_allclose(first[live], ref[live], rtol=1e-6, atol=1e-6)  # the DBA rule of the baseline
