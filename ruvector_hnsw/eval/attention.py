@@ -11,7 +11,8 @@ with :meth:`AttentionSearch.search`.  Options come from the method spec, e.g.
   ``latent_dim``, ``num_threads``, the encoder stack ``layers``, ``norm``, ``dropout`` (e.g.
   ``local_global:layers=2:norm=rms``), the storage of the code cache and latent index
   ``code_dtype`` (``float32`` | ``float16`` | ``int8``, e.g. ``local_global:code_dtype=int8``;
-  training is float32 either way) and any mechanism option (``heads``, ``temperature`` of the
+  training is float32 either way), the ablations ``context=none`` and ``demote=0`` (no
+  known-label demotion on the open path) and any mechanism option (``heads``, ``temperature`` of the
   mechanism is spelled ``mech_temperature`` to keep it apart from the loss temperature);
 - :meth:`~AttentionSearch.fit` options: ``epochs``, ``batch_size``, ``lr``, ``temperature``,
   ``extra_positives``, ``random_negatives``, ``latent_negatives``, ``val_fraction``,
@@ -81,7 +82,7 @@ FIT_OPTIONS: tuple[str, ...] = (
 #: options that only act at search time (a fitted model is shared across their values)
 SEARCH_OPTIONS: tuple[str, ...] = ("expand",)
 _CTOR_OPTIONS: tuple[str, ...] = ("candidates", "k_local", "k_global", "seed", "latent_dim", "layers", "norm",
-                                   "dropout", "code_dtype", "context")
+                                   "dropout", "code_dtype", "context", "demote")
 #: method names the training-free methods hold; a mechanism of the same name is registered as ``NAME_attention``
 _TRAINING_FREE_NAMES = frozenset({"exact", "hnsw", "alpha_qe", "dba", "diffusion"})
 #: eval method name -> attention mechanism (``diffusion_attention`` is the ``diffusion`` mechanism; ``diffusion``
@@ -247,6 +248,8 @@ def fit_attention(
     ctor = {k: opts.pop(k) for k in _CTOR_OPTIONS if k in opts}
     if "context" in ctor and ctor["context"] is None:  # the spec ``context=none`` parses to None
         ctor["context"] = "none"
+    if "demote" in ctor:  # ``demote=0`` is the ablation
+        ctor["demote"] = bool(ctor["demote"])
     if "mech_temperature" in opts:
         opts["temperature"] = opts.pop("mech_temperature")
     num_threads = int(opts.pop("num_threads", ctx.num_threads))
@@ -288,6 +291,8 @@ def make_attention(ctx: BuildContext, mechanism: str, name: str | None = None, *
         "layers": model.model.config.layers,
         "norm": model.model.config.norm,
         "context": model.model.config.context,
+        "demote": model.model.config.demote,
+        "demote_known": model.model.demote_known,
         "spectral": model.model.config.spectral,
         "label_head": model.model.config.label_head,
         "code_dtype": model.code_dtype,

@@ -48,7 +48,7 @@ from ruvector_hnsw.training.trainer import TrainingHistory
 
 __all__ = ["AttentionSearch", "check_model_index", "items_checksum"]
 
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 _MODEL_KIND = "attention_search"
 #: a search that raced with ``index.add`` is redone on the new state, up to this many times
 _CONSISTENT_TRIES = 8
@@ -94,7 +94,8 @@ class AttentionSearch:
         ``k``). Unknown labels (``< 0``) are no class: such items are scored by the class the
         head predicts for them, and a query among unlabelled items only is ranked by the codes.
         Queries the label term does not apply to (label evidence below the calibrated gate) take
-        the open path: the codes, then graph diffusion and score smoothing whose settings ``fit``
+        the open path: the codes, the demotion of labelled items (``demote``), then graph
+        diffusion and score smoothing whose settings ``fit``
         calibrates on training classes held out of the encoder (:mod:`ruvector_hnsw.search.diffusion`,
         :mod:`ruvector_hnsw.search.smoothing`).
     num_threads : int
@@ -120,6 +121,12 @@ class AttentionSearch:
     context : {"graph", "none"}
         What the encoder attends over: the HNSW graph context (the product), or nothing (an
         ablation: codes from the vector alone, a trained linear map; everything else unchanged).
+    demote : bool
+        Whether ``fit`` may demote the items with a known label for the queries of the open path
+        (a query the label head places in no known class is unlikely to share an item's known
+        class). The weight is calibrated like the other open-path settings, on the held-out
+        classes with their items unlabelled and on the known classes' queries the gate sends to
+        the open path; False is the ablation (never demoted).
     **mech_config
         Passed to the mechanism's constructor (e.g. ``temperature``, ``heads``).
     """
@@ -148,6 +155,7 @@ class AttentionSearch:
         dropout: float = 0.0,
         code_dtype: str = "float32",
         context: str = "graph",
+        demote: bool = True,
         **mech_config: Any,
     ) -> None:
         if not isinstance(index, HNSWIndex):
@@ -160,7 +168,7 @@ class AttentionSearch:
             k_local=k_local, k_global=k_global, spectral=spectral, spectral_time=spectral_time,
             seed=int(seed), latent=latent, label_head=label_head, class_pool=class_pool,
             mech_config=dict(mech_config), layers=layers, norm=norm, dropout=dropout, code_dtype=code_dtype,
-            context=context,
+            context=context, demote=demote,
         )
         self.index = index
         self.model = SearchModel(config)

@@ -68,6 +68,9 @@ class ModelConfig:
     #: what the encoder attends over: "graph" (the HNSW context) or "none" (the ablation: no attention,
     #: codes from the vector alone)
     context: str = "graph"
+    #: calibrate the demotion of items with a known label for the queries the label term does not
+    #: apply to (``SearchModel.demote_known``; False: the ablation, never demoted)
+    demote: bool = True
 
     def __post_init__(self) -> None:
         if self.mechanism not in MECHANISMS:
@@ -93,6 +96,8 @@ class ModelConfig:
                 or not 0.0 <= float(self.dropout) < 1.0):
             raise ConfigError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
         check_code_dtype(self.code_dtype)
+        if not isinstance(self.demote, bool):
+            raise ConfigError(f"demote must be a bool, got {self.demote!r}")
         if self.context not in CONTEXTS:
             raise ConfigError(f"context must be one of {CONTEXTS}, got {self.context!r}")
 
@@ -139,6 +144,7 @@ def _jsonable(cfg: dict[str, Any]) -> dict[str, Any]:
 SCALARS: dict[str, type] = {
     "alpha": float, "beta": float, "rho": float, "lam": float, "gate": float, "alpha_open": float, "mu": float,
     "diffusion_gamma": float, "diffusion_seeds": int, "dba_weight": float, "qe_weight": float, "qe_top": int,
+    "demote_known": float,
 }
 
 
@@ -186,6 +192,10 @@ class SearchModel:
         self.dba_weight = 0.0
         self.qe_weight = 0.0
         self.qe_top = 0
+        #: for the same queries, the weight (times the query's score spread) by which an item of known
+        #: class c falls behind the unlabelled ones, times ``1 - P(c | q)``: a query the label head
+        #: places in no known class is unlikely to share an item's known class (0: off)
+        self.demote_known = 0.0
         self.labels: LabelSpace | None = None
         self.label_head: LabelHead | None = None
         self.scale: Scale | None = None

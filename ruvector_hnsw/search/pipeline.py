@@ -30,8 +30,8 @@ from ruvector_hnsw.search.model import SearchModel
 from ruvector_hnsw.search.scoring import ResidualScorer, append_tail, rank, to_labels
 from ruvector_hnsw.search.state import DIFFUSION_K, DatabaseState
 
-__all__ = ["Knobs", "LabelView", "QueryBatch", "candidates", "combine_scores", "encode_queries", "expand_and_score",
-           "finish", "stored_queries"]
+__all__ = ["Demotion", "Knobs", "LabelView", "QueryBatch", "candidates", "combine_scores", "encode_queries",
+           "expand_and_score", "finish", "stored_queries"]
 
 
 def _nonneg(value: object, name: str) -> int:
@@ -265,6 +265,52 @@ def diffusion_pool(db: DatabaseState, pool: np.ndarray, scores: np.ndarray, dist
     return pool, dist, values_at(ids, diffusion.log_weight(f), pool, db.n)
 
 
+@dataclass(frozen=True)
+class Demotion:
+    """The known-label demotion of the queries served without the label term.
+
+    An item whose known class the label head finds unlikely for the query falls behind the
+    unlabelled items: ``scores - weight * width(q) * (1 - P(class(v) | q))`` on the labelled items
+    of the chosen queries (unlabelled items and the other queries unchanged). A query of a class
+    the labels never covered spreads ``P`` over the known classes and demotes every labelled item;
+    a known-class query keeps the items of its probable class. ``width`` is each query's score
+    spread before the open path's stages.
+    """
+
+    row_class: np.ndarray | None  #: (N,) class of every row (``proba``'s last column: unknown); None: off
+    proba: np.ndarray             #: (B, n_known + 1) ``P(class | q)``, 0 in the unknown column
+    step: np.ndarray              #: (B, 1) float32 ``weight * width`` (0 on the queries it does not apply to)
+
+    @classmethod
+    def of(cls, model: SearchModel, db: DatabaseState, view: LabelView | None, width: np.ndarray,
+           rows: np.ndarray, weight: float | None = None) -> Demotion:
+        """``model``'s demotion (``weight`` overrides ``model.demote_known``) of the queries ``rows``.
+
+        ``view`` is what ``model``'s label head says of the queries (None: no demotion).
+        """
+        w = model.demote_known if weight is None else weight
+        step = np.where(rows, np.float32(w) * width, 0.0).astype(np.float32)[:, None]
+        if not w or view is None or model.labels is None:
+            return cls(row_class=None, proba=np.zeros((step.shape[0], 1), np.float32), step=step)
+        proba = np.concatenate([np.exp(view.logp), np.zeros((step.shape[0], 1))], axis=1).astype(np.float32)
+        return cls(row_class=db.row_class(model.labels), proba=proba, step=step)
+
+    def penalty(self, pool: np.ndarray) -> np.ndarray:
+        """(B, P) float32: what each pool item loses (0 on padding and unlabelled items)."""
+        if self.row_class is None:
+            return np.zeros(pool.shape, dtype=np.float32)
+        unknown = self.proba.shape[1] - 1
+        cls = np.where(pool >= 0, self.row_class[np.maximum(pool, 0)], unknown)
+        p = np.take_along_axis(self.proba, cls, axis=1)
+        return np.where(cls < unknown, self.step * (1.0 - p), 0.0).astype(np.float32)
+
+    def __call__(self, pool: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        """``scores`` of the pool items with the demotion."""
+        if self.row_class is None:
+            return scores.astype(np.float32, copy=False)
+        return (scores - self.penalty(pool)).astype(np.float32)
+
+
 def combine_scores(pool: np.ndarray, dist: np.ndarray, sim: np.ndarray, alpha: float | np.ndarray,
                    lam: float | np.ndarray, label: np.ndarray | None, s0: float, beta: float = 1.0) -> np.ndarray:
     """``beta * (-dist / s0) + alpha * sim + lam * label`` over a pool (-inf on padding).
@@ -288,7 +334,9 @@ def expand_and_score(model: SearchModel, db: DatabaseState, qb: QueryBatch, k: i
     least ``model.gate``) gets the members of its most probable class nearest to it in its pool,
     ``scorer.alpha`` and ``lam * e(q) * log P(same class | q, v)`` added to every item
     (:mod:`ruvector_hnsw.search.labels`); the other queries are scored with ``model.alpha_open``
-    and no label term. With ``model.mu > 0`` the queries without the label term get the diffusion
+    and no label term; the items whose known class the label head finds unlikely for such a query
+    fall behind the unlabelled ones (``model.demote_known``, :class:`Demotion`, kept through the
+    later stages). With ``model.mu > 0`` the queries without the label term get the diffusion
     stage on top (:mod:`ruvector_hnsw.search.diffusion`, ``model.diffusion_gamma`` and
     ``model.diffusion_seeds``); its nodes join the pool unless ``knobs.expand == 0``. Then the
     scores of those queries are smoothed over the graph (DBA and the score-space query expansion of
@@ -296,9 +344,10 @@ def expand_and_score(model: SearchModel, db: DatabaseState, qb: QueryBatch, k: i
     """
     assert db.codes is not None
     lam = model.lam if lam is None else lam
-    view = label_view(model, db, qb) if lam else None
+    demoting = bool(model.demote_known) and model.labels is not None
+    view = label_view(model, db, qb) if (lam or demoting) else None
     B = qb.stored.shape[0]
-    if view is None or model.labels is None:
+    if not lam or view is None or model.labels is None:
         pool, scores, dist, zq = metric_pool(model, db, qb, k, knobs, scorer, num_threads)
         on = np.zeros(B, dtype=bool)
         alpha_q = np.full(B, scorer.alpha, dtype=np.float32)
@@ -314,15 +363,17 @@ def expand_and_score(model: SearchModel, db: DatabaseState, qb: QueryBatch, k: i
                                 scorer.s0, scorer.beta)
     if on.all():
         return pool, scores, dist
+    width = spread(scores)
+    demotion = Demotion.of(model, db, view, width, ~on)
+    scores = demotion(pool, scores)
     if model.mu:
-        width = spread(scores)
         pool, known, fv = diffusion_pool(db, pool, scores, dist, ~on, model.diffusion_gamma,
                                          model.diffusion_seeds, knobs.expand > 0)
         sim, dist = replace(scorer, alpha=1.0, beta=0.0).score(qb.stored, db.graph.vectors, zq, db.codes.store,
                                                                pool, known)
-        label = label_term(model, db, pool, view) if view is not None else None
+        label = label_term(model, db, pool, view) if (view is not None and lam) else None
         scores = combine_scores(pool, dist, sim, alpha_q, np.where(on, lam, 0.0), label, scorer.s0, scorer.beta)
-        scores = (scores + np.float32(model.mu) * width[:, None].astype(np.float32) * fv).astype(np.float32)
+        scores = demotion(pool, scores + np.float32(model.mu) * width[:, None].astype(np.float32) * fv)
     if model.dba_weight or model.qe_weight:
         scores = smoothed(model, db, qb, pool, dist, scores, ~on, replace(scorer, alpha=float(alpha_q[~on][0])))
     return pool, scores, dist

@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -63,6 +63,7 @@ __all__ = [
     "TrainingState",
     "ap_at_r_of_rows",
     "calibrate",
+    "calibrate_demotion",
     "calibrate_diffusion",
     "calibrate_gate",
     "calibrate_smoothing",
@@ -100,6 +101,9 @@ SEEDS_GRID = (100, 200, 400)
 DBA_GRID = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
 QE_GRID = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0)
 QE_TOP_GRID = (5, 10, 20)
+#: weights of the known-label demotion tried (times the query's score spread; 0 keeps it off, the largest
+#: puts every unlabelled item of the pool ahead of the labelled ones of unlikely classes)
+DEMOTE_GRID = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 1000.0)
 #: mean AP@R of the held-out classes a gate may give up for the known classes (0: none; apt_minilm's
 #: unseen classes lost 0.025 mAP@100 to a gate that gave up 0.005 on the held-out ones)
 GATE_TOLERANCE = 0.0
@@ -697,14 +701,24 @@ def held_out_classes(classes: tuple[np.ndarray, np.ndarray, np.ndarray], seed: i
     return np.sort(rng.choice(have, max(1, round(GATE_HOLDOUT * have.size)), replace=False))
 
 
-def calibrate_gate(model: SearchModel, db: DatabaseState, head_queries: tuple[QueryBatch, np.ndarray],
-                   known_group: tuple[QueryBatch, list[np.ndarray]], open_group: tuple[QueryBatch, list[np.ndarray]],
-                   held: np.ndarray, classes: tuple[np.ndarray, np.ndarray, np.ndarray], knobs: Knobs,
-                   num_threads: int) -> float:
+@contextmanager
+def _label_model(model: SearchModel, labels: tuple[LabelSpace, LabelHead]) -> Iterator[None]:
+    """``model`` with the label space and head ``labels`` for the duration (its own restored after)."""
+    saved = model.labels, model.label_head
+    model.labels, model.label_head = labels
+    try:
+        yield
+    finally:
+        model.labels, model.label_head = saved
+
+
+def calibrate_gate(model: SearchModel, db: DatabaseState, known_group: tuple[QueryBatch, list[np.ndarray]],
+                   open_group: tuple[QueryBatch, list[np.ndarray]], held_labels: tuple[LabelSpace, LabelHead],
+                   knobs: Knobs, num_threads: int) -> float:
     """The label evidence a query needs for the label term (``model.gate``), calibrated on held-out classes.
 
-    A second label head is trained like the first (``head_queries``: the queries and their labels)
-    with the ``held`` classes hidden. The queries of those classes (``open_group``, which the
+    ``held_labels`` is a second label head trained like the first with the held-out classes
+    hidden (their items unlabelled). The queries of those classes (``open_group``, which the
     encoder never saw either) stand for classes the labels never covered, the validation queries of
     the other classes (``known_group``) for the known ones. Of the gates of :data:`GATE_GRID` whose
     held-out-class mean AP@R is within :data:`GATE_TOLERANCE` of the best, the one with the best
@@ -712,21 +726,12 @@ def calibrate_gate(model: SearchModel, db: DatabaseState, head_queries: tuple[Qu
     decide among the gates that serve them equally.
     """
     assert model.labels is not None and model.label_head is not None
-    row_lab, known, _ = classes
-    space, head = model.labels, model.label_head
-    aux_known = known & ~np.isin(row_lab, held)
-    got = train_label_head(model, db, head_queries[0], head_queries[1], row_lab, aux_known)
-    if got is None:
-        return 0.0
     groups = []
     for qb, lists in (known_group, open_group):
         groups.append((qb, lists, _list_k((len(r) for r in lists), db.n)))
     latent = max(model.alpha, model.alpha_open) != 0.0
-    model.labels, model.label_head = got
-    try:
+    with _label_model(model, held_labels):
         pools = [_val_pools(model, db, qb, k, knobs, num_threads, latent=latent) for qb, _, k in groups]
-    finally:
-        model.labels, model.label_head = space, head
     s0 = db.contexts.s0
     relevant = [RelevantRows(lists, db.n) for _, lists, _ in groups]
     means = []  # (held-out classes, known classes) mean AP@R per gate
@@ -740,42 +745,103 @@ def calibrate_gate(model: SearchModel, db: DatabaseState, head_queries: tuple[Qu
     return choose_gate(GATE_GRID, means)
 
 
+@dataclass(frozen=True)
+class _OpenRanking:
+    """Queries ranked as served without the label term, before the open path's stages."""
+
+    probe: ResidualScorer  #: scores the latent similarity alone (``alpha`` 1 or 0, ``beta`` 0)
+    alpha: float           #: the served ``alpha`` (0 when the latent term is off)
+    pool: np.ndarray
+    dist: np.ndarray
+    zq: np.ndarray | None
+    scores: np.ndarray
+
+    @classmethod
+    def of(cls, model: SearchModel, db: DatabaseState, qb: QueryBatch, k: int, knobs: Knobs, num_threads: int,
+           alpha: float) -> _OpenRanking:
+        s0 = float(db.contexts.s0)
+        latent = alpha != 0.0
+        probe = ResidualScorer(alpha=1.0 if latent else 0.0, beta=0.0, s0=s0, space=db.space)
+        pool, sim, dist, zq = pipeline.metric_pool(model, db, qb, k, replace(knobs, expand=min(knobs.expand, 1)),
+                                                   probe, num_threads)
+        a = alpha if latent else 0.0
+        return cls(probe=probe, alpha=a, pool=pool, dist=dist, zq=zq,
+                   scores=pipeline.combine_scores(pool, dist, sim, a, 0.0, None, s0))
+
+
+def calibrate_demotion(model: SearchModel, db: DatabaseState,
+                       groups: Sequence[tuple[QueryBatch, list[np.ndarray], tuple[LabelSpace, LabelHead]]],
+                       knobs: Knobs, num_threads: int, alpha: float) -> float:
+    """The known-label demotion ``model.demote_known`` of queries ranked without the label term (0: off).
+
+    Each group ``(queries, relevant lists, (label space, label head))`` is ranked as such queries
+    are served (``alpha``, no label term) and demoted (:class:`~ruvector_hnsw.search.pipeline.Demotion`
+    with that label model) at every weight of :data:`DEMOTE_GRID`; a weight replaces the incumbent
+    (at first no demotion) only when the mean AP@R over all the groups' queries beats the
+    incumbent's by more than :data:`SIGNIFICANCE` standard errors of the paired per-query
+    differences. ``fit`` passes the held-out classes' queries with the head that never learned
+    them (what a query of an unseen class meets) and the known classes' validation queries the
+    gate leaves without the label term, with the model's own head (whom a demotion can hurt).
+    """
+    runs = []
+    for qb, lists, labels in groups:
+        k = _list_k((len(r) for r in lists), db.n)
+        r = _OpenRanking.of(model, db, qb, k, knobs, num_threads, alpha)
+        everyone = np.ones(r.pool.shape[0], dtype=bool)
+        with _label_model(model, labels):
+            unit = pipeline.Demotion.of(model, db, pipeline.label_view(model, db, qb), pipeline.spread(r.scores),
+                                        everyone, weight=1.0).penalty(r.pool)
+        runs.append((qb, lists, k, r, unit, RelevantRows(lists, db.n)))
+    if not runs:
+        return 0.0
+
+    def ap_of(weight: float) -> np.ndarray:
+        return np.concatenate([ap_at_r_of_rows(_top_rows(qb, r.pool, r.scores - np.float32(weight) * unit, k), lists,
+                                               cap=_VAL_CAP, relevant=relevant)
+                               for qb, lists, k, r, unit, relevant in runs])
+
+    best = _Incumbent(ap_of(0.0), (0.0,))
+    for weight in DEMOTE_GRID:
+        if weight:
+            best.offer(ap_of(weight), (float(weight),))
+    return float(best.setting[0])
+
+
 def calibrate_diffusion(model: SearchModel, db: DatabaseState, qb: QueryBatch, pos_lists: list[np.ndarray],
                         knobs: Knobs, num_threads: int, alpha: float) -> tuple[float, float, int]:
     """The diffusion stage's ``(mu, gamma, seeds)`` for queries ranked without the label term (``mu = 0``: off).
 
-    The queries ``qb`` are ranked as such queries are served (``alpha``, no label term), then with
-    the diffusion stage at every ``seeds`` of :data:`SEEDS_GRID`, ``gamma`` of :data:`GAMMA_GRID`
-    and ``mu`` of :data:`MU_GRID`, simplest first; a setting replaces the incumbent (at first the
-    ranking without the stage) only when its mean AP@R beats the incumbent's by more than
-    :data:`SIGNIFICANCE` standard errors of the paired per-query differences, so that a sharper or
-    wider diffusion has to earn its place on these few classes. Off, ``gamma`` and ``seeds`` stay
-    the defaults of :mod:`ruvector_hnsw.search.diffusion`.
+    The queries ``qb`` are ranked as such queries are served (``alpha``, no label term, the
+    known-label demotion as calibrated), then with the diffusion stage at every ``seeds`` of
+    :data:`SEEDS_GRID`, ``gamma`` of :data:`GAMMA_GRID` and ``mu`` of :data:`MU_GRID`, simplest
+    first; a setting replaces the incumbent (at first the ranking without the stage) only when its
+    mean AP@R beats the incumbent's by more than :data:`SIGNIFICANCE` standard errors of the paired
+    per-query differences, so that a sharper or wider diffusion has to earn its place on these few
+    classes. Off, ``gamma`` and ``seeds`` stay the defaults of :mod:`ruvector_hnsw.search.diffusion`.
     """
     assert db.codes is not None
     k = _list_k((len(r) for r in pos_lists), db.n)
-    s0 = np.float32(db.contexts.s0)
-    latent = alpha != 0.0
-    probe = ResidualScorer(alpha=1.0 if latent else 0.0, beta=0.0, s0=float(s0), space=db.space)
-    pool, sim, dist, zq = pipeline.metric_pool(model, db, qb, k, replace(knobs, expand=min(knobs.expand, 1)), probe,
-                                               num_threads)
-    a = alpha if latent else 0.0
-    base = pipeline.combine_scores(pool, dist, sim, a, 0.0, None, float(s0))
+    s0 = float(db.contexts.s0)
+    r = _OpenRanking.of(model, db, qb, k, knobs, num_threads, alpha)
+    everyone = np.ones(r.pool.shape[0], dtype=bool)
+    spread = pipeline.spread(r.scores)
+    width = spread[:, None].astype(np.float32)
+    view = pipeline.label_view(model, db, qb) if model.demote_known else None
+    demotion = pipeline.Demotion.of(model, db, view, spread, everyone)
+    base = demotion(r.pool, r.scores)
     relevant = RelevantRows(pos_lists, db.n)
-    ap0 = ap_at_r_of_rows(_top_rows(qb, pool, base, k), pos_lists, cap=_VAL_CAP, relevant=relevant)
-    width = pipeline.spread(base)[:, None].astype(np.float32)
+    ap0 = ap_at_r_of_rows(_top_rows(qb, r.pool, base, k), pos_lists, cap=_VAL_CAP, relevant=relevant)
     best = _Incumbent(ap0, (0.0, diffusion.GAMMA, diffusion.DIFFUSION_SEEDS))
-    everyone = np.ones(pool.shape[0], dtype=bool)
     for seeds in SEEDS_GRID:
         for gamma in GAMMA_GRID:
-            new, known, fv = pipeline.diffusion_pool(db, pool, base, dist, everyone, gamma, seeds)
-            sim2, dist2 = probe.score(qb.stored, db.graph.vectors, zq, db.codes.store, new, known)
-            base2 = pipeline.combine_scores(new, dist2, sim2, a, 0.0, None, float(s0))
+            new, known, fv = pipeline.diffusion_pool(db, r.pool, base, r.dist, everyone, gamma, seeds)
+            sim2, dist2 = r.probe.score(qb.stored, db.graph.vectors, r.zq, db.codes.store, new, known)
+            base2 = pipeline.combine_scores(new, dist2, sim2, r.alpha, 0.0, None, s0)
             for mu in MU_GRID:
                 if mu == 0.0:
                     continue
-                ap = ap_at_r_of_rows(_top_rows(qb, new, base2 + np.float32(mu) * width * fv, k), pos_lists,
-                                     cap=_VAL_CAP, relevant=relevant)
+                ap = ap_at_r_of_rows(_top_rows(qb, new, demotion(new, base2 + np.float32(mu) * width * fv), k),
+                                     pos_lists, cap=_VAL_CAP, relevant=relevant)
                 best.offer(ap, (float(mu), float(gamma), int(seeds)))
     mu, gamma, seeds = best.setting
     return mu, gamma, seeds
@@ -820,6 +886,26 @@ def calibrate_smoothing(model: SearchModel, db: DatabaseState, qb: QueryBatch, p
     return dba, qe, top
 
 
+def _open_path_groups(model: SearchModel, db: DatabaseState,
+                      held_group: tuple[QueryBatch, list[np.ndarray], tuple[LabelSpace, LabelHead]] | None,
+                      known_group: tuple[QueryBatch, list[np.ndarray]], labelled: bool
+                      ) -> list[tuple[QueryBatch, list[np.ndarray], tuple[LabelSpace, LabelHead]]]:
+    """The query groups the open path serves, for :func:`calibrate_demotion`.
+
+    The held-out classes' queries with the label head that never learned them, and the known
+    classes' validation queries the gate leaves without the label term (all of them when the label
+    term is off) with the model's own.
+    """
+    assert model.labels is not None and model.label_head is not None
+    groups = [] if held_group is None else [held_group]
+    qb, lists = known_group
+    view = pipeline.label_view(model, db, qb) if labelled else None
+    below = np.flatnonzero(np.ones(qb.stored.shape[0], dtype=bool) if view is None else ~view.applies(model.gate))
+    if below.size:
+        groups.append((_subset(qb, below), [lists[i] for i in below.tolist()], (model.labels, model.label_head)))
+    return groups
+
+
 def choose_gate(grid: Sequence[float], means: Sequence[tuple[float, float]], tolerance: float = GATE_TOLERANCE
                 ) -> float:
     """The gate of ``grid`` (ascending) by ``means[i] = (held-out-class AP, known-class AP)``.
@@ -854,6 +940,7 @@ def fit(model: SearchModel, db: DatabaseState, index: HNSWIndex, q: np.ndarray, 
     model.gate, model.alpha_open, model.mu = 0.0, 0.0, 0.0
     model.diffusion_gamma, model.diffusion_seeds = diffusion.GAMMA, diffusion.DIFFUSION_SEEDS
     model.dba_weight, model.qe_weight, model.qe_top = 0.0, 0.0, 0
+    model.demote_known = 0.0
     rng = np.random.default_rng(cfg.seed)
     nq = q.shape[0]
     perm = rng.permutation(nq)
@@ -967,18 +1054,29 @@ def fit(model: SearchModel, db: DatabaseState, index: HNSWIndex, q: np.ndarray, 
             calibrate(model, db, val_q, val_pos, knobs, num_threads)
         else:  # nothing to calibrate on: keep the index's ranking (alpha = 0)
             model.alpha, model.lam = 0.0, 0.0
+    held_labels = None  # the label head with the held-out classes hidden (their items unlabelled)
     if model.lam and classes is not None and val_q is not None and open_q is not None and held is not None:
         with clock.phase("label_head"):
-            model.gate = calibrate_gate(model, db, (head_q, np.asarray(classes[2])[head_idx]),
-                                        (val_q, val_pos), (open_q, open_pos), held, classes, knobs, num_threads)
+            held_labels = train_label_head(model, db, head_q, np.asarray(classes[2])[head_idx], classes[0],
+                                           classes[1] & ~np.isin(classes[0], held))
+            if held_labels is not None:
+                model.gate = calibrate_gate(model, db, (val_q, val_pos), (open_q, open_pos), held_labels, knobs,
+                                            num_threads)
     if val_q is not None:
-        with clock.phase("calibration"):  # the diffusion stage of the queries served without the label term
+        with clock.phase("calibration"):  # the open path: the queries served without the label term
             labelled = model.lam != 0.0
-            cal_q, cal_pos = (open_q, open_pos) if (labelled and open_q is not None) else (val_q, val_pos)
+            held_group = (open_q, open_pos, held_labels) if (labelled and open_q is not None
+                                                             and held_labels is not None) else None
+            cal_q, cal_pos = (held_group[0], held_group[1]) if held_group is not None else (val_q, val_pos)
             open_alpha = model.alpha_open if labelled else model.alpha
-            model.mu, model.diffusion_gamma, model.diffusion_seeds = calibrate_diffusion(
-                model, db, cal_q, cal_pos, knobs, num_threads, open_alpha)
-            model.dba_weight, model.qe_weight, model.qe_top = calibrate_smoothing(model, db, cal_q, cal_pos, knobs,
-                                                                                  num_threads, open_alpha)
+            if cfg.demote and model.labels is not None and model.label_head is not None:
+                groups = _open_path_groups(model, db, held_group, (val_q, val_pos), labelled)
+                model.demote_known = calibrate_demotion(model, db, groups, knobs, num_threads, open_alpha)
+            # the held-out classes' queries are served as an unseen class's: by a head that never learned them
+            with _label_model(model, held_group[2]) if held_group is not None else nullcontext():
+                model.mu, model.diffusion_gamma, model.diffusion_seeds = calibrate_diffusion(
+                    model, db, cal_q, cal_pos, knobs, num_threads, open_alpha)
+                model.dba_weight, model.qe_weight, model.qe_top = calibrate_smoothing(
+                    model, db, cal_q, cal_pos, knobs, num_threads, open_alpha)
     history.time_split = clock.rounded()
     return history

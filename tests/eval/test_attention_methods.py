@@ -172,3 +172,6 @@ def test_ablation_options_reach_the_model(tiny, tiny_index):
                                index=tiny_index, num_threads=1)
     p = next(iter(methods.values())).params
     assert (p["context"], p["spectral"], p["label_head"]) == ("none", 0, False)
+    methods = ev.build_methods("local_global:epochs=1:n_train=60:demote=0", tiny, index=tiny_index, num_threads=1)
+    p = next(iter(methods.values())).params
+    assert p["demote"] is False and p["demote_known"] == 0.0

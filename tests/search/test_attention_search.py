@@ -208,7 +208,7 @@ def test_calibration_falls_back_to_hnsw_when_labels_are_random(index: HNSWIndex,
           val_fraction=0.3)
     assert s.fitted and s.alpha == 0.0 and s.model.lam == 0.0 and s.model.mu == 0.0
     assert s.model.diffusion_gamma == diffusion.GAMMA and s.model.diffusion_seeds == diffusion.DIFFUSION_SEEDS
-    assert s.model.dba_weight == 0.0 and s.model.qe_weight == 0.0
+    assert s.model.dba_weight == 0.0 and s.model.qe_weight == 0.0 and s.model.demote_known == 0.0
     ids, _ = s.search(eq, k=10)
     ref, _ = index.search(eq, k=10, ef=30)
     np.testing.assert_array_equal(ids, ref)
