@@ -88,16 +88,17 @@ def _skip(protocol: str, name: str) -> bool:
 
 
 def run(datasets: list[str], protocols: list[str], seeds: list[int], *, quick: bool, threads: int,
-        unseen: float, split_seed: int, free: tuple[str, ...] = FREE, trained: tuple[str, ...] = TRAINED
-        ) -> dict[str, Any]:
-    out: dict[str, Any] = {"seeds": seeds, "unseen_fraction": unseen, "split_seed": split_seed, "results": []}
+        unseen: float, split_seed: int, free: tuple[str, ...] = FREE, trained: tuple[str, ...] = TRAINED,
+        hide_seen: float = 0.0) -> dict[str, Any]:
+    out: dict[str, Any] = {"seeds": seeds, "unseen_fraction": unseen, "split_seed": split_seed,
+                           "hide_seen": hide_seen, "results": []}
     for name in datasets:
         base_ds = _load(name, quick)
         if base_ds is None:
             print(f"{name}: not found (expected ../shared/datasets/apt_minilm.npz), skipped", flush=True)
             continue
         for protocol in protocols:
-            ds = apply_protocol(base_ds, protocol, unseen=unseen, seed=split_seed)
+            ds = apply_protocol(base_ds, protocol, unseen=unseen, seed=split_seed, hide_seen=hide_seen)
             t0 = time.perf_counter()
             index = ev.build_hnsw_index(ds, M=16, ef_construction=200, seed=100, num_threads=threads, ef=128)
             build_s = time.perf_counter() - t0
@@ -202,6 +203,8 @@ def main() -> int:
     ap.add_argument("--protocols", default="seen,unseen")
     ap.add_argument("--unseen-fraction", type=float, default=0.3, dest="unseen")
     ap.add_argument("--split-seed", type=int, default=0, dest="split_seed", help="seed of the class split")
+    ap.add_argument("--hide-seen", type=float, default=0.0, dest="hide_seen",
+                    help="unseen protocol: also hide the labels of this share of the seen classes' items")
     ap.add_argument("--threads", type=int, default=-1)
     ap.add_argument("--free", default=",".join(FREE), help="training-free methods ('none': no method)")
     ap.add_argument("--trained", default=",".join(TRAINED), help="trained methods, once per seed ('none')")
@@ -219,7 +222,8 @@ def main() -> int:
     seeds = [0] if args.quick else [int(s) for s in args.seeds.split(",") if s.strip()]
     out = run([d.strip() for d in args.datasets.split(",") if d.strip()],
               [p.strip() for p in args.protocols.split(",") if p.strip()], seeds, quick=args.quick,
-              threads=args.threads, unseen=args.unseen, split_seed=args.split_seed, free=methods(args.free),
+              threads=args.threads, unseen=args.unseen, split_seed=args.split_seed, hide_seen=args.hide_seen,
+              free=methods(args.free),
               trained=methods(args.trained))
     print(tables(out))
     if args.json:

@@ -305,6 +305,7 @@ def _run_eval(
     }
     if settings["protocol"] != "seen":
         settings["unseen_fraction"] = args.unseen_fraction
+        settings["hide_seen"] = getattr(args, "hide_seen", 0.0)
     names = ",".join([n for n in [_with_code_dtype(_method_names(methods_spec), getattr(args, "code_dtype", None))]
                       if n.strip()] + _model_specs(args))
     parsed = [ev.parse_method_spec(spec)[0] for spec in names.split(",") if spec.strip()]
@@ -628,12 +629,14 @@ def _apply_protocol(ds: Any, args: argparse.Namespace, con: _Console) -> Any:
     protocol = getattr(args, "protocol", "seen")
     if protocol == "seen":
         return ds
-    out = apply_protocol(ds, protocol, unseen=args.unseen_fraction, seed=args.seed)
+    out = apply_protocol(ds, protocol, unseen=args.unseen_fraction, seed=args.seed,
+                         hide_seen=getattr(args, "hide_seen", 0.0))
     rec = out.params["class_split"]
     con.print(f"unseen-class protocol: {len(rec['unseen_classes'])} of "
               f"{len(rec['unseen_classes']) + len(rec['seen_classes'])} classes held out (seed {rec['seed']}); "
               f"{rec['n_eval_queries']} evaluation queries of unseen classes, {rec['n_train_queries']} training "
-              f"queries of seen classes, {rec['n_base_hidden']} base labels hidden from training")
+              f"queries of seen classes, {rec['n_base_hidden']} base labels hidden from training"
+              + (f" ({rec['hide_seen']:.0%} of the seen classes' too)" if rec["hide_seen"] else ""))
     return out
 
 
@@ -1248,6 +1251,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--unseen-fraction", type=float, default=0.3, dest="unseen_fraction",
         help="share of the classes held out by --protocol unseen (default 0.3)",
+    )
+    p.add_argument(
+        "--hide-seen", type=float, default=0.0, dest="hide_seen",
+        help="--protocol unseen: also hide the labels of this share of the seen classes' base items (default 0), "
+        "so that unlabelled items are not exactly the unseen classes' items",
     )
     p.add_argument("--json", help="write results to this JSON file")
     p.add_argument("--plot", help="write a quality-vs-QPS plot (PNG) to this file")

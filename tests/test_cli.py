@@ -345,6 +345,21 @@ def test_demo_tiny_trains_then_reranks(tmp_path, capsys):
         assert rows[name]["map_at_100"] is not None
 
 
+def test_eval_hide_seen_reaches_the_split(tmp_path, capsys):
+    out_json = tmp_path / "h.json"
+    rc = main(["eval", "--dataset", "clusters", "--size", "tiny", "--protocol", "unseen", "--hide-seen", "0.5",
+               "--methods", "hnsw", "--ef", "64", "--json", str(out_json), "--latency-queries", "0",
+               "--threads", "1"])
+    assert rc == 0
+    assert "of the seen classes' too" in capsys.readouterr().out
+    doc = json.loads(out_json.read_text())
+    split = doc["dataset"]["params"]["class_split"]
+    assert split["hide_seen"] == 0.5 and doc["settings"]["hide_seen"] == 0.5
+    full = load("clusters", size="tiny", seed=0)
+    n_unseen_items = int(np.isin(full.base_labels, split["unseen_classes"]).sum())
+    assert split["n_base_hidden"] == n_unseen_items + round(0.5 * (full.n_base - n_unseen_items))
+
+
 def test_eval_protocols(tmp_path, capsys):
     out_json = tmp_path / "u.json"
     rc = main(["eval", "--dataset", "clusters", "--size", "tiny", "--protocol", "unseen", "--unseen-fraction", "0.4",
@@ -355,6 +370,7 @@ def test_eval_protocols(tmp_path, capsys):
     doc = json.loads(out_json.read_text())
     split = doc["dataset"]["params"]["class_split"]
     assert split["seed"] == 3 and split["unseen_fraction"] == 0.4 and doc["settings"]["protocol"] == "unseen"
+    assert split["hide_seen"] == 0.0 and doc["settings"]["hide_seen"] == 0.0
     full = load("clusters", size="tiny", seed=3)
     n_classes = int(np.unique(full.base_labels).size)
     assert len(split["unseen_classes"]) == round(0.4 * n_classes)

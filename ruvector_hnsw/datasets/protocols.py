@@ -9,6 +9,11 @@ are dropped and the labels of unseen-class database items are hidden (``-1`` in
 ``Dataset.train_base_labels``) -- while evaluation queries come from unseen classes only. The
 database keeps every item and relevance still uses the full ``base_labels``, so a method is
 judged on classes it never saw a label of, among distractors of the seen ones.
+
+On that split, "unlabelled" means "of an unseen class": a method that prefers unlabelled items
+for a query it takes for novel reads the split itself. ``hide_seen`` hides the labels of a seeded
+share of the seen classes' items too, so that unlabelled items are a mix, as in a database where
+labelling lags behind.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ def _take_rows(extras: dict[str, np.ndarray], prefix: str, keep: np.ndarray) -> 
     return {k: (v[keep] if k.startswith(prefix) else v) for k, v in extras.items()}
 
 
-def class_split(dataset: Dataset, unseen: float = 0.3, *, seed: int = 0) -> Dataset:
+def class_split(dataset: Dataset, unseen: float = 0.3, *, seed: int = 0, hide_seen: float = 0.0) -> Dataset:
     """The unseen-class protocol: split classes, not items (see the module docstring).
 
     Parameters
@@ -44,6 +49,9 @@ def class_split(dataset: Dataset, unseen: float = 0.3, *, seed: int = 0) -> Data
         class is seen and one unseen.
     seed : int
         Seed of the class permutation (``numpy.random.default_rng``).
+    hide_seen : float
+        Share of the seen classes' database items whose labels are hidden too, in [0, 1)
+        (drawn with ``default_rng([seed, 1])``; 0: none).
 
     Returns
     -------
@@ -58,7 +66,8 @@ def class_split(dataset: Dataset, unseen: float = 0.3, *, seed: int = 0) -> Data
     Raises
     ------
     ConfigError
-        Unlabelled dataset, training queries without labels, ``unseen`` outside (0, 1), fewer
+        Unlabelled dataset, training queries without labels, ``unseen`` outside (0, 1),
+        ``hide_seen`` outside [0, 1), fewer
         than two classes, or no evaluation / training query left after the split.
     """
     if dataset.base_labels is None or dataset.query_labels is None:
@@ -68,6 +77,9 @@ def class_split(dataset: Dataset, unseen: float = 0.3, *, seed: int = 0) -> Data
     frac = float(unseen)
     if not 0.0 < frac < 1.0:
         raise ConfigError(f"class_split: unseen must lie in (0, 1), got {unseen!r}")
+    hide = float(hide_seen)
+    if not 0.0 <= hide < 1.0:
+        raise ConfigError(f"class_split: hide_seen must lie in [0, 1), got {hide_seen!r}")
     classes = np.unique(dataset.base_labels)
     if classes.size < 2:
         raise ConfigError(f"class_split: need at least 2 classes, the dataset has {classes.size}")
@@ -98,9 +110,14 @@ def class_split(dataset: Dataset, unseen: float = 0.3, *, seed: int = 0) -> Data
         raise ConfigError(f"class_split: no training query belongs to the seen classes {seen_cls.tolist()}")
     hidden = np.array(dataset.training_base_labels, dtype=np.int64, copy=True)
     hidden[np.isin(dataset.base_labels, unseen_cls)] = -1
+    if hide:
+        seen_rows = np.flatnonzero(hidden >= 0)
+        n_hide = round(hide * seen_rows.size)
+        hidden[np.random.default_rng([int(seed), 1]).choice(seen_rows, n_hide, replace=False)] = -1
     record: dict[str, Any] = {
         "unseen_fraction": frac,
         "seed": int(seed),
+        "hide_seen": hide,
         "seen_classes": seen_cls.tolist(),
         "unseen_classes": unseen_cls.tolist(),
         "n_eval_queries": int(ev.size),
@@ -121,8 +138,9 @@ def class_split(dataset: Dataset, unseen: float = 0.3, *, seed: int = 0) -> Data
     )
 
 
-def apply_protocol(dataset: Dataset, protocol: str = "seen", *, unseen: float = 0.3, seed: int = 0) -> Dataset:
-    """``"seen"``: the dataset itself; ``"unseen"``: :func:`class_split` (``unseen``, ``seed``).
+def apply_protocol(dataset: Dataset, protocol: str = "seen", *, unseen: float = 0.3, seed: int = 0,
+                   hide_seen: float = 0.0) -> Dataset:
+    """``"seen"``: the dataset itself; ``"unseen"``: :func:`class_split` (``unseen``, ``seed``, ``hide_seen``).
 
     Raises
     ------
@@ -133,5 +151,5 @@ def apply_protocol(dataset: Dataset, protocol: str = "seen", *, unseen: float = 
     if key == "seen":
         return dataset
     if key == "unseen":
-        return class_split(dataset, unseen, seed=seed)
+        return class_split(dataset, unseen, seed=seed, hide_seen=hide_seen)
     raise ConfigError(f"unknown protocol {protocol!r}; expected one of {', '.join(PROTOCOLS)}")

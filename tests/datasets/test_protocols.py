@@ -81,8 +81,29 @@ def test_without_training_queries_the_seen_class_queries_train():
                                   np.arange(ds.n_queries))
 
 
+def test_hide_seen_hides_a_seeded_share_of_the_seen_classes_labels():
+    ds = _toy(per=50)
+    plain = class_split(ds, 0.3, seed=2)
+    out = class_split(ds, 0.3, seed=2, hide_seen=0.4)
+    unseen = np.isin(ds.base_labels, plain.params["class_split"]["unseen_classes"])
+    assert (out.train_base_labels[unseen] == -1).all()
+    seen_hidden = (out.train_base_labels < 0) & ~unseen
+    assert seen_hidden.sum() == round(0.4 * (~unseen).sum())
+    kept = out.train_base_labels >= 0
+    np.testing.assert_array_equal(out.train_base_labels[kept], ds.base_labels[kept])  # the rest unchanged
+    np.testing.assert_array_equal(out.queries, plain.queries)  # queries and classes as without it
+    np.testing.assert_array_equal(out.train_queries, plain.train_queries)
+    assert out.params["class_split"]["hide_seen"] == 0.4
+    again = apply_protocol(ds, "unseen", unseen=0.3, seed=2, hide_seen=0.4)
+    np.testing.assert_array_equal(again.train_base_labels, out.train_base_labels)  # seeded
+    assert plain.params["class_split"]["hide_seen"] == 0.0
+
+
 def test_errors():
     ds = _toy()
+    for bad_hide in (-0.1, 1.0):
+        with pytest.raises(ConfigError, match="hide_seen"):
+            class_split(ds, 0.3, hide_seen=bad_hide)
     for bad in (0.0, 1.0, -0.1, 1.5):
         with pytest.raises(ConfigError):
             class_split(ds, bad)
