@@ -381,7 +381,7 @@ class AttentionSearch:
         qb = pipeline.candidates(self.index, db.graph, self.model, q, max(C, k), max(C, k), self._num_threads)
         scorer = self.model.scorer(self.index.space)
         m = self.model
-        if db.codes is None or not (scorer.alpha or m.lam or m.mu or m.dba_weight or m.qe_weight):
+        if db.codes is None or not (scorer.alpha or m.lam or m.mu or m.dba_weight or m.qe_weight or m.demote_known):
             return pipeline.hnsw_ranking(qb, k, scorer.s0, db.graph)
         pool, scores, _ = pipeline.expand_and_score(self.model, db, qb, k, knobs, scorer, self._num_threads)
         return pipeline.finish(qb, pool, scores, k, db.graph)

@@ -138,3 +138,24 @@ def test_fitted_demotion_is_saved_and_acts_on_open_queries_only(unseen_fits, tmp
         np.testing.assert_array_equal(again[1], demoted[1])
     finally:
         m.demote_known, m.gate = weight, gate
+
+
+def test_the_demotion_alone_still_reranks_hnsws_candidates(unseen_fits) -> None:
+    fits, idx, _base_lab, eq, _ = unseen_fits
+    s = fits[True]
+    m = s.model
+    saved = {name: getattr(m, name) for name in ("alpha", "lam", "mu", "dba_weight", "qe_weight", "demote_known")}
+    try:
+        m.alpha = m.lam = m.mu = m.dba_weight = m.qe_weight = 0.0
+        m.demote_known = 0.0
+        ids, _ = s.search(eq, k=20)
+        ref, _ = idx.search(eq, k=20, ef=40)
+        np.testing.assert_array_equal(ids, ref)  # nothing on: HNSW's ranking
+        m.demote_known = 1000.0
+        ids, _ = s.search(eq, k=20)
+        assert (ids != ref).any(axis=1).mean() > 0.2
+        cand, _ = idx.search(eq, k=40, ef=40)
+        assert all(set(ids[i].tolist()) <= set(cand[i].tolist()) for i in range(len(eq)))  # re-ranks, adds nothing
+    finally:
+        for name, value in saved.items():
+            setattr(m, name, value)
