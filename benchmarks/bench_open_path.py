@@ -1,4 +1,4 @@
-"""What each stage of the open path adds on unseen classes: the label gate, the diffusion stage, the smoothing.
+"""What each stage of the open path adds on unseen classes: the gate, the demotion, the diffusion, the smoothing.
 
 The open path serves the queries the label term does not apply to (:mod:`ruvector_hnsw.search.pipeline`).
 For each dataset (the four built-in scenarios and ``apt_minilm`` when found), the unseen-class protocol
@@ -8,8 +8,13 @@ thread so the graph is the same every run) and evaluated (mAP@100 of the evaluat
 
 - ``default``: as fitted;
 - ``no gate``: every query served by the open path (the label term off);
-- ``no smoothing``: the DBA and query-expansion weights set to 0;
+- ``no demotion``: the known-label demotion off (``demote_known = 0``), the gate as fitted;
+- ``no smoothing``: the DBA and query-expansion weights set to 0 too;
 - ``no diffusion``: the diffusion stage off too (the codes' ranking with ``alpha_open``).
+
+``--hide-seen F`` hides the labels of a share ``F`` of the seen classes' items too
+(:func:`~ruvector_hnsw.datasets.class_split`), so that unlabelled items are not exactly the unseen
+classes' items.
 
 Switches act on the fitted model's scalars between searches (one fit serves every row). Prints
 mean +- std over the seeds and the calibrated settings.
@@ -34,7 +39,7 @@ from ruvector_hnsw.eval.attention import fit_attention
 from ruvector_hnsw.search import diffusion
 
 APT = "apt_minilm"
-ROWS = ("default", "no gate", "no smoothing", "no diffusion")
+ROWS = ("default", "no gate", "no demotion", "no smoothing", "no diffusion")
 
 
 def _map100(ds: Any, model: Any) -> float:
@@ -42,8 +47,8 @@ def _map100(ds: Any, model: Any) -> float:
     return float(ev.evaluate(ds, {"m": method}, k=10, qps_repeats=1, latency_queries=0)[0]["map_at_100"])
 
 
-def run(datasets: list[str], seeds: list[int]) -> dict[str, Any]:
-    out: dict[str, Any] = {"seeds": seeds, "results": []}
+def run(datasets: list[str], seeds: list[int], hide_seen: float = 0.0) -> dict[str, Any]:
+    out: dict[str, Any] = {"seeds": seeds, "hide_seen": hide_seen, "results": []}
     for name in datasets:
         if name == APT:
             path = shared_dataset()
@@ -53,18 +58,20 @@ def run(datasets: list[str], seeds: list[int]) -> dict[str, Any]:
             base = load(str(path))
         else:
             base = load(name)
-        ds = apply_protocol(base, "unseen", unseen=0.3, seed=0)
+        ds = apply_protocol(base, "unseen", unseen=0.3, seed=0, hide_seen=hide_seen)
         index = ev.build_hnsw_index(ds, M=16, ef_construction=200, seed=100, num_threads=1, ef=128)
         for seed in seeds:
             model, _ = fit_attention(ev.BuildContext(ds, index, ef=128, seed=seed, num_threads=2), "local_global")
             m = model.model
             saved = {k: getattr(m, k) for k in ("gate", "mu", "diffusion_gamma", "diffusion_seeds", "dba_weight",
-                                                 "qe_weight", "qe_top")}
+                                                 "qe_weight", "qe_top", "demote_known")}
             row: dict[str, Any] = {"dataset": name, "seed": seed, "settings": dict(saved)}
             row["default"] = _map100(ds, model)
             m.gate = 2.0
             row["no gate"] = _map100(ds, model)
             m.gate = saved["gate"]
+            m.demote_known = 0.0
+            row["no demotion"] = _map100(ds, model)
             m.dba_weight, m.qe_weight = 0.0, 0.0
             row["no smoothing"] = _map100(ds, model)
             mu = m.mu
@@ -96,10 +103,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--datasets", default=f"clusters,hierarchical,manifolds,digits,{APT}")
+    ap.add_argument("--hide-seen", type=float, default=0.0, dest="hide_seen",
+                    help="also hide the labels of this share of the seen classes' items")
     ap.add_argument("--json")
     args = ap.parse_args()
     out = run([d.strip() for d in args.datasets.split(",") if d.strip()],
-              [int(s) for s in args.seeds.split(",") if s.strip()])
+              [int(s) for s in args.seeds.split(",") if s.strip()], args.hide_seen)
     print(table(out))
     if args.json:
         Path(args.json).write_text(json.dumps(ev.to_jsonable(out), indent=1))
