@@ -16,7 +16,9 @@ or added after ``fit``), with ``r_v`` the head's own prediction for ``v`` over i
 unlabelled item is ranked by what it looks like, not by lacking a label. The label term applies to
 a query only when ``e`` reaches the model's gate (calibrated on classes held out of a second head,
 :func:`ruvector_hnsw.search.training.calibrate_gate`): a query whose neighbourhood carries few
-labels (a class the labels never covered) is ranked by the metric codes alone. ``lam`` is
+labels (a class the labels never covered) is ranked by the metric codes and the open path's stages
+(:func:`ruvector_hnsw.search.pipeline.expand_and_score`; among them the demotion of labelled items
+whose class ``p`` finds unlikely, :class:`ruvector_hnsw.search.pipeline.Demotion`). ``lam`` is
 calibrated on held-out training queries (0 included: the head is then off). The head is trained
 with cross-entropy on the training queries (their candidates as context) and on the labelled
 database rows (their layer-0 links as context), analytic gradients, Adam; its inputs are

@@ -824,10 +824,10 @@ def calibrate_diffusion(model: SearchModel, db: DatabaseState, qb: QueryBatch, p
     s0 = float(db.contexts.s0)
     r = _OpenRanking.of(model, db, qb, k, knobs, num_threads, alpha)
     everyone = np.ones(r.pool.shape[0], dtype=bool)
-    spread = pipeline.spread(r.scores)
-    width = spread[:, None].astype(np.float32)
+    sd = pipeline.spread(r.scores)
+    width = sd[:, None].astype(np.float32)
     view = pipeline.label_view(model, db, qb) if model.demote_known else None
-    demotion = pipeline.Demotion.of(model, db, view, spread, everyone)
+    demotion = pipeline.Demotion.of(model, db, view, sd, everyone)
     base = demotion(r.pool, r.scores)
     relevant = RelevantRows(pos_lists, db.n)
     ap0 = ap_at_r_of_rows(_top_rows(qb, r.pool, base, k), pos_lists, cap=_VAL_CAP, relevant=relevant)
