@@ -159,3 +159,25 @@ def test_the_demotion_alone_still_reranks_hnsws_candidates(unseen_fits) -> None:
     finally:
         for name, value in saved.items():
             setattr(m, name, value)
+
+
+def test_items_added_after_fit_count_as_unlabelled() -> None:
+    base, _base_lab, fit_lab, tq, tq_lab, eq, _ = _unseen_split(seed=7)
+    idx = _index(base)
+    s = AttentionSearch(idx, k_local=8, k_global=4, candidates=40)
+    s.fit(tq, labels=fit_lab, query_labels=tq_lab, epochs=1, batch_size=64, val_fraction=0.2)
+    m = s.model
+    n0 = len(idx)
+    idx.add(eq[:5] + np.float32(0.01))  # near the evaluation queries, so they reach the pools
+    db = s.database_state()
+    qb = pipeline.candidates(idx, db.graph, m, eq, 40, 40, 1)
+    view = pipeline.label_view(m, db, qb)
+    assert view is not None
+    d = pipeline.Demotion.of(m, db, view, np.ones(eq.shape[0]), np.ones(eq.shape[0], dtype=bool), weight=5.0)
+    pool = qb.hnsw_rows
+    lost = d.penalty(pool)
+    new = pool >= n0
+    assert new.any()
+    assert (lost[new] == 0).all()  # no label: nothing to demote
+    labelled = (pool >= 0) & (pool < n0) & (fit_lab[np.clip(pool, 0, n0 - 1)] >= 0)
+    assert (lost[labelled] > 0).any()
