@@ -1056,9 +1056,9 @@ def fit(model: SearchModel, db: DatabaseState, index: HNSWIndex, q: np.ndarray, 
             model.alpha, model.lam = 0.0, 0.0
     held_labels = None  # the label head with the held-out classes hidden (their items unlabelled)
     if model.lam and classes is not None and val_q is not None and open_q is not None and held is not None:
+        assert unknown is not None  # the encoder's: unlabelled or of a held-out class
         with clock.phase("label_head"):
-            held_labels = train_label_head(model, db, head_q, np.asarray(classes[2])[head_idx], classes[0],
-                                           classes[1] & ~np.isin(classes[0], held))
+            held_labels = train_label_head(model, db, head_q, np.asarray(classes[2])[head_idx], classes[0], ~unknown)
             if held_labels is not None:
                 model.gate = calibrate_gate(model, db, (val_q, val_pos), (open_q, open_pos), held_labels, knobs,
                                             num_threads)
