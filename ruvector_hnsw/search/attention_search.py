@@ -438,10 +438,12 @@ class AttentionSearch:
             Pool composition per training query: random relevant items, uniformly random items,
             hard negatives from the current codes (re-mined every epoch).
         val_fraction, patience : float, int
-            Held-out share of the training queries (seeded split); early stopping on their mAP@R.
-            ``alpha`` and the open path's weights (diffusion, DBA, query expansion) are calibrated
-            on them, or on the held-out classes' queries, over grids that include 0, so the fitted
-            model is never below the index's ranking there.
+            Held-out share of the training queries (seeded split); early stopping on their mAP@R,
+            or, when labels hold out classes from the encoder (``labels`` and ``query_labels``
+            with at least five classes), on the mAP@R of those classes' queries: how the codes
+            transfer to classes they never saw. ``alpha`` and the open path's weights (diffusion,
+            DBA, query expansion) are calibrated on them, or on the held-out classes' queries,
+            over grids that include 0, so the fitted model is never below the index's ranking there.
         fresh_rows : int or None
             Distinct pool rows per step encoded with the current parameters and back-propagated:
             those with the largest gradient under the codes of the last refresh (refreshed every

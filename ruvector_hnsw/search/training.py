@@ -932,8 +932,9 @@ def fit(model: SearchModel, db: DatabaseState, index: HNSWIndex, q: np.ndarray, 
     unknown are left out of the contrastive loss (neither positives nor negatives). With the label
     head on and at least :data:`HOLDOUT_MIN_CLASSES` classes of training queries,
     :func:`held_out_classes` are kept out of the encoder's training (their items count as unknown
-    there, their queries are neither trained nor validated on): their queries calibrate
-    ``alpha_open`` and the label gate on classes the codes never saw. The label head learns them.
+    there, their queries are neither trained nor validated on): their queries choose the encoder's
+    best epoch (and stop it early) and calibrate ``alpha_open``, the label gate and the open path on
+    classes the codes never saw. The label head learns them.
     """
     cfg = model.config
     model.labels, model.label_head, model.lam = None, None, 0.0
@@ -995,11 +996,17 @@ def fit(model: SearchModel, db: DatabaseState, index: HNSWIndex, q: np.ndarray, 
                                     step_runner=opts.step_runner)
     trainable.clock = clock
     val_pos = [pos_lists[i] for i in val_idx.tolist()]
+    open_pos = [pos_lists[i] for i in open_idx.tolist()]
+
+    # the epochs are judged on the held-out classes when there are some: the codes serve the queries the
+    # label term leaves alone (those of classes the labels never covered), and how they transfer to
+    # classes the encoder never saw is what those queries measure; else on the validation queries
+    sel_q, sel_pos = (open_q, open_pos) if open_q is not None else (val_q, val_pos)
 
     def validate(_: Any) -> dict[str, float]:
-        assert val_q is not None
+        assert sel_q is not None
         with clock.phase("validation"):
-            value, alpha = calibrate(model, db, val_q, val_pos, knobs, num_threads)
+            value, alpha = calibrate(model, db, sel_q, sel_pos, knobs, num_threads)
         return {"map_at_r": value, "alpha": alpha}
 
     steps = max(1, int(np.ceil(tr_idx.shape[0] / opts.batch_size)))
@@ -1043,7 +1050,6 @@ def fit(model: SearchModel, db: DatabaseState, index: HNSWIndex, q: np.ndarray, 
     if classes is not None and cfg.label_head and n_val:
         with clock.phase("label_head"):
             fit_label_head(model, db, head_q, classes[2][head_idx], classes[0], classes[1])
-    open_pos = [pos_lists[i] for i in open_idx.tolist()]
     with clock.phase("calibration"):
         if n_val and val_q is not None:
             if model.label_head is not None:  # alpha of the queries the label term will not apply to

@@ -296,3 +296,41 @@ def test_fit_keeps_held_out_classes_out_of_the_encoder(monkeypatch) -> None:
     for p in pos:  # no training query of a held-out class: none has a held-out row as a positive
         assert not held_rows[p].any()
     assert s.model.label_head is not None and s.model.label_head.n_classes == 12  # the head learns them all
+
+
+def test_fit_judges_the_encoders_epochs_on_held_out_classes(monkeypatch) -> None:
+    """Early stopping and the best epoch read the held-out classes' queries: how the codes transfer."""
+    from ruvector_hnsw.search import training
+
+    validating = {"on": False}
+    judged: list[list[np.ndarray]] = []
+    real_calibrate, real_trainer = training.calibrate, training.Trainer
+
+    def calibrate(model, db, qb, pos_lists, *a, **kw):  # type: ignore[no-untyped-def]
+        if validating["on"]:
+            judged.append(pos_lists)
+        return real_calibrate(model, db, qb, pos_lists, *a, **kw)
+
+    def trainer(*a, validate=None, **kw):  # type: ignore[no-untyped-def]
+        def spy(state):  # type: ignore[no-untyped-def]
+            validating["on"] = True
+            try:
+                return validate(state)
+            finally:
+                validating["on"] = False
+
+        return real_trainer(*a, validate=None if validate is None else spy, **kw)
+
+    monkeypatch.setattr(training, "calibrate", calibrate)
+    monkeypatch.setattr(training, "Trainer", trainer)
+    base, base_lab, tq, tq_lab, _, _ = _labelled()
+    s = AttentionSearch(_index(base), k_local=8, k_global=4, candidates=40)
+    s.fit(tq, labels=base_lab, query_labels=tq_lab, epochs=2, batch_size=64, val_fraction=0.2)
+    held = training.held_out_classes((base_lab, np.ones(base_lab.size, dtype=bool), tq_lab), 0)
+    assert held is not None
+    rows = s.database_state().graph.labels  # ids are rows here
+    held_rows = np.isin(base_lab[rows], held)
+    assert len(judged) == 3  # before training and after each epoch
+    for lists in judged:
+        assert len(lists) == int(np.isin(tq_lab, held).sum())  # every held-out class's training query
+        assert all(held_rows[p].all() for p in lists)
