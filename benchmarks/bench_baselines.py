@@ -169,6 +169,21 @@ def _means(rows: list[dict[str, Any]]) -> dict[tuple[str, str, str], tuple[float
     return {key: (*_stat(v), len(v)) for key, v in groups.items()}
 
 
+def merged_rows(files: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """The rows of several result files; a later file's (dataset, protocol, method) replace an earlier one's.
+
+    Never pooled: a file of the mixed protocol (``--hide-seen``) shares the protocol name with the plain
+    one, so its trained rows must replace theirs, not average with them.
+    """
+    merged: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for rows in files:
+        mine: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+        for r in rows:
+            mine.setdefault((r["dataset"], r["protocol"], r["method"]), []).append(r)
+        merged.update(mine)
+    return [r for rows in merged.values() for r in rows]
+
+
 def verdict(rows: list[dict[str, Any]]) -> str:
     """The issue-9 bars per dataset and protocol (mAP@100, mean over seeds)."""
     means = _means(rows)
@@ -217,8 +232,7 @@ def main() -> int:
     ap.add_argument("--verdict", nargs="+", metavar="JSON", help="print the bars from these result files")
     args = ap.parse_args()
     if args.verdict:
-        rows = [r for f in args.verdict for r in json.loads(Path(f).read_text())["results"]]
-        print(verdict(rows))
+        print(verdict(merged_rows([json.loads(Path(f).read_text())["results"] for f in args.verdict])))
         return 0
 
     def methods(text: str) -> tuple[str, ...]:
