@@ -932,7 +932,7 @@ def fit(model: SearchModel, db: DatabaseState, index: HNSWIndex, q: np.ndarray, 
     unknown are left out of the contrastive loss (neither positives nor negatives). With the label
     head on and at least :data:`HOLDOUT_MIN_CLASSES` classes of training queries,
     :func:`held_out_classes` are kept out of the encoder's training (their items count as unknown
-    there, their queries are neither trained nor validated on): their queries choose the encoder's
+    there, their queries are not trained on): their queries choose the encoder's
     best epoch (and stop it early) and calibrate ``alpha_open``, the label gate and the open path on
     classes the codes never saw. The label head learns them.
     """
