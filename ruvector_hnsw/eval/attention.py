@@ -248,8 +248,8 @@ def fit_attention(
     ctor = {k: opts.pop(k) for k in _CTOR_OPTIONS if k in opts}
     if "context" in ctor and ctor["context"] is None:  # the spec ``context=none`` parses to None
         ctor["context"] = "none"
-    if "demote" in ctor:  # ``demote=0`` is the ablation
-        ctor["demote"] = bool(ctor["demote"])
+    if ctor.get("demote") in (0, 1) and not isinstance(ctor["demote"], bool):  # ``demote=0``: parsed as an int
+        ctor["demote"] = bool(ctor["demote"])  # anything else reaches ModelConfig's check as given
     if "mech_temperature" in opts:
         opts["temperature"] = opts.pop("mech_temperature")
     num_threads = int(opts.pop("num_threads", ctx.num_threads))

@@ -175,3 +175,5 @@ def test_ablation_options_reach_the_model(tiny, tiny_index):
     methods = ev.build_methods("local_global:epochs=1:n_train=60:demote=0", tiny, index=tiny_index, num_threads=1)
     p = next(iter(methods.values())).params
     assert p["demote"] is False and p["demote_known"] == 0.0
+    with pytest.raises(ConfigError, match="demote must be a bool"):  # not silently read as True
+        ev.build_methods("local_global:epochs=1:n_train=60:demote=maybe", tiny, index=tiny_index, num_threads=1)
