@@ -13,15 +13,21 @@ from numba import njit
 
 
 @njit(cache=True, nogil=True)
-def _gather_nodes(cand: np.ndarray, nbr: np.ndarray) -> np.ndarray:
-    """Candidates (in order) then their neighbours, each label once, in order of first entry."""
+def _gather_into(cand: np.ndarray, nbr: np.ndarray, slot: np.ndarray) -> np.ndarray:
+    """Candidates (in order) then their neighbours, each once, in order of first entry.
+
+    ``slot`` (N,) is -1 on entry for every id; on return ``slot[nodes[i]] == i`` (the caller resets
+    those entries with :func:`_release`). Linear in the links read: no sort.
+    """
     C = cand.shape[0]
     K = nbr.shape[1]
     buf = np.empty(C * (K + 1), dtype=np.int64)
     m = 0
     for c in range(C):
-        if cand[c] >= 0:
-            buf[m] = cand[c]
+        u = cand[c]
+        if u >= 0 and slot[u] < 0:
+            slot[u] = m
+            buf[m] = u
             m += 1
     for c in range(C):
         u = cand[c]
@@ -29,18 +35,110 @@ def _gather_nodes(cand: np.ndarray, nbr: np.ndarray) -> np.ndarray:
             continue
         for j in range(K):
             v = nbr[u, j]
-            if v >= 0:
+            if v >= 0 and slot[v] < 0:
+                slot[v] = m
                 buf[m] = v
                 m += 1
-    order = np.argsort(buf[:m], kind="mergesort")
-    first = np.empty(m, dtype=np.int64)
-    n = 0
-    for i in range(m):
-        if i == 0 or buf[order[i]] != buf[order[i - 1]]:
-            first[n] = order[i]
-            n += 1
-    keep = np.sort(first[:n])
-    return buf[keep]
+    return buf[:m].copy()
+
+
+@njit(cache=True, nogil=True)
+def _release(nodes: np.ndarray, slot: np.ndarray) -> None:
+    """Reset the ``slot`` entries :func:`_gather_into` set for ``nodes``."""
+    for i in range(nodes.shape[0]):
+        slot[nodes[i]] = -1
+
+
+@njit(cache=True, nogil=True)
+def _gather_nodes(cand: np.ndarray, nbr: np.ndarray) -> np.ndarray:
+    """Candidates (in order) then their neighbours, each label once, in order of first entry."""
+    slot = np.full(nbr.shape[0], -1, dtype=np.int64)
+    return _gather_into(cand, nbr, slot)
+
+
+@njit(cache=True, nogil=True)
+def _sort_segment(cols: np.ndarray, wts: np.ndarray, lo: int, hi: int) -> None:
+    """Sort ``cols[lo:hi]`` ascending in place, ``wts`` along (insertion sort; argsort past 32 entries)."""
+    if hi - lo > 32:
+        order = np.argsort(cols[lo:hi])
+        c = cols[lo:hi][order]
+        w = wts[lo:hi][order]
+        cols[lo:hi] = c
+        wts[lo:hi] = w
+        return
+    for t in range(lo + 1, hi):
+        c, w = cols[t], wts[t]
+        s = t - 1
+        while s >= lo and cols[s] > c:
+            cols[s + 1] = cols[s]
+            wts[s + 1] = wts[s]
+            s -= 1
+        cols[s + 1] = c
+        wts[s + 1] = w
+
+
+@njit(cache=True, nogil=True)
+def _affinity(nodes: np.ndarray, slot: np.ndarray, nbr: np.ndarray, nbr_sim: np.ndarray,
+              gamma: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`build_affinity` with ``slot[nodes[i]] == i`` (-1 elsewhere) as the id -> position map.
+
+    Two passes over the links (count per row, then fill both directions), then each row's few
+    entries sorted by column and merged (the larger weight): linear in the links but for the rows'
+    own sorts.
+    """
+    n = nodes.shape[0]
+    K = nbr.shape[1]
+    start = np.zeros(n + 1, dtype=np.int64)
+    for i in range(n):
+        u = nodes[i]
+        for j in range(K):
+            v = nbr[u, j]
+            if v < 0:
+                continue
+            jj = slot[v]
+            if jj < 0 or jj == i:
+                continue
+            start[i + 1] += 1
+            start[jj + 1] += 1
+    for i in range(n):
+        start[i + 1] += start[i]
+    m = start[n]
+    fill = start[:n].copy()
+    cols = np.empty(m, dtype=np.int64)
+    wts = np.empty(m, dtype=np.float64)
+    for i in range(n):
+        u = nodes[i]
+        for j in range(K):
+            v = nbr[u, j]
+            if v < 0:
+                continue
+            jj = slot[v]
+            if jj < 0 or jj == i:
+                continue
+            w = max(float(nbr_sim[u, j]), 0.0) ** gamma
+            cols[fill[i]] = jj
+            wts[fill[i]] = w
+            fill[i] += 1
+            cols[fill[jj]] = i
+            wts[fill[jj]] = w
+            fill[jj] += 1
+    indptr = np.zeros(n + 1, dtype=np.int64)
+    indices = np.empty(m, dtype=np.int64)
+    data = np.empty(m, dtype=np.float64)
+    e = 0
+    for i in range(n):
+        lo, hi = start[i], start[i + 1]
+        _sort_segment(cols, wts, lo, hi)
+        for t in range(lo, hi):
+            if t > lo and cols[t] == cols[t - 1]:
+                if wts[t] > data[e - 1]:
+                    data[e - 1] = wts[t]
+                continue
+            indices[e] = cols[t]
+            data[e] = wts[t]
+            e += 1
+        indptr[i + 1] = e
+    return indptr, indices[:e], data[:e]
 
 
 @njit(cache=True, nogil=True)
@@ -49,63 +147,24 @@ def build_affinity(nodes: np.ndarray, nbr: np.ndarray, nbr_sim: np.ndarray,
     """Symmetric CSR ``W`` over ``nodes``: ``W_ij = max(s_ij, 0) ** gamma`` for layer-0 links i->j or j->i.
 
     Links between two nodes of the set are kept (from either end; if both ends hold the link,
-    the larger weight); links leaving the set are dropped. Returns ``indptr, indices, data``.
+    the larger weight); links leaving the set are dropped. Each row's columns ascend. Returns
+    ``indptr, indices, data``.
     """
-    n = nodes.shape[0]
-    K = nbr.shape[1]
-    sidx = np.argsort(nodes)
-    skeys = nodes[sidx]
-    rows = np.empty(2 * n * K, dtype=np.int64)
-    cols = np.empty(2 * n * K, dtype=np.int64)
-    wts = np.empty(2 * n * K, dtype=np.float64)
-    m = 0
-    for i in range(n):
-        u = nodes[i]
-        for j in range(K):
-            v = nbr[u, j]
-            if v < 0:
-                continue
-            p = np.searchsorted(skeys, v)
-            if p >= n or skeys[p] != v:
-                continue
-            jj = sidx[p]
-            if jj == i:
-                continue
-            w = max(float(nbr_sim[u, j]), 0.0) ** gamma
-            rows[m], cols[m], wts[m] = i, jj, w
-            m += 1
-            rows[m], cols[m], wts[m] = jj, i, w
-            m += 1
-    key = rows[:m] * n + cols[:m]
-    order = np.argsort(key, kind="mergesort")
-    indptr = np.zeros(n + 1, dtype=np.int64)
-    indices = np.empty(m, dtype=np.int64)
-    data = np.empty(m, dtype=np.float64)
-    e = 0
-    for t in range(m):
-        o = order[t]
-        if t > 0 and key[o] == key[order[t - 1]]:
-            if wts[o] > data[e - 1]:
-                data[e - 1] = wts[o]
-            continue
-        indices[e] = cols[o]
-        data[e] = wts[o]
-        indptr[rows[o] + 1] += 1
-        e += 1
-    for i in range(n):
-        indptr[i + 1] += indptr[i]
-    return indptr, indices[:e], data[:e]
+    slot = np.full(nbr.shape[0], -1, dtype=np.int64)
+    for i in range(nodes.shape[0]):
+        slot[nodes[i]] = i
+    return _affinity(nodes, slot, nbr, nbr_sim, gamma)
 
 
 @njit(cache=True, nogil=True)
-def _matvec(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, dinv: np.ndarray, a: float,
+def _matvec(indptr: np.ndarray, indices: np.ndarray, scaled: np.ndarray, dinv: np.ndarray, a: float,
             x: np.ndarray, out: np.ndarray) -> None:
-    """``out = (I - a D^-1/2 W D^-1/2) x``."""
+    """``out = (I - a D^-1/2 W D^-1/2) x``; ``scaled[t] = W_ij * dinv[j]`` of entry ``t = (i, j)``."""
     n = x.shape[0]
     for i in range(n):
         acc = 0.0
         for t in range(indptr[i], indptr[i + 1]):
-            acc += data[t] * dinv[indices[t]] * x[indices[t]]
+            acc += scaled[t] * x[indices[t]]
         out[i] = x[i] - a * dinv[i] * acc
 
 
@@ -125,6 +184,9 @@ def solve_diffusion(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, y
     for i in range(n):
         if deg[i] > 0.0:
             dinv[i] = 1.0 / np.sqrt(deg[i])
+    scaled = np.empty(data.shape[0])
+    for t in range(data.shape[0]):
+        scaled[t] = data[t] * dinv[indices[t]]
     f = np.zeros(n)
     r = y.copy()
     p = r.copy()
@@ -133,7 +195,7 @@ def solve_diffusion(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, y
     stop = (tol * tol) * rr
     steps = 0
     while steps < iterations and rr > stop and rr > 0.0:
-        _matvec(indptr, indices, data, dinv, a, p, ap)
+        _matvec(indptr, indices, scaled, dinv, a, p, ap)
         step = rr / float(np.dot(p, ap))
         f += step * p
         r -= step * ap
@@ -153,10 +215,12 @@ def diffuse_rows(lo: int, hi: int, cand: np.ndarray, cand_sim: np.ndarray, nbr: 
     The seed of row ``q`` is ``y_c = max(cand_sim[q, c], 0) ** gamma`` on its first ``n_seeds``
     candidates; nodes are ranked by ``f`` (ties: order of entry, candidates first in HNSW order).
     """
+    slot = np.full(nbr.shape[0], -1, dtype=np.int64)
     for q in range(lo, hi):
-        nodes = _gather_nodes(cand[q], nbr)
+        nodes = _gather_into(cand[q], nbr, slot)
         n = nodes.shape[0]
-        indptr, indices, data = build_affinity(nodes, nbr, nbr_sim, gamma)
+        indptr, indices, data = _affinity(nodes, slot, nbr, nbr_sim, gamma)
+        _release(nodes, slot)
         y = np.zeros(n)
         c_valid = 0
         for c in range(cand.shape[1]):
@@ -226,12 +290,14 @@ def diffusion_values(lo: int, hi: int, seeds: np.ndarray, seed_sim: np.ndarray, 
     The seed vector is ``y_s = max(seed_sim[q, s], 0) ** gamma`` on the valid seeds (``-1`` skipped);
     ``f`` solves ``(I - a S) f = y`` (:func:`solve_diffusion`). Padding: ids -1, values 0.
     """
+    slot = np.full(nbr.shape[0], -1, dtype=np.int64)
     for q in range(lo, hi):
-        nodes = _gather_nodes(seeds[q], nbr)
+        nodes = _gather_into(seeds[q], nbr, slot)
         n = nodes.shape[0]
         if n == 0:
             continue
-        indptr, indices, data = build_affinity(nodes, nbr, nbr_sim, gamma)
+        indptr, indices, data = _affinity(nodes, slot, nbr, nbr_sim, gamma)
+        _release(nodes, slot)
         y = np.zeros(n)
         c = 0
         for j in range(seeds.shape[1]):

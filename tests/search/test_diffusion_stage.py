@@ -54,6 +54,38 @@ def test_diffusion_values_match_a_dense_solve(gamma: float) -> None:
         assert (f[b, nodes.size :] == 0).all()
 
 
+def test_affinity_is_the_max_symmetrised_links_one_entry_per_column_ascending() -> None:
+    rng = np.random.default_rng(3)
+    N, K = 90, 6
+    nbr = rng.integers(0, N, (N, K))
+    nbr[:, 0] = 7  # a hub: more in-links than the short rows' insertion sort takes
+    nbr[5, 1] = nbr[5, 2]  # one row holds a link twice
+    nbr[rng.random((N, K)) < 0.1] = -1
+    nbr_sim = rng.uniform(-0.2, 1.0, (N, K)).astype(np.float32)
+    nodes = diffusion.gather_nodes(np.concatenate([[7, 5, 11, -1, 40, 5], rng.permutation(N)[:60]]), nbr)
+    assert nodes[:4].tolist() == [7, 5, 11, 40]  # the candidates once each, in order, then their links
+    assert np.unique(nodes).size == nodes.size
+    gamma = 3.0
+    indptr, indices, data = diffusion.build_affinity(nodes, nbr, nbr_sim, gamma)
+    n = nodes.size
+    where = {int(v): i for i, v in enumerate(nodes)}
+    ref = np.zeros((n, n))
+    for i, u in enumerate(nodes):
+        for j in range(K):
+            v = int(nbr[u, j])
+            if v >= 0 and v in where and where[v] != i:
+                w = max(float(nbr_sim[u, j]), 0.0) ** gamma
+                a, b = i, where[v]
+                ref[a, b] = ref[b, a] = max(ref[a, b], w)
+    got = np.zeros((n, n))
+    rows = np.repeat(np.arange(n), np.diff(indptr))
+    np.add.at(got, (rows, indices), data)  # a column written twice in a row would add up here
+    np.testing.assert_array_equal(got, ref)
+    assert max(np.diff(indptr)) > 32
+    for i in range(n):
+        assert (np.diff(indices[indptr[i]:indptr[i + 1]]) > 0).all()  # one entry per column, ascending
+
+
 def test_log_weight_keeps_the_order_of_small_values() -> None:
     f = np.array([1.0, 0.5, 1e-3, 1e-4, np.exp(-diffusion.LOG_RANGE) / 2, 0.0])
     w = diffusion.log_weight(f)
