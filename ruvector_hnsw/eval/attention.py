@@ -78,11 +78,12 @@ FIT_OPTIONS: tuple[str, ...] = (
     "regularizer",
     "reg_weight",
     "optimizer",
+    "label_weight_decay",
 )
 #: options that only act at search time (a fitted model is shared across their values)
 SEARCH_OPTIONS: tuple[str, ...] = ("expand",)
 _CTOR_OPTIONS: tuple[str, ...] = ("candidates", "k_local", "k_global", "seed", "latent_dim", "layers", "norm",
-                                   "dropout", "code_dtype", "context", "demote")
+                                   "dropout", "code_dtype", "context", "demote", "label_hidden")
 #: method names the training-free methods hold; a mechanism of the same name is registered as ``NAME_attention``
 _TRAINING_FREE_NAMES = frozenset({"exact", "hnsw", "alpha_qe", "dba", "diffusion"})
 #: eval method name -> attention mechanism (``diffusion_attention`` is the ``diffusion`` mechanism; ``diffusion``

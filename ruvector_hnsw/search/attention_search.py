@@ -98,6 +98,11 @@ class AttentionSearch:
         diffusion and score smoothing whose settings ``fit``
         calibrates on training classes held out of the encoder (:mod:`ruvector_hnsw.search.diffusion`,
         :mod:`ruvector_hnsw.search.smoothing`).
+    label_hidden : int
+        Width of a hidden layer in the label head (0, the default: softmax regression on the
+        query). A hidden layer (``256``) names known classes more often (seen classes, mAP@100:
+        apt_minilm 0.757 -> 0.768, digits 0.968 -> 0.982, level with a 1-hidden-layer
+        ``label_classifier``) but serves unseen classes less well on some sets (README).
     num_threads : int
         Threads of every call (index search, FAISS, numba kernels, BLAS), applied for the call's
         duration only (-1 = all cores). The index's own setting is never changed.
@@ -148,6 +153,7 @@ class AttentionSearch:
         walk_top: int = 2,
         latent: str = "auto",
         label_head: bool = True,
+        label_hidden: int = 0,
         class_pool: int = 100,
         num_threads: int = -1,
         layers: int = 1,
@@ -166,7 +172,7 @@ class AttentionSearch:
             mechanism=mechanism, dim=index.dim,
             latent_dim=min(index.dim, 64) if latent_dim is None else latent_dim,
             k_local=k_local, k_global=k_global, spectral=spectral, spectral_time=spectral_time,
-            seed=int(seed), latent=latent, label_head=label_head, class_pool=class_pool,
+            seed=int(seed), latent=latent, label_head=label_head, label_hidden=label_hidden, class_pool=class_pool,
             mech_config=dict(mech_config), layers=layers, norm=norm, dropout=dropout, code_dtype=code_dtype,
             context=context, demote=demote,
         )
@@ -417,6 +423,7 @@ class AttentionSearch:
         checkpoint_dir: str | Path | None = None,
         resume: bool | str | Path = False,
         step_runner: Any = None,
+        label_weight_decay: float | None = None,
     ) -> TrainingHistory:
         """Train the attention encoder contrastively on labelled queries.
 
@@ -476,6 +483,10 @@ class AttentionSearch:
         step_runner : callable, optional
             ``step_runner(trainable, pools, state) -> (loss, grads)`` computes every step's loss and
             gradients from the sampled pools (e.g. :class:`ruvector_hnsw.distributed.DataParallel`).
+        label_weight_decay : float, optional
+            L2 weight of the label head (both heads ``fit`` trains). None: ``1e-4`` for the linear
+            head, ``3e-3`` with a hidden layer (``label_hidden``), where the smaller weight overfits
+            (:data:`ruvector_hnsw.search.training.LABEL_WEIGHT_DECAY`).
 
         Returns
         -------
@@ -513,7 +524,8 @@ class AttentionSearch:
                     weight_decay=weight_decay, fresh_rows=fresh_rows, loss=loss, margin=margin,
                     local_weight=local_weight, miner=miner, curriculum=curriculum, regularizer=regularizer,
                     reg_weight=reg_weight, optimizer=optimizer, progress=progress,
-                    checkpoint_dir=checkpoint_dir, resume=resume, step_runner=step_runner)
+                    checkpoint_dir=checkpoint_dir, resume=resume, step_runner=step_runner,
+                    label_weight_decay=label_weight_decay)
                 history = training.fit(self.model, db, self.index, q, pos_lists, self.knobs, opts,
                                        self._num_threads, classes)
         split = {"sync": round(t_sync, 3), **history.time_split}

@@ -108,28 +108,47 @@ class LabelSpace:
 
 
 class LabelHead:
-    """``logits = W u + b + g * h(candidates)`` over ``n_classes`` known classes (see the module docstring).
+    """``logits = W f(u) + b + g * h(candidates)`` over ``n_classes`` known classes (see the module docstring).
 
-    Candidates of class ``>= n_classes`` (unknown labels) take attention but carry no label.
+    ``f(u) = u`` (``hidden = 0``: softmax regression on the query) or ``relu(W1 u + b1)`` (one hidden
+    layer of width ``hidden``). Candidates of class ``>= n_classes`` (unknown labels) take attention but
+    carry no label.
 
     Parameters
     ----------
     dim, n_classes : int
+    hidden : int
+        Width of the hidden layer (0: none).
     seed : int
     dtype : float32 or float64
     """
 
-    def __init__(self, dim: int, n_classes: int, *, seed: int = 0, dtype: Any = np.float32) -> None:
+    def __init__(self, dim: int, n_classes: int, *, hidden: int = 0, seed: int = 0, dtype: Any = np.float32
+                 ) -> None:
         self.dim = int(dim)
         self.n_classes = int(n_classes)
+        self.hidden = int(hidden)
         self.dtype = np.dtype(dtype)
         rng = np.random.default_rng([int(seed), 7])
+        width = self.hidden or self.dim
         self.params: dict[str, np.ndarray] = {
-            "W": (0.01 * rng.standard_normal((self.n_classes, self.dim))).astype(self.dtype),
+            "W": (0.01 * rng.standard_normal((self.n_classes, width))).astype(self.dtype),
             "b": np.zeros(self.n_classes, dtype=self.dtype),
             "g": np.ones(1, dtype=self.dtype),
             "tau": np.zeros(1, dtype=self.dtype),
         }
+        if self.hidden:
+            self.params["W1"] = (np.sqrt(2.0 / self.dim) * rng.standard_normal((self.hidden, self.dim))
+                                 ).astype(self.dtype)
+            self.params["b1"] = np.zeros(self.hidden, dtype=self.dtype)
+
+    def _features(self, u: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(f(u), pre-activation or None)`` in the head's dtype."""
+        uu = np.asarray(u, dtype=self.dtype)
+        if not self.hidden:
+            return uu, None
+        pre = uu @ self.params["W1"].T + self.params["b1"]
+        return np.maximum(pre, 0.0), pre
 
     # ------------------------------------------------------------------ forward / backward
     def _propagation(self, cand_class: np.ndarray, cand_dist: np.ndarray, mask: np.ndarray
@@ -162,7 +181,8 @@ class LabelHead:
         """``(B, n_classes)`` logits; ``cand_dist`` already divided by ``s0``."""
         h, _, _, _ = self._propagation(cand_class, cand_dist, mask)
         p = self.params
-        return (u.astype(np.float64) @ p["W"].T.astype(np.float64) + p["b"] + p["g"][0] * h)
+        f = self._features(u)[0] if self.hidden else u
+        return (f.astype(np.float64) @ p["W"].T.astype(np.float64) + p["b"] + p["g"][0] * h)
 
     def log_proba(self, u: np.ndarray, cand_class: np.ndarray, cand_dist: np.ndarray, mask: np.ndarray
                   ) -> np.ndarray:
@@ -173,14 +193,15 @@ class LabelHead:
 
     def loss_and_grads(self, u: np.ndarray, cand_class: np.ndarray, cand_dist: np.ndarray, mask: np.ndarray,
                        target: np.ndarray, weight_decay: float = 0.0) -> tuple[float, dict[str, np.ndarray]]:
-        """Mean cross-entropy of ``target`` classes (+ ``weight_decay/2 * |W|^2``) and its gradients."""
+        """Mean cross-entropy of ``target`` classes (+ ``weight_decay/2 * (|W|^2 + |W1|^2)``) and its gradients."""
         p = self.params
         h, a, slot, labelled = self._propagation(cand_class, cand_dist, mask)
         dt = self.dtype
         uu = np.asarray(u, dtype=dt)
-        # the two products in the head's dtype (float32 in training: half the time of float64); the
+        # the products in the head's dtype (float32 in training: half the time of float64); the
         # softmax and everything after it in float64
-        z = (uu @ p["W"].T).astype(np.float64) + p["b"] + p["g"][0] * h
+        f, pre = self._features(uu)
+        z = (f @ p["W"].T).astype(np.float64) + p["b"] + p["g"][0] * h
         z = z - z.max(axis=1, keepdims=True)
         ez = np.exp(z)
         prob = ez / ez.sum(axis=1, keepdims=True)
@@ -193,10 +214,16 @@ class LabelHead:
         W = p["W"].astype(np.float64)
         loss += 0.5 * weight_decay * float((W * W).sum())
         grads = {
-            "W": ((dz.astype(dt).T @ uu).astype(np.float64) + weight_decay * W).astype(dt),
+            "W": ((dz.astype(dt).T @ f).astype(np.float64) + weight_decay * W).astype(dt),
             "b": dz.sum(axis=0).astype(self.dtype),
             "g": np.array([(dz * h).sum()], dtype=self.dtype),
         }
+        if pre is not None:
+            W1 = p["W1"].astype(np.float64)
+            loss += 0.5 * weight_decay * float((W1 * W1).sum())
+            dpre = np.where(pre > 0.0, dz.astype(dt) @ p["W"], 0.0).astype(dt)
+            grads["W1"] = ((dpre.T @ uu).astype(np.float64) + weight_decay * W1).astype(dt)
+            grads["b1"] = dpre.sum(axis=0).astype(dt)
         # through h: dh = g * dz; h = sum_j a_j onehot_j; a = softmax(-t d); t = exp(tau)
         dh = p["g"][0] * dz
         da = np.where(labelled, dh.ravel()[slot], 0.0)

@@ -55,6 +55,8 @@ class ModelConfig:
     seed: int = 0
     latent: str = "auto"
     label_head: bool = True
+    #: width of the label head's hidden layer (0: softmax regression on the query vector)
+    label_hidden: int = 0
     class_pool: int = 100
     mech_config: dict[str, Any] = field(default_factory=dict)
     #: stacked encoder blocks (norm -> attention -> dropout -> residual); 1 = the single-block encoder
@@ -88,6 +90,7 @@ class ModelConfig:
             raise ConfigError(f"latent must be one of {LATENT_KINDS}, got {self.latent!r}")
         if not isinstance(self.label_head, bool):
             raise ConfigError(f"label_head must be a bool, got {self.label_head!r}")
+        _nonneg_int(self.label_hidden, "label_hidden")
         check_positive_int(self.class_pool, "class_pool", ConfigError)
         check_positive_int(self.layers, "layers", ConfigError)
         if self.norm is not None and self.norm not in NORMS:
@@ -248,7 +251,9 @@ class SearchModel:
         if lab is not None:
             model.labels = LabelSpace(values=np.asarray(lab["values"]), row_class=np.asarray(lab["row_class"],
                                       dtype=np.int64), has_unknown=bool(lab["has_unknown"]))
+            head = lab["head"]  # its width as stored (a file may predate ``label_hidden``)
             model.label_head = LabelHead(model.config.dim, model.labels.n_known,
+                                         hidden=np.shape(head["W1"])[0] if "W1" in head else 0,
                                          seed=model.config.seed)
             model.label_head.load(lab["head"])
         model.fitted = bool(state["fitted"])

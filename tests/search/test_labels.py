@@ -8,16 +8,19 @@ import numpy as np
 import pytest
 
 from ruvector_hnsw import HNSWIndex
+from ruvector_hnsw.errors import ConfigError
 from ruvector_hnsw.search import AttentionSearch, pipeline
 from ruvector_hnsw.search.labels import LabelHead, LabelSpace, class_candidates, same_class_log_proba, top_classes
-from ruvector_hnsw.search.training import map_at_r_of_rows
+from ruvector_hnsw.search.training import LABEL_WEIGHT_DECAY, map_at_r_of_rows
 from tests.search.test_attention_search import DIM, _index, _labelled
 
 
-def test_head_gradients_match_finite_differences() -> None:
+@pytest.mark.parametrize("hidden", [0, 3])
+def test_head_gradients_match_finite_differences(hidden: int) -> None:
     rng = np.random.default_rng(0)
     B, d, L, K = 7, 5, 4, 6
-    head = LabelHead(d, L, seed=1, dtype=np.float64)
+    head = LabelHead(d, L, hidden=hidden, seed=1, dtype=np.float64)
+    assert ("W1" in head.params) == bool(hidden) and head.params["W"].shape == (L, hidden or d)
     for v in head.params.values():
         v[...] += 0.3 * rng.standard_normal(v.shape)
     u = rng.standard_normal((B, d))
@@ -42,7 +45,8 @@ def test_head_gradients_match_finite_differences() -> None:
     # log_proba is the normalised logits
     lp = head.log_proba(u, cls, dist, mask)
     np.testing.assert_allclose(np.exp(lp).sum(axis=1), 1.0, atol=1e-12)
-    assert np.isclose(loss - 0.05 * (head.params["W"] ** 2).sum(), -lp[np.arange(B), target].mean())
+    penalty = 0.05 * sum((head.params[k] ** 2).sum() for k in ("W", "W1") if k in head.params)
+    assert np.isclose(loss - penalty, -lp[np.arange(B), target].mean())
 
 
 def test_evidence_is_the_attention_mass_of_labelled_candidates() -> None:
@@ -144,6 +148,55 @@ def test_default_model_learns_the_labels_and_saves_exactly(tmp_path: Path) -> No
         got = s.search(eq, k=20)
         np.testing.assert_array_equal(ref[0], got[0])
         np.testing.assert_allclose(ref[1], got[1], atol=1e-6)
+
+
+def test_a_hidden_layer_head_learns_the_labels_saves_exactly_and_takes_its_own_weight_decay(
+        tmp_path: Path, monkeypatch) -> None:
+    base, base_lab, tq, tq_lab, eq, eq_lab = _labelled()
+    idx = _index(base)
+    decays: list[float] = []
+    train = LabelHead.train
+
+    def spy(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        decays.append(kwargs["weight_decay"])
+        return train(self, *args, **kwargs)
+
+    monkeypatch.setattr(LabelHead, "train", spy)
+    s = AttentionSearch(idx, k_local=8, k_global=4, candidates=40, label_hidden=16)
+    s.fit(tq, labels=base_lab, query_labels=tq_lab, epochs=1, batch_size=64, val_fraction=0.2)
+    head = s.model.label_head
+    assert head is not None and head.params["W1"].shape == (16, DIM) and head.params["W"].shape[1] == 16
+    assert decays and set(decays) == {LABEL_WEIGHT_DECAY[1]}  # the hidden layer's default, every head fit trains
+    k = int(max((base_lab == lab).sum() for lab in eq_lab))
+    raw = _map(lambda q, kk: idx.search(q, kk, ef=max(kk, 40)), eq, eq_lab, base_lab, k)
+    assert s.model.lam > 0 and _map(s.search, eq, eq_lab, base_lab, k) > raw + 0.2
+    ref = s.search(eq, k=20)
+    s.save(tmp_path / "m")
+    loaded = AttentionSearch.load(tmp_path / "m", idx)
+    assert loaded.model.label_head is not None and loaded.model.label_head.hidden == 16
+    got = loaded.search(eq, k=20)
+    np.testing.assert_array_equal(ref[0], got[0])
+    np.testing.assert_array_equal(ref[1], got[1])
+    decays.clear()
+    s = AttentionSearch(idx, k_local=8, k_global=4, candidates=40)
+    s.fit(tq, labels=base_lab, query_labels=tq_lab, epochs=1, batch_size=64, val_fraction=0.2,
+          label_weight_decay=0.02)
+    assert decays and set(decays) == {0.02}
+
+
+@pytest.mark.parametrize("bad", [-1e-3, float("nan"), "0.1", True])
+def test_a_bad_label_weight_decay_is_refused_before_training(bad: object) -> None:
+    base, base_lab, tq, tq_lab, _, _ = _labelled()
+    s = AttentionSearch(_index(base), k_local=8, k_global=4, candidates=40)
+    with pytest.raises(ConfigError, match="label_weight_decay"):
+        s.fit(tq, labels=base_lab, query_labels=tq_lab, epochs=1, label_weight_decay=bad)  # type: ignore[arg-type]
+    assert not s.fitted
+
+
+def test_a_negative_label_hidden_is_refused() -> None:
+    base = _labelled()[0]
+    with pytest.raises(ConfigError, match="label_hidden"):
+        AttentionSearch(_index(base), label_hidden=-1)
 
 
 def _hidden_fit(hide: np.ndarray, seen_q: np.ndarray | None = None):
