@@ -17,7 +17,9 @@ thread so the graph is the same every run) and evaluated (mAP@100 of the evaluat
 classes' items.
 
 Switches act on the fitted model's scalars between searches (one fit serves every row). Prints
-mean +- std over the seeds and the calibrated settings.
+mean +- std over the seeds and the calibrated settings, then what each row costs: its QPS at k = 10
+(all evaluation queries in one batch, 2 threads, best of 3) as a ratio to plain HNSW's (``ef`` = 128)
+in the same run, so the price of a stage is the step between two rows.
 
 Usage: ``python benchmarks/bench_open_path.py [--seeds 0,1,2] [--datasets ...] [--json out.json]``
 """
@@ -42,9 +44,17 @@ APT = "apt_minilm"
 ROWS = ("default", "no gate", "no demotion", "no smoothing", "no diffusion")
 
 
-def _map100(ds: Any, model: Any) -> float:
+def _map100(ds: Any, model: Any, qps: dict[str, float], row: str) -> float:
+    """mAP@100 of ``model`` on ``ds``; its QPS at k = 10 goes to ``qps[row]``."""
     method = ev.SearchMethod("m", lambda q, k: model.search(q, int(k)), 2)
-    return float(ev.evaluate(ds, {"m": method}, k=10, qps_repeats=1, latency_queries=0)[0]["map_at_100"])
+    got = ev.evaluate(ds, {"m": method}, k=10, qps_repeats=3, latency_queries=0)[0]
+    qps[row] = float(got["qps"])
+    return float(got["map_at_100"])
+
+
+def _hnsw_qps(ds: Any, index: Any) -> float:
+    method = ev.SearchMethod("hnsw", lambda q, k: index.search(q, int(k), ef=128), 2)
+    return float(ev.evaluate(ds, {"hnsw": method}, k=10, qps_repeats=3, latency_queries=0)[0]["qps"])
 
 
 def run(datasets: list[str], seeds: list[int], hide_seen: float = 0.0) -> dict[str, Any]:
@@ -65,18 +75,19 @@ def run(datasets: list[str], seeds: list[int], hide_seen: float = 0.0) -> dict[s
             m = model.model
             saved = {k: getattr(m, k) for k in ("gate", "mu", "diffusion_gamma", "diffusion_seeds", "dba_weight",
                                                  "qe_weight", "qe_top", "demote_known")}
-            row: dict[str, Any] = {"dataset": name, "seed": seed, "settings": dict(saved)}
-            row["default"] = _map100(ds, model)
+            qps: dict[str, float] = {"hnsw": _hnsw_qps(ds, index)}
+            row: dict[str, Any] = {"dataset": name, "seed": seed, "settings": dict(saved), "qps": qps}
+            row["default"] = _map100(ds, model, qps, "default")
             m.gate = 2.0
-            row["no gate"] = _map100(ds, model)
+            row["no gate"] = _map100(ds, model, qps, "no gate")
             m.gate = saved["gate"]
             m.demote_known = 0.0
-            row["no demotion"] = _map100(ds, model)
+            row["no demotion"] = _map100(ds, model, qps, "no demotion")
             m.dba_weight, m.qe_weight = 0.0, 0.0
-            row["no smoothing"] = _map100(ds, model)
+            row["no smoothing"] = _map100(ds, model, qps, "no smoothing")
             mu = m.mu
             m.mu = 0.0
-            row["no diffusion"] = _map100(ds, model)
+            row["no diffusion"] = _map100(ds, model, qps, "no diffusion")
             m.mu, m.diffusion_gamma, m.diffusion_seeds = mu, diffusion.GAMMA, diffusion.DIFFUSION_SEEDS
             for k, v in saved.items():
                 setattr(m, k, v)
@@ -96,6 +107,16 @@ def table(out: dict[str, Any]) -> str:
             sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
             cells.append(f"{statistics.fmean(vals):.4f} +- {sd:.4f}")
         lines.append(f"{name:<13} " + " ".join(f"{c:>18}" for c in cells))
+    lines.append(f"QPS at k=10 / plain HNSW's (mean over seeds)\n{'dataset':<13} {'hnsw':>9} "
+                 + " ".join(f"{k:>18}" for k in ROWS))
+    for name in dict.fromkeys(r["dataset"] for r in out["results"]):
+        rs = [r for r in out["results"] if r["dataset"] == name and "qps" in r]
+        if not rs:
+            continue
+        ref = statistics.fmean(r["qps"]["hnsw"] for r in rs)
+        means = [statistics.fmean(r["qps"][k] for r in rs) for k in ROWS]
+        cells = [f"{q:7.0f} ({q / ref:.2f})" for q in means]
+        lines.append(f"{name:<13} {ref:9.0f} " + " ".join(f"{c:>18}" for c in cells))
     return "\n".join(lines)
 
 
