@@ -78,6 +78,17 @@ def _sort_segment(cols: np.ndarray, wts: np.ndarray, lo: int, hi: int) -> None:
 
 
 @njit(cache=True, nogil=True)
+def _link_in_set(nbr: np.ndarray, slot: np.ndarray, u: int, j: int, i: int) -> int:
+    """Position in the node set of row ``u``'s ``j``-th link (``u`` at position ``i``); -1: padding,
+    outside the set, or ``u`` itself."""
+    v = nbr[u, j]
+    if v < 0:
+        return -1
+    jj = slot[v]
+    return -1 if jj == i else jj
+
+
+@njit(cache=True, nogil=True)
 def _affinity(nodes: np.ndarray, slot: np.ndarray, nbr: np.ndarray, nbr_sim: np.ndarray,
               gamma: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """:func:`build_affinity` with ``slot[nodes[i]] == i`` (-1 elsewhere) as the id -> position map.
@@ -90,13 +101,9 @@ def _affinity(nodes: np.ndarray, slot: np.ndarray, nbr: np.ndarray, nbr_sim: np.
     K = nbr.shape[1]
     start = np.zeros(n + 1, dtype=np.int64)
     for i in range(n):
-        u = nodes[i]
         for j in range(K):
-            v = nbr[u, j]
-            if v < 0:
-                continue
-            jj = slot[v]
-            if jj < 0 or jj == i:
+            jj = _link_in_set(nbr, slot, nodes[i], j, i)
+            if jj < 0:
                 continue
             start[i + 1] += 1
             start[jj + 1] += 1
@@ -109,11 +116,8 @@ def _affinity(nodes: np.ndarray, slot: np.ndarray, nbr: np.ndarray, nbr_sim: np.
     for i in range(n):
         u = nodes[i]
         for j in range(K):
-            v = nbr[u, j]
-            if v < 0:
-                continue
-            jj = slot[v]
-            if jj < 0 or jj == i:
+            jj = _link_in_set(nbr, slot, u, j, i)
+            if jj < 0:
                 continue
             w = max(float(nbr_sim[u, j]), 0.0) ** gamma
             cols[fill[i]] = jj
