@@ -55,8 +55,9 @@ class ModelConfig:
     seed: int = 0
     latent: str = "auto"
     label_head: bool = True
-    #: width of the label head's hidden layer (0: softmax regression on the query vector)
-    label_hidden: int = 0
+    #: width of the label head's hidden layer (0: softmax regression on the query vector; None: ``fit``
+    #: chooses between 0 and ``AUTO_HIDDEN`` on the validation queries)
+    label_hidden: int | None = None
     class_pool: int = 100
     mech_config: dict[str, Any] = field(default_factory=dict)
     #: stacked encoder blocks (norm -> attention -> dropout -> residual); 1 = the single-block encoder
@@ -90,7 +91,8 @@ class ModelConfig:
             raise ConfigError(f"latent must be one of {LATENT_KINDS}, got {self.latent!r}")
         if not isinstance(self.label_head, bool):
             raise ConfigError(f"label_head must be a bool, got {self.label_head!r}")
-        _nonneg_int(self.label_hidden, "label_hidden")
+        if self.label_hidden is not None:
+            _nonneg_int(self.label_hidden, "label_hidden")
         check_positive_int(self.class_pool, "class_pool", ConfigError)
         check_positive_int(self.layers, "layers", ConfigError)
         if self.norm is not None and self.norm not in NORMS:

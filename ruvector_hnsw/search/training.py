@@ -56,6 +56,7 @@ from ruvector_hnsw.training.trainer import Batch, EpochState, Trainer, TrainingH
 
 __all__ = [
     "ALPHA_GRID",
+    "AUTO_HIDDEN",
     "LABEL_WEIGHT_DECAY",
     "RHO_GRID",
     "FitOptions",
@@ -70,6 +71,7 @@ __all__ = [
     "calibrate_gate",
     "calibrate_smoothing",
     "choose_gate",
+    "choose_head_width",
     "contrastive_loss",
     "fit",
     "held_out_classes",
@@ -113,6 +115,8 @@ GATE_TOLERANCE = 0.0
 #: digits (seen classes): a hidden layer overfits at the linear head's 1e-4 (apt_minilm 0.744 head accuracy
 #: at width 512 against 0.778 at 3e-3)
 LABEL_WEIGHT_DECAY = (1e-4, 3e-3)
+#: the hidden width ``fit`` tries beside the linear head when ``label_hidden`` is None
+AUTO_HIDDEN = 256
 #: gates tried (label evidence ``e(q)`` needed for the label term). None above 1: a query whose
 #: neighbourhood is fully labelled always gets the label term (whether it helps at all is ``lam``'s call)
 GATE_GRID = (0.0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
@@ -672,42 +676,81 @@ def calibrate(model: SearchModel, db: DatabaseState, qb: QueryBatch, pos_lists: 
     return float(best[0]), float(best[1])
 
 
+def _head_inputs(db: DatabaseState, space: LabelSpace, queries: QueryBatch
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """What a label head reads of queries: ``(standardised vectors, candidate classes, distances / s0, mask)``."""
+    kl = db.contexts.k_local
+    s0 = np.float32(db.contexts.s0)
+    rows = queries.hnsw_rows[:, :kl]
+    mask = rows >= 0
+    cls = np.where(mask, space.row_class[np.maximum(rows, 0)], 0)
+    return queries.standard, cls, np.where(mask, queries.hnsw_dist[:, :kl] / s0, 0.0), mask
+
+
 def train_label_head(model: SearchModel, db: DatabaseState, queries: QueryBatch, query_labels: np.ndarray,
-                     row_labels: np.ndarray, known: np.ndarray, weight_decay: float = LABEL_WEIGHT_DECAY[0]
-                     ) -> tuple[LabelSpace, LabelHead] | None:
+                     row_labels: np.ndarray, known: np.ndarray, weight_decay: float = LABEL_WEIGHT_DECAY[0],
+                     hidden: int = 0) -> tuple[LabelSpace, LabelHead] | None:
     """A label head trained on the queries with a known class and the labelled database rows (None: < 2 classes).
 
-    Its width is ``model.config.label_hidden``; ``weight_decay`` is its L2 weight on ``W`` (and ``W1``).
+    ``hidden`` is its hidden width (0: none), ``weight_decay`` its L2 weight on ``W`` (and ``W1``).
     """
     space = LabelSpace.of(row_labels, known)
     if space.n_known < 2:
         return None
     query_class = space.classes_of(np.asarray(query_labels))
     query_class = np.where(query_class == space.unknown, -1, query_class)  # unknown: not a target
-    kl = db.contexts.k_local
-    s0 = np.float32(db.contexts.s0)
-    q_rows = queries.hnsw_rows[:, :kl]
-    q_mask = q_rows >= 0
-    q_cls = np.where(q_mask, space.row_class[np.maximum(q_rows, 0)], 0)
-    q_dist = np.where(q_mask, queries.hnsw_dist[:, :kl] / s0, 0.0)
+    q_u, q_cls, q_dist, q_mask = _head_inputs(db, space, queries)
     keep = query_class >= 0
     v_cls, v_dist, v_mask = db.label_context(space.row_class)
     alive = ~db.graph.deleted & (space.row_class < space.n_known)  # unknown labels: context only, no target
-    u = np.concatenate([queries.standard[keep], db.table.view[alive]])
+    u = np.concatenate([q_u[keep], db.table.view[alive]])
     cls = np.concatenate([q_cls[keep], v_cls[alive]])
     dist = np.concatenate([q_dist[keep], v_dist[alive]]).astype(np.float64)
     mask = np.concatenate([q_mask[keep], v_mask[alive]])
     target = np.concatenate([query_class[keep], space.row_class[alive]])
-    head = LabelHead(model.config.dim, space.n_known, hidden=model.config.label_hidden, seed=model.config.seed)
+    head = LabelHead(model.config.dim, space.n_known, hidden=hidden, seed=model.config.seed)
     head.train(u, cls, dist, mask, target, seed=model.config.seed, weight_decay=weight_decay)
     return space, head
 
 
+def head_log_loss(db: DatabaseState, labels: tuple[LabelSpace, LabelHead], queries: QueryBatch,
+                  query_labels: np.ndarray) -> np.ndarray:
+    """Per-query ``-log p(class | q)`` of the queries whose class the head knows (the others left out)."""
+    space, head = labels
+    cls = space.classes_of(np.asarray(query_labels))
+    ok = cls != space.unknown
+    logp = head.log_proba(*(x[ok] for x in _head_inputs(db, space, queries)))
+    return -logp[np.arange(logp.shape[0]), cls[ok]]
+
+
+def choose_head_width(linear: np.ndarray, wide: np.ndarray) -> bool:
+    """True: the hidden-layer head, whose per-query log-loss ``wide`` beats the linear head's ``linear`` by
+    more than :data:`SIGNIFICANCE` standard errors of the paired differences (the linear head otherwise)."""
+    diff = np.asarray(linear, dtype=np.float64) - np.asarray(wide, dtype=np.float64)
+    if diff.size < 2:
+        return False
+    return bool(diff.mean() > SIGNIFICANCE * diff.std(ddof=1) / np.sqrt(diff.size))
+
+
 def fit_label_head(model: SearchModel, db: DatabaseState, queries: QueryBatch, query_labels: np.ndarray,
-                   row_labels: np.ndarray, known: np.ndarray, weight_decay: float = LABEL_WEIGHT_DECAY[0]) -> None:
-    """Train the label head on the training queries (with a known class) and the database rows."""
-    got = train_label_head(model, db, queries, query_labels, row_labels, known, weight_decay)
+                   row_labels: np.ndarray, known: np.ndarray, opts: FitOptions,
+                   val: tuple[QueryBatch, np.ndarray] | None) -> int:
+    """Train the label head on the training queries (with a known class) and the database rows; return its width.
+
+    With ``model.config.label_hidden`` None, a linear head and an :data:`AUTO_HIDDEN`-wide one are
+    both trained and the validation queries ``val`` (vectors, labels) choose
+    (:func:`choose_head_width` on their log-loss); without them, the linear head is kept.
+    """
+    width = model.config.label_hidden
+    args = (model, db, queries, query_labels, row_labels, known)
+    got = train_label_head(*args, opts.head_weight_decay(width or 0), width or 0)
+    if width is None and got is not None and val is not None:
+        wide = train_label_head(*args, opts.head_weight_decay(AUTO_HIDDEN), AUTO_HIDDEN)
+        assert wide is not None
+        if choose_head_width(head_log_loss(db, got, *val), head_log_loss(db, wide, *val)):
+            got = wide
     model.labels, model.label_head = (None, None) if got is None else got
+    return 0 if got is None else got[1].hidden
 
 
 def held_out_classes(classes: tuple[np.ndarray, np.ndarray, np.ndarray], seed: int) -> np.ndarray | None:
@@ -1071,10 +1114,11 @@ def fit(model: SearchModel, db: DatabaseState, index: HNSWIndex, q: np.ndarray, 
                                seed=cfg.seed, phi_fitted=db.codes.phi_fitted, dtype=cfg.code_dtype)
     # the head learns every class: the held-out queries too (ts has them only when nothing is held out)
     head_q = ts.queries if held is None else _subset(all_q, head_idx)
-    head_decay = opts.head_weight_decay(cfg.label_hidden)
+    head_width = 0
     if classes is not None and cfg.label_head and n_val:
         with clock.phase("label_head"):
-            fit_label_head(model, db, head_q, classes[2][head_idx], classes[0], classes[1], head_decay)
+            head_width = fit_label_head(model, db, head_q, classes[2][head_idx], classes[0], classes[1], opts,
+                                        None if val_q is None else (val_q, np.asarray(classes[2])[val_idx]))
     with clock.phase("calibration"):
         if n_val and val_q is not None:
             if model.label_head is not None:  # alpha of the queries the label term will not apply to
@@ -1090,7 +1134,7 @@ def fit(model: SearchModel, db: DatabaseState, index: HNSWIndex, q: np.ndarray, 
         assert unknown is not None  # the encoder's: unlabelled or of a held-out class
         with clock.phase("label_head"):
             held_labels = train_label_head(model, db, head_q, np.asarray(classes[2])[head_idx], classes[0], ~unknown,
-                                           head_decay)
+                                           opts.head_weight_decay(head_width), head_width)
             if held_labels is not None:
                 model.gate = calibrate_gate(model, db, (val_q, val_pos), (open_q, open_pos), held_labels, knobs,
                                             num_threads)

@@ -9,9 +9,9 @@ import pytest
 
 from ruvector_hnsw import HNSWIndex
 from ruvector_hnsw.errors import ConfigError
-from ruvector_hnsw.search import AttentionSearch, pipeline
+from ruvector_hnsw.search import AttentionSearch, pipeline, training
 from ruvector_hnsw.search.labels import LabelHead, LabelSpace, class_candidates, same_class_log_proba, top_classes
-from ruvector_hnsw.search.training import LABEL_WEIGHT_DECAY, map_at_r_of_rows
+from ruvector_hnsw.search.training import LABEL_WEIGHT_DECAY, choose_head_width, map_at_r_of_rows
 from tests.search.test_attention_search import DIM, _index, _labelled
 
 
@@ -387,3 +387,32 @@ def test_fit_judges_the_encoders_epochs_on_held_out_classes(monkeypatch) -> None
     for lists in judged:
         assert len(lists) == int(np.isin(tq_lab, held).sum())  # every held-out class's training query
         assert all(held_rows[p].all() for p in lists)
+
+
+def test_choose_head_width_needs_a_significant_gain_in_log_loss() -> None:
+    rng = np.random.default_rng(0)
+    linear = rng.uniform(0.2, 1.0, 400)
+    assert choose_head_width(linear, linear - 0.05 + 0.01 * rng.standard_normal(400))  # clearly better
+    assert not choose_head_width(linear, linear + 0.05)  # worse
+    assert not choose_head_width(linear, linear - 0.01 + 0.5 * rng.standard_normal(400))  # inside the noise
+    assert not choose_head_width(linear[:1], linear[:1] - 1.0)  # one query decides nothing
+
+
+@pytest.mark.parametrize("wide_wins", [True, False])
+def test_fit_keeps_the_head_width_the_validation_queries_choose(monkeypatch, wide_wins: bool) -> None:
+    widths: list[int] = []
+    train = training.train_label_head
+
+    def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
+        widths.append(args[7] if len(args) > 7 else kwargs.get("hidden", 0))
+        return train(*args, **kwargs)
+
+    monkeypatch.setattr(training, "train_label_head", spy)
+    monkeypatch.setattr(training, "choose_head_width", lambda linear, wide: wide_wins)
+    base, base_lab, tq, tq_lab, _, _ = _labelled()
+    s = AttentionSearch(_index(base), k_local=8, k_global=4, candidates=40)
+    s.fit(tq, labels=base_lab, query_labels=tq_lab, epochs=1, batch_size=64, val_fraction=0.2)
+    head = s.model.label_head
+    assert head is not None and head.hidden == (training.AUTO_HIDDEN if wide_wins else 0)
+    assert widths[:2] == [0, training.AUTO_HIDDEN]  # both trained, then the choice
+    assert len(widths) == 3 and widths[2] == head.hidden  # the gate's second head takes the chosen width
