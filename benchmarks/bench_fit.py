@@ -48,7 +48,9 @@ def _one(index: HNSWIndex, ds: Any, seed: int, threads: int, fresh_rows: int | N
     ids, _ = s.search(ds.queries, k)
     return {"seed": seed, "fresh_rows": fresh_rows, "fit_s": round(wall, 2), "fit_cpu_s": round(cpu, 2),
             "epochs_run": len(h.epoch), "time_split": h.time_split, "alpha": s.model.alpha, "lam": s.model.lam,
-            "rho": s.model.rho, "val_map_at_r": h.val_metric, "initial_val": h.initial_metric,
+            "rho": s.model.rho,
+            "label_hidden": None if s.model.label_head is None else s.model.label_head.hidden,
+            "val_map_at_r": h.val_metric, "initial_val": h.initial_metric,
             "best_epoch": h.best_epoch, "fit_options": fit_kw, **_maps(ids, ds.base_labels, ds.query_labels)}
 
 
@@ -88,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
             split = ", ".join(f"{key} {val:.1f}" for key, val in r["time_split"].items())
             print(f"seed {seed} fresh_rows={fresh}: fit {r['fit_s']:.1f} s wall ({r['fit_cpu_s']:.1f} s CPU, "
                   f"{r['epochs_run']} epochs)  mAP@100 {r['map_at_100']:.4f}  mAP@R {r['map_at_r']:.4f}  "
-                  f"alpha={r['alpha']} lam={r['lam']} rho={r['rho']}\n  split: {split}\n  val mAP@R "
+                  f"alpha={r['alpha']} lam={r['lam']} rho={r['rho']} label head width {r['label_hidden']}\n"
+                  f"  split: {split}\n  val mAP@R "
                   f"{r['initial_val']} -> {r['val_map_at_r']} (best epoch {r['best_epoch']})", flush=True)
     if args.reference:
         by = {(r["seed"], r["fresh_rows"]): r for r in out["runs"]}
