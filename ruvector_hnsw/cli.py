@@ -31,6 +31,8 @@ EXIT_OK = 0
 EXIT_INTERNAL = 1
 EXIT_USER = 2
 
+#: the panels of ``eval --plot``: quality against QPS
+PLOT_QUALITY = ("map_at_100", "map_at_r", "recall_at_10")
 _SPACES = ("l2", "ip", "cosine")
 #: ``code_dtype`` choices (= ruvector_hnsw.search.quant.CODE_DTYPES; kept here so the parser loads no numba)
 _CODE_DTYPES = ("float32", "float16", "int8")
@@ -402,7 +404,8 @@ def _write_outputs(
         ev.write_json(json_path, ds, rows, settings=settings)
         con.print(f"wrote {json_path}")
     if plot_path:
-        ev.plot_quality_vs_qps(rows, plot_path, title=f"{ds.name}: k={settings['k']}, ef={settings['ef']}")
+        ev.plot_quality_vs_qps(rows, plot_path, quality=PLOT_QUALITY,
+                               title=f"{ds.name}: k={settings['k']}, ef={settings['ef']}")
         con.print(f"wrote {plot_path}")
 
 

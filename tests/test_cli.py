@@ -123,6 +123,11 @@ def test_eval_contract(tmp_path, capsys):
     assert rows["exact"]["map_at_r"] == pytest.approx(ref, abs=1e-6)
     assert rows["exact"]["recall_at_10"] == pytest.approx(1.0)
     assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    import matplotlib.image
+
+    # three panels side by side (mAP@100, mAP@R, ANN recall@10): the figure is about three times as wide as tall
+    h, w = matplotlib.image.imread(out_png).shape[:2]
+    assert w > 3.2 * h, (w, h)
 
 
 def test_eval_on_file_dataset(tmp_path, capsys):
