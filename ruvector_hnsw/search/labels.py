@@ -6,8 +6,12 @@ signals - the query vector itself and the labels its HNSW neighbours carry::
     a_j    = softmax_j(-exp(tau) * dist_j / s0)          over the query's best candidates j
     h      = sum_j a_j * onehot(class(j))                label propagation (labelled j only)
     e      = sum_j a_j [class(j) known]                  the evidence: attention mass on labelled items
-    logits = W u + b + g * h                             (u: the standardised query)
+    logits = W f(u) + b + g * h                          (u: the standardised query)
     p      = softmax(logits)                             over the known classes
+
+with ``f(u) = u`` (a softmax regression) or ``relu(W1 u + b1)`` (one hidden layer; ``fit`` trains both
+widths and keeps the hidden layer only when it predicts the validation queries' classes significantly
+better, :func:`ruvector_hnsw.search.training.fit_label_head`).
 
 The score of item ``v`` adds ``lam * e * log P(same class | q, v)``: ``log p(class(v) | q)`` for a
 labelled item, ``log sum_c p(c | q) r_v(c)`` for an item whose label is unknown (``labels < 0``,
