@@ -144,18 +144,27 @@ class LabelView:
         return (self.evidence > 0.0) & (self.evidence >= gate)
 
 
+def head_inputs(db: DatabaseState, row_class: np.ndarray, qb: QueryBatch
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """What a label head reads of queries: ``(standardised vectors, candidate classes, distances / s0, mask)``.
+
+    The candidates are each query's ``k_local`` best HNSW rows, ``row_class`` the class of every row.
+    """
+    kl = db.contexts.k_local
+    rows = qb.hnsw_rows[:, :kl]
+    mask = rows >= 0
+    cls = np.where(mask, row_class[np.maximum(rows, 0)], 0)
+    d = np.where(mask, qb.hnsw_dist[:, :kl] / np.float32(db.contexts.s0), 0.0)
+    return qb.standard, cls, d, mask
+
+
 def label_view(model: SearchModel, db: DatabaseState, qb: QueryBatch) -> LabelView | None:
     """The label head over the query's best candidates (None: no head)."""
     head, space = model.label_head, model.labels
     if head is None or space is None:
         return None
-    kl = db.contexts.k_local
-    rows = qb.hnsw_rows[:, :kl]
-    mask = rows >= 0
-    row_class = db.row_class(space)
-    cls = np.where(mask, row_class[np.maximum(rows, 0)], 0)
-    d = np.where(mask, qb.hnsw_dist[:, :kl] / np.float32(db.contexts.s0), 0.0)
-    return LabelView(logp=head.log_proba(qb.standard, cls, d, mask), evidence=head.evidence(cls, d, mask))
+    u, cls, d, mask = head_inputs(db, db.row_class(space), qb)
+    return LabelView(logp=head.log_proba(u, cls, d, mask), evidence=head.evidence(cls, d, mask))
 
 
 def with_class_members(model: SearchModel, db: DatabaseState, qb: QueryBatch, pool: np.ndarray, known: np.ndarray,

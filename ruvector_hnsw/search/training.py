@@ -676,17 +676,6 @@ def calibrate(model: SearchModel, db: DatabaseState, qb: QueryBatch, pos_lists: 
     return float(best[0]), float(best[1])
 
 
-def _head_inputs(db: DatabaseState, space: LabelSpace, queries: QueryBatch
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """What a label head reads of queries: ``(standardised vectors, candidate classes, distances / s0, mask)``."""
-    kl = db.contexts.k_local
-    s0 = np.float32(db.contexts.s0)
-    rows = queries.hnsw_rows[:, :kl]
-    mask = rows >= 0
-    cls = np.where(mask, space.row_class[np.maximum(rows, 0)], 0)
-    return queries.standard, cls, np.where(mask, queries.hnsw_dist[:, :kl] / s0, 0.0), mask
-
-
 def train_label_head(model: SearchModel, db: DatabaseState, queries: QueryBatch, query_labels: np.ndarray,
                      row_labels: np.ndarray, known: np.ndarray, weight_decay: float = LABEL_WEIGHT_DECAY[0],
                      hidden: int = 0) -> tuple[LabelSpace, LabelHead] | None:
@@ -699,7 +688,7 @@ def train_label_head(model: SearchModel, db: DatabaseState, queries: QueryBatch,
         return None
     query_class = space.classes_of(np.asarray(query_labels))
     query_class = np.where(query_class == space.unknown, -1, query_class)  # unknown: not a target
-    q_u, q_cls, q_dist, q_mask = _head_inputs(db, space, queries)
+    q_u, q_cls, q_dist, q_mask = pipeline.head_inputs(db, space.row_class, queries)
     keep = query_class >= 0
     v_cls, v_dist, v_mask = db.label_context(space.row_class)
     alive = ~db.graph.deleted & (space.row_class < space.n_known)  # unknown labels: context only, no target
@@ -719,7 +708,7 @@ def head_log_loss(db: DatabaseState, labels: tuple[LabelSpace, LabelHead], queri
     space, head = labels
     cls = space.classes_of(np.asarray(query_labels))
     ok = cls != space.unknown
-    logp = head.log_proba(*(x[ok] for x in _head_inputs(db, space, queries)))
+    logp = head.log_proba(*(x[ok] for x in pipeline.head_inputs(db, space.row_class, queries)))
     return -logp[np.arange(logp.shape[0]), cls[ok]]
 
 
